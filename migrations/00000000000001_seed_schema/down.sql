@@ -1,0 +1,9 @@
+DROP TABLE IF EXISTS "audit_logs";
+DROP TABLE IF EXISTS "jobs";
+DROP TABLE IF EXISTS "modules";
+DROP TABLE IF EXISTS "sessions";
+DROP TABLE IF EXISTS "user_roles";
+DROP TABLE IF EXISTS "roles";
+DROP TABLE IF EXISTS "users";
+DROP TYPE IF EXISTS "JobStatus";
+DROP TYPE IF EXISTS "ModuleStatus";

@@ -1,0 +1,162 @@
+//! Command line and environment. Every flag has an environment variable of the
+//! same meaning; units are in the names (`_ms`, `_secs`).
+
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// The control plane of the automation platform.
+#[derive(Debug, Parser)]
+#[command(name = "control-plane", version, about, long_about = None)]
+pub struct Cli {
+    /// Where the data lives.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API (migrating and seeding an empty database first).
+    Serve(ServeArgs),
+    /// Apply pending schema migrations and report applied/pending ones.
+    Migrate(MigrateArgs),
+    /// Create the default roles and admin user if missing (idempotent).
+    Seed(SeedArgs),
+}
+
+/// Which PostgreSQL to use and how to pool connections to it.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL (postgres://user:password@host:port/database). Unset:
+    /// start a private cluster from the machine's PostgreSQL binaries, with
+    /// its data under --data-dir.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for the embedded cluster and development secrets.
+    #[arg(long, env = "DATA_DIR", default_value = ".data", global = true)]
+    pub data_dir: PathBuf,
+    /// Port of the embedded cluster on 127.0.0.1 (away from a system
+    /// PostgreSQL's 5432); 0 picks a free one.
+    #[arg(long, env = "EMBEDDED_PG_PORT", default_value_t = 54329, global = true)]
+    pub embedded_pg_port: u16,
+    /// Most database connections the pool keeps open.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_size: u32,
+    /// How long a request waits for a database connection before it fails
+    /// with UNAVAILABLE, in milliseconds.
+    #[arg(
+        long,
+        env = "DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub db_acquire_timeout_ms: u64,
+    /// Longest any one SQL statement may run, in milliseconds.
+    #[arg(
+        long,
+        env = "DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub db_statement_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    /// The pool's acquire timeout.
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    /// The statement timeout.
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_statement_timeout_ms)
+    }
+}
+
+/// `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+    /// Do not apply pending migrations on start.
+    #[arg(long, env = "SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+    /// How often the database is probed for the health service, in
+    /// milliseconds.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1_000)]
+    pub health_check_interval_ms: u64,
+    /// Seeding an empty database.
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Tokens, passwords and login throttling.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Only report applied and pending migrations; change nothing.
+    #[arg(long)]
+    pub status: bool,
+}
+
+/// `seed` (and the seeding `serve` does on an empty database).
+#[derive(Debug, Clone, Args)]
+pub struct SeedArgs {
+    /// Password of the seeded admin user. Unset: `admin123` on the embedded
+    /// development database (with a warning), a random one printed once
+    /// otherwise.
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// bcrypt cost for password hashes (4-31; each step doubles the work).
+    #[arg(long, env = "BCRYPT_COST", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// HMAC secret (HS256) signing access tokens; at least 32 bytes. Required
+    /// with DATABASE_URL; with the embedded database one is generated and
+    /// kept in --data-dir.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// `iss` claim of issued tokens, checked on every call.
+    #[arg(long, env = "JWT_ISSUER", default_value = "automation-control-plane")]
+    pub jwt_issuer: String,
+    /// `aud` claim of issued tokens, checked on every call.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "automation-platform")]
+    pub jwt_audience: String,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of refresh tokens (and so of an idle session), in seconds.
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 604_800)]
+    pub refresh_token_ttl_secs: u64,
+    /// Shortest password accepted, in characters.
+    #[arg(long, env = "PASSWORD_MIN_LENGTH", default_value_t = 8)]
+    pub password_min_length: usize,
+    /// Failed logins of one account before it is locked for a while; each
+    /// further failure doubles the lock.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: i32,
+    /// Failed logins from one client IP before it is locked for a while.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 50)]
+    pub login_max_failures_per_ip: i32,
+    /// First lock after too many failures, in seconds (doubles each failure
+    /// beyond the limit, up to 15 minutes).
+    #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 30)]
+    pub login_lockout_secs: u64,
+    /// Proxies whose `x-forwarded-for` is believed (comma-separated IPs).
+    /// Others' headers are ignored and the peer address is used.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
+}

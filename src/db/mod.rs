@@ -1,0 +1,127 @@
+//! Database access: the connection pool, the embedded default cluster and the
+//! embedded migrations.
+
+pub mod embedded;
+pub mod migrations;
+pub mod source;
+
+use std::time::Duration;
+
+use diesel::ConnectionResult;
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, SimpleAsyncConnection as _,
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig,
+        deadpool::{Object, Pool},
+    },
+};
+use futures_util::FutureExt as _;
+
+use crate::error::AppError;
+
+/// The shared pool of PostgreSQL connections.
+pub type DbPool = Pool<AsyncPgConnection>;
+
+/// A connection checked out of [`DbPool`].
+pub type DbConn = Object<AsyncPgConnection>;
+
+/// How the pool connects and how long callers wait for it.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// `postgres://` URL of the database.
+    pub url: String,
+    /// Most connections open at once.
+    pub max_size: usize,
+    /// How long a caller waits for a free connection (and for a new one to
+    /// be established) before getting UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    /// Server-side limit on any one statement.
+    pub statement_timeout: Duration,
+    /// Shown in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+/// Builds the pool. No connection is opened until the first checkout, so a
+/// database that is down at start-up surfaces on first use, as UNAVAILABLE.
+pub fn build_pool(settings: &PoolSettings) -> Result<DbPool, AppError> {
+    let session_setup = format!(
+        "SET application_name = '{}'; SET statement_timeout = {}; SET TIME ZONE 'UTC'",
+        settings.application_name.replace('\'', "''"),
+        settings.statement_timeout.as_millis()
+    );
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |url| {
+        let setup = session_setup.clone();
+        let url = url.to_owned();
+        async move { establish(&url, &setup).await }.boxed()
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&settings.url, config);
+    Pool::builder(manager)
+        .max_size(settings.max_size)
+        .wait_timeout(Some(settings.acquire_timeout))
+        .create_timeout(Some(settings.acquire_timeout))
+        .recycle_timeout(Some(settings.acquire_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| AppError::Config(format!("database pool: {e}")))
+}
+
+async fn establish(url: &str, setup: &str) -> ConnectionResult<AsyncPgConnection> {
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    conn.batch_execute(setup)
+        .await
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+/// Checks a connection out of the pool; a timeout or a refused connection is
+/// UNAVAILABLE.
+pub async fn connect(pool: &DbPool) -> Result<DbConn, AppError> {
+    pool.get().await.map_err(AppError::from)
+}
+
+/// Checks that the database answers a trivial query within `timeout`.
+pub async fn ping(pool: &DbPool, timeout: Duration) -> bool {
+    let probe = async {
+        let mut conn = connect(pool).await.ok()?;
+        conn.batch_execute("SELECT 1").await.ok()
+    };
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(())))
+}
+
+/// Checks the URL's shape before anything tries to connect with it, so a typo
+/// is reported as such rather than as an unreachable server.
+pub fn validate_database_url(url: &str) -> Result<(), AppError> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        AppError::Config(format!(
+            "DATABASE_URL is not a valid URL ({e}): expected postgres://user:password@host:port/database"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(AppError::Config(format!(
+            "DATABASE_URL must start with postgres:// or postgresql://, not {}://",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(AppError::Config(
+            "DATABASE_URL names no host: expected postgres://user:password@host:port/database"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The URL with its password masked, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}

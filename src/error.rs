@@ -1,0 +1,242 @@
+//! The one error type of the service and its one mapping to `tonic::Status`.
+//!
+//! Policy:
+//! - The caller's mistakes carry a message meant for them, naming the field
+//!   (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION).
+//! - Infrastructure trouble the caller can retry is UNAVAILABLE; its detail is
+//!   logged here, once, and the caller gets a generic message.
+//! - Anything else is INTERNAL with a generic message; SQL text, stack traces
+//!   and secrets never reach the caller.
+//! - Authentication failures all say the same thing, so they reveal nothing.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A request field is malformed or missing.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The proto field path, e.g. `user.email`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No, an invalid or an expired credential.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid caller lacking the permission.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The named resource does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A unique field clashes with an existing row.
+    #[error("a {resource} with this {field} already exists")]
+    AlreadyExists {
+        /// e.g. `user`.
+        resource: &'static str,
+        /// e.g. `email`.
+        field: &'static str,
+    },
+    /// The resource is in the wrong state for the call.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Throttled; retry after the hint.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What was throttled.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: Duration,
+    },
+    /// The database cannot be reached or did not answer in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Start-up configuration is wrong; never sent to a caller.
+    #[error("{0}")]
+    Config(String),
+    /// A bug or an unexpected failure; the detail is only logged.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    /// Shorthand for [`AppError::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`AppError::Internal`].
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::Internal(detail.into())
+    }
+
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Config(_) | Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<AppError> for Status {
+    fn from(error: AppError) -> Self {
+        match &error {
+            AppError::InvalidArgument { field, message } => {
+                let details = ErrorDetails::with_bad_request_violation(field, message);
+                Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
+            }
+            AppError::ResourceExhausted { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let details = ErrorDetails::with_retry_info(Some(*retry_after));
+                let mut status = Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("{error}; retry in {secs} s"),
+                    details,
+                );
+                if let Ok(value) = secs.to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                status
+            }
+            AppError::Unavailable(detail) => {
+                tracing::warn!(error.detail = %detail, "database unavailable");
+                Status::unavailable("database unavailable, retry later")
+            }
+            AppError::Config(detail) | AppError::Internal(detail) => {
+                tracing::error!(error.detail = %detail, "internal error");
+                Status::internal("internal error")
+            }
+            _ => Status::new(error.code(), error.to_string()),
+        }
+    }
+}
+
+/// Names the field behind a unique index, for ALREADY_EXISTS messages.
+fn unique_violation(constraint: Option<&str>) -> AppError {
+    let (resource, field) = match constraint.unwrap_or_default() {
+        "users_email_key" | "users_email_lower_key" => ("user", "email"),
+        "users_username_key" => ("user", "username"),
+        "roles_name_key" => ("role", "name"),
+        "modules_name_key" => ("module", "name"),
+        "user_roles_userId_roleId_key" => ("role assignment", "user and role"),
+        _ => ("record", "key"),
+    };
+    AppError::AlreadyExists { resource, field }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
+        match error {
+            Error::NotFound => AppError::NotFound("record".into()),
+            Error::DatabaseError(Kind::UniqueViolation, info) => {
+                unique_violation(info.constraint_name())
+            }
+            Error::DatabaseError(Kind::ClosedConnection | Kind::UnableToSendCommand, info) => {
+                AppError::Unavailable(info.message().to_owned())
+            }
+            Error::DatabaseError(_, info) if info.message().contains("statement timeout") => {
+                AppError::Unavailable(info.message().to_owned())
+            }
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<diesel::ConnectionError> for AppError {
+    fn from(error: diesel::ConnectionError) -> Self {
+        AppError::Unavailable(error.to_string())
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for AppError {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        use deadpool::managed::PoolError;
+        match error {
+            PoolError::Timeout(kind) => {
+                AppError::Unavailable(format!("timed out waiting for a connection ({kind:?})"))
+            }
+            PoolError::Backend(e) => AppError::Unavailable(e.to_string()),
+            PoolError::Closed => AppError::Unavailable("pool closed".into()),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(AppError::invalid("user.email", "is not an email address"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "user.email: is not an email address");
+        let details = status.get_error_details();
+        let violations = &details.bad_request().expect("bad request").field_violations;
+        assert_eq!(violations[0].field, "user.email");
+    }
+
+    #[test]
+    fn internal_detail_never_reaches_the_caller() {
+        let status = Status::from(AppError::internal("SELECT secret FROM users"));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("SELECT"));
+    }
+
+    #[test]
+    fn unavailable_hides_the_detail() {
+        let status = Status::from(AppError::Unavailable("connection refused 10.0.0.1".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn throttling_carries_a_retry_hint() {
+        let status = Status::from(AppError::ResourceExhausted {
+            message: "too many failed logins".into(),
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
+        let details = status.get_error_details();
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn unique_index_maps_to_its_field() {
+        let error = unique_violation(Some("users_username_key"));
+        assert_eq!(
+            error.to_string(),
+            "a user with this username already exists"
+        );
+        assert_eq!(error.code(), Code::AlreadyExists);
+    }
+
+    #[test]
+    fn pool_timeout_is_unavailable() {
+        let error = AppError::from(deadpool::managed::PoolError::Timeout(
+            deadpool::managed::TimeoutType::Wait,
+        ));
+        assert_eq!(error.code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,19 @@
+//! The control plane of the automation platform: a gRPC service that owns
+//! identity, the module registry and the job queue, all kept in PostgreSQL.
+//!
+//! Data flows one way: `api` (transport) → `auth`/domain rules → `store`
+//! (the only SQL) → PostgreSQL.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod proto;
+pub mod schema;
+pub mod seed;
+pub mod server;
+pub mod store;
+
+pub use error::AppError;

@@ -1,0 +1,210 @@
+//! `control-plane`: serve, migrate, seed.
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use automation_control_plane::{
+    AppError,
+    auth::AuthSettings,
+    config::{Cli, Command, DatabaseArgs, MigrateArgs, SeedArgs, ServeArgs},
+    db::{self, PoolSettings, migrations, source::DatabaseSource},
+    seed::{self, AdminPassword},
+    server::{self, AppState, ServerOptions},
+    store::users,
+};
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), AppError> {
+    match cli.command {
+        Command::Serve(args) => serve(&cli.database, args).await,
+        Command::Migrate(args) => {
+            with_database(&cli.database, async |s| migrate(s, args).await).await
+        }
+        Command::Seed(args) => {
+            with_database(&cli.database, async |s| seed(s, &cli.database, args).await).await
+        }
+    }
+}
+
+/// Opens the database, runs `work`, and always closes it (stopping the
+/// embedded cluster) before returning `work`'s result.
+async fn with_database<F>(args: &DatabaseArgs, work: F) -> Result<(), AppError>
+where
+    F: AsyncFnOnce(&DatabaseSource) -> Result<(), AppError>,
+{
+    let source = DatabaseSource::open(args).await?;
+    let result = work(&source).await;
+    source.close().await;
+    result
+}
+
+async fn migrate(source: &DatabaseSource, args: MigrateArgs) -> Result<(), AppError> {
+    if !args.status {
+        let applied = migrations::run_pending(&source.url).await?;
+        for version in &applied {
+            println!("applied {version}");
+        }
+    }
+    let status = migrations::status(&source.url).await?;
+    println!(
+        "{} applied, {} pending",
+        status.applied.len(),
+        status.pending.len()
+    );
+    for version in &status.pending {
+        println!("pending {version}");
+    }
+    Ok(())
+}
+
+fn pool_for(source: &DatabaseSource, args: &DatabaseArgs) -> Result<db::DbPool, AppError> {
+    db::build_pool(&PoolSettings {
+        url: source.url.clone(),
+        max_size: args.db_pool_size as usize,
+        acquire_timeout: args.acquire_timeout(),
+        statement_timeout: args.statement_timeout(),
+        application_name: "automation-control-plane".into(),
+    })
+}
+
+fn admin_password(source: &DatabaseSource, args: &SeedArgs) -> AdminPassword {
+    match (&args.admin_password, source.is_embedded()) {
+        (Some(password), _) => AdminPassword::Given(password.clone()),
+        (None, true) => AdminPassword::DevelopmentDefault,
+        (None, false) => AdminPassword::Generated,
+    }
+}
+
+async fn seed(
+    source: &DatabaseSource,
+    db_args: &DatabaseArgs,
+    args: SeedArgs,
+) -> Result<(), AppError> {
+    migrations::run_pending(&source.url).await?;
+    let pool = pool_for(source, db_args)?;
+    let hasher = automation_control_plane::auth::passwords::PasswordHasher::new(args.bcrypt_cost);
+    let report = seed::run(&pool, &hasher, admin_password(source, &args)).await?;
+    println!(
+        "roles created: [{}]; admin created: {}",
+        report.roles_created.join(", "),
+        report.admin_created
+    );
+    Ok(())
+}
+
+async fn serve(db_args: &DatabaseArgs, args: ServeArgs) -> Result<(), AppError> {
+    // Bind first: a port in use fails before anything else is started.
+    let listener = tokio::net::TcpListener::bind(args.listen_addr)
+        .await
+        .map_err(|e| {
+            AppError::Config(format!(
+                "cannot listen on {}: {e} (is another server running? choose another --listen-addr)",
+                args.listen_addr
+            ))
+        })?;
+    let jwt_secret = match (&args.auth.jwt_secret, &db_args.database_url) {
+        (Some(secret), _) => secret.clone(),
+        (None, None) => db::source::development_jwt_secret(&db_args.data_dir)?,
+        (None, Some(_)) => {
+            return Err(AppError::Config(
+                "JWT_SECRET is required with DATABASE_URL (at least 32 random bytes, e.g. \
+                 `openssl rand -base64 48`)"
+                    .into(),
+            ));
+        }
+    };
+    let auth = AuthSettings::from_args(&args.auth, &jwt_secret, args.seed.bcrypt_cost)?;
+
+    let source = DatabaseSource::open(db_args).await?;
+    let result = serve_on(&source, db_args, &args, auth, listener).await;
+    source.close().await;
+    result
+}
+
+async fn serve_on(
+    source: &DatabaseSource,
+    db_args: &DatabaseArgs,
+    args: &ServeArgs,
+    auth: AuthSettings,
+    listener: tokio::net::TcpListener,
+) -> Result<(), AppError> {
+    if !args.skip_migrations {
+        let applied = migrations::run_pending(&source.url).await?;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "applied migrations");
+        }
+    }
+    let pool = pool_for(source, db_args)?;
+    let mut conn = db::connect(&pool).await?;
+    if !users::any_exist(&mut conn).await? {
+        drop(conn);
+        let report = seed::run(&pool, &auth.passwords, admin_password(source, &args.seed)).await?;
+        tracing::info!(roles = ?report.roles_created, admin = report.admin_created, "seeded an empty database");
+    } else {
+        drop(conn);
+    }
+    let state = AppState {
+        pool,
+        auth: Arc::new(auth),
+    };
+    let address = listener
+        .local_addr()
+        .map_err(|e| AppError::internal(e.to_string()))?;
+    tracing::info!(%address, "serving gRPC");
+    server::serve(
+        state,
+        listener,
+        ServerOptions {
+            health_check_interval: Duration::from_millis(args.health_check_interval_ms.max(100)),
+        },
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

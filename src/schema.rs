@@ -1,0 +1,199 @@
+//! Diesel's view of the schema. The database keeps the seed's camelCase
+//! column names; Rust code uses snake_case through `sql_name`.
+
+/// PostgreSQL enum types of the seed schema.
+pub mod sql_types {
+    /// `"ModuleStatus"`.
+    #[derive(diesel::query_builder::QueryId, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "ModuleStatus"))]
+    pub struct ModuleStatus;
+
+    /// `"JobStatus"`.
+    #[derive(diesel::query_builder::QueryId, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "JobStatus"))]
+    pub struct JobStatus;
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        email -> Varchar,
+        username -> Varchar,
+        password -> Varchar,
+        #[sql_name = "firstName"]
+        first_name -> Nullable<Varchar>,
+        #[sql_name = "lastName"]
+        last_name -> Nullable<Varchar>,
+        #[sql_name = "isActive"]
+        is_active -> Bool,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+        #[sql_name = "updatedAt"]
+        updated_at -> Timestamp,
+        #[sql_name = "lastLogin"]
+        last_login -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    roles (id) {
+        id -> Uuid,
+        name -> Varchar,
+        description -> Text,
+        permissions -> Jsonb,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+        #[sql_name = "updatedAt"]
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_roles (id) {
+        id -> Uuid,
+        #[sql_name = "userId"]
+        user_id -> Uuid,
+        #[sql_name = "roleId"]
+        role_id -> Uuid,
+        #[sql_name = "assignedAt"]
+        assigned_at -> Timestamp,
+        #[sql_name = "assignedBy"]
+        assigned_by -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Uuid,
+        #[sql_name = "userId"]
+        user_id -> Uuid,
+        #[sql_name = "refreshToken"]
+        refresh_token -> Varchar,
+        #[sql_name = "userAgent"]
+        user_agent -> Text,
+        #[sql_name = "ipAddress"]
+        ip_address -> Varchar,
+        #[sql_name = "expiresAt"]
+        expires_at -> Timestamp,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+        #[sql_name = "revokedAt"]
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::ModuleStatus;
+
+    modules (id) {
+        id -> Uuid,
+        name -> Varchar,
+        version -> Varchar,
+        #[sql_name = "displayName"]
+        display_name -> Varchar,
+        description -> Text,
+        status -> ModuleStatus,
+        manifest -> Jsonb,
+        #[sql_name = "installedAt"]
+        installed_at -> Nullable<Timestamp>,
+        #[sql_name = "enabledAt"]
+        enabled_at -> Nullable<Timestamp>,
+        #[sql_name = "disabledAt"]
+        disabled_at -> Nullable<Timestamp>,
+        #[sql_name = "updatedAt"]
+        updated_at -> Timestamp,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::JobStatus;
+
+    jobs (id) {
+        id -> Uuid,
+        name -> Varchar,
+        #[sql_name = "moduleName"]
+        module_name -> Nullable<Varchar>,
+        status -> JobStatus,
+        priority -> Int4,
+        payload -> Jsonb,
+        result -> Nullable<Jsonb>,
+        error -> Nullable<Jsonb>,
+        attempts -> Int4,
+        #[sql_name = "maxAttempts"]
+        max_attempts -> Int4,
+        #[sql_name = "scheduledAt"]
+        scheduled_at -> Timestamp,
+        #[sql_name = "startedAt"]
+        started_at -> Nullable<Timestamp>,
+        #[sql_name = "completedAt"]
+        completed_at -> Nullable<Timestamp>,
+        #[sql_name = "failedAt"]
+        failed_at -> Nullable<Timestamp>,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+        #[sql_name = "updatedAt"]
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    audit_logs (id) {
+        id -> Uuid,
+        #[sql_name = "userId"]
+        user_id -> Nullable<Uuid>,
+        action -> Varchar,
+        resource -> Varchar,
+        outcome -> Varchar,
+        details -> Jsonb,
+        #[sql_name = "ipAddress"]
+        ip_address -> Varchar,
+        #[sql_name = "userAgent"]
+        user_agent -> Text,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(user_roles -> users (user_id));
+diesel::joinable!(user_roles -> roles (role_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(audit_logs -> users (user_id));
+
+diesel::table! {
+    session_spent_tokens (token_hash) {
+        #[sql_name = "tokenHash"]
+        token_hash -> Varchar,
+        #[sql_name = "sessionId"]
+        session_id -> Uuid,
+        #[sql_name = "spentAt"]
+        spent_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    login_throttles (key) {
+        key -> Varchar,
+        failures -> Int4,
+        #[sql_name = "windowStartedAt"]
+        window_started_at -> Timestamp,
+        #[sql_name = "lockedUntil"]
+        locked_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::joinable!(session_spent_tokens -> sessions (session_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    roles,
+    user_roles,
+    sessions,
+    modules,
+    jobs,
+    audit_logs,
+    session_spent_tokens,
+    login_throttles,
+);

@@ -1,0 +1,116 @@
+//! Assembles the gRPC server: the `automation.v1` services behind the
+//! authorization layer, plus health and reflection, which stay open.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{server::NamedService, transport::Server};
+
+use crate::{
+    api,
+    auth::{
+        AuthSettings,
+        layer::{AuthLayer, Authorizer},
+    },
+    db::DbPool,
+    error::AppError,
+    health,
+    proto::{self, automation_v1 as pb},
+};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub pool: DbPool,
+    /// Identity configuration.
+    pub auth: Arc<AuthSettings>,
+}
+
+/// Server behaviour that is not about identity.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// How often health probes the database.
+    pub health_check_interval: Duration,
+}
+
+/// Names of the `automation.v1` services, as health and reflection know them.
+pub const SERVICE_NAMES: &[&str] = &[
+    <pb::auth_service_server::AuthServiceServer<api::auth::AuthApi> as NamedService>::NAME,
+    <pb::user_service_server::UserServiceServer<api::users::UserApi> as NamedService>::NAME,
+    <pb::role_service_server::RoleServiceServer<api::roles::RoleApi> as NamedService>::NAME,
+    <pb::module_service_server::ModuleServiceServer<api::modules::ModuleApi> as NamedService>::NAME,
+    <pb::job_service_server::JobServiceServer<api::jobs::JobApi> as NamedService>::NAME,
+    <pb::audit_service_server::AuditServiceServer<api::audit::AuditApi> as NamedService>::NAME,
+];
+
+/// Serves on `listener` until `shutdown` completes, then drains in-flight
+/// calls and returns.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AppError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // One probe before serving, so that health answers for every service
+    // from the first call.
+    let mut database_health = health::DatabaseHealth::new(
+        reporter,
+        state.pool.clone(),
+        SERVICE_NAMES.to_vec(),
+        options
+            .health_check_interval
+            .max(Duration::from_millis(500)),
+    );
+    database_health.probe().await;
+    let monitor = tokio::spawn(database_health.run(options.health_check_interval));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
+
+    let authorizer = Authorizer {
+        pool: state.pool.clone(),
+        keys: state.auth.tokens.clone(),
+        trusted_proxies: state.auth.trusted_proxies.clone(),
+    };
+
+    let result = Server::builder()
+        .layer(AuthLayer::new(authorizer))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::auth_service_server::AuthServiceServer::new(
+            api::auth::AuthApi::new(state.clone()),
+        ))
+        .add_service(pb::user_service_server::UserServiceServer::new(
+            api::users::UserApi::new(state.clone()),
+        ))
+        .add_service(pb::role_service_server::RoleServiceServer::new(
+            api::roles::RoleApi::new(state.clone()),
+        ))
+        .add_service(pb::module_service_server::ModuleServiceServer::new(
+            api::modules::ModuleApi,
+        ))
+        .add_service(pb::job_service_server::JobServiceServer::new(
+            api::jobs::JobApi,
+        ))
+        .add_service(pb::audit_service_server::AuditServiceServer::new(
+            api::audit::AuditApi::new(state.clone()),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| AppError::internal(format!("gRPC server: {e}")));
+    monitor.abort();
+    result
+}

@@ -1,0 +1,211 @@
+//! The `users` aggregate.
+
+use chrono::NaiveDateTime;
+use diesel::{dsl::sql, prelude::*, sql_types::Bool};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::models::{NewUser, UserRow, permission_list};
+use crate::schema::{roles, user_roles, users};
+
+/// Finds a user by id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<UserRow>> {
+    users::table
+        .find(id)
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Finds a user by email (case-insensitive) or exact username.
+pub async fn find_by_login(
+    conn: &mut AsyncPgConnection,
+    login: &str,
+) -> QueryResult<Option<UserRow>> {
+    users::table
+        .filter(
+            sql::<Bool>("lower(\"email\") = lower(")
+                .bind::<diesel::sql_types::Text, _>(login)
+                .sql(")")
+                .or(users::username.eq(login)),
+        )
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Whether any user exists (an empty database gets seeded).
+pub async fn any_exist(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(users::table.select(users::id)))
+        .get_result(conn)
+        .await
+}
+
+/// Inserts a user.
+pub async fn insert(conn: &mut AsyncPgConnection, user: &NewUser<'_>) -> QueryResult<UserRow> {
+    diesel::insert_into(users::table)
+        .values(user)
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Filters of [`list`].
+#[derive(Debug, Default)]
+pub struct UserFilter {
+    /// Substring of email, username, first or last name, any case.
+    pub query: Option<String>,
+    /// Only active or only inactive users.
+    pub is_active: Option<bool>,
+    /// Start after this (createdAt, id).
+    pub after: Option<(NaiveDateTime, Uuid)>,
+}
+
+/// Lists users by creation time then id.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    filter: &UserFilter,
+    limit: i64,
+) -> QueryResult<Vec<UserRow>> {
+    let mut query = users::table.select(UserRow::as_select()).into_boxed();
+    if let Some(text) = &filter.query {
+        let pattern = format!("%{}%", escape_like(text));
+        query = query.filter(
+            users::email
+                .ilike(pattern.clone())
+                .or(users::username.ilike(pattern.clone()))
+                .or(users::first_name.ilike(pattern.clone()))
+                .or(users::last_name.ilike(pattern)),
+        );
+    }
+    if let Some(active) = filter.is_active {
+        query = query.filter(users::is_active.eq(active));
+    }
+    if let Some((time, id)) = filter.after {
+        query = query.filter(
+            users::created_at
+                .gt(time)
+                .or(users::created_at.eq(time).and(users::id.gt(id))),
+        );
+    }
+    query
+        .order((users::created_at.asc(), users::id.asc()))
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// The changes of an update; `None` leaves a column alone.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub is_active: Option<bool>,
+    pub updated_at: Option<NaiveDateTime>,
+}
+
+/// Applies changes; `None` when the user does not exist.
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    changes: &UserChanges,
+) -> QueryResult<Option<UserRow>> {
+    diesel::update(users::table.find(id))
+        .set(changes)
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Replaces the password hash; false when the user does not exist.
+pub async fn set_password_hash(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    hash: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let rows = diesel::update(users::table.find(id))
+        .set((users::password.eq(hash), users::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    Ok(rows == 1)
+}
+
+/// Records a successful login.
+pub async fn touch_last_login(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(users::table.find(id))
+        .set(users::last_login.eq(now))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Deletes a user; sessions and role assignments go with it (FK cascade).
+pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    let rows = diesel::delete(users::table.find(id)).execute(conn).await?;
+    Ok(rows == 1)
+}
+
+/// Role names and the union of permissions of each given user.
+pub async fn roles_and_permissions(
+    conn: &mut AsyncPgConnection,
+    user_ids: &[Uuid],
+) -> QueryResult<Vec<(Uuid, Vec<String>, Vec<String>)>> {
+    let rows: Vec<(Uuid, String, serde_json::Value)> = user_roles::table
+        .inner_join(roles::table)
+        .filter(user_roles::user_id.eq_any(user_ids))
+        .select((user_roles::user_id, roles::name, roles::permissions))
+        .order((user_roles::user_id, roles::name))
+        .load(conn)
+        .await?;
+    Ok(user_ids
+        .iter()
+        .map(|id| {
+            let mut names = Vec::new();
+            let mut permissions = Vec::new();
+            for (_, name, perms) in rows.iter().filter(|(uid, _, _)| uid == id) {
+                names.push(name.clone());
+                for p in permission_list(perms) {
+                    if !permissions.contains(&p) {
+                        permissions.push(p);
+                    }
+                }
+            }
+            permissions.sort();
+            (*id, names, permissions)
+        })
+        .collect())
+}
+
+/// Locks the active holders of the role named `role_name` and counts them;
+/// used to keep at least one active admin. Locking the rows serialises
+/// concurrent removals of the last two admins.
+pub async fn lock_active_holders(
+    conn: &mut AsyncPgConnection,
+    role_name: &str,
+) -> QueryResult<Vec<Uuid>> {
+    users::table
+        .inner_join(user_roles::table.inner_join(roles::table))
+        .filter(roles::name.eq(role_name))
+        .filter(users::is_active.eq(true))
+        .select(users::id)
+        .for_update()
+        .load(conn)
+        .await
+}

@@ -1,0 +1,246 @@
+//! The test harness: a real server over loopback on a database of its own.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod proxy;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use automation_control_plane::{
+    auth::{AuthSettings, passwords::PasswordHasher, tokens::TokenKeys},
+    config::AuthArgs,
+    db::{self, DbPool, PoolSettings},
+    proto::automation_v1 as pb,
+    seed::{self, AdminPassword},
+    server::{self, AppState, ServerOptions},
+};
+use tokio::sync::oneshot;
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+pub use cluster::{TestDatabase, TestServer};
+#[allow(unused_imports)]
+pub use pb::{
+    audit_service_client::AuditServiceClient, auth_service_client::AuthServiceClient,
+    job_service_client::JobServiceClient, module_service_client::ModuleServiceClient,
+    role_service_client::RoleServiceClient, user_service_client::UserServiceClient,
+};
+
+/// Password of the seeded admin in tests.
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+/// Secret of the test servers' access tokens.
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+/// Issuer and audience of the test servers' tokens.
+pub const ISSUER: &str = "automation-control-plane";
+pub const AUDIENCE: &str = "automation-platform";
+
+/// Knobs of a test server.
+#[derive(Clone)]
+pub struct TestOptions {
+    /// Connect the server to its database through a [`proxy::DbProxy`]
+    /// that the test can cut.
+    pub through_proxy: bool,
+    /// Acquire timeout of the pool.
+    pub acquire_timeout: Duration,
+    /// Auth settings.
+    pub auth: AuthArgs,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            through_proxy: false,
+            acquire_timeout: Duration::from_secs(10),
+            auth: AuthArgs {
+                jwt_secret: None,
+                jwt_issuer: ISSUER.into(),
+                jwt_audience: AUDIENCE.into(),
+                access_token_ttl_secs: 900,
+                refresh_token_ttl_secs: 3600,
+                password_min_length: 8,
+                login_max_failures: 5,
+                login_max_failures_per_ip: 1000,
+                login_lockout_secs: 30,
+                trusted_proxies: vec![],
+            },
+        }
+    }
+}
+
+/// A server on 127.0.0.1 with a seeded database of its own.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database.
+    pub db: TestDatabase,
+    /// A pool on the same database, for checks behind the API's back.
+    pub pool: DbPool,
+    /// The server's token keys, to forge tokens in attack tests.
+    pub keys: TokenKeys,
+    /// The proxy between server and database, when asked for.
+    pub proxy: Option<proxy::DbProxy>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn pool(url: &str, acquire_timeout: Duration) -> DbPool {
+    db::build_pool(&PoolSettings {
+        url: url.to_owned(),
+        max_size: 8,
+        acquire_timeout,
+        statement_timeout: Duration::from_secs(30),
+        application_name: "control-plane-test".into(),
+    })
+    .expect("pool")
+}
+
+impl TestApp {
+    /// A server with default options.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(TestOptions::default()).await
+    }
+
+    /// A server with `options`.
+    pub async fn spawn_with(options: TestOptions) -> Self {
+        let server = TestServer::get().await;
+        let db = server.create_database(true).await;
+        let check_pool = pool(&db.url(), Duration::from_secs(10));
+        let hasher = PasswordHasher::new(4);
+        seed::run(
+            &check_pool,
+            &hasher,
+            AdminPassword::Given(ADMIN_PASSWORD.into()),
+        )
+        .await
+        .expect("seeding");
+
+        let (url, proxy) = if options.through_proxy {
+            let mut url = url::Url::parse(&db.url()).expect("database URL");
+            let target = format!("127.0.0.1:{}", url.port().expect("port"));
+            let proxy = proxy::DbProxy::start(target.parse().expect("address")).await;
+            url.set_port(Some(proxy.addr.port())).expect("port");
+            (url.to_string(), Some(proxy))
+        } else {
+            (db.url(), None)
+        };
+        let auth = AuthSettings::from_args(&options.auth, JWT_SECRET, 4).expect("auth settings");
+        let keys = auth.tokens.clone();
+        let state = AppState {
+            pool: pool(&url, options.acquire_timeout),
+            auth: Arc::new(auth),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::serve(
+                state,
+                listener,
+                ServerOptions {
+                    health_check_interval: Duration::from_millis(100),
+                },
+                async {
+                    let _ = shutdown_rx.await;
+                },
+            )
+            .await
+            .expect("server");
+        });
+        Self {
+            addr,
+            db,
+            pool: check_pool,
+            keys,
+            proxy,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .user_agent("control-plane-tests/1.0")
+            .expect("user agent")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Logs in and returns the whole answer.
+    pub async fn login(
+        &self,
+        login: &str,
+        password: &str,
+    ) -> Result<pb::LoginResponse, tonic::Status> {
+        AuthServiceClient::new(self.channel().await)
+            .login(pb::LoginRequest {
+                login: login.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The seeded admin's access token.
+    pub async fn admin_token(&self) -> String {
+        self.login(seed::ADMIN_EMAIL, ADMIN_PASSWORD)
+            .await
+            .expect("admin login")
+            .access_token
+    }
+
+    /// Creates a user holding `roles` and returns (user id, access token).
+    pub async fn user_with_roles(&self, username: &str, roles: &[&str]) -> (String, String) {
+        let admin = self.admin_token().await;
+        let password = "user-password-1";
+        let user = UserServiceClient::new(self.channel().await)
+            .create_user(authed(
+                &admin,
+                pb::CreateUserRequest {
+                    email: format!("{username}@example.test"),
+                    username: username.into(),
+                    password: password.into(),
+                    roles: roles.iter().map(|r| r.to_string()).collect(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create user")
+            .into_inner()
+            .user
+            .expect("user");
+        let token = self
+            .login(username, password)
+            .await
+            .expect("user login")
+            .access_token;
+        (user.id, token)
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).expect("header"),
+    );
+    request
+}
