@@ -26,6 +26,23 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Create the default roles and admin user if missing (idempotent).
     Seed(SeedArgs),
+    /// Ask a running server's gRPC health service; exit 0 when SERVING
+    /// (for container health checks and scripts).
+    Health(HealthArgs),
+}
+
+/// `health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Address of the server to ask.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Service to ask about; empty means the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 3_000)]
+    pub timeout_ms: u64,
 }
 
 /// Which PostgreSQL to use and how to pool connections to it.

@@ -5,7 +5,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use automation_control_plane::{
     AppError,
     auth::AuthSettings,
-    config::{Cli, Command, DatabaseArgs, MigrateArgs, SeedArgs, ServeArgs},
+    config::{Cli, Command, DatabaseArgs, HealthArgs, MigrateArgs, SeedArgs, ServeArgs},
     db::{self, PoolSettings, migrations, source::DatabaseSource},
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> Result<(), AppError> {
         Command::Migrate(args) => {
             with_database(&cli.database, async |s| migrate(s, args).await).await
         }
+        Command::Health(args) => check_health(args).await,
         Command::Seed(args) => {
             with_database(&cli.database, async |s| seed(s, &cli.database, args).await).await
         }
@@ -189,6 +190,41 @@ async fn serve_on(
     .await?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// One `grpc.health.v1.Health/Check` call against a running server.
+async fn check_health(args: HealthArgs) -> Result<(), AppError> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let host = args.addr.replace("0.0.0.0", "127.0.0.1");
+    let unreachable =
+        |e: &dyn std::fmt::Display| AppError::Unavailable(format!("cannot ask {}: {e}", args.addr));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}"))
+        .map_err(|e| AppError::Config(format!("--addr {}: {e}", args.addr)))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service.clone(),
+        })
+        .await
+        .map_err(|e| unreachable(&e.message()))?
+        .into_inner()
+        .status();
+    println!("{}", status.as_str_name());
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(AppError::Unavailable(format!(
+            "server reports {}",
+            status.as_str_name()
+        )))
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

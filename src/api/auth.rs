@@ -113,13 +113,19 @@ impl AuthApi {
         if request.password.is_empty() {
             return Err(AppError::invalid("password", "is required"));
         }
-        let mut conn = db::connect(&self.state.pool).await?;
-        let user = users::find_by_login(&mut conn, login).await?;
-        let account_key = match &user {
-            Some(user) => format!("user:{}", user.id),
-            None => format!("login:{}", login.to_lowercase()),
+        // No connection is held across the bcrypt work below: a pool slot
+        // per in-flight login would let a burst of logins starve the pool.
+        let (user, admission, account_key, ip_key) = {
+            let mut conn = db::connect(&self.state.pool).await?;
+            let user = users::find_by_login(&mut conn, login).await?;
+            let account_key = match &user {
+                Some(user) => format!("user:{}", user.id),
+                None => format!("login:{}", login.to_lowercase()),
+            };
+            let ip_key = format!("ip:{}", client.ip);
+            let admission = self.admit_login(&mut conn, &account_key, &ip_key).await?;
+            (user, admission, account_key, ip_key)
         };
-        let ip_key = format!("ip:{}", client.ip);
         let known_user_id = user.as_ref().map(|u| u.id);
         let failure = |reason: &'static str| AuditEntry {
             user_id: known_user_id,
@@ -130,8 +136,7 @@ impl AuthApi {
             details: serde_json::json!({ "login": login, "reason": reason }),
         };
 
-        if let Admission::Locked(until) = self.admit_login(&mut conn, &account_key, &ip_key).await?
-        {
+        if let Admission::Locked(until) = admission {
             self.audit_now(failure("throttled")).await?;
             let wait = (until - store::now()).to_std().unwrap_or_default();
             return Err(AppError::ResourceExhausted {
@@ -188,6 +193,7 @@ impl AuthApi {
         .row();
         let user_id = user.id;
         let session_row = session.clone();
+        let mut conn = db::connect(&self.state.pool).await?;
         conn.transaction::<_, AppError, _>(async move |conn| {
             throttle::clear(conn, &account_key).await?;
             throttle::forgive_one(conn, &ip_key).await?;
@@ -375,6 +381,7 @@ impl AuthApi {
             return Err(AppError::invalid("current_password", "is not correct"));
         }
         let new_hash = settings.passwords.hash(&body.new_password).await?;
+        let mut conn = db::connect(&self.state.pool).await?;
         conn.transaction::<_, AppError, _>(async |conn| {
             let now = store::now();
             throttle::clear(conn, &account_key).await?;

@@ -108,8 +108,10 @@ impl UserApi {
         auth.passwords
             .validate("password", &request.password, auth.password_min_length)?;
 
-        let mut conn = db::connect(&self.state.pool).await?;
-        let wanted_roles = roles::find_by_names(&mut conn, &request.roles).await?;
+        let wanted_roles = {
+            let mut conn = db::connect(&self.state.pool).await?;
+            roles::find_by_names(&mut conn, &request.roles).await?
+        };
         if let Some(missing) = request
             .roles
             .iter()
@@ -123,8 +125,9 @@ impl UserApi {
         for role in &wanted_roles {
             caller.ensure_holds_all(&role.permission_list())?;
         }
+        // Hashed with no connection held: bcrypt is slow on purpose.
         let hash = auth.passwords.hash(&request.password).await?;
-
+        let mut conn = db::connect(&self.state.pool).await?;
         let user = conn
             .transaction::<_, AppError, _>(async |conn| {
                 let now = store::now();

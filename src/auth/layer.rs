@@ -57,11 +57,11 @@ impl Authorizer {
         }
         let token = bearer_token(headers)?;
         let subject = self.keys.verify(token)?;
-        let mut conn = db::connect(&self.pool).await?;
-        let permissions =
-            sessions::caller_permissions(&mut conn, subject.session_id, subject.user_id)
-                .await?
-                .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
+        let permissions = {
+            let mut conn = db::connect(&self.pool).await?;
+            sessions::caller_permissions(&mut conn, subject.session_id, subject.user_id).await?
+        }
+        .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
         let caller = Caller {
             user_id: subject.user_id,
             session_id: subject.session_id,

@@ -244,3 +244,61 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
     );
     request
 }
+
+#[derive(diesel::QueryableByName)]
+struct Text {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+async fn query_count(app: &TestApp, sql: &str, binds: (&str, &str)) -> i64 {
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = app.pool.get().await.expect("connection");
+    diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Text, _>(binds.0)
+        .bind::<diesel::sql_types::Text, _>(binds.1)
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("count")
+        .count
+}
+
+/// What `sessions.refreshToken` holds, read behind the API's back.
+pub async fn stored_refresh_tokens(app: &TestApp) -> Vec<String> {
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = app.pool.get().await.expect("connection");
+    diesel::sql_query("SELECT \"refreshToken\" AS value FROM sessions")
+        .load::<Text>(&mut conn)
+        .await
+        .expect("sessions")
+        .into_iter()
+        .map(|t| t.value)
+        .collect()
+}
+
+/// Audit rows of `action` with `outcome`.
+pub async fn audit_count(app: &TestApp, action: &str, outcome: &str) -> i64 {
+    query_count(
+        app,
+        "SELECT count(*) AS count FROM audit_logs WHERE action = $1 AND outcome = $2",
+        (action, outcome),
+    )
+    .await
+}
+
+/// Audit rows of `action` whose user is gone.
+pub async fn audit_rows_without_user(app: &TestApp, action: &str) -> i64 {
+    query_count(
+        app,
+        "SELECT count(*) AS count FROM audit_logs WHERE action = $1 AND \"userId\" IS NULL \
+         AND outcome = $2",
+        (action, "success"),
+    )
+    .await
+}
