@@ -195,7 +195,8 @@ async fn forged_and_stale_tokens_are_refused() {
     parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&tampered).unwrap());
     attacks.push(("tampered payload", parts.join(".")));
 
-    let variants: Vec<(&str, Box<dyn Fn(&mut AccessClaims)>)> = vec![
+    type ClaimChange = Box<dyn Fn(&mut AccessClaims)>;
+    let variants: Vec<(&str, ClaimChange)> = vec![
         (
             "expired",
             Box::new(move |c| {
