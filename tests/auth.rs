@@ -59,7 +59,7 @@ async fn login_by_email_or_username_returns_tokens_and_the_user() {
 
     // The refresh token is stored only as a hash.
     let stored = common::stored_refresh_tokens(&app).await;
-    assert!(!stored.iter().any(|t| *t == by_email.refresh_token));
+    assert!(!stored.contains(&by_email.refresh_token));
     assert!(stored.iter().all(|t| t.len() == 64));
 
     let logins = audit_actions(&app, "auth.login").await;
