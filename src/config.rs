@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// milliseconds.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1_000)]
     pub health_check_interval_ms: u64,
+    /// After SIGINT/SIGTERM, how long open calls and connections get to
+    /// finish before they are closed, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
     /// Seeding an empty database.
     #[command(flatten)]
     pub seed: SeedArgs,

@@ -184,6 +184,7 @@ async fn serve_on(
         listener,
         ServerOptions {
             health_check_interval: Duration::from_millis(args.health_check_interval_ms.max(100)),
+            shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         },
         shutdown_signal(),
     )

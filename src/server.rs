@@ -33,6 +33,9 @@ pub struct AppState {
 pub struct ServerOptions {
     /// How often health probes the database.
     pub health_check_interval: Duration,
+    /// After the shutdown signal, how long in-flight calls (and clients that
+    /// keep connections open) get before the server closes them.
+    pub shutdown_grace: Duration,
 }
 
 /// Names of the `automation.v1` services, as health and reflection know them.
@@ -85,7 +88,8 @@ pub async fn serve(
         trusted_proxies: state.auth.trusted_proxies.clone(),
     };
 
-    let result = Server::builder()
+    let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
         .layer(AuthLayer::new(authorizer))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -108,9 +112,28 @@ pub async fn serve(
         .add_service(pb::audit_service_server::AuditServiceServer::new(
             api::audit::AuditApi::new(state.clone()),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| AppError::internal(format!("gRPC server: {e}")));
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = drain_started.await;
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = shutdown => {
+            // Stop accepting, let open calls finish, but do not wait forever
+            // for clients that keep their connections (and streams) open.
+            let _ = drain.send(());
+            match tokio::time::timeout(options.shutdown_grace, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(
+                        grace_ms = options.shutdown_grace.as_millis() as u64,
+                        "connections still open after the shutdown grace period; closing them"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
     monitor.abort();
-    result
+    result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }

@@ -143,6 +143,7 @@ impl TestApp {
                 listener,
                 ServerOptions {
                     health_check_interval: Duration::from_millis(100),
+                    shutdown_grace: Duration::from_millis(200),
                 },
                 async {
                     let _ = shutdown_rx.await;
