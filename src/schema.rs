@@ -182,6 +182,10 @@ diesel::table! {
         window_started_at -> Timestamp,
         #[sql_name = "lockedUntil"]
         locked_until -> Nullable<Timestamp>,
+        #[sql_name = "inFlight"]
+        in_flight -> Int4,
+        #[sql_name = "inFlightSince"]
+        in_flight_since -> Nullable<Timestamp>,
     }
 }
 

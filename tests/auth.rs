@@ -343,6 +343,16 @@ async fn concurrent_wrong_passwords_cannot_outrun_the_throttle() {
 }
 
 #[tokio::test]
+async fn concurrent_logins_of_one_account_all_succeed() {
+    let app = TestApp::spawn().await;
+    let logins = join_all((0..32).map(|_| app.login("admin", ADMIN_PASSWORD))).await;
+    for login in &logins {
+        assert!(login.is_ok(), "{login:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn deactivation_and_deletion_end_access_at_once() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;

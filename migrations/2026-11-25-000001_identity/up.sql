@@ -13,12 +13,16 @@ CREATE TABLE "session_spent_tokens" (
 CREATE INDEX "session_spent_tokens_sessionId_idx" ON "session_spent_tokens"("sessionId");
 
 -- Failed-login counters per account and per client IP. One row per key,
--- updated atomically so concurrent attempts cannot slip past the limit.
+-- updated under a row lock: attempts whose password check is still running
+-- ("inFlight") count against the limit, so concurrent guesses cannot slip
+-- past it.
 CREATE TABLE "login_throttles" (
     "key" VARCHAR NOT NULL,
     "failures" INTEGER NOT NULL DEFAULT 0,
     "windowStartedAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
     "lockedUntil" TIMESTAMP(3),
+    "inFlight" INTEGER NOT NULL DEFAULT 0,
+    "inFlightSince" TIMESTAMP(3),
     CONSTRAINT "login_throttles_pkey" PRIMARY KEY ("key")
 );
 

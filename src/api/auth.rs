@@ -1,9 +1,11 @@
 //! `AuthService`: login, refresh-token rotation and the caller's own sessions.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use std::time::{Duration, Instant};
+
 use chrono::NaiveDateTime;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
-use rand::RngCore as _;
+use rand::{Rng as _, RngCore as _};
 use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -29,6 +31,18 @@ use crate::{
 
 /// Every failed login answers exactly this, whatever went wrong.
 const LOGIN_FAILED: &str = "invalid login or password";
+
+/// How long an attempt waits for other checks of the same account or IP to
+/// finish before it is refused as throttled.
+const ADMISSION_WAIT: Duration = Duration::from_secs(5);
+
+/// The throttle keys an attempt counts against.
+struct AttemptKeys {
+    /// `ip:<address>`.
+    ip: String,
+    /// `user:<id>`, or `login:<name>` for logins that match no user.
+    account: String,
+}
 
 /// Handlers of `automation.v1.AuthService`.
 #[derive(Clone)]
@@ -80,25 +94,52 @@ impl AuthApi {
         Ok(())
     }
 
-    /// Counts the attempt against the client IP and the account; refuses when
-    /// either is locked.
-    async fn admit_login(
-        &self,
-        conn: &mut AsyncPgConnection,
-        account_key: &str,
-        ip_key: &str,
-    ) -> Result<Admission, AppError> {
-        let settings = self.state.auth.clone();
-        let (account_key, ip_key) = (account_key.to_owned(), ip_key.to_owned());
-        conn.transaction::<_, AppError, _>(async move |conn| {
-            let now = store::now();
-            let by_ip = throttle::admit(conn, &ip_key, &settings.ip_throttle, now).await?;
-            if let Admission::Locked(_) = by_ip {
-                return Ok(by_ip);
+    /// Admits a password check for both keys of `attempt`, waiting (without
+    /// holding a connection) while other checks of the same keys are
+    /// running; refuses when either key is locked or the wait runs out.
+    async fn admit_attempt(&self, attempt: &AttemptKeys) -> Result<(), AppError> {
+        let settings = &self.state.auth;
+        let deadline = Instant::now() + ADMISSION_WAIT;
+        loop {
+            let mut conn = db::connect(&self.state.pool).await?;
+            let decision = conn
+                .transaction::<_, AppError, _>(async |conn| {
+                    let now = store::now();
+                    let by_ip =
+                        throttle::admit(conn, &attempt.ip, &settings.ip_throttle, now).await?;
+                    if by_ip != Admission::Allowed {
+                        return Ok(by_ip);
+                    }
+                    let by_account =
+                        throttle::admit(conn, &attempt.account, &settings.account_throttle, now)
+                            .await?;
+                    if by_account != Admission::Allowed {
+                        throttle::release(conn, &attempt.ip, &settings.ip_throttle, now).await?;
+                    }
+                    Ok(by_account)
+                })
+                .await?;
+            drop(conn);
+            match decision {
+                Admission::Allowed => return Ok(()),
+                Admission::Locked(until) => {
+                    return Err(AppError::ResourceExhausted {
+                        message: "too many failed attempts".into(),
+                        retry_after: (until - store::now()).to_std().unwrap_or_default(),
+                    });
+                }
+                Admission::Busy if Instant::now() >= deadline => {
+                    return Err(AppError::ResourceExhausted {
+                        message: "too many attempts in progress".into(),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                Admission::Busy => {
+                    let pause = rand::rng().random_range(20..80);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
             }
-            Ok(throttle::admit(conn, &account_key, &settings.account_throttle, now).await?)
-        })
-        .await
+        }
     }
 
     async fn inner_login(
@@ -115,34 +156,28 @@ impl AuthApi {
         }
         // No connection is held across the bcrypt work below: a pool slot
         // per in-flight login would let a burst of logins starve the pool.
-        let (user, admission, account_key, ip_key) = {
+        let user = {
             let mut conn = db::connect(&self.state.pool).await?;
-            let user = users::find_by_login(&mut conn, login).await?;
-            let account_key = match &user {
+            users::find_by_login(&mut conn, login).await?
+        };
+        let attempt = AttemptKeys {
+            ip: format!("ip:{}", client.ip),
+            account: match &user {
                 Some(user) => format!("user:{}", user.id),
                 None => format!("login:{}", login.to_lowercase()),
-            };
-            let ip_key = format!("ip:{}", client.ip);
-            let admission = self.admit_login(&mut conn, &account_key, &ip_key).await?;
-            (user, admission, account_key, ip_key)
+            },
         };
-        let known_user_id = user.as_ref().map(|u| u.id);
         let failure = |reason: &'static str| AuditEntry {
-            user_id: known_user_id,
+            user_id: user.as_ref().map(|u| u.id),
             client: &client,
             action: "auth.login",
             resource: "auth/login".into(),
             success: false,
             details: serde_json::json!({ "login": login, "reason": reason }),
         };
-
-        if let Admission::Locked(until) = admission {
+        if let Err(refusal) = self.admit_attempt(&attempt).await {
             self.audit_now(failure("throttled")).await?;
-            let wait = (until - store::now()).to_std().unwrap_or_default();
-            return Err(AppError::ResourceExhausted {
-                message: "too many failed logins".into(),
-                retry_after: wait,
-            });
+            return Err(refusal);
         }
 
         let hasher = &self.state.auth.passwords;
@@ -157,17 +192,25 @@ impl AuthApi {
                 false
             }
         };
-        let user = match user {
-            Some(user) if verified && user.is_active => user,
-            Some(user) if verified => {
-                let _ = user;
-                self.audit_now(failure("inactive")).await?;
-                return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
-            }
-            _ => {
-                self.audit_now(failure("bad credentials")).await?;
-                return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
-            }
+        let active = user.as_ref().is_some_and(|u| u.is_active);
+        if !verified || !active {
+            let reason = if verified {
+                "inactive"
+            } else {
+                "bad credentials"
+            };
+            let row = failure(reason).row();
+            let mut conn = db::connect(&self.state.pool).await?;
+            conn.transaction::<_, AppError, _>(async |conn| {
+                self.record_attempt(conn, &attempt, verified).await?;
+                audit::insert(conn, &row).await?;
+                Ok(())
+            })
+            .await?;
+            return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
+        }
+        let Some(mut user) = user else {
+            return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
         };
 
         let (refresh_token, refresh_hash) = new_refresh_token();
@@ -191,14 +234,11 @@ impl AuthApi {
             details: serde_json::json!({ "login": login }),
         }
         .row();
-        let user_id = user.id;
-        let session_row = session.clone();
         let mut conn = db::connect(&self.state.pool).await?;
-        conn.transaction::<_, AppError, _>(async move |conn| {
-            throttle::clear(conn, &account_key).await?;
-            throttle::forgive_one(conn, &ip_key).await?;
-            sessions::insert(conn, &session_row).await?;
-            users::touch_last_login(conn, user_id, now).await?;
+        conn.transaction::<_, AppError, _>(async |conn| {
+            self.record_attempt(conn, &attempt, true).await?;
+            sessions::insert(conn, &session).await?;
+            users::touch_last_login(conn, user.id, now).await?;
             audit::insert(conn, &audit_row).await?;
             Ok(())
         })
@@ -208,7 +248,6 @@ impl AuthApi {
             user_id: user.id,
             session_id: session.id,
         })?;
-        let mut user = user;
         user.last_login = Some(now);
         Ok(pb::LoginResponse {
             access_token,
@@ -218,6 +257,37 @@ impl AuthApi {
             user: Some(full_user(&mut conn, user).await?),
             refresh_expire_time: Some(timestamp(session.expires_at)),
         })
+    }
+
+    /// Records the outcome of an admitted attempt for both its keys (IP
+    /// first, the order `admit_attempt` locks them in).
+    async fn record_attempt(
+        &self,
+        conn: &mut AsyncPgConnection,
+        attempt: &AttemptKeys,
+        succeeded: bool,
+    ) -> Result<(), AppError> {
+        let settings = &self.state.auth;
+        let now = store::now();
+        throttle::record_outcome(
+            conn,
+            &attempt.ip,
+            &settings.ip_throttle,
+            succeeded,
+            false,
+            now,
+        )
+        .await?;
+        throttle::record_outcome(
+            conn,
+            &attempt.account,
+            &settings.account_throttle,
+            succeeded,
+            true,
+            now,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn inner_refresh(
@@ -351,55 +421,55 @@ impl AuthApi {
             &body.new_password,
             settings.password_min_length,
         )?;
-        let mut conn = db::connect(&self.state.pool).await?;
-        let user = users::find(&mut conn, caller.user_id)
-            .await?
-            .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
-        let account_key = format!("user:{}", user.id);
-        let ip_key = format!("ip:{}", client.ip);
-        if let Admission::Locked(until) = self.admit_login(&mut conn, &account_key, &ip_key).await?
-        {
-            return Err(AppError::ResourceExhausted {
-                message: "too many wrong passwords".into(),
-                retry_after: (until - store::now()).to_std().unwrap_or_default(),
-            });
-        }
-        if !settings
+        let user = {
+            let mut conn = db::connect(&self.state.pool).await?;
+            users::find(&mut conn, caller.user_id)
+                .await?
+                .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?
+        };
+        // A stolen access token must not become a way to guess the password.
+        let attempt = AttemptKeys {
+            ip: format!("ip:{}", client.ip),
+            account: format!("user:{}", user.id),
+        };
+        self.admit_attempt(&attempt).await?;
+        let verified = settings
             .passwords
             .verify(&body.current_password, &user.password_hash)
-            .await?
-        {
-            self.audit_now(AuditEntry {
+            .await?;
+        let new_hash = if verified {
+            Some(settings.passwords.hash(&body.new_password).await?)
+        } else {
+            None
+        };
+        let mut conn = db::connect(&self.state.pool).await?;
+        conn.transaction::<_, AppError, _>(async |conn| {
+            let now = store::now();
+            self.record_attempt(conn, &attempt, verified).await?;
+            let mut entry = AuditEntry {
                 user_id: Some(user.id),
                 client: &client,
                 action: "auth.change_password",
                 resource: format!("users/{}", user.id),
                 success: false,
                 details: serde_json::json!({ "reason": "wrong current password" }),
-            })
-            .await?;
-            return Err(AppError::invalid("current_password", "is not correct"));
-        }
-        let new_hash = settings.passwords.hash(&body.new_password).await?;
-        let mut conn = db::connect(&self.state.pool).await?;
-        conn.transaction::<_, AppError, _>(async |conn| {
-            let now = store::now();
-            throttle::clear(conn, &account_key).await?;
-            users::set_password_hash(conn, user.id, &new_hash, now).await?;
-            let revoked =
-                sessions::revoke_all_of_user(conn, user.id, Some(caller.session_id), now).await?;
-            let entry = AuditEntry {
-                user_id: Some(user.id),
-                client: &client,
-                action: "auth.change_password",
-                resource: format!("users/{}", user.id),
-                success: true,
-                details: serde_json::json!({ "sessions_revoked": revoked }),
             };
+            if let Some(hash) = &new_hash {
+                users::set_password_hash(conn, user.id, hash, now).await?;
+                let revoked =
+                    sessions::revoke_all_of_user(conn, user.id, Some(caller.session_id), now)
+                        .await?;
+                entry.success = true;
+                entry.details = serde_json::json!({ "sessions_revoked": revoked });
+            }
             audit::insert(conn, &entry.row()).await?;
             Ok(())
         })
-        .await
+        .await?;
+        if new_hash.is_none() {
+            return Err(AppError::invalid("current_password", "is not correct"));
+        }
+        Ok(())
     }
 
     async fn inner_list_sessions(

@@ -339,6 +339,7 @@ impl UserApi {
                 return Err(AppError::NotFound(format!("user {id}")));
             }
             let revoked = sessions::revoke_all_of_user(conn, id, None, now).await?;
+            // A reset is also how an admin lifts a lockout.
             throttle::clear(conn, &format!("user:{id}")).await?;
             let entry = AuditEntry {
                 user_id: Some(caller.user_id),

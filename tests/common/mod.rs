@@ -47,6 +47,8 @@ pub struct TestOptions {
     pub acquire_timeout: Duration,
     /// Auth settings.
     pub auth: AuthArgs,
+    /// bcrypt cost of the server (the seeded admin is hashed at 4 always).
+    pub bcrypt_cost: u32,
 }
 
 impl Default for TestOptions {
@@ -66,6 +68,7 @@ impl Default for TestOptions {
                 login_lockout_secs: 30,
                 trusted_proxies: vec![],
             },
+            bcrypt_cost: 4,
         }
     }
 }
@@ -105,6 +108,14 @@ impl TestApp {
 
     /// A server with `options`.
     pub async fn spawn_with(options: TestOptions) -> Self {
+        // Server logs show up with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .try_init();
         let server = TestServer::get().await;
         let db = server.create_database(true).await;
         let check_pool = pool(&db.url(), Duration::from_secs(10));
@@ -126,7 +137,8 @@ impl TestApp {
         } else {
             (db.url(), None)
         };
-        let auth = AuthSettings::from_args(&options.auth, JWT_SECRET, 4).expect("auth settings");
+        let auth = AuthSettings::from_args(&options.auth, JWT_SECRET, options.bcrypt_cost)
+            .expect("auth settings");
         let keys = auth.tokens.clone();
         let state = AppState {
             pool: pool(&url, options.acquire_timeout),
