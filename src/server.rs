@@ -4,8 +4,10 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
 
 use crate::{
     api,
@@ -112,7 +114,7 @@ pub async fn serve(
         .add_service(pb::audit_service_server::AuditServiceServer::new(
             api::audit::AuditApi::new(state.clone()),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = drain_started.await;
         });
     tokio::pin!(server);
@@ -136,4 +138,12 @@ pub async fn serve(
     };
     monitor.abort();
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
+}
+
+/// Accepted connections with Nagle off (small gRPC frames must not wait for
+/// delayed ACKs) and TCP keepalive on (dead worker streams are noticed).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }

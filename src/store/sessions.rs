@@ -139,28 +139,26 @@ pub async fn caller_permissions(
     session_id: Uuid,
     user_id: Uuid,
 ) -> QueryResult<Option<Vec<String>>> {
-    let live: bool = diesel::select(diesel::dsl::exists(
-        sessions::table
-            .inner_join(users::table)
-            .filter(sessions::id.eq(session_id))
-            .filter(sessions::user_id.eq(user_id))
-            .filter(sessions::revoked_at.is_null())
-            .filter(users::is_active.eq(true)),
-    ))
-    .get_result(conn)
-    .await?;
-    if !live {
-        return Ok(None);
-    }
-    let grants: Vec<serde_json::Value> = user_roles::table
-        .inner_join(roles::table)
-        .filter(user_roles::user_id.eq(user_id))
-        .select(roles::permissions)
+    // One round trip: no row means no live session; a NULL row means a live
+    // session of a user without roles.
+    let grants: Vec<Option<serde_json::Value>> = sessions::table
+        .inner_join(users::table)
+        .left_join(user_roles::table.on(user_roles::user_id.eq(users::id)))
+        .left_join(roles::table.on(roles::id.eq(user_roles::role_id)))
+        .filter(sessions::id.eq(session_id))
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoked_at.is_null())
+        .filter(users::is_active.eq(true))
+        .select(roles::permissions.nullable())
         .load(conn)
         .await?;
+    if grants.is_empty() {
+        return Ok(None);
+    }
     Ok(Some(
         grants
             .iter()
+            .flatten()
             .flat_map(super::models::permission_list)
             .collect(),
     ))
