@@ -70,10 +70,12 @@ pub async fn run(
     hasher: &PasswordHasher,
     admin_password: AdminPassword,
 ) -> Result<SeedReport, AppError> {
-    let mut conn = db::connect(pool).await?;
-    let admin_exists = users::find_by_login(&mut conn, ADMIN_EMAIL)
-        .await?
-        .is_some();
+    let admin_exists = {
+        let mut conn = db::connect(pool).await?;
+        users::find_by_login(&mut conn, ADMIN_EMAIL)
+            .await?
+            .is_some()
+    };
     let password = if admin_exists {
         None
     } else {
@@ -101,6 +103,7 @@ pub async fn run(
         None => None,
     };
 
+    let mut conn = db::connect(pool).await?;
     let conn: &mut diesel_async::AsyncPgConnection = &mut conn;
     conn.transaction::<_, AppError, _>(async |conn| {
         let now = store::now();
@@ -122,24 +125,27 @@ pub async fn run(
                 report.roles_created.push((*name).to_owned());
             }
         }
-        if let Some(hash) = &password_hash
-            && users::find_by_login(conn, ADMIN_EMAIL).await?.is_none()
-        {
-            let admin = users::insert(
-                conn,
-                &NewUser {
-                    id: Uuid::now_v7(),
-                    email: ADMIN_EMAIL,
-                    username: ADMIN_USERNAME,
-                    password_hash: hash,
-                    first_name: Some("Platform"),
-                    last_name: Some("Administrator"),
-                    is_active: true,
-                    created_at: now,
-                    updated_at: now,
-                },
-            )
-            .await?;
+        let admin = match &password_hash {
+            Some(hash) => {
+                users::insert_if_missing(
+                    conn,
+                    &NewUser {
+                        id: Uuid::now_v7(),
+                        email: ADMIN_EMAIL,
+                        username: ADMIN_USERNAME,
+                        password_hash: hash,
+                        first_name: Some("Platform"),
+                        last_name: Some("Administrator"),
+                        is_active: true,
+                        created_at: now,
+                        updated_at: now,
+                    },
+                )
+                .await?
+            }
+            None => None,
+        };
+        if let Some(admin) = admin {
             let role = roles::find(conn, ADMIN_ROLE)
                 .await?
                 .ok_or_else(|| AppError::internal("admin role missing after seeding"))?;

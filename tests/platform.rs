@@ -488,3 +488,32 @@ fn an_external_database_needs_a_jwt_secret() {
         stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn replicas_seeding_at_once_all_succeed() {
+    let server = TestServer::get().await;
+    let db = server.create_database(true).await;
+    let pool =
+        automation_control_plane::db::build_pool(&automation_control_plane::db::PoolSettings {
+            url: db.url(),
+            max_size: 8,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(10),
+            application_name: "seed-race".into(),
+        })
+        .unwrap();
+    let hasher = PasswordHasher::new(4);
+    let runs = futures::future::join_all(
+        (0..4).map(|_| seed::run(&pool, &hasher, AdminPassword::Given("race-password".into()))),
+    )
+    .await;
+    let reports: Vec<_> = runs.into_iter().map(|r| r.expect("seed")).collect();
+    assert_eq!(reports.iter().filter(|r| r.admin_created).count(), 1);
+    let counts = lines(
+        &db.url(),
+        "SELECT (SELECT count(*) FROM users) || ' users, ' || \
+         (SELECT count(*) FROM user_roles) || ' assignments' AS line",
+    )
+    .await;
+    assert_eq!(counts, set(&["1 users, 1 assignments"]));
+}

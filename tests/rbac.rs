@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use automation_control_plane::{
     auth::{
         policy::{AccessRule, METHOD_ACCESS, grants},
@@ -266,6 +264,5 @@ async fn forged_and_stale_tokens_are_refused() {
         client.get_current_user(request).await.unwrap_err().code(),
         Code::Unauthenticated
     );
-    tokio::time::sleep(Duration::from_millis(1)).await;
     app.stop().await;
 }

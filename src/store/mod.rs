@@ -10,25 +10,13 @@ pub mod sessions;
 pub mod throttle;
 pub mod users;
 
-use chrono::{NaiveDateTime, Utc};
+use chrono::{NaiveDateTime, Timelike as _, Utc};
 
-/// The seed schema stores `TIMESTAMP` without time zone; the service always
-/// writes and reads them as UTC.
+/// The seed schema stores `TIMESTAMP(3)` without time zone; the service
+/// always writes and reads UTC, cut to milliseconds so that values read back
+/// compare equal to values written.
 pub fn now() -> NaiveDateTime {
-    // Millisecond precision, as the columns are TIMESTAMP(3): values read back
-    // compare equal to values written.
     let now = Utc::now().naive_utc();
-    now.with_nanosecond_ms()
-}
-
-trait TruncateToMillis {
-    fn with_nanosecond_ms(self) -> Self;
-}
-
-impl TruncateToMillis for NaiveDateTime {
-    fn with_nanosecond_ms(self) -> Self {
-        use chrono::Timelike as _;
-        let nanos = self.nanosecond() / 1_000_000 * 1_000_000;
-        self.with_nanosecond(nanos).unwrap_or(self)
-    }
+    now.with_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(now)
 }

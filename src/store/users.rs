@@ -52,6 +52,21 @@ pub async fn insert(conn: &mut AsyncPgConnection, user: &NewUser<'_>) -> QueryRe
         .await
 }
 
+/// Inserts a user unless the email or username is taken (seeding, which
+/// several replicas may run at once); `None` when it was.
+pub async fn insert_if_missing(
+    conn: &mut AsyncPgConnection,
+    user: &NewUser<'_>,
+) -> QueryResult<Option<UserRow>> {
+    diesel::insert_into(users::table)
+        .values(user)
+        .on_conflict_do_nothing()
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
 /// Filters of [`list`].
 #[derive(Debug, Default)]
 pub struct UserFilter {
