@@ -58,6 +58,7 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
+    state.auth.passwords.prepare().await?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // One probe before serving, so that health answers for every service
     // from the first call.

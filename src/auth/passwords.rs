@@ -69,12 +69,22 @@ impl PasswordHasher {
     /// Spends the same time as a real verification, for unknown users, so
     /// that response times do not tell which logins exist.
     pub async fn verify_dummy(&self, password: &str) -> Result<(), AppError> {
-        let hash = self
-            .dummy_hash
-            .get_or_try_init(|| self.hash("not-a-real-password"))
-            .await?
-            .clone();
+        let hash = self.dummy_hash().await?;
         self.verify(password, &hash).await.map(drop)
+    }
+
+    /// Makes the hash [`Self::verify_dummy`] checks against, so that not even
+    /// the first unknown login takes longer than a known one. Call before
+    /// serving.
+    pub async fn prepare(&self) -> Result<(), AppError> {
+        self.dummy_hash().await.map(drop)
+    }
+
+    async fn dummy_hash(&self) -> Result<String, AppError> {
+        self.dummy_hash
+            .get_or_try_init(|| self.hash("not-a-real-password"))
+            .await
+            .cloned()
     }
 
     async fn run<T, F>(&self, work: F) -> Result<T, AppError>
