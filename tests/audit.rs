@@ -6,17 +6,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use automation_control_plane::proto::automation_v1 as pb;
-use common::{AuditServiceClient, TestApp, UserServiceClient, authed};
+use common::{AuditServiceClient, TestApp, UserServiceClient, authed, new_user};
 use tonic::Code;
-
-fn new_user(name: &str) -> pb::CreateUserRequest {
-    pb::CreateUserRequest {
-        email: format!("{name}@example.test"),
-        username: name.into(),
-        password: "long-enough-1".into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn the_audit_trail_is_filtered_and_paged() {

@@ -273,15 +273,7 @@ async fn migrations_go_up_down_and_up_again() {
 async fn seeding_twice_changes_nothing() {
     let server = TestServer::get().await;
     let db = server.create_database(true).await;
-    let pool =
-        automation_control_plane::db::build_pool(&automation_control_plane::db::PoolSettings {
-            url: db.url(),
-            max_size: 2,
-            acquire_timeout: Duration::from_secs(10),
-            statement_timeout: Duration::from_secs(10),
-            application_name: "seed-test".into(),
-        })
-        .unwrap();
+    let pool = common::pool(&db.url(), Duration::from_secs(10));
     let hasher = PasswordHasher::new(4);
     let snapshot = "SELECT 'role ' || name || ' ' || permissions::text || ' ' || id AS line FROM roles \
                     UNION ALL SELECT 'user ' || email || ' ' || password || ' ' || id FROM users \
@@ -493,15 +485,7 @@ fn an_external_database_needs_a_jwt_secret() {
 async fn replicas_seeding_at_once_all_succeed() {
     let server = TestServer::get().await;
     let db = server.create_database(true).await;
-    let pool =
-        automation_control_plane::db::build_pool(&automation_control_plane::db::PoolSettings {
-            url: db.url(),
-            max_size: 8,
-            acquire_timeout: Duration::from_secs(10),
-            statement_timeout: Duration::from_secs(10),
-            application_name: "seed-race".into(),
-        })
-        .unwrap();
+    let pool = common::pool(&db.url(), Duration::from_secs(10));
     let hasher = PasswordHasher::new(4);
     let runs = futures::future::join_all(
         (0..4).map(|_| seed::run(&pool, &hasher, AdminPassword::Given("race-password".into()))),

@@ -5,27 +5,9 @@ mod common;
 
 use automation_control_plane::proto::automation_v1 as pb;
 use common::{
-    AuditServiceClient, AuthServiceClient, RoleServiceClient, TestApp, UserServiceClient, authed,
+    AuditServiceClient, RoleServiceClient, TestApp, UserServiceClient, authed, mask, new_user,
 };
-use prost_types::FieldMask;
 use tonic::Code;
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
-fn new_user(name: &str) -> pb::CreateUserRequest {
-    pb::CreateUserRequest {
-        email: format!("{name}@example.test"),
-        username: name.into(),
-        password: "long-enough-1".into(),
-        first_name: "First".into(),
-        last_name: "Last".into(),
-        roles: vec![],
-    }
-}
 
 #[tokio::test]
 async fn roles_are_managed_and_apply_at_once() {
@@ -108,14 +90,7 @@ async fn roles_are_managed_and_apply_at_once() {
         .into_inner()
         .assignment
         .unwrap();
-    let admin_id = AuthServiceClient::new(app.channel().await)
-        .get_current_user(authed(&admin, pb::GetCurrentUserRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-        .id;
+    let admin_id = app.current_user(&admin).await.id;
     assert_eq!(assignment.assigned_by, admin_id);
     audit
         .list_audit_logs(authed(&viewer_token, pb::ListAuditLogsRequest::default()))
@@ -354,14 +329,7 @@ async fn nobody_grants_what_they_do_not_hold() {
 async fn the_last_admin_cannot_be_removed() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
-    let admin_id = AuthServiceClient::new(app.channel().await)
-        .get_current_user(authed(&admin, pb::GetCurrentUserRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-        .id;
+    let admin_id = app.current_user(&admin).await.id;
     let mut users = UserServiceClient::new(app.channel().await);
     let mut roles = RoleServiceClient::new(app.channel().await);
     let deactivate = |id: &str| pb::UpdateUserRequest {

@@ -4,26 +4,8 @@
 mod common;
 
 use automation_control_plane::proto::automation_v1 as pb;
-use common::{AuthServiceClient, TestApp, UserServiceClient, authed};
-use prost_types::FieldMask;
+use common::{AuthServiceClient, TestApp, UserServiceClient, authed, mask, new_user};
 use tonic::Code;
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
-}
-
-fn new_user(name: &str) -> pb::CreateUserRequest {
-    pb::CreateUserRequest {
-        email: format!("{name}@example.test"),
-        username: name.into(),
-        password: "long-enough-1".into(),
-        first_name: "First".into(),
-        last_name: "Last".into(),
-        roles: vec![],
-    }
-}
 
 #[tokio::test]
 async fn users_are_created_listed_updated_and_deleted() {

@@ -89,7 +89,8 @@ pub struct TestApp {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn pool(url: &str, acquire_timeout: Duration) -> DbPool {
+/// A small pool on `url`.
+pub fn pool(url: &str, acquire_timeout: Duration) -> DbPool {
     db::build_pool(&PoolSettings {
         url: url.to_owned(),
         max_size: 8,
@@ -209,6 +210,17 @@ impl TestApp {
             .access_token
     }
 
+    /// The user a token belongs to (panics if the token does not work).
+    pub async fn current_user(&self, token: &str) -> pb::User {
+        AuthServiceClient::new(self.channel().await)
+            .get_current_user(authed(token, pb::GetCurrentUserRequest {}))
+            .await
+            .expect("GetCurrentUser")
+            .into_inner()
+            .user
+            .expect("user")
+    }
+
     /// Creates a user holding `roles` and returns (user id, access token).
     pub async fn user_with_roles(&self, username: &str, roles: &[&str]) -> (String, String) {
         let admin = self.admin_token().await;
@@ -245,6 +257,25 @@ impl TestApp {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+/// An update mask naming `paths`.
+pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+/// A valid CreateUser request for `name` (password `long-enough-1`).
+pub fn new_user(name: &str) -> pb::CreateUserRequest {
+    pb::CreateUserRequest {
+        email: format!("{name}@example.test"),
+        username: name.into(),
+        password: "long-enough-1".into(),
+        first_name: "First".into(),
+        last_name: "Last".into(),
+        roles: vec![],
     }
 }
 
