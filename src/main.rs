@@ -132,7 +132,12 @@ async fn serve(db_args: &DatabaseArgs, args: ServeArgs) -> Result<(), AppError> 
         })?;
     let jwt_secret = match (&args.auth.jwt_secret, &db_args.database_url) {
         (Some(secret), _) => secret.clone(),
-        (None, None) => db::source::development_jwt_secret(&db_args.data_dir)?,
+        (None, None) => {
+            let data_dir = db_args.data_dir.clone();
+            tokio::task::spawn_blocking(move || db::source::development_jwt_secret(&data_dir))
+                .await
+                .map_err(|e| AppError::internal(e.to_string()))??
+        }
         (None, Some(_)) => {
             return Err(AppError::Config(
                 "JWT_SECRET is required with DATABASE_URL (at least 32 random bytes, e.g. \

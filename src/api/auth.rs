@@ -1,8 +1,8 @@
 //! `AuthService`: login, refresh-token rotation and the caller's own sessions.
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use std::time::{Duration, Instant};
 
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::NaiveDateTime;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use rand::{Rng as _, RngCore as _};

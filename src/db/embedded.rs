@@ -189,10 +189,14 @@ impl EmbeddedPostgres {
                         } else {
                             format!("not accepting connections in time ({})", describe(&error))
                         };
+                        let root = self.root_dir.clone();
+                        let log = tokio::task::spawn_blocking(move || log_tail(&root))
+                            .await
+                            .unwrap_or_default();
                         return Err(EmbeddedPostgresError::Failed {
                             step: "start",
                             reason,
-                            log: log_tail(&self.root_dir),
+                            log,
                         });
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
