@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::{collections::BTreeSet, process::Command, time::Duration};
+use std::{
+    collections::BTreeSet, os::unix::fs::PermissionsExt as _, process::Command, time::Duration,
+};
 
 use automation_control_plane::{
     auth::passwords::PasswordHasher,
@@ -500,4 +502,33 @@ async fn replicas_seeding_at_once_all_succeed() {
     )
     .await;
     assert_eq!(counts, set(&["1 users, 1 assignments"]));
+}
+
+#[test]
+fn an_unreachable_data_directory_is_named() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // Only root switches to the postgres user.
+    }
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data_dir = private.path().join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .env("DATA_DIR", &data_dir)
+        .env("EMBEDDED_PG_PORT", "0")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}{}",
+        stderr(&output),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let message = stderr(&output);
+    assert!(
+        message.contains("cannot enter") && message.contains(&private.path().display().to_string()),
+        "{message}"
+    );
 }

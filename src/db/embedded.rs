@@ -56,6 +56,17 @@ pub enum EmbeddedPostgresError {
         /// The user the cluster runs as.
         runner: u32,
     },
+    /// The server user cannot reach the data directory.
+    #[error(
+        "PostgreSQL runs as the 'postgres' user, which cannot enter {blocked} (on the way to \
+         {path}): chmod o+x {blocked}, or choose a --data-dir it can reach"
+    )]
+    UnreachableDataDirectory {
+        /// The data directory.
+        path: PathBuf,
+        /// The first ancestor it cannot search.
+        blocked: PathBuf,
+    },
     /// A step failed; `log` holds what PostgreSQL printed last.
     #[error("embedded PostgreSQL: {step} failed: {reason}{log}")]
     Failed {
@@ -274,6 +285,31 @@ impl RunAs {
         command
     }
 
+    /// Checks that the server user can search every directory above `path`
+    /// (root can, so a root-run check would pass and initdb fail obscurely).
+    fn ensure_reachable(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if !self.switch {
+            return Ok(());
+        }
+        for ancestor in path.ancestors().skip(1) {
+            let Ok(meta) = fs::metadata(ancestor) else {
+                continue;
+            };
+            let mode = meta.permissions().mode();
+            let searchable = mode & 0o001 != 0
+                || (meta.uid() == self.uid.as_raw() && mode & 0o100 != 0)
+                || (meta.gid() == self.gid.as_raw() && mode & 0o010 != 0);
+            if !searchable {
+                return Err(EmbeddedPostgresError::UnreachableDataDirectory {
+                    path: path.to_path_buf(),
+                    blocked: ancestor.to_path_buf(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn own(&self, path: &Path) -> Result<()> {
         if self.switch {
             chown(path, Some(self.uid), Some(self.gid)).map_err(|e| failed("chown", e))?;
@@ -333,6 +369,7 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
     let root = fs::canonicalize(root).map_err(|e| failed("resolving the data directory", e))?;
     let pgdata = root.join("pgdata");
     let password_file = root.join("superuser.password");
+    runner.ensure_reachable(&pgdata)?;
 
     if pgdata.join("PG_VERSION").is_file() {
         let owner = fs::metadata(&pgdata)
