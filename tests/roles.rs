@@ -133,25 +133,17 @@ async fn roles_are_managed_and_apply_at_once() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 
-    // Unassign, then delete the role.
+    // Unassign (a second time finds nothing), then delete the role.
+    let unassign = pb::UnassignRoleRequest {
+        user_id: viewer_id.clone(),
+        role: "auditor".into(),
+    };
     roles
-        .unassign_role(authed(
-            &admin,
-            pb::UnassignRoleRequest {
-                user_id: viewer_id.clone(),
-                role: "auditor".into(),
-            },
-        ))
+        .unassign_role(authed(&admin, unassign.clone()))
         .await
         .unwrap();
     let again = roles
-        .unassign_role(authed(
-            &admin,
-            pb::UnassignRoleRequest {
-                user_id: viewer_id.clone(),
-                role: "auditor".into(),
-            },
-        ))
+        .unassign_role(authed(&admin, unassign))
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::NotFound);

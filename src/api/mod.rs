@@ -14,12 +14,8 @@ use chrono::NaiveDateTime;
 use prost_types::Timestamp;
 use uuid::Uuid;
 
-use crate::{
-    auth::caller::ClientInfo,
-    error::AppError,
-    proto::automation_v1 as pb,
-    store::{self, models::AuditLogRow, models::UserRow},
-};
+pub(crate) use crate::auth::caller::AuditEntry;
+use crate::{error::AppError, proto::automation_v1 as pb, store::models::UserRow};
 
 /// Parses a UUID field.
 pub(crate) fn parse_id(field: &str, value: &str) -> Result<Uuid, AppError> {
@@ -61,33 +57,6 @@ pub(crate) fn user_message(row: UserRow, roles: Vec<String>, permissions: Vec<St
         last_login_time: row.last_login.map(timestamp),
         roles,
         permissions,
-    }
-}
-
-/// An audit record of an action by `user_id` from `client`.
-pub(crate) struct AuditEntry<'a> {
-    pub user_id: Option<Uuid>,
-    pub client: &'a ClientInfo,
-    pub action: &'a str,
-    pub resource: String,
-    pub success: bool,
-    pub details: serde_json::Value,
-}
-
-impl AuditEntry<'_> {
-    /// The row to insert.
-    pub(crate) fn row(&self) -> AuditLogRow {
-        AuditLogRow {
-            id: Uuid::now_v7(),
-            user_id: self.user_id,
-            action: self.action.to_owned(),
-            resource: self.resource.clone(),
-            outcome: if self.success { "success" } else { "failure" }.to_owned(),
-            details: self.details.clone(),
-            ip_address: self.client.ip.clone(),
-            user_agent: self.client.user_agent.clone(),
-            created_at: store::now(),
-        }
     }
 }
 

@@ -8,7 +8,10 @@ use tonic::transport::server::TcpConnectInfo;
 use uuid::Uuid;
 
 use super::policy;
-use crate::error::AppError;
+use crate::{
+    error::AppError,
+    store::{self, models::AuditLogRow},
+};
 
 /// The client's address and software, recorded in sessions and audit rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,6 +65,34 @@ impl ClientInfo {
                 .map(|ip| ip.to_string())
                 .unwrap_or_else(|| "unknown".into()),
             user_agent,
+        }
+    }
+}
+
+/// An audit record of an action by `user_id` from `client`: the one place
+/// that turns an event into an `audit_logs` row.
+pub struct AuditEntry<'a> {
+    pub user_id: Option<Uuid>,
+    pub client: &'a ClientInfo,
+    pub action: &'a str,
+    pub resource: String,
+    pub success: bool,
+    pub details: serde_json::Value,
+}
+
+impl AuditEntry<'_> {
+    /// The row to insert.
+    pub fn row(&self) -> AuditLogRow {
+        AuditLogRow {
+            id: Uuid::now_v7(),
+            user_id: self.user_id,
+            action: self.action.to_owned(),
+            resource: self.resource.clone(),
+            outcome: if self.success { "success" } else { "failure" }.to_owned(),
+            details: self.details.clone(),
+            ip_address: self.client.ip.clone(),
+            user_agent: self.client.user_agent.clone(),
+            created_at: store::now(),
         }
     }
 }

@@ -16,14 +16,14 @@ use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::{
-    caller::{Caller, ClientInfo},
+    caller::{AuditEntry, Caller, ClientInfo},
     policy::{self, AccessRule},
     tokens::TokenKeys,
 };
 use crate::{
     db::{self, DbPool},
     error::AppError,
-    store::{self, audit, sessions},
+    store::{audit, sessions},
 };
 
 /// Shared state of the layer.
@@ -85,17 +85,18 @@ impl Authorizer {
         client: &ClientInfo,
         error: &AppError,
     ) {
-        let row = store::models::AuditLogRow {
-            id: uuid::Uuid::now_v7(),
+        let row = AuditEntry {
             user_id,
-            action: "auth.denied".into(),
+            client,
+            action: "auth.denied",
             resource: path.trim_start_matches('/').to_owned(),
-            outcome: "failure".into(),
-            details: serde_json::json!({ "code": format!("{:?}", error.code()), "reason": error.to_string() }),
-            ip_address: client.ip.clone(),
-            user_agent: client.user_agent.clone(),
-            created_at: store::now(),
-        };
+            success: false,
+            details: serde_json::json!({
+                "code": format!("{:?}", error.code()),
+                "reason": error.to_string(),
+            }),
+        }
+        .row();
         let result = match db::connect(&self.pool).await {
             Ok(mut conn) => audit::insert(&mut conn, &row).await.map_err(AppError::from),
             Err(error) => Err(error),
