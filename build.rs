@@ -2,12 +2,15 @@
 //! each RPC's `(automation.v1.access)` option into a table the server enforces.
 //! A method without an access option fails the build: no RPC ships unguarded.
 
-use std::{env, fmt::Write as _, fs, path::PathBuf};
+use std::{collections::BTreeSet, env, fmt::Write as _, fs, path::PathBuf};
 
-use prost::Message as _;
-use prost_reflect::{DescriptorPool, Value};
+use prost_reflect::{
+    DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor,
+    OneofDescriptor, Value,
+};
 
 const PROTO_ROOT: &str = "proto";
+const PACKAGE: &str = "automation.v1";
 const PROTO_FILES: &[&str] = &[
     "automation/v1/options.proto",
     "automation/v1/users.proto",
@@ -25,22 +28,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
     compiler.include_source_info(true).include_imports(true);
     compiler.open_files(PROTO_FILES)?;
-    let descriptor_set = compiler.file_descriptor_set();
+    // Encoded with extension options intact (the access rules and field
+    // limits), for reflection; the prost_types set below drops them and only
+    // feeds code generation.
     fs::write(
         out_dir.join("automation_v1_descriptor.bin"),
-        descriptor_set.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
-
-    fs::write(
-        out_dir.join("access_policies.rs"),
-        access_table(&compiler.descriptor_pool())?,
-    )?;
+    let descriptor_set = compiler.file_descriptor_set();
+    let pool = compiler.descriptor_pool();
+    fs::write(out_dir.join("access_policies.rs"), access_table(&pool)?)?;
+    fs::write(out_dir.join("field_limits.rs"), field_limits(&pool)?)?;
 
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         // RPCs of services whose issue has not landed yet answer UNIMPLEMENTED.
         .generate_default_stubs(true)
+        // Every message a server or client decodes is checked against the
+        // declared field limits before any handler sees it.
+        .codec_path("crate::api::codec::CheckedCodec")
         .compile_fds(descriptor_set)?;
     Ok(())
 }
@@ -53,7 +60,7 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
     let mut rows = String::new();
     for service in pool
         .services()
-        .filter(|s| s.package_name() == "automation.v1")
+        .filter(|s| s.package_name() == PACKAGE)
     {
         for method in service.methods() {
             let path = format!("/{}/{}", service.full_name(), method.name());
@@ -86,4 +93,281 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
         "/// Every RPC of `automation.v1` with the access rule its proto declares.\n\
          pub const METHOD_ACCESS: &[(&str, AccessRule)] = &[\n{rows}];\n"
     ))
+}
+
+/// Renders `impl CheckLimits` for every message of `automation.v1`: real
+/// checks for messages a request can carry (every string and repeated field
+/// must declare `(automation.v1.limit)`, or the build fails), no-ops for the
+/// rest (responses), so that one codec serves every RPC.
+fn field_limits(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
+    let limit = pool
+        .get_extension_by_name("automation.v1.limit")
+        .ok_or("extension automation.v1.limit is not defined")?;
+    let mut reachable = BTreeSet::new();
+    let mut queue: Vec<MessageDescriptor> = pool
+        .services()
+        .filter(|s| s.package_name() == PACKAGE)
+        .flat_map(|s| s.methods().map(|m| m.input()).collect::<Vec<_>>())
+        .collect();
+    while let Some(message) = queue.pop() {
+        if message.package_name() != PACKAGE || !reachable.insert(message.full_name().to_owned()) {
+            continue;
+        }
+        for field in message.fields() {
+            if let Kind::Message(inner) = field.kind() {
+                queue.push(inner);
+            }
+        }
+    }
+
+    let mut code = String::new();
+    for message in pool.all_messages().filter(|m| m.package_name() == PACKAGE) {
+        let rust_type = rust_path(&message);
+        if !reachable.contains(message.full_name()) {
+            writeln!(
+                code,
+                "impl CheckLimits for {rust_type} {{\n    fn check_limits(&self, _at: &str) -> Result<(), AppError> {{\n        Ok(())\n    }}\n}}\n"
+            )?;
+            continue;
+        }
+        let mut body = String::new();
+        let mut oneofs: Vec<OneofDescriptor> = Vec::new();
+        for field in message.fields() {
+            let where_ = format!("{}.{}", message.full_name(), field.name());
+            let bounds = field_bound(&field, &limit, &where_)?;
+            if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+                if !oneofs.iter().any(|o| o.full_name() == oneof.full_name()) {
+                    oneofs.push(oneof);
+                }
+                continue;
+            }
+            let name = field.name();
+            let member = rust_field(name);
+            let optional = field.supports_presence() && !matches!(field.kind(), Kind::Message(_));
+            match (field.kind(), field.is_list()) {
+                (Kind::String, false) => {
+                    let check = format!("check_str(at, {name:?}, value, {})?;", bounds.text()?);
+                    if optional {
+                        writeln!(body, "        if let Some(value) = &self.{member} {{ {check} }}")?;
+                    } else {
+                        writeln!(body, "        {{ let value = &self.{member}; {check} }}")?;
+                    }
+                }
+                (Kind::String, true) => {
+                    writeln!(
+                        body,
+                        "        check_items(at, {name:?}, self.{member}.len(), {})?;\n        for (index, value) in self.{member}.iter().enumerate() {{ check_str_item(at, {name:?}, index, value, {})?; }}",
+                        bounds.items()?,
+                        bounds.text()?
+                    )?;
+                }
+                (Kind::Message(inner), list) => {
+                    let quoted = format!("{name:?}");
+                    if list {
+                        writeln!(
+                            body,
+                            "        check_items(at, {name:?}, self.{member}.len(), {})?;",
+                            bounds.items()?
+                        )?;
+                        if let Some(check) =
+                            message_check(&inner, "value", "&item_path(at, NAME, index)")
+                        {
+                            let check = check.replace("NAME", &quoted);
+                            writeln!(
+                                body,
+                                "        for (index, value) in self.{member}.iter().enumerate() {{ {check} }}"
+                            )?;
+                        }
+                    } else if let Some(check) =
+                        message_check(&inner, "value", "&field_path(at, NAME)")
+                    {
+                        let check = check.replace("NAME", &quoted);
+                        writeln!(body, "        if let Some(value) = &self.{member} {{ {check} }}")?;
+                    }
+                }
+                (_, true) => {
+                    writeln!(
+                        body,
+                        "        check_items(at, {name:?}, self.{member}.len(), {})?;",
+                        bounds.items()?
+                    )?;
+                }
+                (_, false) => {}
+            }
+        }
+        for oneof in oneofs {
+            let enum_path = format!(
+                "{}::{}",
+                rust_module(&message),
+                upper_camel(oneof.name())
+            );
+            let mut arms = String::new();
+            for field in oneof.fields() {
+                let variant = upper_camel(field.name());
+                let name = field.name();
+                let where_ = format!("{}.{}", message.full_name(), name);
+                let check = match field.kind() {
+                    Kind::String => Some(format!(
+                        "check_str(at, {name:?}, value, {})?;",
+                        field_bound(&field, &limit, &where_)?.text()?
+                    )),
+                    Kind::Message(inner) => message_check(&inner, "value", "&field_path(at, NAME)")
+                        .map(|c| c.replace("NAME", &format!("{name:?}"))),
+                    _ => None,
+                };
+                if let Some(check) = check {
+                    writeln!(arms, "            Some({enum_path}::{variant}(value)) => {{ {check} }}")?;
+                }
+            }
+            if !arms.is_empty() {
+                writeln!(
+                    body,
+                    "        match &self.{} {{\n{arms}            _ => {{}}\n        }}",
+                    rust_field(oneof.name())
+                )?;
+            }
+        }
+        writeln!(
+            code,
+            "impl CheckLimits for {rust_type} {{\n    fn check_limits(&self, at: &str) -> Result<(), AppError> {{\n        let _ = at;\n{body}        Ok(())\n    }}\n}}\n"
+        )?;
+    }
+    Ok(code)
+}
+
+/// What `(automation.v1.limit)` says of one field.
+struct Bound {
+    where_: String,
+    max_bytes: u32,
+    max_chars: u32,
+    max_items: u32,
+}
+
+impl Bound {
+    /// The `TextLimit` expression of a string field.
+    fn text(&self) -> Result<String, String> {
+        match (self.max_bytes, self.max_chars) {
+            (0, 0) => Err(format!(
+                "{}: a string field of a request needs (automation.v1.limit).max_bytes or .max_chars",
+                self.where_
+            )),
+            (bytes, 0) => Ok(format!("TextLimit::Bytes({bytes})")),
+            (0, chars) => Ok(format!("TextLimit::Chars({chars})")),
+            _ => Err(format!("{}: give max_bytes or max_chars, not both", self.where_)),
+        }
+    }
+
+    /// The element bound of a repeated field.
+    fn items(&self) -> Result<u32, String> {
+        if self.max_items == 0 {
+            return Err(format!(
+                "{}: a repeated field of a request needs (automation.v1.limit).max_items",
+                self.where_
+            ));
+        }
+        Ok(self.max_items)
+    }
+}
+
+fn field_bound(
+    field: &FieldDescriptor,
+    limit: &ExtensionDescriptor,
+    where_: &str,
+) -> Result<Bound, String> {
+    let mut bound = Bound {
+        where_: where_.to_owned(),
+        max_bytes: 0,
+        max_chars: 0,
+        max_items: 0,
+    };
+    let options = field.options();
+    if options.has_extension(limit) {
+        let value = options.get_extension(limit);
+        let Value::Message(value) = value.as_ref() else {
+            return Err(format!("{where_}: limit option is not a message"));
+        };
+        let number = |name: &str| {
+            value
+                .get_field_by_name(name)
+                .and_then(|v| v.as_u32())
+                .unwrap_or(0)
+        };
+        bound.max_bytes = number("max_bytes");
+        bound.max_chars = number("max_chars");
+        bound.max_items = number("max_items");
+    }
+    Ok(bound)
+}
+
+/// The statement checking a message-typed value, or `None` when there is
+/// nothing to check (well-known types other than FieldMask; JSON is bounded
+/// by size where it is used).
+fn message_check(message: &MessageDescriptor, value: &str, path: &str) -> Option<String> {
+    match message.full_name() {
+        "google.protobuf.FieldMask" => Some(format!("check_field_mask({path}, {value})?;")),
+        name if name.starts_with(&format!("{PACKAGE}.")) => {
+            Some(format!("{value}.check_limits({path})?;"))
+        }
+        _ => None,
+    }
+}
+
+/// `pb::Foo` or `pb::outer::Inner` for a message of the package.
+fn rust_path(message: &MessageDescriptor) -> String {
+    match message.parent_message() {
+        Some(parent) => format!("{}::{}", rust_module(&parent), message.name()),
+        None => format!("pb::{}", message.name()),
+    }
+}
+
+/// The module prost generates for a message's nested types and oneofs.
+fn rust_module(message: &MessageDescriptor) -> String {
+    let snake = snake_case(message.name());
+    match message.parent_message() {
+        Some(parent) => format!("{}::{snake}", rust_module(&parent)),
+        None => format!("pb::{snake}"),
+    }
+}
+
+fn rust_field(name: &str) -> String {
+    const KEYWORDS: &[&str] = &[
+        "as", "break", "const", "continue", "crate", "else", "enum", "extern", "fn", "for", "if",
+        "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return",
+        "static", "struct", "trait", "type", "unsafe", "use", "where", "while", "async", "await",
+        "dyn", "abstract", "become", "box", "do", "final", "macro", "override", "priv", "typeof",
+        "unsized", "virtual", "yield", "try", "gen",
+    ];
+    if KEYWORDS.contains(&name) {
+        format!("r#{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn upper_camel(name: &str) -> String {
+    name.split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }

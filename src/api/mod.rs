@@ -4,6 +4,7 @@
 //! conversion to `tonic::Status`.
 
 pub mod audit;
+pub mod codec;
 pub mod auth;
 pub mod jobs;
 pub mod modules;
