@@ -5,8 +5,8 @@
 use std::{collections::BTreeSet, env, fmt::Write as _, fs, path::PathBuf};
 
 use prost_reflect::{
-    DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor,
-    OneofDescriptor, Value,
+    DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, OneofDescriptor,
+    Value,
 };
 
 const PROTO_ROOT: &str = "proto";
@@ -58,10 +58,7 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
         .get_extension_by_name("automation.v1.access")
         .ok_or("extension automation.v1.access is not defined")?;
     let mut rows = String::new();
-    for service in pool
-        .services()
-        .filter(|s| s.package_name() == PACKAGE)
-    {
+    for service in pool.services().filter(|s| s.package_name() == PACKAGE) {
         for method in service.methods() {
             let path = format!("/{}/{}", service.full_name(), method.name());
             let options = method.options();
@@ -148,7 +145,10 @@ fn field_limits(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
                 (Kind::String, false) => {
                     let check = format!("check_str(at, {name:?}, value, {})?;", bounds.text()?);
                     if optional {
-                        writeln!(body, "        if let Some(value) = &self.{member} {{ {check} }}")?;
+                        writeln!(
+                            body,
+                            "        if let Some(value) = &self.{member} {{ {check} }}"
+                        )?;
                     } else {
                         writeln!(body, "        {{ let value = &self.{member}; {check} }}")?;
                     }
@@ -182,7 +182,10 @@ fn field_limits(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
                         message_check(&inner, "value", "&field_path(at, NAME)")
                     {
                         let check = check.replace("NAME", &quoted);
-                        writeln!(body, "        if let Some(value) = &self.{member} {{ {check} }}")?;
+                        writeln!(
+                            body,
+                            "        if let Some(value) = &self.{member} {{ {check} }}"
+                        )?;
                     }
                 }
                 (_, true) => {
@@ -196,11 +199,7 @@ fn field_limits(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
             }
         }
         for oneof in oneofs {
-            let enum_path = format!(
-                "{}::{}",
-                rust_module(&message),
-                upper_camel(oneof.name())
-            );
+            let enum_path = format!("{}::{}", rust_module(&message), upper_camel(oneof.name()));
             let mut arms = String::new();
             for field in oneof.fields() {
                 let variant = upper_camel(field.name());
@@ -216,7 +215,10 @@ fn field_limits(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
                     _ => None,
                 };
                 if let Some(check) = check {
-                    writeln!(arms, "            Some({enum_path}::{variant}(value)) => {{ {check} }}")?;
+                    writeln!(
+                        arms,
+                        "            Some({enum_path}::{variant}(value)) => {{ {check} }}"
+                    )?;
                 }
             }
             if !arms.is_empty() {
@@ -253,7 +255,10 @@ impl Bound {
             )),
             (bytes, 0) => Ok(format!("TextLimit::Bytes({bytes})")),
             (0, chars) => Ok(format!("TextLimit::Chars({chars})")),
-            _ => Err(format!("{}: give max_bytes or max_chars, not both", self.where_)),
+            _ => Err(format!(
+                "{}: give max_bytes or max_chars, not both",
+                self.where_
+            )),
         }
     }
 

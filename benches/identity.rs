@@ -129,7 +129,10 @@ async fn main() {
 
     // Logins at the production bcrypt cost.
     let app = TestApp::spawn_with(common::TestOptions {
-        bcrypt_cost: 12,
+        passwords: automation_control_plane::config::PasswordArgs {
+            bcrypt_cost: 12,
+            ..common::TestOptions::default().passwords
+        },
         ..Default::default()
     })
     .await;

@@ -1,9 +1,12 @@
 //! Command line and environment. Every flag has an environment variable of the
 //! same meaning; units are in the names (`_ms`, `_secs`).
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::auth::client::TrustedProxies;
 
 /// The control plane of the automation platform.
 #[derive(Debug, Parser)]
@@ -136,10 +139,30 @@ pub struct SeedArgs {
     /// otherwise.
     #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// Password hashing and rules.
+    #[command(flatten)]
+    pub passwords: PasswordArgs,
+}
+
+/// How passwords are hashed and what they must look like.
+#[derive(Debug, Clone, Args)]
+pub struct PasswordArgs {
     /// bcrypt cost for password hashes (4-31; each step doubles the work).
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+    /// Shortest password accepted, in characters (the longest is 72 bytes).
+    #[arg(long, env = "PASSWORD_MIN_LENGTH", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=72))]
+    pub password_min_length: u32,
+    /// Most password checks running or waiting for a free core at once;
+    /// more are answered RESOURCE_EXHAUSTED. 0: 16 per core.
+    #[arg(long, env = "PASSWORD_QUEUE_MAX", default_value_t = 0)]
+    pub password_queue_max: usize,
+    /// Longest a password check waits for a free core before it is answered
+    /// RESOURCE_EXHAUSTED, in milliseconds.
+    #[arg(long, env = "PASSWORD_QUEUE_WAIT_MS", default_value_t = 5_000)]
+    pub password_queue_wait_ms: u64,
 }
 
 /// Authentication settings.
@@ -162,22 +185,32 @@ pub struct AuthArgs {
     /// Lifetime of refresh tokens (and so of an idle session), in seconds.
     #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 604_800)]
     pub refresh_token_ttl_secs: u64,
-    /// Shortest password accepted, in characters.
-    #[arg(long, env = "PASSWORD_MIN_LENGTH", default_value_t = 8)]
-    pub password_min_length: usize,
-    /// Failed logins of one account before it is locked for a while; each
-    /// further failure doubles the lock.
+    /// Longest a session lives however often it is refreshed, in seconds
+    /// (30 days); then its owner logs in again.
+    #[arg(long, env = "SESSION_MAX_LIFETIME_SECS", default_value_t = 2_592_000)]
+    pub session_max_lifetime_secs: u64,
+    /// Failed logins of one account from one client before that client is
+    /// locked out of that account for a while; each further failure doubles
+    /// the lock.
     #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5)]
     pub login_max_failures: i32,
-    /// Failed logins from one client IP before it is locked for a while.
+    /// Failed logins of one account from all clients together before the
+    /// account is under attack: then only clients that have not failed on it
+    /// may try, once each, until the lock ends.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 100)]
+    pub login_max_failures_per_account: i32,
+    /// Failed logins from one client (an IPv4 address or an IPv6 /64),
+    /// whatever the account, before the client is locked for a while.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 50)]
     pub login_max_failures_per_ip: i32,
     /// First lock after too many failures, in seconds (doubles each failure
     /// beyond the limit, up to 15 minutes).
     #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 30)]
     pub login_lockout_secs: u64,
-    /// Proxies whose `x-forwarded-for` is believed (comma-separated IPs).
-    /// Others' headers are ignored and the peer address is used.
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Proxies whose `x-forwarded-for` is believed: comma-separated IP
+    /// addresses or CIDR ranges (`10.0.0.0/8,fd00::/8`). Others' headers are
+    /// ignored and the peer address is used.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = TrustedProxies::parse_entry)]
+    pub trusted_proxies: Vec<IpNet>,
 }

@@ -1,15 +1,18 @@
 //! The control plane of the automation platform: a gRPC service that owns
 //! identity, the module registry and the job queue, all kept in PostgreSQL.
 //!
-//! Data flows one way: `api` (transport) → `auth`/domain rules → `store`
-//! (the only SQL) → PostgreSQL.
+//! Data flows one way: `api` (transport) → `domain` (rules and
+//! transactions) → `store` (the only SQL) → PostgreSQL. `auth` holds
+//! credentials and the layer that checks every call.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod health;
+pub mod maintenance;
 pub mod proto;
 pub mod schema;
 pub mod seed;

@@ -4,7 +4,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use automation_control_plane::{
     AppError,
-    auth::AuthSettings,
+    auth::{AuthSettings, passwords::PasswordHasher},
     config::{Cli, Command, DatabaseArgs, HealthArgs, MigrateArgs, SeedArgs, ServeArgs},
     db::{self, PoolSettings, migrations, source::DatabaseSource},
     seed::{self, AdminPassword},
@@ -110,7 +110,7 @@ async fn seed(
 ) -> Result<(), AppError> {
     migrations::run_pending(&source.url).await?;
     let pool = pool_for(source, db_args)?;
-    let hasher = automation_control_plane::auth::passwords::PasswordHasher::new(args.bcrypt_cost);
+    let hasher = PasswordHasher::from_args(&args.passwords);
     let report = seed::run(&pool, &hasher, admin_password(source, &args)).await?;
     println!(
         "roles created: [{}]; admin created: {}",
@@ -146,7 +146,7 @@ async fn serve(db_args: &DatabaseArgs, args: ServeArgs) -> Result<(), AppError> 
             ));
         }
     };
-    let auth = AuthSettings::from_args(&args.auth, &jwt_secret, args.seed.bcrypt_cost)?;
+    let auth = AuthSettings::from_args(&args.auth, &args.seed.passwords, &jwt_secret)?;
 
     let source = DatabaseSource::open(db_args).await?;
     let result = serve_on(&source, db_args, &args, auth, listener).await;
@@ -168,13 +168,13 @@ async fn serve_on(
         }
     }
     let pool = pool_for(source, db_args)?;
-    let mut conn = db::connect(&pool).await?;
-    if !users::any_exist(&mut conn).await? {
-        drop(conn);
+    let empty = db::with_connection(&pool, "serve.any_users", async |conn| {
+        Ok(!users::any_exist(conn).await?)
+    })
+    .await?;
+    if empty {
         let report = seed::run(&pool, &auth.passwords, admin_password(source, &args.seed)).await?;
         tracing::info!(roles = ?report.roles_created, admin = report.admin_created, "seeded an empty database");
-    } else {
-        drop(conn);
     }
     let state = AppState {
         pool,

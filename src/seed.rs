@@ -1,7 +1,6 @@
 //! Default roles and the first admin, as the seed document lists them.
 //! Idempotent: what exists is left as it is.
 
-use diesel_async::AsyncConnection as _;
 use rand::distr::{Alphanumeric, SampleString};
 use uuid::Uuid;
 
@@ -19,8 +18,7 @@ pub const ADMIN_USERNAME: &str = "admin";
 /// The seed document's development password, used only with the embedded
 /// database when no ADMIN_PASSWORD is given.
 pub const DEV_ADMIN_PASSWORD: &str = "admin123";
-/// Name of the built-in all-powerful role.
-pub const ADMIN_ROLE: &str = "admin";
+pub use crate::domain::authority::ADMIN_ROLE;
 
 /// The default roles: name, description, permissions.
 pub const DEFAULT_ROLES: &[(&str, &str, &[&str])] = &[
@@ -70,18 +68,16 @@ pub async fn run(
     hasher: &PasswordHasher,
     admin_password: AdminPassword,
 ) -> Result<SeedReport, AppError> {
-    let admin_exists = {
-        let mut conn = db::connect(pool).await?;
-        users::find_by_login(&mut conn, ADMIN_EMAIL)
-            .await?
-            .is_some()
-    };
+    let admin_exists = db::with_connection(pool, "seed.find_admin", async |conn| {
+        Ok(users::find_by_login(conn, ADMIN_EMAIL).await?.is_some())
+    })
+    .await?;
     let password = if admin_exists {
         None
     } else {
         Some(match admin_password {
             AdminPassword::Given(p) => {
-                hasher.validate("ADMIN_PASSWORD", &p, 8)?;
+                hasher.validate("ADMIN_PASSWORD", &p)?;
                 p
             }
             AdminPassword::DevelopmentDefault => {
@@ -103,9 +99,7 @@ pub async fn run(
         None => None,
     };
 
-    let mut conn = db::connect(pool).await?;
-    let conn: &mut diesel_async::AsyncPgConnection = &mut conn;
-    conn.transaction::<_, AppError, _>(async |conn| {
+    db::transaction(pool, "seed", async |conn| {
         let now = store::now();
         let mut report = SeedReport::default();
         for (name, description, permissions) in DEFAULT_ROLES {

@@ -16,12 +16,13 @@ use crate::{
         layer::{AuthLayer, Authorizer},
     },
     db::DbPool,
+    domain::Identity,
     error::AppError,
-    health,
+    health, maintenance,
     proto::{self, automation_v1 as pb},
 };
 
-/// What every handler can reach.
+/// What the server is built from.
 #[derive(Clone)]
 pub struct AppState {
     /// The database.
@@ -85,11 +86,18 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
 
+    let identity = Identity::new(&state.pool, &state.auth);
     let authorizer = Authorizer {
-        pool: state.pool.clone(),
-        keys: state.auth.tokens.clone(),
+        sessions: identity.sessions.clone(),
+        audit: identity.audit.clone(),
         trusted_proxies: state.auth.trusted_proxies.clone(),
     };
+    let background = tokio_util::sync::CancellationToken::new();
+    let housekeeping = tokio::spawn(maintenance::run(
+        identity.clone(),
+        maintenance::INTERVAL,
+        background.clone(),
+    ));
 
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
@@ -98,13 +106,13 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::auth_service_server::AuthServiceServer::new(
-            api::auth::AuthApi::new(state.clone()),
+            api::auth::AuthApi::new(identity.sessions.clone()),
         ))
         .add_service(pb::user_service_server::UserServiceServer::new(
-            api::users::UserApi::new(state.clone()),
+            api::users::UserApi::new(identity.accounts.clone()),
         ))
         .add_service(pb::role_service_server::RoleServiceServer::new(
-            api::roles::RoleApi::new(state.clone()),
+            api::roles::RoleApi::new(identity.roles.clone()),
         ))
         .add_service(pb::module_service_server::ModuleServiceServer::new(
             api::modules::ModuleApi,
@@ -113,7 +121,7 @@ pub async fn serve(
             api::jobs::JobApi,
         ))
         .add_service(pb::audit_service_server::AuditServiceServer::new(
-            api::audit::AuditApi::new(state.clone()),
+            api::audit::AuditApi::new(identity.audit.clone()),
         ))
         .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = drain_started.await;
@@ -138,6 +146,8 @@ pub async fn serve(
         }
     };
     monitor.abort();
+    background.cancel();
+    let _ = housekeeping.await;
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }
 

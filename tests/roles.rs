@@ -28,7 +28,11 @@ async fn roles_are_managed_and_apply_at_once() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
-        assert!(status.message().starts_with("permissions:"));
+        assert!(
+            status.message().starts_with("permissions[0]:"),
+            "{}",
+            status.message()
+        );
     }
     let auditor = roles
         .create_role(authed(

@@ -2,62 +2,25 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{naive_time, parse_id, timestamp};
+use super::{json::json_to_struct, naive_time, timestamp};
 use crate::{
-    db,
+    domain::{audit::AuditTrail, validate},
     error::AppError,
     proto::automation_v1::{self as pb, audit_service_server::AuditService},
-    server::AppState,
-    store::{
-        audit::{self, AuditFilter},
-        models::AuditLogRow,
-        pagination::{Cursor, page_size},
-    },
+    store::{audit::AuditFilter, models::AuditLogRow, pagination::PageRequest},
 };
 
 /// Handlers of `automation.v1.AuditService`.
 #[derive(Clone)]
 pub struct AuditApi {
-    state: AppState,
+    audit: AuditTrail,
 }
 
 impl AuditApi {
-    /// Handlers over shared state.
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    /// Handlers over the audit trail.
+    pub fn new(audit: AuditTrail) -> Self {
+        Self { audit }
     }
-}
-
-/// A JSON object as a protobuf `Struct` (other JSON values are wrapped as
-/// `{"value": ...}`).
-pub(crate) fn json_to_struct(value: serde_json::Value) -> prost_types::Struct {
-    match json_to_value(value).kind {
-        Some(prost_types::value::Kind::StructValue(s)) => s,
-        other => prost_types::Struct {
-            fields: [("value".to_owned(), prost_types::Value { kind: other })].into(),
-        },
-    }
-}
-
-/// Any JSON value as a protobuf `Value`.
-pub(crate) fn json_to_value(value: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
-            fields: map
-                .into_iter()
-                .map(|(k, v)| (k, json_to_value(v)))
-                .collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 fn audit_message(row: AuditLogRow) -> pb::AuditLog {
@@ -78,56 +41,33 @@ fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_owned())
 }
 
-impl AuditApi {
-    async fn inner_list(
-        &self,
-        request: pb::ListAuditLogsRequest,
-    ) -> Result<pb::ListAuditLogsResponse, AppError> {
-        let limit = page_size(request.page_size)?;
-        if !matches!(request.outcome.as_str(), "" | "success" | "failure") {
-            return Err(AppError::invalid(
-                "outcome",
-                "must be 'success' or 'failure'",
-            ));
-        }
-        let filter = AuditFilter {
-            user_id: match request.user_id.as_str() {
-                "" => None,
-                id => Some(parse_id("user_id", id)?),
-            },
-            action: non_empty(&request.action),
-            resource: non_empty(&request.resource),
-            outcome: non_empty(&request.outcome),
-            since: request
-                .start_time
-                .as_ref()
-                .map(|t| naive_time("start_time", t))
-                .transpose()?,
-            until: request
-                .end_time
-                .as_ref()
-                .map(|t| naive_time("end_time", t))
-                .transpose()?,
-            before: match Cursor::decode(&request.page_token)? {
-                Some(cursor) => Some((cursor.time()?, cursor.id)),
-                None => None,
-            },
-        };
-        let mut conn = db::connect(&self.state.pool).await?;
-        let mut rows = audit::list(&mut conn, &filter, limit + 1).await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|last| Cursor::at_time(last.created_at, last.id).encode())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(pb::ListAuditLogsResponse {
-            audit_logs: rows.into_iter().map(audit_message).collect(),
-            next_page_token,
-        })
+fn decode_filter(request: &pb::ListAuditLogsRequest) -> Result<AuditFilter, AppError> {
+    if !matches!(request.outcome.as_str(), "" | "success" | "failure") {
+        return Err(AppError::invalid(
+            "outcome",
+            "must be 'success' or 'failure'",
+        ));
     }
+    Ok(AuditFilter {
+        user_id: match request.user_id.as_str() {
+            "" => None,
+            id => Some(validate::id("user_id", id)?),
+        },
+        action: non_empty(&request.action),
+        resource: non_empty(&request.resource),
+        outcome: non_empty(&request.outcome),
+        since: request
+            .start_time
+            .as_ref()
+            .map(|t| naive_time("start_time", t))
+            .transpose()?,
+        until: request
+            .end_time
+            .as_ref()
+            .map(|t| naive_time("end_time", t))
+            .transpose()?,
+        before: None,
+    })
 }
 
 #[tonic::async_trait]
@@ -136,6 +76,13 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::ListAuditLogsRequest>,
     ) -> Result<Response<pb::ListAuditLogsResponse>, Status> {
-        Ok(Response::new(self.inner_list(request.into_inner()).await?))
+        let body = request.get_ref();
+        let filter = decode_filter(body)?;
+        let page = PageRequest::parse(body.page_size, &body.page_token)?;
+        let page = self.audit.list(filter, page).await?;
+        Ok(Response::new(pb::ListAuditLogsResponse {
+            audit_logs: page.items.into_iter().map(audit_message).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 }

@@ -1,31 +1,37 @@
-//! The gRPC handlers, one file per service. Each handler decodes and validates
-//! its request, calls the store (inside a transaction with its audit row when
-//! it mutates) and encodes the answer. Errors are `AppError` until the single
-//! conversion to `tonic::Status`.
+//! The gRPC handlers, one file per service. Each handler decodes its request
+//! into domain types (checking the shape of every field), calls ONE domain
+//! function and encodes what it returns. No SQL, no rule, no transaction
+//! here; errors stay `AppError` until the single conversion to
+//! `tonic::Status`. Field bounds are checked before any of this, by the
+//! codec (`codec.rs`).
 
 pub mod audit;
-pub mod codec;
 pub mod auth;
+pub mod codec;
 pub mod jobs;
+pub(crate) mod json;
 pub mod modules;
 pub mod roles;
 pub mod users;
 
 use chrono::NaiveDateTime;
 use prost_types::Timestamp;
-use uuid::Uuid;
 
-pub(crate) use crate::auth::caller::AuditEntry;
-use crate::{error::AppError, proto::automation_v1 as pb, store::models::UserRow};
+use crate::{
+    auth::caller::{caller_of, client_of},
+    domain::{Actor, accounts::Account},
+    error::AppError,
+    proto::automation_v1 as pb,
+    store::models::RoleRow,
+};
 
-/// Parses a UUID field.
-pub(crate) fn parse_id(field: &str, value: &str) -> Result<Uuid, AppError> {
-    if value.is_empty() {
-        return Err(AppError::invalid(field, "is required"));
-    }
-    value
-        .parse()
-        .map_err(|_| AppError::invalid(field, "is not a UUID"))
+/// The authenticated caller and their client, as the authorization layer
+/// left them in the request.
+pub(crate) fn actor_of<T>(request: &tonic::Request<T>) -> Result<Actor, AppError> {
+    Ok(Actor {
+        caller: caller_of(request)?,
+        client: client_of(request),
+    })
 }
 
 /// A stored UTC timestamp as a protobuf one.
@@ -39,13 +45,17 @@ pub(crate) fn timestamp(time: NaiveDateTime) -> Timestamp {
 
 /// A protobuf timestamp as a stored UTC one.
 pub(crate) fn naive_time(field: &str, time: &Timestamp) -> Result<NaiveDateTime, AppError> {
-    chrono::DateTime::from_timestamp(time.seconds, time.nanos.max(0) as u32)
+    if !(0..1_000_000_000).contains(&time.nanos) {
+        return Err(AppError::invalid(field, "nanos must be within 0..1e9"));
+    }
+    chrono::DateTime::from_timestamp(time.seconds, time.nanos as u32)
         .map(|t| t.naive_utc())
         .ok_or_else(|| AppError::invalid(field, "is out of range"))
 }
 
-/// Builds the wire `User` from a row and its roles.
-pub(crate) fn user_message(row: UserRow, roles: Vec<String>, permissions: Vec<String>) -> pb::User {
+/// The wire `User` of an account.
+pub(crate) fn user_message(account: Account) -> pb::User {
+    let row = account.user;
     pb::User {
         id: row.id.to_string(),
         email: row.email,
@@ -56,8 +66,20 @@ pub(crate) fn user_message(row: UserRow, roles: Vec<String>, permissions: Vec<St
         create_time: Some(timestamp(row.created_at)),
         update_time: Some(timestamp(row.updated_at)),
         last_login_time: row.last_login.map(timestamp),
-        roles,
-        permissions,
+        roles: account.roles,
+        permissions: account.permissions,
+    }
+}
+
+/// The wire `Role` of a row.
+pub(crate) fn role_message(row: RoleRow) -> pb::Role {
+    pb::Role {
+        permissions: row.permission_list(),
+        id: row.id.to_string(),
+        name: row.name,
+        description: row.description,
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
     }
 }
 

@@ -2,8 +2,9 @@
 //! service. It looks up the RPC's declared rule, verifies the bearer token,
 //! reads the caller's live permissions and either lets the call through with
 //! a [`Caller`] in its extensions or answers UNAUTHENTICATED /
-//! PERMISSION_DENIED itself (and audits the denial). Health and reflection are
-//! not `automation.v1` and pass untouched.
+//! PERMISSION_DENIED itself (and audits the denial, sampled: denials cost a
+//! caller nothing, so a flood of them must not cost the database a row
+//! each). Health and reflection are not `automation.v1` and pass untouched.
 
 use std::{
     pin::Pin,
@@ -16,37 +17,34 @@ use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::{
-    caller::{AuditEntry, Caller, ClientInfo},
+    caller::Caller,
+    client::{ClientInfo, TrustedProxies},
     policy::{self, AccessRule},
-    tokens::TokenKeys,
 };
 use crate::{
-    db::{self, DbPool},
+    domain::{
+        audit::{AuditAction, AuditEvent, AuditTrail},
+        sessions::Sessions,
+    },
     error::AppError,
-    store::{audit, sessions},
 };
 
 /// Shared state of the layer.
 #[derive(Clone)]
 pub struct Authorizer {
-    /// The database, for live session and permission checks.
-    pub pool: DbPool,
-    /// Token verification.
-    pub keys: TokenKeys,
+    /// Token verification and the live caller lookup.
+    pub sessions: Sessions,
+    /// Where denials are recorded.
+    pub audit: AuditTrail,
     /// Proxies whose `x-forwarded-for` is believed.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 const PACKAGE_PREFIX: &str = "/automation.v1.";
 
 impl Authorizer {
     /// Decides a call. `Ok(None)`: public, no caller.
-    async fn authorize(
-        &self,
-        path: &str,
-        headers: &HeaderMap,
-        client: &ClientInfo,
-    ) -> Result<Option<Caller>, AppError> {
+    async fn authorize(&self, path: &str, headers: &HeaderMap) -> Result<Option<Caller>, AppError> {
         let Some(rule) = policy::rule_for(path) else {
             return Err(AppError::PermissionDenied(
                 "this method declares no access rule".into(),
@@ -55,55 +53,37 @@ impl Authorizer {
         if rule == AccessRule::Public {
             return Ok(None);
         }
-        let token = bearer_token(headers)?;
-        let subject = self.keys.verify(token)?;
-        let permissions = {
-            let mut conn = db::connect(&self.pool).await?;
-            sessions::caller_permissions(&mut conn, subject.session_id, subject.user_id).await?
-        }
-        .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
-        let caller = Caller {
-            user_id: subject.user_id,
-            session_id: subject.session_id,
-            permissions,
-        };
+        let subject = self.sessions.verify_token(bearer_token(headers)?)?;
+        let caller = self.sessions.resolve_caller(subject).await?;
         if let AccessRule::Permission(required) = rule
             && !caller.holds(required)
         {
-            let denial = AppError::PermissionDenied(format!("missing permission {required}"));
-            self.audit_denial(path, Some(caller.user_id), client, &denial)
-                .await;
-            return Err(denial);
+            return Err(AppError::PermissionDenied(format!(
+                "missing permission {required}"
+            )));
         }
         Ok(Some(caller))
     }
 
+    /// Records a denial: the first of its kind per client, method and
+    /// reason in each window, then a count.
     async fn audit_denial(
         &self,
         path: &str,
-        user_id: Option<uuid::Uuid>,
+        caller: Option<uuid::Uuid>,
         client: &ClientInfo,
         error: &AppError,
     ) {
-        let row = AuditEntry {
-            user_id,
-            client,
-            action: "auth.denied",
-            resource: path.trim_start_matches('/').to_owned(),
-            success: false,
-            details: serde_json::json!({
+        let method = path.trim_start_matches('/');
+        let event = AuditEvent::failure(AuditAction::Denied, caller, method).with_details(
+            serde_json::json!({
                 "code": format!("{:?}", error.code()),
                 "reason": error.to_string(),
             }),
-        }
-        .row();
-        let result = match db::connect(&self.pool).await {
-            Ok(mut conn) => audit::insert(&mut conn, &row).await.map_err(AppError::from),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "could not audit a denied call");
-        }
+        );
+        let who = caller.map_or_else(|| client.throttle_bucket(), |id| id.to_string());
+        let key = format!("denied|{who}|{method}|{:?}", error.code());
+        self.audit.record_sampled(key, client, &event).await;
     }
 }
 
@@ -183,10 +163,7 @@ where
                 return inner.call(request).await;
             }
             let client = ClientInfo::from_http(&request, &authorizer.trusted_proxies);
-            match authorizer
-                .authorize(&path, request.headers(), &client)
-                .await
-            {
+            match authorizer.authorize(&path, request.headers()).await {
                 Ok(caller) => {
                     if let Some(caller) = caller {
                         request.extensions_mut().insert(caller);
@@ -195,12 +172,29 @@ where
                     inner.call(request).await
                 }
                 Err(error) => {
-                    if error.code() == tonic::Code::Unauthenticated {
-                        authorizer.audit_denial(&path, None, &client, &error).await;
+                    if matches!(
+                        error.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) {
+                        let caller = caller_hint(&authorizer, request.headers());
+                        authorizer
+                            .audit_denial(&path, caller, &client, &error)
+                            .await;
                     }
                     Ok(Status::from(error).into_http())
                 }
             }
         })
     }
+}
+
+/// The account a denied call came from, when its token verified (a
+/// permission denial); `None` for anonymous or forged callers.
+fn caller_hint(authorizer: &Authorizer, headers: &HeaderMap) -> Option<uuid::Uuid> {
+    let token = bearer_token(headers).ok()?;
+    authorizer
+        .sessions
+        .verify_token(token)
+        .ok()
+        .map(|s| s.user_id)
 }

@@ -1,11 +1,22 @@
 //! bcrypt, always on blocking threads and at most one hash per core at a
-//! time, so logins never stall other RPCs on the async runtime.
+//! time, so logins never stall other RPCs on the async runtime. The queue in
+//! front of the cores is bounded in length and in waiting time: a burst of
+//! logins is refused with RESOURCE_EXHAUSTED rather than queued forever.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::error::AppError;
+use crate::{config::PasswordArgs, error::AppError};
+
+/// Shortest password when nothing else is configured.
+pub const DEFAULT_MIN_LENGTH: usize = 8;
 
 /// bcrypt reads at most 72 bytes; longer passwords are refused rather than
 /// silently cut.
@@ -15,23 +26,56 @@ pub const MAX_PASSWORD_BYTES: usize = 72;
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     cost: u32,
+    min_length: usize,
     slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    max_wait: Duration,
     dummy_hash: Arc<OnceCell<String>>,
 }
 
 impl PasswordHasher {
-    /// A hasher of the given bcrypt cost.
+    /// A hasher of the given bcrypt cost, with the default rules and queue.
     pub fn new(cost: u32) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             cost,
+            min_length: DEFAULT_MIN_LENGTH,
             slots: Arc::new(Semaphore::new(cores)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: 16 * cores,
+            max_wait: Duration::from_secs(5),
             dummy_hash: Arc::new(OnceCell::new()),
         }
     }
 
-    /// Checks length rules; `field` names the request field in the error.
-    pub fn validate(&self, field: &str, password: &str, min_chars: usize) -> Result<(), AppError> {
+    /// A hasher as configured.
+    pub fn from_args(args: &PasswordArgs) -> Self {
+        let mut hasher = Self::new(args.bcrypt_cost);
+        hasher.min_length = args.password_min_length as usize;
+        if args.password_queue_max > 0 {
+            hasher.max_waiting = args.password_queue_max;
+        }
+        hasher.max_wait = Duration::from_millis(args.password_queue_wait_ms.max(1));
+        hasher
+    }
+
+    /// The same hasher with another queue bound (tests make it tiny).
+    pub fn with_queue(mut self, max_waiting: usize, max_wait: Duration) -> Self {
+        self.max_waiting = max_waiting;
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The shortest password accepted, in characters.
+    pub fn min_length(&self) -> usize {
+        self.min_length
+    }
+
+    /// Checks the length rules of a new password; `field` names the request
+    /// field in the error.
+    pub fn validate(&self, field: &str, password: &str) -> Result<(), AppError> {
+        let min_chars = self.min_length;
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(AppError::invalid(
                 field,
@@ -92,15 +136,40 @@ impl PasswordHasher {
         T: Send + 'static,
         F: FnOnce() -> Result<T, bcrypt::BcryptError> + Send + 'static,
     {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| AppError::internal("password hasher closed"))?;
+        let busy = || AppError::ResourceExhausted {
+            message: "too many password checks at once".into(),
+            retry_after: Duration::from_secs(1),
+        };
+        let _waiting = QueuePlace::take(&self.waiting, self.max_waiting).ok_or_else(busy)?;
+        let _slot = match tokio::time::timeout(self.max_wait, self.slots.acquire()).await {
+            Ok(slot) => slot.map_err(|_| AppError::internal("password hasher closed"))?,
+            Err(_) => return Err(busy()),
+        };
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| AppError::internal(format!("bcrypt task: {e}")))?
             .map_err(|e| AppError::internal(format!("bcrypt: {e}")))
+    }
+}
+
+/// A place in the queue of password checks, given back on drop whatever
+/// happens to the check.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    fn take(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(waiting))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -116,9 +185,31 @@ mod tests {
         assert!(!hasher.verify("wrong horse", &hash).await.unwrap());
         assert!(!hasher.verify("x", "not a hash").await.unwrap());
         let long = "a".repeat(73);
-        assert!(hasher.validate("password", &long, 8).is_err());
-        assert!(hasher.validate("password", "short", 8).is_err());
-        assert!(hasher.validate("password", &"a".repeat(72), 8).is_ok());
+        assert!(hasher.validate("password", &long).is_err());
+        assert!(hasher.validate("password", "short").is_err());
+        assert!(hasher.validate("password", &"a".repeat(72)).is_ok());
         hasher.verify_dummy("whatever").await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_instead_of_waiting() {
+        let hasher = PasswordHasher::new(10).with_queue(1, Duration::from_millis(50));
+        let hash = hasher.hash("correct horse").await.unwrap();
+        let checks = (0..8).map(|_| {
+            let hasher = hasher.clone();
+            let hash = hash.clone();
+            tokio::spawn(async move { hasher.verify("correct horse", &hash).await })
+        });
+        let results = futures_util::future::join_all(checks).await;
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(AppError::ResourceExhausted { .. }))))
+            .count();
+        assert!(refused > 0, "some checks were refused: {results:?}");
+        assert_eq!(
+            hasher.waiting.load(Ordering::Acquire),
+            0,
+            "every place given back"
+        );
     }
 }

@@ -4,6 +4,9 @@
 pub mod embedded;
 pub mod migrations;
 pub mod source;
+mod transaction;
+
+pub use transaction::{TransactionWork, transaction, with_connection};
 
 use std::time::Duration;
 

@@ -69,6 +69,38 @@ pub fn page_size(requested: i32) -> Result<i64, AppError> {
     }
 }
 
+/// One page asked for: how many rows, after which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Rows to return.
+    pub limit: i64,
+    /// Where the previous page ended; `None` for the first page.
+    pub after: Option<Cursor>,
+}
+
+impl PageRequest {
+    /// Parses the `page_size` and `page_token` of a `List*` request.
+    pub fn parse(page_size_field: i32, page_token: &str) -> Result<Self, AppError> {
+        Ok(Self {
+            limit: page_size(page_size_field)?,
+            after: Cursor::decode(page_token)?,
+        })
+    }
+
+    /// The first page of `limit` rows.
+    pub fn first(limit: i64) -> Self {
+        Self { limit, after: None }
+    }
+
+    /// The cursor as (timestamp, id), for lists sorted by a timestamp.
+    pub fn after_time(&self) -> Result<Option<(NaiveDateTime, Uuid)>, AppError> {
+        self.after
+            .as_ref()
+            .map(|cursor| Ok((cursor.time()?, cursor.id)))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

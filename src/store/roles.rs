@@ -10,12 +10,37 @@ use crate::schema::{roles, user_roles};
 
 /// Finds a role by id, or by name when `key` is not a UUID.
 pub async fn find(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<Option<RoleRow>> {
-    let query = roles::table.select(RoleRow::as_select()).into_boxed();
-    let query = match key.parse::<Uuid>() {
-        Ok(id) => query.filter(roles::id.eq(id)),
-        Err(_) => query.filter(roles::name.eq(key)),
-    };
-    query.first(conn).await.optional()
+    let query = roles::table.select(RoleRow::as_select());
+    match key.parse::<Uuid>() {
+        Ok(id) => query.filter(roles::id.eq(id)).first(conn).await,
+        Err(_) => query.filter(roles::name.eq(key)).first(conn).await,
+    }
+    .optional()
+}
+
+/// Finds a role by id or name and locks it for the rest of the transaction
+/// (it is about to change).
+pub async fn find_for_update(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+) -> QueryResult<Option<RoleRow>> {
+    let query = roles::table.select(RoleRow::as_select()).for_update();
+    match key.parse::<Uuid>() {
+        Ok(id) => query.filter(roles::id.eq(id)).first(conn).await,
+        Err(_) => query.filter(roles::name.eq(key)).first(conn).await,
+    }
+    .optional()
+}
+
+/// Finds a role by id or name and share-locks it for the rest of the
+/// transaction: a check against its permissions holds until commit.
+pub async fn find_shared(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<Option<RoleRow>> {
+    let query = roles::table.select(RoleRow::as_select()).for_share();
+    match key.parse::<Uuid>() {
+        Ok(id) => query.filter(roles::id.eq(id)).first(conn).await,
+        Err(_) => query.filter(roles::name.eq(key)).first(conn).await,
+    }
+    .optional()
 }
 
 /// Finds roles by name; missing names are simply absent from the result.

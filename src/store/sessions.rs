@@ -19,16 +19,31 @@ pub async fn insert(conn: &mut AsyncPgConnection, session: &SessionRow) -> Query
 }
 
 /// Swaps the session's refresh token for a new one, atomically: of several
-/// concurrent rotations of one token exactly one matches the row. Returns the
-/// session as it was before the swap (live, unexpired and of an active user),
-/// or `None` when the presented hash is not current.
+/// concurrent rotations of one token exactly one matches the row. The new
+/// expiry is `new_expiry`, but never past the session's creation plus
+/// `max_lifetime`. Returns the session after the swap (it was live,
+/// unexpired and of an active user), or `None` when the presented hash is
+/// not current.
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
     presented_hash: &str,
     new_hash: &str,
     new_expiry: NaiveDateTime,
+    max_lifetime: chrono::Duration,
     now: NaiveDateTime,
 ) -> QueryResult<Option<SessionRow>> {
+    use diesel::{
+        data_types::PgInterval,
+        dsl::sql,
+        sql_types::{Interval, Timestamp},
+    };
+    let capped_expiry = sql::<Timestamp>("LEAST(")
+        .bind::<Timestamp, _>(new_expiry)
+        .sql(", \"createdAt\" + ")
+        .bind::<Interval, _>(PgInterval::from_microseconds(
+            max_lifetime.num_microseconds().unwrap_or(i64::MAX),
+        ))
+        .sql(")");
     let active_users = users::table
         .filter(users::is_active.eq(true))
         .select(users::id);
@@ -41,7 +56,7 @@ pub async fn rotate(
     )
     .set((
         sessions::refresh_token.eq(new_hash),
-        sessions::expires_at.eq(new_expiry),
+        sessions::expires_at.eq(capped_expiry),
     ))
     .returning(SessionRow::as_returning())
     .get_result(conn)
@@ -58,6 +73,26 @@ pub async fn rotate(
             .await?;
     }
     Ok(rotated)
+}
+
+/// Forgets spent refresh tokens of sessions that ended (revoked or expired)
+/// before `ended_before`: presenting one again can revoke nothing more.
+pub async fn prune_spent_tokens(
+    conn: &mut AsyncPgConnection,
+    ended_before: NaiveDateTime,
+) -> QueryResult<usize> {
+    let ended = sessions::table
+        .filter(
+            sessions::expires_at
+                .lt(ended_before)
+                .or(sessions::revoked_at.lt(ended_before)),
+        )
+        .select(sessions::id);
+    diesel::delete(
+        session_spent_tokens::table.filter(session_spent_tokens::session_id.eq_any(ended)),
+    )
+    .execute(conn)
+    .await
 }
 
 /// The session a spent refresh token belonged to, if it is one.
@@ -131,13 +166,14 @@ pub async fn list_live(
 }
 
 /// What the authorization layer needs about a caller, read on every call so
-/// that revocation, deactivation and role changes apply at once: `None` when
-/// the session is revoked or the user inactive or gone; otherwise the
-/// permissions of the user's roles.
+/// that revocation, expiry, deactivation and role changes apply at once:
+/// `None` when the session is revoked or expired or the user inactive or
+/// gone; otherwise the permissions of the user's roles.
 pub async fn caller_permissions(
     conn: &mut AsyncPgConnection,
     session_id: Uuid,
     user_id: Uuid,
+    now: NaiveDateTime,
 ) -> QueryResult<Option<Vec<String>>> {
     // One round trip: no row means no live session; a NULL row means a live
     // session of a user without roles.
@@ -148,6 +184,7 @@ pub async fn caller_permissions(
         .filter(sessions::id.eq(session_id))
         .filter(sessions::user_id.eq(user_id))
         .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(now))
         .filter(users::is_active.eq(true))
         .select(roles::permissions.nullable())
         .load(conn)

@@ -18,6 +18,41 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
+/// Finds a user by id and locks the row for the rest of the transaction, so
+/// that the checks made on it (its permissions, the last admin) hold until
+/// the change commits. Role assignments lock the same row.
+pub async fn find_for_update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<UserRow>> {
+    users::table
+        .find(id)
+        .select(UserRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The permissions a user holds, with their roles share-locked so that no
+/// role widens between a check against them and the change it guards.
+pub async fn held_permissions_locked(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Vec<String>> {
+    let grants: Vec<serde_json::Value> = user_roles::table
+        .inner_join(roles::table)
+        .filter(user_roles::user_id.eq(id))
+        .select(roles::permissions)
+        .for_share()
+        .load(conn)
+        .await?;
+    let mut permissions: Vec<String> = grants.iter().flat_map(permission_list).collect();
+    permissions.sort();
+    permissions.dedup();
+    Ok(permissions)
+}
+
 /// Finds a user by email (case-insensitive) or exact username.
 pub async fn find_by_login(
     conn: &mut AsyncPgConnection,

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use automation_control_plane::{
     auth::{AuthSettings, passwords::PasswordHasher, tokens::TokenKeys},
-    config::AuthArgs,
+    config::{AuthArgs, PasswordArgs},
     db::{self, DbPool, PoolSettings},
     proto::automation_v1 as pb,
     seed::{self, AdminPassword},
@@ -47,8 +47,9 @@ pub struct TestOptions {
     pub acquire_timeout: Duration,
     /// Auth settings.
     pub auth: AuthArgs,
-    /// bcrypt cost of the server (the seeded admin is hashed at 4 always).
-    pub bcrypt_cost: u32,
+    /// Password settings of the server (the seeded admin is hashed at cost 4
+    /// always).
+    pub passwords: PasswordArgs,
 }
 
 impl Default for TestOptions {
@@ -62,13 +63,19 @@ impl Default for TestOptions {
                 jwt_audience: AUDIENCE.into(),
                 access_token_ttl_secs: 900,
                 refresh_token_ttl_secs: 3600,
-                password_min_length: 8,
+                session_max_lifetime_secs: 30 * 24 * 3600,
                 login_max_failures: 5,
+                login_max_failures_per_account: 100,
                 login_max_failures_per_ip: 1000,
                 login_lockout_secs: 30,
                 trusted_proxies: vec![],
             },
-            bcrypt_cost: 4,
+            passwords: PasswordArgs {
+                bcrypt_cost: 4,
+                password_min_length: 8,
+                password_queue_max: 0,
+                password_queue_wait_ms: 5_000,
+            },
         }
     }
 }
@@ -138,7 +145,7 @@ impl TestApp {
         } else {
             (db.url(), None)
         };
-        let auth = AuthSettings::from_args(&options.auth, JWT_SECRET, options.bcrypt_cost)
+        let auth = AuthSettings::from_args(&options.auth, &options.passwords, JWT_SECRET)
             .expect("auth settings");
         let keys = auth.tokens.clone();
         let state = AppState {

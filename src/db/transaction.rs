@@ -1,0 +1,103 @@
+//! The one way the service runs a transaction: check a connection out, run
+//! the work between BEGIN and COMMIT (ROLLBACK on error), give the connection
+//! back. One place to time every operation by name and to map pool errors.
+
+use std::time::{Duration, Instant};
+
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager as _};
+
+use super::{DbPool, connect};
+use crate::error::AppError;
+
+/// Operations slower than this are logged at WARN with their name.
+const SLOW_OPERATION: Duration = Duration::from_millis(500);
+
+/// The work of a transaction: an async closure over the connection whose
+/// future is `Send`. (Rust cannot yet bound an `AsyncFnOnce` future as
+/// `Send` directly; naming the future through this trait can.)
+pub trait TransactionWork<'c, R>:
+    AsyncFnOnce(&'c mut AsyncPgConnection) -> Result<R, AppError>
+    + FnOnce(&'c mut AsyncPgConnection) -> <Self as TransactionWork<'c, R>>::Future
+{
+    /// The future the closure returns.
+    type Future: Future<Output = Result<R, AppError>> + Send;
+}
+
+impl<'c, R, F, Fut> TransactionWork<'c, R> for F
+where
+    F: AsyncFnOnce(&'c mut AsyncPgConnection) -> Result<R, AppError>
+        + FnOnce(&'c mut AsyncPgConnection) -> Fut,
+    Fut: Future<Output = Result<R, AppError>> + Send,
+{
+    type Future = Fut;
+}
+
+/// Runs `work` in a transaction on a pooled connection and commits when it
+/// returns `Ok`; rolls back otherwise. `operation` names the work in logs.
+///
+/// A caller that goes away mid-transaction drops the future with the
+/// transaction open; the pool then discards that connection instead of
+/// reusing it (diesel-async marks it broken), so nothing half-done commits.
+pub async fn transaction<R, F>(
+    pool: &DbPool,
+    operation: &'static str,
+    work: F,
+) -> Result<R, AppError>
+where
+    F: for<'c> TransactionWork<'c, R> + Send,
+    R: Send,
+{
+    let started = Instant::now();
+    let mut conn = connect(pool).await?;
+    let conn: &mut AsyncPgConnection = &mut conn;
+    AnsiTransactionManager::begin_transaction(conn).await?;
+    let result = match work(conn).await {
+        Ok(value) => AnsiTransactionManager::commit_transaction(conn)
+            .await
+            .map(|()| value)
+            .map_err(AppError::from),
+        Err(error) => {
+            if let Err(rollback) = AnsiTransactionManager::rollback_transaction(conn).await {
+                tracing::warn!(db.operation = operation, error = %rollback, "rollback failed");
+            }
+            Err(error)
+        }
+    };
+    log_duration(operation, started.elapsed());
+    result
+}
+
+/// Runs `work` on a pooled connection without a transaction (reads, and
+/// single statements that are atomic on their own), timed like
+/// [`transaction`].
+pub async fn with_connection<R, F>(
+    pool: &DbPool,
+    operation: &'static str,
+    work: F,
+) -> Result<R, AppError>
+where
+    F: for<'c> TransactionWork<'c, R> + Send,
+    R: Send,
+{
+    let started = Instant::now();
+    let mut conn = connect(pool).await?;
+    let result = work(&mut conn).await;
+    log_duration(operation, started.elapsed());
+    result
+}
+
+fn log_duration(operation: &'static str, elapsed: Duration) {
+    if elapsed >= SLOW_OPERATION {
+        tracing::warn!(
+            db.operation = operation,
+            duration_ms = elapsed.as_millis() as u64,
+            "slow database operation"
+        );
+    } else {
+        tracing::trace!(
+            db.operation = operation,
+            duration_us = elapsed.as_micros() as u64,
+            "database operation"
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! Accounts administered by others (`UserService`): creating, changing,
+//! deleting and resetting the password of users.
+//!
+//! The rule that guards them: a caller may act on another account only if it
+//! holds every permission that account holds (so a helpdesk role holding
+//! `users:write` cannot reset an administrator's password and become one).
+//! Self-service — one's own password, one's own sessions — is `AuthService`'s.
+
+use diesel_async::AsyncPgConnection;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    Actor, Page,
+    audit::{AuditAction, AuditEvent, AuditTrail},
+    authority::{ensure_covers, ensure_may_grant, ensure_not_last_admin},
+    throttle::LoginThrottle,
+};
+use crate::{
+    auth::passwords::PasswordHasher,
+    db::{self, DbPool},
+    error::AppError,
+    store::{
+        self,
+        models::{NewUser, UserRoleRow, UserRow},
+        pagination::{Cursor, PageRequest},
+        roles, sessions,
+        users::{self, UserChanges, UserFilter},
+    },
+};
+
+/// A user with their roles and the permissions those grant.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The row.
+    pub user: UserRow,
+    /// Names of the roles held.
+    pub roles: Vec<String>,
+    /// The union of their permissions.
+    pub permissions: Vec<String>,
+}
+
+/// A new account, its fields validated.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub email: String,
+    pub username: String,
+    /// The password in clear; only its hash is stored.
+    pub password: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Names of roles to assign at once.
+    pub roles: Vec<String>,
+}
+
+/// Changes to an account, its fields validated; `None` leaves one alone.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChanges {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub is_active: Option<bool>,
+    /// The names of the fields changed, for the audit trail.
+    pub fields: Vec<String>,
+}
+
+/// Filters of [`Accounts::list`].
+#[derive(Debug, Clone, Default)]
+pub struct AccountQuery {
+    /// Substring of email, username, first or last name, any case.
+    pub text: Option<String>,
+    /// Only active or only inactive accounts.
+    pub is_active: Option<bool>,
+}
+
+/// The account administration service.
+#[derive(Clone)]
+pub struct Accounts {
+    pool: DbPool,
+    passwords: PasswordHasher,
+}
+
+impl Accounts {
+    /// Accounts in `pool`'s database, hashing with `passwords`.
+    pub fn new(pool: DbPool, passwords: PasswordHasher) -> Self {
+        Self { pool, passwords }
+    }
+
+    /// The hasher, whose rules decoders check new passwords against.
+    pub fn passwords(&self) -> &PasswordHasher {
+        &self.passwords
+    }
+
+    /// Creates an account holding `new.roles`; the caller must hold every
+    /// permission of each.
+    pub async fn create(&self, actor: &Actor, new: NewAccount) -> Result<Account, AppError> {
+        self.passwords.validate("password", &new.password)?;
+        // Hashed with no connection held: bcrypt is slow on purpose.
+        let hash = self.passwords.hash(&new.password).await?;
+        let user = db::transaction(&self.pool, "accounts.create", async |conn| {
+            let wanted = roles::find_by_names(conn, &new.roles).await?;
+            if let Some(missing) = new
+                .roles
+                .iter()
+                .find(|name| !wanted.iter().any(|r| &r.name == *name))
+            {
+                return Err(AppError::invalid(
+                    "roles",
+                    format!("no role named '{missing}'"),
+                ));
+            }
+            for role in &wanted {
+                ensure_may_grant(&actor.caller, &role.permission_list())?;
+            }
+            let now = store::now();
+            let user = users::insert(
+                conn,
+                &NewUser {
+                    id: Uuid::now_v7(),
+                    email: &new.email,
+                    username: &new.username,
+                    password_hash: &hash,
+                    first_name: new.first_name.as_deref(),
+                    last_name: new.last_name.as_deref(),
+                    is_active: true,
+                    created_at: now,
+                    updated_at: now,
+                },
+            )
+            .await?;
+            for role in &wanted {
+                roles::assign(
+                    conn,
+                    &UserRoleRow {
+                        id: Uuid::now_v7(),
+                        user_id: user.id,
+                        role_id: role.id,
+                        assigned_at: now,
+                        assigned_by: Some(actor.caller.user_id),
+                    },
+                )
+                .await?;
+            }
+            let event = AuditEvent::success(
+                AuditAction::CreateUser,
+                Some(actor.caller.user_id),
+                format!("users/{}", user.id),
+            )
+            .with_details(json!({
+                "email": user.email, "username": user.username, "roles": new.roles,
+            }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(user)
+        })
+        .await?;
+        self.with_roles(user).await
+    }
+
+    /// One account.
+    pub async fn get(&self, id: Uuid) -> Result<Account, AppError> {
+        db::with_connection(&self.pool, "accounts.get", async |conn| {
+            let user = users::find(conn, id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("user {id}")))?;
+            account_of(conn, user).await
+        })
+        .await
+    }
+
+    /// Accounts by creation time, one page at a time.
+    pub async fn list(
+        &self,
+        query: AccountQuery,
+        page: PageRequest,
+    ) -> Result<Page<Account>, AppError> {
+        let filter = UserFilter {
+            query: query.text,
+            is_active: query.is_active,
+            after: page.after_time()?,
+        };
+        let limit = page.limit;
+        db::with_connection(&self.pool, "accounts.list", async |conn| {
+            let rows = users::list(conn, &filter, limit + 1).await?;
+            let page = Page::from_rows(rows, limit, |row| Cursor::at_time(row.created_at, row.id));
+            let ids: Vec<Uuid> = page.items.iter().map(|r| r.id).collect();
+            let grants = users::roles_and_permissions(conn, &ids).await?;
+            Ok(Page {
+                items: page
+                    .items
+                    .into_iter()
+                    .zip(grants)
+                    .map(|(user, (_, roles, permissions))| Account {
+                        user,
+                        roles,
+                        permissions,
+                    })
+                    .collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
+        .await
+    }
+
+    /// Changes an account. Deactivating one ends its sessions; the last
+    /// active admin stays active.
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        changes: AccountChanges,
+    ) -> Result<Account, AppError> {
+        let deactivating = changes.is_active == Some(false);
+        let user = db::transaction(&self.pool, "accounts.update", async |conn| {
+            lock_target(conn, actor, id).await?;
+            if deactivating {
+                ensure_not_last_admin(conn, id).await?;
+            }
+            let now = store::now();
+            let row = users::update(
+                conn,
+                id,
+                &UserChanges {
+                    email: changes.email.clone(),
+                    username: changes.username.clone(),
+                    first_name: changes.first_name.clone(),
+                    last_name: changes.last_name.clone(),
+                    is_active: changes.is_active,
+                    updated_at: Some(now),
+                },
+            )
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("user {id}")))?;
+            if deactivating {
+                sessions::revoke_all_of_user(conn, id, None, now).await?;
+            }
+            let event = AuditEvent::success(
+                AuditAction::UpdateUser,
+                Some(actor.caller.user_id),
+                format!("users/{id}"),
+            )
+            .with_details(json!({ "fields": changes.fields }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(row)
+        })
+        .await?;
+        self.with_roles(user).await
+    }
+
+    /// Deletes an account with its sessions and role assignments; its audit
+    /// rows stay, with the user cleared.
+    pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), AppError> {
+        db::transaction(&self.pool, "accounts.delete", async |conn| {
+            let target = lock_target(conn, actor, id).await?;
+            ensure_not_last_admin(conn, id).await?;
+            // Recorded before the delete, so that a self-deletion's record
+            // simply loses its user (ON DELETE SET NULL) like the others.
+            let event = AuditEvent::success(
+                AuditAction::DeleteUser,
+                Some(actor.caller.user_id),
+                format!("users/{id}"),
+            )
+            .with_details(json!({ "email": target.email, "username": target.username }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            users::delete(conn, id).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets another account's password, ends its sessions and lifts any
+    /// login lock on it. One's own password changes through
+    /// `AuthService/ChangePassword`, which asks for the current one.
+    pub async fn reset_password(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        password: &str,
+    ) -> Result<(), AppError> {
+        if id == actor.caller.user_id {
+            return Err(AppError::FailedPrecondition(
+                "use AuthService/ChangePassword for your own password: it asks for the current \
+                 one, so a stolen token cannot take over the account"
+                    .into(),
+            ));
+        }
+        self.passwords.validate("new_password", password)?;
+        let hash = self.passwords.hash(password).await?;
+        db::transaction(&self.pool, "accounts.reset_password", async |conn| {
+            lock_target(conn, actor, id).await?;
+            let now = store::now();
+            users::set_password_hash(conn, id, &hash, now).await?;
+            let revoked = sessions::revoke_all_of_user(conn, id, None, now).await?;
+            LoginThrottle::forget_account(conn, id).await?;
+            let event = AuditEvent::success(
+                AuditAction::ResetUserPassword,
+                Some(actor.caller.user_id),
+                format!("users/{id}"),
+            )
+            .with_details(json!({ "sessions_revoked": revoked }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn with_roles(&self, user: UserRow) -> Result<Account, AppError> {
+        db::with_connection(&self.pool, "accounts.roles", async |conn| {
+            account_of(conn, user).await
+        })
+        .await
+    }
+}
+
+/// The account with its roles and permissions.
+pub async fn account_of(conn: &mut AsyncPgConnection, user: UserRow) -> Result<Account, AppError> {
+    let (_, roles, permissions) = users::roles_and_permissions(conn, &[user.id])
+        .await?
+        .pop()
+        .unwrap_or_default();
+    Ok(Account {
+        user,
+        roles,
+        permissions,
+    })
+}
+
+/// Locks the account `id` and checks that the actor may act on it: it must
+/// exist and hold nothing the actor does not.
+async fn lock_target(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<UserRow, AppError> {
+    let target = users::find_for_update(conn, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("user {id}")))?;
+    let held = users::held_permissions_locked(conn, id).await?;
+    ensure_covers(&actor.caller, &held, &format!("user {id}"))?;
+    Ok(target)
+}

@@ -1,0 +1,413 @@
+//! The audit trail: what happened, by whom, from where.
+//!
+//! A change and its record are written in one transaction, so they commit or
+//! vanish together. Events that cost a caller nothing to cause (denied
+//! anonymous calls, throttled logins) are sampled instead: the first of each
+//! kind per client and window is written at once, the rest are counted in
+//! memory and written as one summary row when the window ends, so a flood of
+//! them cannot grow the table or load the database.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::NaiveDateTime;
+use diesel_async::AsyncPgConnection;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    auth::client::ClientInfo,
+    db::{self, DbPool},
+    error::AppError,
+    store::{
+        self,
+        audit::{self as rows, AuditFilter},
+        models::AuditLogRow,
+        pagination::{Cursor, PageRequest},
+    },
+};
+
+use super::Page;
+
+/// Every action the audit trail records; `as_str` is the stored name
+/// (`area.verb`), which clients filter on, so names never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    /// A login, successful or not.
+    Login,
+    /// A refresh-token rotation.
+    Refresh,
+    /// A spent refresh token came back; the session was revoked.
+    RefreshReuse,
+    /// A session ended by its owner.
+    Logout,
+    /// A password changed by its owner.
+    ChangePassword,
+    /// One of the caller's sessions revoked.
+    RevokeSession,
+    /// A call refused by the authorization layer.
+    Denied,
+    /// An account created.
+    CreateUser,
+    /// An account changed.
+    UpdateUser,
+    /// An account deleted.
+    DeleteUser,
+    /// A password set by an administrator.
+    ResetUserPassword,
+    /// A role created.
+    CreateRole,
+    /// A role changed.
+    UpdateRole,
+    /// A role deleted.
+    DeleteRole,
+    /// A role given to a user.
+    AssignRole,
+    /// A role taken from a user.
+    UnassignRole,
+}
+
+impl AuditAction {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Login => "auth.login",
+            Self::Refresh => "auth.refresh",
+            Self::RefreshReuse => "auth.refresh_reuse",
+            Self::Logout => "auth.logout",
+            Self::ChangePassword => "auth.change_password",
+            Self::RevokeSession => "auth.revoke_session",
+            Self::Denied => "auth.denied",
+            Self::CreateUser => "users.create",
+            Self::UpdateUser => "users.update",
+            Self::DeleteUser => "users.delete",
+            Self::ResetUserPassword => "users.reset_password",
+            Self::CreateRole => "roles.create",
+            Self::UpdateRole => "roles.update",
+            Self::DeleteRole => "roles.delete",
+            Self::AssignRole => "roles.assign",
+            Self::UnassignRole => "roles.unassign",
+        }
+    }
+}
+
+/// One event to record.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// What happened.
+    pub action: AuditAction,
+    /// Who did it, when known.
+    pub user_id: Option<Uuid>,
+    /// What it happened to, e.g. `users/<id>`.
+    pub resource: String,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// Context; never secrets.
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// A successful `action` on `resource` by `user_id`.
+    pub fn success(
+        action: AuditAction,
+        user_id: Option<Uuid>,
+        resource: impl Into<String>,
+    ) -> Self {
+        Self {
+            action,
+            user_id,
+            resource: resource.into(),
+            success: true,
+            details: json!({}),
+        }
+    }
+
+    /// A failed `action` on `resource` by `user_id`.
+    pub fn failure(
+        action: AuditAction,
+        user_id: Option<Uuid>,
+        resource: impl Into<String>,
+    ) -> Self {
+        Self {
+            success: false,
+            ..Self::success(action, user_id, resource)
+        }
+    }
+
+    /// The same event with these details.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// The row that records this event from `client`.
+    pub fn row(&self, client: &ClientInfo) -> AuditLogRow {
+        AuditLogRow {
+            id: Uuid::now_v7(),
+            user_id: self.user_id,
+            action: self.action.as_str().to_owned(),
+            resource: self.resource.clone(),
+            outcome: if self.success { "success" } else { "failure" }.to_owned(),
+            details: self.details.clone(),
+            ip_address: client.ip_text(),
+            user_agent: client.user_agent.clone(),
+            created_at: store::now(),
+        }
+    }
+}
+
+/// How audit rows name a session: a fingerprint of its id, never the id
+/// itself, which (with a leaked signing key) would let an audit reader forge
+/// tokens of a live session.
+pub fn session_resource(session_id: Uuid) -> String {
+    let digest = Sha256::digest(session_id.as_bytes());
+    format!("sessions/{}", hex::encode(&digest[..8]))
+}
+
+/// Writes and reads the audit trail.
+#[derive(Clone)]
+pub struct AuditTrail {
+    pool: DbPool,
+    sampler: Arc<Sampler>,
+}
+
+impl AuditTrail {
+    /// The trail in `pool`'s database; repeated cheap events are summarised
+    /// per `window`.
+    pub fn new(pool: DbPool, window: Duration) -> Self {
+        Self {
+            pool,
+            sampler: Arc::new(Sampler::new(window, MAX_SAMPLED_KEYS)),
+        }
+    }
+
+    /// Records `event` inside `conn`'s transaction.
+    pub async fn record(
+        conn: &mut AsyncPgConnection,
+        client: &ClientInfo,
+        event: &AuditEvent,
+    ) -> Result<(), AppError> {
+        rows::insert(conn, &event.row(client)).await?;
+        Ok(())
+    }
+
+    /// Records `event` on its own.
+    pub async fn record_now(
+        &self,
+        client: &ClientInfo,
+        event: &AuditEvent,
+    ) -> Result<(), AppError> {
+        let row = event.row(client);
+        db::with_connection(&self.pool, "audit.insert", async |conn| {
+            Ok(rows::insert(conn, &row).await?)
+        })
+        .await
+    }
+
+    /// Records `event` if it is the first of its `key` in the current
+    /// window; otherwise only counts it for the window's summary row.
+    pub async fn record_sampled(&self, key: String, client: &ClientInfo, event: &AuditEvent) {
+        let row = event.row(client);
+        if !self.sampler.admit(key, &row, Instant::now()) {
+            return;
+        }
+        if let Err(error) = self.record_now(client, event).await {
+            tracing::warn!(%error, action = event.action.as_str(), "could not write an audit row");
+        }
+    }
+
+    /// Writes the summary rows of every window that has ended (or of all,
+    /// when `everything`, at shutdown); returns how many.
+    pub async fn flush_summaries(&self, everything: bool) -> Result<usize, AppError> {
+        let summaries = self.sampler.take_ended(Instant::now(), everything);
+        if summaries.is_empty() {
+            return Ok(0);
+        }
+        let count = summaries.len();
+        db::transaction(&self.pool, "audit.summaries", async |conn| {
+            for row in &summaries {
+                rows::insert(conn, row).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(count)
+    }
+
+    /// Lists records, newest first.
+    pub async fn list(
+        &self,
+        filter: AuditFilter,
+        page: PageRequest,
+    ) -> Result<Page<AuditLogRow>, AppError> {
+        let mut filter = filter;
+        filter.before = page.after_time()?;
+        let limit = page.limit;
+        let rows = db::with_connection(&self.pool, "audit.list", async |conn| {
+            Ok(rows::list(conn, &filter, limit + 1).await?)
+        })
+        .await?;
+        Ok(Page::from_rows(rows, limit, |row| {
+            Cursor::at_time(row.created_at, row.id)
+        }))
+    }
+}
+
+/// Most distinct keys sampled per window; past it, new keys share one
+/// overflow entry per action (memory stays bounded under any flood).
+const MAX_SAMPLED_KEYS: usize = 10_000;
+
+/// One sampled key's current window.
+struct Window {
+    started: Instant,
+    started_at: NaiveDateTime,
+    suppressed: u64,
+    first: AuditLogRow,
+}
+
+/// Counts repeated events per key and window.
+struct Sampler {
+    window: Duration,
+    max_keys: usize,
+    windows: Mutex<SamplerState>,
+}
+
+#[derive(Default)]
+struct SamplerState {
+    open: HashMap<String, Window>,
+    /// Summaries of windows that ended before a flush took them.
+    ended: Vec<AuditLogRow>,
+}
+
+impl Window {
+    /// The summary row of an ended window, when anything was suppressed.
+    fn summary(&self, key: &str) -> Option<AuditLogRow> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        let mut row = self.first.clone();
+        row.id = Uuid::now_v7();
+        row.created_at = store::now();
+        row.details = json!({
+            "summary": "repeats of the first event, not recorded one by one",
+            "repeats": self.suppressed,
+            "since": self.started_at.and_utc().to_rfc3339(),
+            "sample_key": key.split('|').next().unwrap_or_default(),
+            "first": self.first.details,
+        });
+        Some(row)
+    }
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sampler {
+    fn new(window: Duration, max_keys: usize) -> Self {
+        Self {
+            window,
+            max_keys,
+            windows: Mutex::new(SamplerState::default()),
+        }
+    }
+
+    /// True for the first event of `key` in its window (write it now).
+    fn admit(&self, key: String, row: &AuditLogRow, now: Instant) -> bool {
+        let mut state = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if state.open.len() >= self.max_keys && !state.open.contains_key(&key) {
+            format!("overflow|{}", row.action)
+        } else {
+            key
+        };
+        if let Some(window) = state.open.get_mut(&key)
+            && now.duration_since(window.started) < self.window
+        {
+            window.suppressed += 1;
+            return false;
+        }
+        let fresh = Window {
+            started: now,
+            started_at: row.created_at,
+            suppressed: 0,
+            first: row.clone(),
+        };
+        if let Some(ended) = state.open.insert(key.clone(), fresh)
+            && let Some(summary) = ended.summary(&key)
+        {
+            state.ended.push(summary);
+        }
+        true
+    }
+
+    /// Summary rows of windows that ended with suppressed events; ended
+    /// windows are forgotten.
+    fn take_ended(&self, now: Instant, everything: bool) -> Vec<AuditLogRow> {
+        let mut state = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut summaries = std::mem::take(&mut state.ended);
+        state.open.retain(|key, window| {
+            let ended = everything || now.duration_since(window.started) >= self.window;
+            if ended {
+                summaries.extend(window.summary(key));
+            }
+            !ended
+        });
+        summaries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> AuditLogRow {
+        AuditEvent::failure(
+            AuditAction::Denied,
+            None,
+            "automation.v1.UserService/GetUser",
+        )
+        .row(&ClientInfo::default())
+    }
+
+    #[test]
+    fn repeats_are_counted_and_summarised_once_per_window() {
+        let sampler = Sampler::new(Duration::from_secs(60), 100);
+        let start = Instant::now();
+        assert!(sampler.admit("a".into(), &row(), start));
+        for _ in 0..999 {
+            assert!(!sampler.admit("a".into(), &row(), start));
+        }
+        assert!(sampler.admit("b".into(), &row(), start));
+        assert!(sampler.take_ended(start, false).is_empty());
+        let summaries = sampler.take_ended(start + Duration::from_secs(61), false);
+        assert_eq!(summaries.len(), 1, "b had no repeats");
+        assert_eq!(summaries[0].details["repeats"], 999);
+        assert!(sampler.admit("a".into(), &row(), start + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let sampler = Sampler::new(Duration::from_secs(60), 10);
+        let now = Instant::now();
+        for i in 0..1000 {
+            sampler.admit(format!("key-{i}"), &row(), now);
+        }
+        assert!(sampler.windows.lock().unwrap().open.len() <= 11);
+    }
+
+    #[test]
+    fn session_ids_never_appear_in_resources() {
+        let id = Uuid::now_v7();
+        let resource = session_resource(id);
+        assert!(!resource.contains(&id.to_string()));
+        assert_eq!(resource, session_resource(id));
+    }
+}

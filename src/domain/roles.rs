@@ -1,0 +1,319 @@
+//! Roles (named sets of permissions) and who holds them.
+//!
+//! Creating, changing, deleting, assigning or unassigning a role needs every
+//! permission that role holds (before and after a change); unassigning also
+//! acts on the account, so it needs every permission the account holds. The
+//! built-in `admin` role cannot be deleted, renamed or lose `*:*`, and the
+//! last active admin keeps it.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    Actor, Page,
+    audit::{AuditAction, AuditEvent, AuditTrail},
+    authority::{
+        ADMIN_ROLE, ALL_PERMISSIONS, ensure_covers, ensure_may_grant, ensure_not_last_admin,
+    },
+};
+use crate::{
+    db::{self, DbPool},
+    error::AppError,
+    store::{
+        self,
+        models::{NewRole, RoleRow, UserRoleRow},
+        pagination::{Cursor, PageRequest},
+        roles::{self, RoleChanges},
+        users,
+    },
+};
+
+/// A new role, its fields validated.
+#[derive(Debug, Clone)]
+pub struct NewRoleSpec {
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
+}
+
+/// Changes to a role, validated; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct RoleUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    /// The names of the fields changed, for the audit trail.
+    pub fields: Vec<String>,
+}
+
+/// A role held by a user.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The assignment row.
+    pub assignment: UserRoleRow,
+    /// The role.
+    pub role: RoleRow,
+}
+
+/// The role service.
+#[derive(Clone)]
+pub struct Roles {
+    pool: DbPool,
+}
+
+impl Roles {
+    /// Roles in `pool`'s database.
+    pub fn new(pool: DbPool) -> Self {
+        Self { pool }
+    }
+
+    /// Creates a role; the caller must hold every permission it grants.
+    pub async fn create(&self, actor: &Actor, spec: NewRoleSpec) -> Result<RoleRow, AppError> {
+        ensure_may_grant(&actor.caller, &spec.permissions)?;
+        db::transaction(&self.pool, "roles.create", async |conn| {
+            let now = store::now();
+            let role = roles::insert(
+                conn,
+                &NewRole {
+                    id: Uuid::now_v7(),
+                    name: &spec.name,
+                    description: &spec.description,
+                    permissions: json!(spec.permissions),
+                    created_at: now,
+                    updated_at: now,
+                },
+            )
+            .await?;
+            let event = AuditEvent::success(
+                AuditAction::CreateRole,
+                Some(actor.caller.user_id),
+                format!("roles/{}", role.id),
+            )
+            .with_details(json!({ "name": role.name, "permissions": spec.permissions }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(role)
+        })
+        .await
+    }
+
+    /// One role by id or name.
+    pub async fn get(&self, key: &str) -> Result<RoleRow, AppError> {
+        db::with_connection(&self.pool, "roles.get", async |conn| {
+            roles::find(conn, key)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("role {key}")))
+        })
+        .await
+    }
+
+    /// Roles by name, one page at a time.
+    pub async fn list(&self, page: PageRequest) -> Result<Page<RoleRow>, AppError> {
+        let after = page.after.map(|cursor| cursor.key);
+        let limit = page.limit;
+        let rows = db::with_connection(&self.pool, "roles.list", async |conn| {
+            Ok(roles::list(conn, after.as_deref(), limit + 1).await?)
+        })
+        .await?;
+        Ok(Page::from_rows(rows, limit, |role| Cursor {
+            key: role.name.clone(),
+            id: role.id,
+        }))
+    }
+
+    /// Changes a role; the caller must hold every permission it holds now and
+    /// every permission it would hold.
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        update: RoleUpdate,
+    ) -> Result<RoleRow, AppError> {
+        if let Some(permissions) = &update.permissions {
+            ensure_may_grant(&actor.caller, permissions)?;
+        }
+        db::transaction(&self.pool, "roles.update", async |conn| {
+            let current = roles::find_for_update(conn, &id.to_string())
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("role {id}")))?;
+            ensure_covers(
+                &actor.caller,
+                &current.permission_list(),
+                &format!("role {}", current.name),
+            )?;
+            if current.name == ADMIN_ROLE {
+                if update.name.as_deref().is_some_and(|n| n != ADMIN_ROLE) {
+                    return Err(AppError::FailedPrecondition(
+                        "the built-in admin role cannot be renamed".into(),
+                    ));
+                }
+                if update
+                    .permissions
+                    .as_ref()
+                    .is_some_and(|p| !p.iter().any(|p| p == ALL_PERMISSIONS))
+                {
+                    return Err(AppError::FailedPrecondition(
+                        "the built-in admin role must keep *:*".into(),
+                    ));
+                }
+            }
+            let updated = roles::update(
+                conn,
+                id,
+                &RoleChanges {
+                    name: update.name.clone(),
+                    description: update.description.clone(),
+                    permissions: update.permissions.as_ref().map(|p| json!(p)),
+                    updated_at: Some(store::now()),
+                },
+            )
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("role {id}")))?;
+            let event = AuditEvent::success(
+                AuditAction::UpdateRole,
+                Some(actor.caller.user_id),
+                format!("roles/{id}"),
+            )
+            .with_details(json!({
+                "fields": update.fields,
+                "permissions": updated.permission_list(),
+            }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(updated)
+        })
+        .await
+    }
+
+    /// Deletes a role and its assignments; the caller must hold every
+    /// permission it holds.
+    pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), AppError> {
+        db::transaction(&self.pool, "roles.delete", async |conn| {
+            let role = roles::find_for_update(conn, &id.to_string())
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("role {id}")))?;
+            if role.name == ADMIN_ROLE {
+                return Err(AppError::FailedPrecondition(
+                    "the built-in admin role cannot be deleted".into(),
+                ));
+            }
+            ensure_covers(
+                &actor.caller,
+                &role.permission_list(),
+                &format!("role {}", role.name),
+            )?;
+            roles::delete(conn, id).await?;
+            let event = AuditEvent::success(
+                AuditAction::DeleteRole,
+                Some(actor.caller.user_id),
+                format!("roles/{id}"),
+            )
+            .with_details(json!({ "name": role.name }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives a role to a user; the caller must hold every permission of the
+    /// role. Assigning a role the user holds returns the existing assignment.
+    pub async fn assign(
+        &self,
+        actor: &Actor,
+        user_id: Uuid,
+        role_key: &str,
+    ) -> Result<Assignment, AppError> {
+        db::transaction(&self.pool, "roles.assign", async |conn| {
+            users::find_for_update(conn, user_id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("user {user_id}")))?;
+            let role = find_shared(conn, role_key).await?;
+            ensure_may_grant(&actor.caller, &role.permission_list())?;
+            let assignment = roles::assign(
+                conn,
+                &UserRoleRow {
+                    id: Uuid::now_v7(),
+                    user_id,
+                    role_id: role.id,
+                    assigned_at: store::now(),
+                    assigned_by: Some(actor.caller.user_id),
+                },
+            )
+            .await?;
+            let event = AuditEvent::success(
+                AuditAction::AssignRole,
+                Some(actor.caller.user_id),
+                format!("users/{user_id}/roles/{}", role.id),
+            )
+            .with_details(json!({ "role": role.name }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(Assignment { assignment, role })
+        })
+        .await
+    }
+
+    /// Takes a role from a user; the caller must hold every permission of
+    /// the role and of the user.
+    pub async fn unassign(
+        &self,
+        actor: &Actor,
+        user_id: Uuid,
+        role_key: &str,
+    ) -> Result<(), AppError> {
+        db::transaction(&self.pool, "roles.unassign", async |conn| {
+            users::find_for_update(conn, user_id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("user {user_id}")))?;
+            let role = find_shared(conn, role_key).await?;
+            ensure_covers(
+                &actor.caller,
+                &role.permission_list(),
+                &format!("role {}", role.name),
+            )?;
+            let held = users::held_permissions_locked(conn, user_id).await?;
+            ensure_covers(&actor.caller, &held, &format!("user {user_id}"))?;
+            if role.name == ADMIN_ROLE {
+                ensure_not_last_admin(conn, user_id).await?;
+            }
+            if !roles::unassign(conn, user_id, role.id).await? {
+                return Err(AppError::NotFound(format!(
+                    "assignment of role {} to user {user_id}",
+                    role.name
+                )));
+            }
+            let event = AuditEvent::success(
+                AuditAction::UnassignRole,
+                Some(actor.caller.user_id),
+                format!("users/{user_id}/roles/{}", role.id),
+            )
+            .with_details(json!({ "role": role.name }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The roles a user holds, by name.
+    pub async fn of_user(&self, user_id: Uuid) -> Result<Vec<Assignment>, AppError> {
+        db::with_connection(&self.pool, "roles.of_user", async |conn| {
+            if users::find(conn, user_id).await?.is_none() {
+                return Err(AppError::NotFound(format!("user {user_id}")));
+            }
+            Ok(roles::of_user(conn, user_id)
+                .await?
+                .into_iter()
+                .map(|(assignment, role)| Assignment { assignment, role })
+                .collect())
+        })
+        .await
+    }
+}
+
+/// A role by id or name, share-locked: it cannot change until the
+/// transaction ends.
+async fn find_shared(
+    conn: &mut diesel_async::AsyncPgConnection,
+    key: &str,
+) -> Result<RoleRow, AppError> {
+    roles::find_shared(conn, key)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("role {key}")))
+}

@@ -1,0 +1,153 @@
+//! The shapes of values people and programs send: checked once, here, with
+//! the request field named in the error. Lengths are bounded earlier, by
+//! the codec, from the limits each field declares in the proto.
+
+use uuid::Uuid;
+
+use crate::{auth::policy::validate_permission, error::AppError};
+
+/// A required UUID field.
+pub fn id(field: &str, value: &str) -> Result<Uuid, AppError> {
+    if value.is_empty() {
+        return Err(AppError::invalid(field, "is required"));
+    }
+    value
+        .parse()
+        .map_err(|_| AppError::invalid(field, "is not a UUID"))
+}
+
+/// A required non-blank string, trimmed.
+pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, AppError> {
+    let value = value.trim();
+    if value.is_empty() {
+        Err(AppError::invalid(field, "is required"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// An email address: one `@`, a non-empty local part, a dotted domain, no
+/// spaces or control characters.
+pub fn email(field: &str, email: &str) -> Result<String, AppError> {
+    let email = email.trim();
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if ok {
+        Ok(email.to_owned())
+    } else {
+        Err(AppError::invalid(field, "is not a valid email address"))
+    }
+}
+
+/// A username: 3 to 64 letters, digits, `.`, `_` or `-`.
+pub fn username(field: &str, username: &str) -> Result<String, AppError> {
+    let ok = (3..=64).contains(&username.len())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(username.to_owned())
+    } else {
+        Err(AppError::invalid(
+            field,
+            "must be 3 to 64 letters, digits, '.', '_' or '-'",
+        ))
+    }
+}
+
+/// An optional personal name: trimmed, no control characters; empty means
+/// none.
+pub fn personal_name(field: &str, name: &str) -> Result<Option<String>, AppError> {
+    let name = name.trim();
+    if name.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok((!name.is_empty()).then(|| name.to_owned()))
+}
+
+/// A role name: 1 to 64 lowercase letters, digits, `-` or `_`, and not a
+/// UUID (roles are looked up by id or name).
+pub fn role_name(field: &str, name: &str) -> Result<String, AppError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.parse::<Uuid>().is_err();
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(AppError::invalid(
+            field,
+            "must be 1 to 64 lowercase letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+/// Permission strings: each well-formed, at least one, duplicates dropped.
+pub fn permissions(field: &str, permissions: &[String]) -> Result<Vec<String>, AppError> {
+    if permissions.is_empty() {
+        return Err(AppError::invalid(
+            field,
+            "must name at least one permission",
+        ));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(permissions.len());
+    for (index, permission) in permissions.iter().enumerate() {
+        validate_permission(permission)
+            .map_err(|message| AppError::invalid(format!("{field}[{index}]"), message))?;
+        if !unique.contains(permission) {
+            unique.push(permission.clone());
+        }
+    }
+    Ok(unique)
+}
+
+/// Free text such as a description: trimmed, no control characters other
+/// than newlines and tabs.
+pub fn text(field: &str, value: &str) -> Result<String, AppError> {
+    let value = value.trim();
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+    {
+        return Err(AppError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_and_usernames() {
+        assert!(email("email", "a@b.example").is_ok());
+        assert!(email("email", "a b@c.example").is_err());
+        assert!(email("email", "a@b").is_err());
+        assert!(username("username", "ab").is_err());
+        assert!(username("username", "al.ice_1-x").is_ok());
+    }
+
+    #[test]
+    fn permissions_name_the_bad_element() {
+        let error = permissions("permissions", &["jobs:read".into(), "bad".into()]).unwrap_err();
+        assert!(error.to_string().starts_with("permissions[1]:"), "{error}");
+        assert_eq!(
+            permissions("p", &["a:b".into(), "a:b".into()]).unwrap(),
+            vec!["a:b".to_owned()]
+        );
+    }
+}
