@@ -68,8 +68,14 @@ where
 
 async fn migrate(source: &DatabaseSource, args: MigrateArgs) -> Result<(), AppError> {
     if !args.status {
-        let applied = migrations::run_pending(&source.url).await?;
-        for version in &applied {
+        let report = migrations::migrate(&source.url).await?;
+        if let Some(version) = &report.adopted {
+            println!(
+                "adopted {version}: the database already holds the seed schema (created by the \
+                 platform's existing backend); recorded it as applied"
+            );
+        }
+        for version in &report.applied {
             println!("applied {version}");
         }
     }

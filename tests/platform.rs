@@ -8,13 +8,17 @@ use std::{
 };
 
 use automation_control_plane::{
+    AppError,
     auth::passwords::PasswordHasher,
-    db::migrations,
+    db::{
+        catalog::{Comparison, Difference, DifferenceKind},
+        migrations::{self, MigrationReport, SEED_SCHEMA_VERSION},
+    },
     seed::{self, AdminPassword},
 };
-use common::{TestApp, TestOptions, TestServer};
+use common::{TestApp, TestDatabase, TestOptions, TestServer};
 use diesel::{QueryableByName, sql_query, sql_types::Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection as _};
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -45,184 +49,270 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-const SEED_TABLES: &str = "('users','roles','user_roles','sessions','modules','jobs','audit_logs')";
-
-/// Every column of the seed document: table.column type nullability default.
-const SEED_COLUMNS: &[&str] = &[
-    "audit_logs.action character varying NOT NULL -",
-    "audit_logs.createdAt timestamp without time zone NOT NULL CURRENT_TIMESTAMP",
-    "audit_logs.details jsonb NOT NULL -",
-    "audit_logs.id uuid NOT NULL -",
-    "audit_logs.ipAddress character varying NOT NULL -",
-    "audit_logs.outcome character varying NOT NULL -",
-    "audit_logs.resource character varying NOT NULL -",
-    "audit_logs.userAgent text NOT NULL -",
-    "audit_logs.userId uuid NULL -",
-    "jobs.attempts integer NOT NULL 0",
-    "jobs.completedAt timestamp without time zone NULL -",
-    "jobs.createdAt timestamp without time zone NOT NULL CURRENT_TIMESTAMP",
-    "jobs.error jsonb NULL -",
-    "jobs.failedAt timestamp without time zone NULL -",
-    "jobs.id uuid NOT NULL -",
-    "jobs.maxAttempts integer NOT NULL 3",
-    "jobs.moduleName character varying NULL -",
-    "jobs.name character varying NOT NULL -",
-    "jobs.payload jsonb NOT NULL -",
-    "jobs.priority integer NOT NULL 0",
-    "jobs.result jsonb NULL -",
-    "jobs.scheduledAt timestamp without time zone NOT NULL -",
-    "jobs.startedAt timestamp without time zone NULL -",
-    "jobs.status USER-DEFINED:JobStatus NOT NULL -",
-    "jobs.updatedAt timestamp without time zone NOT NULL -",
-    "modules.createdAt timestamp without time zone NOT NULL CURRENT_TIMESTAMP",
-    "modules.description text NOT NULL -",
-    "modules.disabledAt timestamp without time zone NULL -",
-    "modules.displayName character varying NOT NULL -",
-    "modules.enabledAt timestamp without time zone NULL -",
-    "modules.id uuid NOT NULL -",
-    "modules.installedAt timestamp without time zone NULL -",
-    "modules.manifest jsonb NOT NULL -",
-    "modules.name character varying NOT NULL -",
-    "modules.status USER-DEFINED:ModuleStatus NOT NULL -",
-    "modules.updatedAt timestamp without time zone NOT NULL -",
-    "modules.version character varying NOT NULL -",
-    "roles.createdAt timestamp without time zone NOT NULL CURRENT_TIMESTAMP",
-    "roles.description text NOT NULL -",
-    "roles.id uuid NOT NULL -",
-    "roles.name character varying NOT NULL -",
-    "roles.permissions jsonb NOT NULL -",
-    "roles.updatedAt timestamp without time zone NOT NULL -",
-    "sessions.createdAt timestamp without time zone NOT NULL CURRENT_TIMESTAMP",
-    "sessions.expiresAt timestamp without time zone NOT NULL -",
-    "sessions.id uuid NOT NULL -",
-    "sessions.ipAddress character varying NOT NULL -",
-    "sessions.refreshToken character varying NOT NULL -",
-    "sessions.revokedAt timestamp without time zone NULL -",
-    "sessions.userAgent text NOT NULL -",
-    "sessions.userId uuid NOT NULL -",
-    "user_roles.assignedAt timestamp without time zone NOT NULL CURRENT_TIMESTAMP",
-    "user_roles.assignedBy uuid NULL -",
-    "user_roles.id uuid NOT NULL -",
-    "user_roles.roleId uuid NOT NULL -",
-    "user_roles.userId uuid NOT NULL -",
-    "users.createdAt timestamp without time zone NOT NULL CURRENT_TIMESTAMP",
-    "users.email character varying NOT NULL -",
-    "users.firstName character varying NULL -",
-    "users.id uuid NOT NULL -",
-    "users.isActive boolean NOT NULL true",
-    "users.lastLogin timestamp without time zone NULL -",
-    "users.lastName character varying NULL -",
-    "users.password character varying NOT NULL -",
-    "users.updatedAt timestamp without time zone NOT NULL -",
-    "users.username character varying NOT NULL -",
-];
-
 #[tokio::test]
 async fn live_schema_matches_the_seed_document() {
     let server = TestServer::get().await;
     let db = server.create_database(true).await;
-    let url = db.url();
 
-    let columns = lines(
-        &url,
-        &format!(
-            "SELECT table_name || '.' || column_name || ' ' || \
-               CASE WHEN data_type = 'USER-DEFINED' THEN 'USER-DEFINED:' || udt_name ELSE data_type END || ' ' || \
-               CASE WHEN is_nullable = 'YES' THEN 'NULL' ELSE 'NOT NULL' END || ' ' || \
-               COALESCE(column_default, '-') AS line \
-             FROM information_schema.columns \
-             WHERE table_schema = 'public' AND table_name IN {SEED_TABLES}"
-        ),
-    )
-    .await;
-    assert_eq!(columns, set(SEED_COLUMNS));
+    // Our later migrations may add to the seed tables (indexes, columns
+    // every insert can leave out), never change or remove what is there.
+    let differences = migrations::seed_schema_differences(&db.url(), Comparison::AllowAdditions)
+        .await
+        .expect("reading the catalog");
+    assert!(differences.is_empty(), "{}", shown(&differences));
 
-    let primary_keys = lines(
-        &url,
-        &format!(
-            "SELECT tc.table_name || '.' || kcu.column_name AS line \
-             FROM information_schema.table_constraints tc \
-             JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name) \
-             WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_name IN {SEED_TABLES}"
-        ),
-    )
-    .await;
-    assert_eq!(
-        primary_keys,
-        set(&[
-            "audit_logs.id",
-            "jobs.id",
-            "modules.id",
-            "roles.id",
-            "sessions.id",
-            "user_roles.id",
-            "users.id"
-        ])
+    // Compared exactly, whatever differs is such an addition.
+    let exact = migrations::seed_schema_differences(&db.url(), Comparison::Exact)
+        .await
+        .expect("reading the catalog");
+    assert!(
+        exact.iter().all(|d| d.kind == DifferenceKind::Extra),
+        "{}",
+        shown(&exact)
     );
+}
 
-    // Indexes of the seed (later migrations may add more; none may be missing).
-    let indexes = lines(
-        &url,
-        &format!(
-            "SELECT regexp_replace(indexdef, ' USING btree', '') AS line FROM pg_indexes \
-             WHERE schemaname = 'public' AND tablename IN {SEED_TABLES}"
-        ),
-    )
-    .await;
-    for expected in [
-        r#"CREATE UNIQUE INDEX users_email_key ON public.users (email)"#,
-        r#"CREATE UNIQUE INDEX users_username_key ON public.users (username)"#,
-        r#"CREATE UNIQUE INDEX roles_name_key ON public.roles (name)"#,
-        r#"CREATE UNIQUE INDEX "user_roles_userId_roleId_key" ON public.user_roles ("userId", "roleId")"#,
-        r#"CREATE UNIQUE INDEX "sessions_refreshToken_key" ON public.sessions ("refreshToken")"#,
-        r#"CREATE UNIQUE INDEX modules_name_key ON public.modules (name)"#,
-        r#"CREATE INDEX jobs_status_idx ON public.jobs (status)"#,
-        r#"CREATE INDEX "jobs_moduleName_idx" ON public.jobs ("moduleName")"#,
-        r#"CREATE INDEX "jobs_scheduledAt_idx" ON public.jobs ("scheduledAt")"#,
-        r#"CREATE INDEX "audit_logs_userId_idx" ON public.audit_logs ("userId")"#,
-        r#"CREATE INDEX audit_logs_action_idx ON public.audit_logs (action)"#,
-        r#"CREATE INDEX "audit_logs_createdAt_idx" ON public.audit_logs ("createdAt")"#,
-    ] {
-        assert!(
-            indexes.contains(expected),
-            "missing index: {expected}\nhave: {indexes:#?}"
-        );
+fn shown(differences: &[Difference]) -> String {
+    differences
+        .iter()
+        .map(|d| format!("\n  {d}"))
+        .collect::<String>()
+}
+
+/// Migration 1, run as plain SQL: what the platform's existing backend
+/// created, with no record of our migrations.
+const SEED_SQL: &str = include_str!("../migrations/00000000000001_seed_schema/up.sql");
+
+/// Prisma's own bookkeeping, as Prisma Migrate creates it, with one applied
+/// migration.
+const PRISMA_MIGRATIONS_SQL: &str = r#"
+CREATE TABLE "_prisma_migrations" (
+    "id" VARCHAR(36) NOT NULL,
+    "checksum" VARCHAR(64) NOT NULL,
+    "finished_at" TIMESTAMPTZ,
+    "migration_name" VARCHAR(255) NOT NULL,
+    "logs" TEXT,
+    "rolled_back_at" TIMESTAMPTZ,
+    "started_at" TIMESTAMPTZ NOT NULL DEFAULT now(),
+    "applied_steps_count" INTEGER NOT NULL DEFAULT 0,
+    CONSTRAINT "_prisma_migrations_pkey" PRIMARY KEY ("id")
+);
+INSERT INTO "_prisma_migrations"
+    ("id", "checksum", "finished_at", "migration_name", "started_at", "applied_steps_count")
+VALUES ('0b7e9c1e-4a61-4f0e-9d0a-6f1f3c2b8a41',
+        'a3f5c0d1e2b4a6978877665544332211ffeeddccbbaa99887766554433221100',
+        '2025-03-01 10:00:01.5+00', '20250301100000_init', '2025-03-01 10:00:00.25+00', 1);
+"#;
+
+/// A little of everything the platform's backend writes.
+const PLATFORM_ROWS_SQL: &str = r#"
+INSERT INTO users (id, email, username, password, "firstName", "lastName", "isActive",
+                   "createdAt", "updatedAt", "lastLogin")
+VALUES ('6a1d2c3e-0000-4000-8000-000000000001', 'ada@example.com', 'ada',
+        '$2b$10$abcdefghijklmnopqrstuuJ0V9S3oV1oQGZ3Qn1Wn3n5kz8zq1qW2', 'Ada', 'Lovelace', true,
+        '2025-03-01 10:01:02.345', '2025-03-02 11:00:00.001', '2025-03-03 09:30:00.999');
+INSERT INTO roles (id, name, description, permissions, "createdAt", "updatedAt")
+VALUES ('6a1d2c3e-0000-4000-8000-000000000002', 'platform-operator', 'Runs things',
+        '["modules:read", "jobs:write"]', '2025-03-01 10:01:02.345', '2025-03-01 10:01:02.345');
+INSERT INTO user_roles (id, "userId", "roleId", "assignedAt", "assignedBy")
+VALUES ('6a1d2c3e-0000-4000-8000-000000000003', '6a1d2c3e-0000-4000-8000-000000000001',
+        '6a1d2c3e-0000-4000-8000-000000000002', '2025-03-01 10:05:00', NULL);
+INSERT INTO sessions (id, "userId", "refreshToken", "userAgent", "ipAddress", "expiresAt")
+VALUES ('6a1d2c3e-0000-4000-8000-000000000004', '6a1d2c3e-0000-4000-8000-000000000001',
+        'platform-refresh-token', 'Mozilla/5.0', '10.0.0.7', '2030-01-01 00:00:00');
+INSERT INTO modules (id, name, version, "displayName", description, status, manifest,
+                     "installedAt", "enabledAt", "updatedAt")
+VALUES ('6a1d2c3e-0000-4000-8000-000000000005', 'backup', '1.2.0', 'Backup', 'Nightly backups',
+        'ENABLED', '{"entry": "main.py", "schedule": "0 3 * * *"}',
+        '2025-03-01 10:10:00', '2025-03-01 10:11:00', '2025-03-01 10:11:00');
+INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts, "maxAttempts",
+                  "scheduledAt", "startedAt", "updatedAt")
+VALUES ('6a1d2c3e-0000-4000-8000-000000000006', 'backup.run', 'backup', 'RUNNING', 5,
+        '{"target": "s3://bucket"}', 1, 3, '2025-03-04 03:00:00', '2025-03-04 03:00:01.5',
+        '2025-03-04 03:00:01.5');
+INSERT INTO audit_logs (id, "userId", action, resource, outcome, details, "ipAddress", "userAgent")
+VALUES ('6a1d2c3e-0000-4000-8000-000000000007', '6a1d2c3e-0000-4000-8000-000000000001',
+        'module.enable', 'modules/backup', 'success', '{"by": "ada"}', '10.0.0.7', 'Mozilla/5.0');
+"#;
+
+/// Every row of the platform's tables, as JSON.
+const PLATFORM_ROWS: &str = "\
+    SELECT 'users ' || to_jsonb(t)::text AS line FROM users t \
+    UNION ALL SELECT 'roles ' || to_jsonb(t)::text FROM roles t \
+    UNION ALL SELECT 'user_roles ' || to_jsonb(t)::text FROM user_roles t \
+    UNION ALL SELECT 'sessions ' || to_jsonb(t)::text FROM sessions t \
+    UNION ALL SELECT 'modules ' || to_jsonb(t)::text FROM modules t \
+    UNION ALL SELECT 'jobs ' || to_jsonb(t)::text FROM jobs t \
+    UNION ALL SELECT 'audit_logs ' || to_jsonb(t)::text FROM audit_logs t \
+    UNION ALL SELECT '_prisma_migrations ' || to_jsonb(t)::text FROM _prisma_migrations t";
+
+/// Tables, indexes and types of the public schema: what a refused adoption
+/// must leave as it was.
+const PUBLIC_OBJECTS: &str = "\
+    SELECT CASE c.relkind WHEN 'i' THEN 'index ' ELSE 'relation ' END || c.relname AS line \
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' \
+    UNION ALL SELECT 'type ' || t.typname FROM pg_type t \
+    JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'public'";
+
+/// A database built the way the platform builds it: `seed_sql` run directly
+/// (not through diesel), Prisma's table, some rows, then `changes`.
+async fn platform_database(seed_sql: &str, changes: &str) -> TestDatabase {
+    let server = TestServer::get().await;
+    let db = server.create_database(false).await;
+    let mut conn = AsyncPgConnection::establish(&db.url())
+        .await
+        .expect("connect");
+    for sql in [seed_sql, PRISMA_MIGRATIONS_SQL, PLATFORM_ROWS_SQL, changes] {
+        conn.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {sql}"));
     }
+    db
+}
 
-    let foreign_keys = lines(
-        &url,
-        &format!(
-            "SELECT conrelid::regclass || '.' || a.attname || ' -> ' || confrelid::regclass || \
-               ' ON DELETE ' || CASE confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' \
-               WHEN 'r' THEN 'RESTRICT' ELSE 'NO ACTION' END AS line \
-             FROM pg_constraint c JOIN pg_attribute a \
-               ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) \
-             WHERE c.contype = 'f' AND conrelid::regclass::text IN {SEED_TABLES}"
+#[tokio::test]
+async fn a_database_the_platform_built_is_adopted_with_its_rows() {
+    let db = platform_database(SEED_SQL, "").await;
+    let url = db.url();
+    let rows = lines(&url, PLATFORM_ROWS).await;
+    assert_eq!(rows.len(), 8, "{rows:#?}");
+
+    // diesel's status creates its (empty) table: that must not hide the seed.
+    let status = migrations::status(&url).await.expect("status");
+    assert!(status.applied.is_empty(), "{status:?}");
+    assert_eq!(status.pending[0], SEED_SCHEMA_VERSION, "{status:?}");
+
+    let report = migrations::migrate(&url).await.expect("adopting");
+    assert_eq!(report.adopted.as_deref(), Some(SEED_SCHEMA_VERSION));
+    assert!(!report.applied.is_empty(), "later migrations ran");
+
+    let status = migrations::status(&url).await.expect("status");
+    assert!(status.pending.is_empty(), "{status:?}");
+    let mut recorded = vec![SEED_SCHEMA_VERSION.to_owned()];
+    recorded.extend(report.applied.iter().cloned());
+    assert_eq!(status.applied, recorded);
+    assert_eq!(lines(&url, PLATFORM_ROWS).await, rows);
+    let differences = migrations::seed_schema_differences(&url, Comparison::AllowAdditions)
+        .await
+        .expect("reading the catalog");
+    assert!(differences.is_empty(), "{}", shown(&differences));
+
+    let again = migrations::migrate(&url).await.expect("again");
+    assert_eq!(again, MigrationReport::default());
+    assert_eq!(lines(&url, PLATFORM_ROWS).await, rows);
+}
+
+#[tokio::test]
+async fn a_database_that_differs_from_the_seed_is_refused_untouched() {
+    let without_removing = SEED_SQL.replace(", 'REMOVING'", "");
+    let cases = [
+        (
+            SEED_SQL,
+            r#"ALTER TABLE users DROP COLUMN "lastLogin";"#,
+            "column users.lastLogin: missing (expected timestamp(3) without time zone NULL)",
         ),
-    )
-    .await;
-    assert_eq!(
-        foreign_keys,
-        set(&[
-            "audit_logs.userId -> users ON DELETE SET NULL",
-            "sessions.userId -> users ON DELETE CASCADE",
-            "user_roles.roleId -> roles ON DELETE CASCADE",
-            "user_roles.userId -> users ON DELETE CASCADE",
-        ])
-    );
+        (
+            without_removing.as_str(),
+            "",
+            "enum type ModuleStatus: expected labels REGISTERED, INSTALLING, ENABLED, DISABLED, \
+             UPDATING, REMOVING, found REGISTERED, INSTALLING, ENABLED, DISABLED, UPDATING",
+        ),
+        (
+            SEED_SQL,
+            r#"ALTER TABLE audit_logs DROP CONSTRAINT "audit_logs_userId_fkey";
+               ALTER TABLE audit_logs ADD CONSTRAINT "audit_logs_userId_fkey" FOREIGN KEY ("userId")
+                   REFERENCES users (id) ON DELETE CASCADE ON UPDATE CASCADE;"#,
+            "foreign key audit_logs_userId_fkey on audit_logs: expected (userId) REFERENCES users \
+             (id) ON DELETE SET NULL ON UPDATE CASCADE, found (userId) REFERENCES users (id) \
+             ON DELETE CASCADE ON UPDATE CASCADE",
+        ),
+        (
+            SEED_SQL,
+            r#"CREATE INDEX "jobs_priority_idx" ON jobs (priority);"#,
+            "index jobs_priority_idx on jobs: not in the seed schema (found btree (priority))",
+        ),
+    ];
+    for (seed_sql, changes, difference) in cases {
+        let db = platform_database(seed_sql, changes).await;
+        let url = db.url();
+        let objects = lines(&url, PUBLIC_OBJECTS).await;
+        let rows = lines(&url, PLATFORM_ROWS).await;
 
-    let enums = lines(
-        &url,
-        "SELECT t.typname || ':' || string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) AS line \
-         FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY t.typname",
-    )
-    .await;
+        let error = migrations::run_pending(&url)
+            .await
+            .expect_err("a differing schema is refused");
+        let AppError::Config(message) = &error else {
+            panic!("expected a configuration error, got {error:?}");
+        };
+        assert!(message.contains(difference), "{message}");
+        assert!(message.contains("nothing was changed"), "{message}");
+        assert_eq!(
+            message.matches("\n  - ").count(),
+            1,
+            "one difference: {message}"
+        );
+
+        assert_eq!(lines(&url, PUBLIC_OBJECTS).await, objects);
+        assert_eq!(lines(&url, PLATFORM_ROWS).await, rows);
+        assert!(!objects.contains("relation __diesel_schema_migrations"));
+    }
+}
+
+#[tokio::test]
+async fn a_partial_seed_is_refused() {
+    let db = platform_database(SEED_SQL, "").await;
+    let url = db.url();
+    let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
+    conn.batch_execute("DROP TABLE jobs; DROP TABLE sessions;")
+        .await
+        .expect("dropping");
+    let objects = lines(&url, PUBLIC_OBJECTS).await;
+
+    let error = migrations::run_pending(&url)
+        .await
+        .expect_err("a partial schema is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("\n  - table sessions: missing"),
+        "{message}"
+    );
+    assert!(message.contains("\n  - table jobs: missing"), "{message}");
+    assert_eq!(lines(&url, PUBLIC_OBJECTS).await, objects);
+}
+
+#[tokio::test]
+async fn replicas_migrating_at_once_migrate_once() {
+    let server = TestServer::get().await;
+    let empty = server.create_database(false).await;
+    let url = empty.url();
+    let runs = futures::future::join_all((0..4).map(|_| migrations::run_pending(&url))).await;
+    let applied: Vec<Vec<String>> = runs.into_iter().map(|r| r.expect("migrate")).collect();
+    let status = migrations::status(&url).await.expect("status");
+    assert!(status.pending.is_empty(), "{status:?}");
+    let mut counts: Vec<usize> = applied.iter().map(Vec::len).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [0, 0, 0, status.applied.len()], "{applied:?}");
+
+    let platform = platform_database(SEED_SQL, "").await;
+    let url = platform.url();
+    let runs = futures::future::join_all((0..4).map(|_| migrations::migrate(&url))).await;
+    let reports: Vec<MigrationReport> = runs.into_iter().map(|r| r.expect("adopt")).collect();
     assert_eq!(
-        enums,
-        set(&[
-            "JobStatus:PENDING,RUNNING,COMPLETED,FAILED,CANCELLED",
-            "ModuleStatus:REGISTERED,INSTALLING,ENABLED,DISABLED,UPDATING,REMOVING",
-        ])
+        reports.iter().filter(|r| r.adopted.is_some()).count(),
+        1,
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports.iter().filter(|r| !r.applied.is_empty()).count(),
+        1,
+        "{reports:?}"
+    );
+    assert!(
+        migrations::status(&url)
+            .await
+            .expect("status")
+            .pending
+            .is_empty()
     );
 }
 
@@ -448,6 +538,37 @@ fn unreachable_database_is_reported() {
     let message = stderr(&output);
     assert!(message.contains("127.0.0.1:1"), "{message}");
     assert!(!message.contains("secret-pw"), "password leaked: {message}");
+}
+
+#[tokio::test]
+async fn migrate_adopts_a_database_the_platform_built() {
+    let db = platform_database(SEED_SQL, "").await;
+    let url = db.url();
+    let output =
+        tokio::task::spawn_blocking(move || control_plane(&["migrate"], &[("DATABASE_URL", &url)]))
+            .await
+            .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}{stdout}", stderr(&output));
+    assert!(
+        stdout.contains(&format!("adopted {SEED_SCHEMA_VERSION}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(", 0 pending"), "{stdout}");
+
+    let differing = platform_database(SEED_SQL, "ALTER TABLE roles DROP COLUMN description;").await;
+    let url = differing.url();
+    let output =
+        tokio::task::spawn_blocking(move || control_plane(&["migrate"], &[("DATABASE_URL", &url)]))
+            .await
+            .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("column roles.description: missing")
+            && message.contains("nothing was changed"),
+        "{message}"
+    );
 }
 
 #[test]

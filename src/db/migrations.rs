@@ -1,16 +1,38 @@
-//! The schema migrations, embedded in the binary.
+//! The schema migrations, embedded in the binary, and adopting a database
+//! that the platform's existing backend created.
 //!
 //! diesel's migration harness is synchronous; it runs on a blocking thread
-//! through `AsyncConnectionWrapper`, never on the async runtime's workers.
+//! through `AsyncConnectionWrapper`, never on the async runtime's workers,
+//! and the schema checks run on that same connection.
+//!
+//! Migrating ([`migrate`], [`run_pending`]) is one procedure under a
+//! PostgreSQL advisory lock ([`catalog::MIGRATION_LOCK_KEY`]), so replicas
+//! starting at once never migrate concurrently: the one that waits finds the
+//! work done.
+//! 1. When no migration of ours is recorded but the seed's tables or enum
+//!    types exist, the database was created by the platform's existing
+//!    (Prisma-based) backend, whose schema migration 1 reproduces. Running
+//!    migration 1 there would fail, so its catalog is compared with the seed
+//!    schema instead ([`catalog::SEED_SCHEMA`], exactly): when they match,
+//!    migration 1 is recorded as applied without running it ("adopted");
+//!    when they do not, nothing is changed and the error lists every
+//!    difference. Prisma's `_prisma_migrations` table is left alone.
+//! 2. Pending migrations are applied, each in a transaction of its own.
 
 use diesel::migration::MigrationVersion;
 use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use super::catalog::{self, Comparison, Difference, SEED_SCHEMA};
 use crate::error::AppError;
 
 /// Every migration under `migrations/`, in order.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Version of migration 1, the seed schema: the one a database created by
+/// the platform's existing backend already holds, and the one adopting such
+/// a database records as applied.
+pub const SEED_SCHEMA_VERSION: &str = "00000000000001";
 
 type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 
@@ -21,6 +43,16 @@ pub struct MigrationStatus {
     pub applied: Vec<String>,
     /// Versions not yet applied, oldest first.
     pub pending: Vec<String>,
+}
+
+/// What [`migrate`] did, so that the `migrate` command can say it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The version recorded as applied without being run, because the
+    /// database already held its schema (see the module documentation).
+    pub adopted: Option<String>,
+    /// Versions applied, oldest first.
+    pub applied: Vec<String>,
 }
 
 async fn with_sync_connection<T, F>(url: &str, work: F) -> Result<T, AppError>
@@ -48,27 +80,112 @@ fn harness_error(error: Box<dyn std::error::Error + Send + Sync>) -> AppError {
     AppError::internal(format!("migration failed: {error}"))
 }
 
+/// Maps a failed schema-management query, saying what it was doing; a lost
+/// connection stays UNAVAILABLE.
+fn query_error(doing: &'static str) -> impl FnOnce(diesel::result::Error) -> AppError {
+    move |error| match AppError::from(error) {
+        AppError::Internal(detail) => AppError::internal(format!("{doing}: {detail}")),
+        other => other,
+    }
+}
+
 fn versions(list: Vec<MigrationVersion<'_>>) -> Vec<String> {
     list.into_iter().map(|v| v.to_string()).collect()
 }
 
-/// Applies all pending migrations; returns the versions it applied.
-pub async fn run_pending(url: &str) -> Result<Vec<String>, AppError> {
+/// Runs `work` holding the migration lock, so no other process changes the
+/// schema meanwhile. The lock belongs to the connection's session: it is
+/// released here, and in any case when the connection closes.
+fn with_migration_lock<T>(
+    conn: &mut SyncConnection,
+    work: impl FnOnce(&mut SyncConnection) -> Result<T, AppError>,
+) -> Result<T, AppError> {
+    let taken =
+        catalog::try_lock_migrations(conn).map_err(query_error("taking the migration lock"))?;
+    if !taken {
+        tracing::info!("another process is migrating this database; waiting for it to finish");
+        catalog::lock_migrations(conn).map_err(query_error("waiting for the migration lock"))?;
+    }
+    let result = work(conn);
+    if let Err(error) = catalog::unlock_migrations(conn) {
+        tracing::warn!(%error, "cannot release the migration lock; closing the connection will");
+    }
+    result
+}
+
+/// Records migration 1 as applied when the database already holds the seed
+/// schema and no migration of ours is recorded; refuses, changing nothing,
+/// when it holds part of it or something else under its names. Returns the
+/// version adopted, if any.
+fn adopt_existing_seed_schema(conn: &mut SyncConnection) -> Result<Option<String>, AppError> {
+    if catalog::migrations_recorded(conn).map_err(query_error("reading diesel's migrations"))? {
+        return Ok(None);
+    }
+    let live = catalog::read_live_catalog(conn, &SEED_SCHEMA)
+        .map_err(query_error("reading the database catalog"))?;
+    if !live.holds_any_of(&SEED_SCHEMA) {
+        // Empty ground: migration 1 creates the seed schema.
+        return Ok(None);
+    }
+    let differences = catalog::differences(&SEED_SCHEMA, &live, Comparison::Exact);
+    if !differences.is_empty() {
+        return Err(refusal(&differences));
+    }
+    catalog::record_applied(conn, SEED_SCHEMA_VERSION)
+        .map_err(query_error("recording the seed schema as applied"))?;
+    tracing::info!(
+        version = SEED_SCHEMA_VERSION,
+        "adopted a database holding the seed schema (created by the platform's existing \
+         backend): recorded the seed migration as applied without running it"
+    );
+    Ok(Some(SEED_SCHEMA_VERSION.to_owned()))
+}
+
+fn refusal(differences: &[Difference]) -> AppError {
+    let list: String = differences.iter().map(|d| format!("\n  - {d}")).collect();
+    AppError::Config(format!(
+        "this database holds tables or types of the platform's schema but no record of this \
+         service's migrations, and it differs from the seed schema (migration \
+         {SEED_SCHEMA_VERSION}), so it cannot be adopted; nothing was changed. Bring it to the \
+         seed schema or use another database. {} difference(s):{list}",
+        differences.len()
+    ))
+}
+
+/// Brings the database up to date: adopts a database the platform's existing
+/// backend created (see the module documentation), then applies every
+/// pending migration, all under the migration lock.
+pub async fn migrate(url: &str) -> Result<MigrationReport, AppError> {
     with_sync_connection(url, |conn| {
-        conn.run_pending_migrations(MIGRATIONS)
-            .map(versions)
-            .map_err(harness_error)
+        with_migration_lock(conn, |conn| {
+            let adopted = adopt_existing_seed_schema(conn)?;
+            let applied = conn
+                .run_pending_migrations(MIGRATIONS)
+                .map(versions)
+                .map_err(harness_error)?;
+            Ok(MigrationReport { adopted, applied })
+        })
     })
     .await
 }
 
+/// Applies all pending migrations, adopting a database the platform's
+/// existing backend created first ([`migrate`]); returns the versions it
+/// applied.
+pub async fn run_pending(url: &str) -> Result<Vec<String>, AppError> {
+    migrate(url).await.map(|report| report.applied)
+}
+
 /// Reverts every applied migration, newest first (used by tests and by
-/// developers resetting a scratch database).
+/// developers resetting a scratch database). On an adopted database this
+/// drops the platform's tables too.
 pub async fn revert_all(url: &str) -> Result<Vec<String>, AppError> {
     with_sync_connection(url, |conn| {
-        conn.revert_all_migrations(MIGRATIONS)
-            .map(versions)
-            .map_err(harness_error)
+        with_migration_lock(conn, |conn| {
+            conn.revert_all_migrations(MIGRATIONS)
+                .map(versions)
+                .map_err(harness_error)
+        })
     })
     .await
 }
@@ -87,6 +204,20 @@ pub async fn status(url: &str) -> Result<MigrationStatus, AppError> {
                 .map(|m| m.name().version().to_string())
                 .collect(),
         })
+    })
+    .await
+}
+
+/// How the database's seed tables and enum types differ from the seed
+/// schema, under `comparison` (see [`catalog`]); empty when they match.
+pub async fn seed_schema_differences(
+    url: &str,
+    comparison: Comparison,
+) -> Result<Vec<Difference>, AppError> {
+    with_sync_connection(url, move |conn| {
+        let live = catalog::read_live_catalog(conn, &SEED_SCHEMA)
+            .map_err(query_error("reading the database catalog"))?;
+        Ok(catalog::differences(&SEED_SCHEMA, &live, comparison))
     })
     .await
 }

@@ -1,6 +1,7 @@
 //! Database access: the connection pool, the embedded default cluster and the
 //! embedded migrations.
 
+pub mod catalog;
 pub mod embedded;
 pub mod migrations;
 pub mod source;
