@@ -190,16 +190,16 @@ impl Roles {
             let role = roles::find_for_update(conn, &id.to_string())
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("role {id}")))?;
-            if role.name == ADMIN_ROLE {
-                return Err(AppError::FailedPrecondition(
-                    "the built-in admin role cannot be deleted".into(),
-                ));
-            }
             ensure_covers(
                 &actor.caller,
                 &role.permission_list(),
                 &format!("role {}", role.name),
             )?;
+            if role.name == ADMIN_ROLE {
+                return Err(AppError::FailedPrecondition(
+                    "the built-in admin role cannot be deleted".into(),
+                ));
+            }
             roles::delete(conn, id).await?;
             let event = AuditEvent::success(
                 AuditAction::DeleteRole,
