@@ -4,7 +4,6 @@
 
 use std::{env, fmt::Write as _, fs, path::PathBuf};
 
-use prost::Message as _;
 use prost_reflect::{DescriptorPool, Value};
 
 const PROTO_ROOT: &str = "proto";
@@ -25,10 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
     compiler.include_source_info(true).include_imports(true);
     compiler.open_files(PROTO_FILES)?;
-    let descriptor_set = compiler.file_descriptor_set();
+    // Reflection serves these bytes. They come from protox's own pool, which
+    // keeps extension options such as `(automation.v1.access)`; the
+    // `prost_types` set below drops them and is only good for codegen.
     fs::write(
         out_dir.join("automation_v1_descriptor.bin"),
-        descriptor_set.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     fs::write(
@@ -41,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // RPCs of services whose issue has not landed yet answer UNIMPLEMENTED.
         .generate_default_stubs(true)
-        .compile_fds(descriptor_set)?;
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod proto;
+pub mod reflection;
 pub mod schema;
 pub mod seed;
 pub mod server;
