@@ -1,12 +1,15 @@
 //! Compiles the `automation.v1` contract without a system `protoc` and turns
 //! each RPC's `(automation.v1.access)` option into a table the server enforces.
-//! A method without an access option fails the build: no RPC ships unguarded.
+//! A method without an access option, or with one that grants nothing
+//! (`public: false`, an empty permission), fails the build: no RPC ships
+//! unguarded or guarded by a rule nobody meant. Likewise every string and
+//! repeated field a request can carry must declare `(automation.v1.limit)`.
 
 use std::{collections::BTreeSet, env, fmt::Write as _, fs, path::PathBuf};
 
 use prost_reflect::{
-    DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, OneofDescriptor,
-    Value,
+    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor,
+    OneofDescriptor, Value,
 };
 
 const PROTO_ROOT: &str = "proto";
@@ -69,20 +72,7 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
             let Value::Message(policy) = policy.as_ref() else {
                 return Err(format!("{path}: access option is not a message").into());
             };
-            let rule = if let Some(Value::String(p)) = policy
-                .get_field_by_name("permission")
-                .as_deref()
-                .cloned()
-                .filter(|_| policy.has_field_by_name("permission"))
-            {
-                format!("AccessRule::Permission({p:?})")
-            } else if policy.has_field_by_name("public") {
-                "AccessRule::Public".to_owned()
-            } else if policy.has_field_by_name("authenticated") {
-                "AccessRule::Authenticated".to_owned()
-            } else {
-                return Err(format!("{path}: access option names no rule").into());
-            };
+            let rule = access_rule(&path, policy)?;
             writeln!(rows, "    ({path:?}, {rule}),")?;
         }
     }
@@ -90,6 +80,34 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
         "/// Every RPC of `automation.v1` with the access rule its proto declares.\n\
          pub const METHOD_ACCESS: &[(&str, AccessRule)] = &[\n{rows}];\n"
     ))
+}
+
+/// The `AccessRule` expression for one method's `AccessPolicy`. Only rules
+/// that grant something on purpose pass: `public: false` or
+/// `authenticated: false` would otherwise read as "public"/"authenticated"
+/// (the oneof is set either way), and an empty permission names nothing.
+fn access_rule(path: &str, policy: &DynamicMessage) -> Result<String, Box<dyn std::error::Error>> {
+    let Some((field, value)) = policy.fields().next() else {
+        return Err(format!("{path}: (automation.v1.access) names no rule").into());
+    };
+    match (field.name(), value) {
+        ("permission", Value::String(permission)) if !permission.trim().is_empty() => {
+            Ok(format!("AccessRule::Permission({permission:?})"))
+        }
+        ("permission", _) => Err(format!(
+            "{path}: (automation.v1.access) has an empty permission; name one, e.g. \
+             {{permission: \"users:read\"}}"
+        )
+        .into()),
+        ("public", Value::Bool(true)) => Ok("AccessRule::Public".to_owned()),
+        ("authenticated", Value::Bool(true)) => Ok("AccessRule::Authenticated".to_owned()),
+        (rule @ ("public" | "authenticated"), _) => Err(format!(
+            "{path}: (automation.v1.access) = {{{rule}: false}} is not a rule; only \
+             `{rule}: true` is meaningful (or declare a permission)"
+        )
+        .into()),
+        (other, _) => Err(format!("{path}: unknown access rule `{other}`").into()),
+    }
 }
 
 /// Renders `impl CheckLimits` for every message of `automation.v1`: real

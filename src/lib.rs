@@ -14,6 +14,7 @@ pub mod error;
 pub mod health;
 pub mod maintenance;
 pub mod proto;
+pub mod reflection;
 pub mod schema;
 pub mod seed;
 pub mod server;

@@ -103,6 +103,12 @@ fn pool_for(source: &DatabaseSource, args: &DatabaseArgs) -> Result<db::DbPool, 
 
 fn admin_password(source: &DatabaseSource, args: &SeedArgs) -> AdminPassword {
     match (&args.admin_password, source.is_embedded()) {
+        // Naming the development password on the embedded database is the
+        // development default (with its warning); anywhere else seeding
+        // refuses it.
+        (Some(password), true) if password == seed::DEV_ADMIN_PASSWORD => {
+            AdminPassword::DevelopmentDefault
+        }
         (Some(password), _) => AdminPassword::Given(password.clone()),
         (None, true) => AdminPassword::DevelopmentDefault,
         (None, false) => AdminPassword::Generated,

@@ -45,7 +45,9 @@ pub const DEFAULT_ROLES: &[(&str, &str, &[&str])] = &[
 /// Where the admin password comes from.
 #[derive(Debug, Clone)]
 pub enum AdminPassword {
-    /// Given by the operator (ADMIN_PASSWORD).
+    /// Given by the operator (ADMIN_PASSWORD). Never the development
+    /// password: that one is published, so an admin created with it on a
+    /// real database would be open to anyone.
     Given(String),
     /// The seed document's `admin123` (embedded development database only).
     DevelopmentDefault,
@@ -75,24 +77,7 @@ pub async fn run(
     let password = if admin_exists {
         None
     } else {
-        Some(match admin_password {
-            AdminPassword::Given(p) => {
-                hasher.validate("ADMIN_PASSWORD", &p)?;
-                p
-            }
-            AdminPassword::DevelopmentDefault => {
-                tracing::warn!(
-                    "seeding admin {ADMIN_EMAIL} with the well-known development password \
-                     '{DEV_ADMIN_PASSWORD}': set ADMIN_PASSWORD for anything but local development"
-                );
-                DEV_ADMIN_PASSWORD.to_owned()
-            }
-            AdminPassword::Generated => {
-                let p = Alphanumeric.sample_string(&mut rand::rng(), 24);
-                println!("Generated password of {ADMIN_EMAIL} (shown once): {p}");
-                p
-            }
-        })
+        Some(admin_password_to_set(admin_password, hasher)?)
     };
     let password_hash = match &password {
         Some(p) => Some(hasher.hash(p).await?),
@@ -159,4 +144,62 @@ pub async fn run(
         Ok(report)
     })
     .await
+}
+
+/// The password to create the admin with, from where the operator said it
+/// comes.
+fn admin_password_to_set(
+    admin_password: AdminPassword,
+    hasher: &PasswordHasher,
+) -> Result<String, AppError> {
+    Ok(match admin_password {
+        AdminPassword::Given(p) => {
+            if p == DEV_ADMIN_PASSWORD {
+                return Err(AppError::invalid(
+                    "ADMIN_PASSWORD",
+                    "must not be the seed document's published development password; \
+                     choose another for the admin of this database",
+                ));
+            }
+            hasher.validate("ADMIN_PASSWORD", &p)?;
+            p
+        }
+        AdminPassword::DevelopmentDefault => {
+            tracing::warn!(
+                "seeding admin {ADMIN_EMAIL} with the well-known development password \
+                 '{DEV_ADMIN_PASSWORD}': set ADMIN_PASSWORD for anything but local development"
+            );
+            DEV_ADMIN_PASSWORD.to_owned()
+        }
+        AdminPassword::Generated => {
+            let p = Alphanumeric.sample_string(&mut rand::rng(), 24);
+            println!("Generated password of {ADMIN_EMAIL} (shown once): {p}");
+            p
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_published_password_is_refused_when_given() {
+        let hasher = PasswordHasher::new(4);
+        let message =
+            admin_password_to_set(AdminPassword::Given(DEV_ADMIN_PASSWORD.into()), &hasher)
+                .expect_err("refused")
+                .to_string();
+        assert!(message.starts_with("ADMIN_PASSWORD: "), "{message}");
+        assert!(!message.contains(DEV_ADMIN_PASSWORD), "{message}");
+    }
+
+    #[test]
+    fn chosen_and_development_passwords_pass() {
+        let hasher = PasswordHasher::new(4);
+        let chosen = admin_password_to_set(AdminPassword::Given("a-chosen-one".into()), &hasher);
+        assert_eq!(chosen.expect("accepted"), "a-chosen-one");
+        let development = admin_password_to_set(AdminPassword::DevelopmentDefault, &hasher);
+        assert_eq!(development.expect("accepted"), DEV_ADMIN_PASSWORD);
+    }
 }

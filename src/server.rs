@@ -20,6 +20,7 @@ use crate::{
     error::AppError,
     health, maintenance,
     proto::{self, automation_v1 as pb},
+    reflection::Reflection,
 };
 
 /// What the server is built from.
@@ -74,17 +75,11 @@ pub async fn serve(
     database_health.probe().await;
     let monitor = tokio::spawn(database_health.run(options.health_check_interval));
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
+    let reflection = Reflection::new(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ])
+    .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
 
     let identity = Identity::new(&state.pool, &state.auth);
     let authorizer = Authorizer {
@@ -103,8 +98,8 @@ pub async fn serve(
     let server = Server::builder()
         .layer(AuthLayer::new(authorizer))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(reflection.v1())
+        .add_service(reflection.v1alpha())
         .add_service(pb::auth_service_server::AuthServiceServer::new(
             api::auth::AuthApi::new(identity.sessions.clone()),
         ))

@@ -16,6 +16,46 @@ pub const ACCESS_TOKEN_TYPE: &str = "access";
 /// Shortest accepted HMAC secret, in bytes (the size of the SHA-256 output).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Fewest different byte values an accepted secret holds. Random secrets of
+/// 32 bytes or more hold far more; `aaaa…` or `0101…` hold fewer. Not 16:
+/// a 64-digit hex secret (`openssl rand -hex 32`) uses only 16 symbols and
+/// misses one of them about one time in four.
+pub const MIN_DISTINCT_SECRET_BYTES: usize = 10;
+
+/// How to make a good secret, for error messages.
+const SECRET_HINT: &str = "generate one with `openssl rand -base64 48`";
+
+/// Secrets that were published as defaults (the compose file used to ship
+/// this one), compared case-insensitively. Anyone can sign tokens with them.
+const KNOWN_DEFAULT_SECRETS: &[&str] = &["compose-local-secret-change-me-0123456789abcdef"];
+
+/// Fragments that mark a value as a placeholder meant to be replaced,
+/// compared case-insensitively. A random secret practically never holds one.
+const PLACEHOLDER_FRAGMENTS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "change-this",
+    "changethis",
+    "replace-me",
+    "replaceme",
+    "secret-secret",
+    "secretsecret",
+    "your-secret",
+    "your_secret",
+    "yoursecret",
+    "placeholder",
+    "example",
+    "do-not-use",
+    "insecure",
+];
+
+/// Length of the runs that [`secret_weakness`] looks for: a repeated or
+/// sequential run this long has odds far below one in a million in a random
+/// secret, and is typical of typed ones (`test-secret-test-secret`,
+/// `0123456789`).
+const PATTERN_RUN: usize = 8;
+
 /// Claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccessClaims {
@@ -63,7 +103,10 @@ impl std::fmt::Debug for TokenKeys {
 }
 
 impl TokenKeys {
-    /// Keys from an HMAC secret of at least [`MIN_SECRET_BYTES`].
+    /// Keys from an HMAC secret of at least [`MIN_SECRET_BYTES`] that is
+    /// not a published default or an obvious placeholder: whoever knows the
+    /// secret can sign tokens for any account, so a guessable one is refused
+    /// here, where every way of starting the server passes.
     pub fn new(
         secret: &[u8],
         issuer: &str,
@@ -72,7 +115,12 @@ impl TokenKeys {
     ) -> Result<Self, AppError> {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(AppError::Config(format!(
-                "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+                "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes; {SECRET_HINT}"
+            )));
+        }
+        if let Some(weakness) = secret_weakness(secret) {
+            return Err(AppError::Config(format!(
+                "JWT_SECRET is not secret: {weakness}; {SECRET_HINT}"
             )));
         }
         let mut validation = Validation::new(Algorithm::HS256);
@@ -130,12 +178,61 @@ impl TokenKeys {
     }
 }
 
+/// Why `secret` is known or guessable, or `None` when nothing gives it away.
+/// Says what is wrong, never the secret itself.
+fn secret_weakness(secret: &[u8]) -> Option<&'static str> {
+    let lowercase = secret.to_ascii_lowercase();
+    let holds = |fragment: &str| {
+        lowercase
+            .windows(fragment.len())
+            .any(|window| window == fragment.as_bytes())
+    };
+    if KNOWN_DEFAULT_SECRETS
+        .iter()
+        .any(|known| lowercase == known.as_bytes())
+    {
+        return Some("it is a published default");
+    }
+    if PLACEHOLDER_FRAGMENTS.iter().any(|fragment| holds(fragment)) {
+        return Some("it reads like a placeholder");
+    }
+    let distinct: std::collections::HashSet<u8> = secret.iter().copied().collect();
+    if distinct.len() < MIN_DISTINCT_SECRET_BYTES {
+        return Some("it uses too few different characters");
+    }
+    let mut runs = std::collections::HashSet::new();
+    if secret.windows(PATTERN_RUN).any(|run| !runs.insert(run)) {
+        return Some("it repeats itself");
+    }
+    let sequential = |run: &[u8]| {
+        run.windows(2)
+            .all(|pair| pair[1] == pair[0].wrapping_add(1))
+            || run
+                .windows(2)
+                .all(|pair| pair[1] == pair[0].wrapping_sub(1))
+    };
+    if secret.windows(PATTERN_RUN).any(sequential) {
+        return Some("it holds a run of consecutive characters");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A secret as `openssl rand -base64 48` prints one.
+    const RANDOM_SECRET: &[u8] =
+        b"q3V9xK2mZr7TfLw0aYc4HsNd8Pj1GuBe6RkQoXi5Mv/EtWnJ+hlFzDpSgC7bAy2U";
+
     fn keys() -> TokenKeys {
-        TokenKeys::new(&[7; 32], "iss", "aud", Duration::from_secs(60)).unwrap()
+        TokenKeys::new(RANDOM_SECRET, "iss", "aud", Duration::from_secs(60)).unwrap()
+    }
+
+    fn refusal(secret: &[u8]) -> String {
+        TokenKeys::new(secret, "iss", "aud", Duration::from_secs(60))
+            .expect_err("a weak secret is refused")
+            .to_string()
     }
 
     #[test]
@@ -154,13 +251,64 @@ mod tests {
     }
 
     #[test]
+    fn published_and_placeholder_secrets_are_refused() {
+        for secret in [
+            "compose-local-secret-change-me-0123456789abcdef",
+            "COMPOSE-LOCAL-SECRET-CHANGE-ME-0123456789ABCDEF",
+            "please-changeme-before-going-to-production-x7Qk",
+            "Kq8zV2xR7pLw3NfT-secret-secret-Yb6Hd1Jm9Gc4Su0E",
+            "a-placeholder-value-for-the-jwt-signing-key-9Zq",
+        ] {
+            let message = refusal(secret.as_bytes());
+            assert!(message.contains("JWT_SECRET"), "{message}");
+            assert!(message.contains("openssl rand -base64 48"), "{message}");
+            assert!(!message.contains(secret), "the secret leaked: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+    }
+
+    #[test]
+    fn patterned_secrets_are_refused() {
+        for secret in [
+            "a".repeat(64),
+            "ab".repeat(32),
+            "0123456789".repeat(4),
+            "test-secret-test-secret-test-secret-0123456789".to_owned(),
+            "Kq8zV2xR7pLw3NfTYb6Hd1Jm9Gc4Su0E-abcdefghij-Zx".to_owned(),
+        ] {
+            let message = refusal(secret.as_bytes());
+            assert!(message.contains("JWT_SECRET is not secret"), "{message}");
+        }
+    }
+
+    #[test]
+    fn random_secrets_are_accepted() {
+        let hex = "9f3c1e7a5b2d8046c1f9e3a7d5b20864af1ce39b7d5f2a0486ce1b9f3d7a5c20";
+        for secret in [RANDOM_SECRET, hex.as_bytes()] {
+            assert!(secret_weakness(secret).is_none());
+        }
+        // What the embedded development mode generates.
+        use rand::distr::{Alphanumeric, SampleString};
+        for _ in 0..100 {
+            let secret = Alphanumeric.sample_string(&mut rand::rng(), 64);
+            assert_eq!(secret_weakness(secret.as_bytes()), None, "{secret}");
+        }
+    }
+
+    #[test]
     fn other_keys_and_garbage_fail() {
         let subject = TokenSubject {
             user_id: Uuid::new_v4(),
             session_id: Uuid::new_v4(),
         };
         let token = keys().issue(subject).unwrap();
-        let other = TokenKeys::new(&[8; 32], "iss", "aud", Duration::from_secs(60)).unwrap();
+        let other = TokenKeys::new(
+            b"Zt4wN8cQ1xVb6Lm3Rk9Hp2Yd7Fs0Jg5Ea-uWqXiOnToPlKjM",
+            "iss",
+            "aud",
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert!(other.verify(&token).is_err());
         assert!(keys().verify("not.a.jwt").is_err());
     }

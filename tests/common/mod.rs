@@ -32,7 +32,7 @@ pub use pb::{
 /// Password of the seeded admin in tests.
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 /// Secret of the test servers' access tokens.
-pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+pub const JWT_SECRET: &str = "Vh3kQ9zLx2Rm7TbW0pYc5NfJ8dGs1AuE4iKo6MqXyZtBnHrP";
 /// Issuer and audience of the test servers' tokens.
 pub const ISSUER: &str = "automation-control-plane";
 pub const AUDIENCE: &str = "automation-platform";
