@@ -46,8 +46,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // RPCs of services whose issue has not landed yet answer UNIMPLEMENTED.
-        .generate_default_stubs(true)
         // Every message a server or client decodes is checked against the
         // declared field limits before any handler sees it.
         .codec_path("crate::api::codec::CheckedCodec")

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (migrating and seeding an empty database first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending schema migrations and report applied/pending ones.
     Migrate(MigrateArgs),
     /// Create the default roles and admin user if missing (idempotent).
@@ -112,15 +112,73 @@ pub struct ServeArgs {
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1_000)]
     pub health_check_interval_ms: u64,
     /// After SIGINT/SIGTERM, how long open calls and connections get to
-    /// finish before they are closed, in milliseconds.
+    /// finish before they are closed, in milliseconds. Workers get three
+    /// quarters of it to finish or release their jobs.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+    /// How often the server pings each connection (HTTP/2 PING), in
+    /// seconds, so that a worker host that vanished without closing TCP is
+    /// noticed.
+    #[arg(long, env = "KEEPALIVE_INTERVAL_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub keepalive_interval_secs: u64,
+    /// How long a ping may go unanswered before the connection is closed
+    /// (and the leases of its streams go back to the queue), in seconds.
+    #[arg(long, env = "KEEPALIVE_TIMEOUT_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub keepalive_timeout_secs: u64,
+    /// Largest gRPC message the server decodes, in bytes.
+    #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
+    pub grpc_max_message_bytes: u64,
+    /// The job queue.
+    #[command(flatten)]
+    pub jobs: JobArgs,
     /// Seeding an empty database.
     #[command(flatten)]
     pub seed: SeedArgs,
     /// Tokens, passwords and login throttling.
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// The job queue.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// How long a job's lease lasts without a heartbeat, in seconds; workers
+    /// are asked to heartbeat every third of it.
+    #[arg(long, env = "JOB_LEASE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub job_lease_secs: u64,
+    /// Largest job payload, result or error, encoded as JSON, in bytes.
+    #[arg(long, env = "JOB_PAYLOAD_MAX_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=268_435_456))]
+    pub job_payload_max_bytes: u64,
+    /// First retry delay after a failed attempt, in milliseconds; it doubles
+    /// with each attempt (±25 % jitter).
+    #[arg(long, env = "JOB_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub job_retry_base_ms: u64,
+    /// Longest retry delay, in seconds.
+    #[arg(long, env = "JOB_RETRY_CAP_SECS", default_value_t = 3_600)]
+    pub job_retry_cap_secs: u64,
+    /// How often dispatch looks for work without being told, in
+    /// milliseconds (a safety net: notifications wake it at once).
+    #[arg(long, env = "JOB_POLL_INTERVAL_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub job_poll_interval_ms: u64,
+}
+
+impl JobArgs {
+    /// The queue's settings.
+    pub fn settings(&self) -> crate::domain::jobs::JobSettings {
+        crate::domain::jobs::JobSettings {
+            lease: Duration::from_secs(self.job_lease_secs),
+            payload_max_bytes: self.job_payload_max_bytes as usize,
+            retry_base: Duration::from_millis(self.job_retry_base_ms),
+            retry_cap: Duration::from_secs(self.job_retry_cap_secs),
+            poll_interval: Duration::from_millis(self.job_poll_interval_ms),
+        }
+    }
 }
 
 /// `migrate`.

@@ -42,6 +42,15 @@ pub enum AppError {
         /// e.g. `email`.
         field: &'static str,
     },
+    /// A request field clashes with what exists (e.g. an idempotency key
+    /// held by a different job).
+    #[error("{field}: {message}")]
+    Conflict {
+        /// The request field, e.g. `requests[3].idempotency_key`.
+        field: String,
+        /// What it clashes with.
+        message: String,
+    },
     /// The resource is in the wrong state for the call.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -85,7 +94,7 @@ impl AppError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::NotFound(_) => Code::NotFound,
-            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::AlreadyExists { .. } | Self::Conflict { .. } => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,

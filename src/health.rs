@@ -63,3 +63,12 @@ impl DatabaseHealth {
         }
     }
 }
+
+/// Reports `status` for the server and every service (the server is
+/// shutting down: NOT_SERVING).
+pub async fn report_all(reporter: &HealthReporter, services: &[&str], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for service in services {
+        reporter.set_service_status(*service, status).await;
+    }
+}

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod health;

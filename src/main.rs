@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), AppError> {
     match cli.command {
-        Command::Serve(args) => serve(&cli.database, args).await,
+        Command::Serve(args) => serve(&cli.database, *args).await,
         Command::Migrate(args) => {
             with_database(&cli.database, async |s| migrate(s, args).await).await
         }
@@ -190,7 +190,9 @@ async fn serve_on(
     }
     let state = AppState {
         pool,
+        database_url: source.url.clone(),
         auth: Arc::new(auth),
+        jobs: args.jobs.settings(),
     };
     let address = listener
         .local_addr()
@@ -202,6 +204,9 @@ async fn serve_on(
         ServerOptions {
             health_check_interval: Duration::from_millis(args.health_check_interval_ms.max(100)),
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+            keepalive_interval: Duration::from_secs(args.keepalive_interval_secs),
+            keepalive_timeout: Duration::from_secs(args.keepalive_timeout_secs),
+            max_message_bytes: args.grpc_max_message_bytes as usize,
         },
         shutdown_signal(),
     )

@@ -137,6 +137,19 @@ diesel::table! {
         created_at -> Timestamp,
         #[sql_name = "updatedAt"]
         updated_at -> Timestamp,
+        #[sql_name = "leasedBy"]
+        leased_by -> Nullable<Uuid>,
+        #[sql_name = "leaseExpiresAt"]
+        lease_expires_at -> Nullable<Timestamp>,
+        #[sql_name = "workerId"]
+        worker_id -> Nullable<Varchar>,
+        #[sql_name = "idempotencyKey"]
+        idempotency_key -> Nullable<Varchar>,
+        #[sql_name = "createdBy"]
+        created_by -> Nullable<Uuid>,
+        #[sql_name = "attemptBudget"]
+        attempt_budget -> Nullable<Int4>,
+        hook -> Nullable<Varchar>,
     }
 }
 

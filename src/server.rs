@@ -16,7 +16,11 @@ use crate::{
         layer::{AuthLayer, Authorizer},
     },
     db::DbPool,
-    domain::Identity,
+    dispatch::{DispatchParts, Dispatcher},
+    domain::{
+        Identity,
+        jobs::{JobSettings, Jobs, leases::Leases},
+    },
     error::AppError,
     health, maintenance,
     proto::{self, automation_v1 as pb},
@@ -28,18 +32,44 @@ use crate::{
 pub struct AppState {
     /// The database.
     pub pool: DbPool,
+    /// The database's URL, for the job queue's LISTEN connection (outside
+    /// the pool).
+    pub database_url: String,
     /// Identity configuration.
     pub auth: Arc<AuthSettings>,
+    /// Job queue configuration.
+    pub jobs: JobSettings,
 }
 
-/// Server behaviour that is not about identity.
+/// Server behaviour that is not about identity or jobs.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// How often health probes the database.
     pub health_check_interval: Duration,
     /// After the shutdown signal, how long in-flight calls (and clients that
-    /// keep connections open) get before the server closes them.
+    /// keep connections open) get before the server closes them. Workers get
+    /// three quarters of it to finish or release their jobs.
     pub shutdown_grace: Duration,
+    /// How often the server pings each connection (HTTP/2 PING), so that a
+    /// worker host that vanished without closing TCP is noticed.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Largest message the server decodes (BatchCreateJobs with large
+    /// payloads needs more than gRPC's 4 MiB default).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            health_check_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// Names of the `automation.v1` services, as health and reflection know them.
@@ -65,7 +95,7 @@ pub async fn serve(
     // One probe before serving, so that health answers for every service
     // from the first call.
     let mut database_health = health::DatabaseHealth::new(
-        reporter,
+        reporter.clone(),
         state.pool.clone(),
         SERVICE_NAMES.to_vec(),
         options
@@ -94,8 +124,21 @@ pub async fn serve(
         background.clone(),
     ));
 
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let jobs = Jobs::new(state.pool.clone(), state.jobs, wake.clone());
+    let (dispatcher, dispatch_tasks) = Dispatcher::start(DispatchParts {
+        leases: Leases::new(state.pool.clone(), state.jobs),
+        jobs: jobs.clone(),
+        sessions: identity.sessions.clone(),
+        audit: identity.audit.clone(),
+        wake,
+        database_url: state.database_url.clone(),
+    });
+
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .layer(AuthLayer::new(authorizer))
         .add_service(health_service)
         .add_service(reflection.v1())
@@ -112,9 +155,13 @@ pub async fn serve(
         .add_service(pb::module_service_server::ModuleServiceServer::new(
             api::modules::ModuleApi,
         ))
-        .add_service(pb::job_service_server::JobServiceServer::new(
-            api::jobs::JobApi,
-        ))
+        .add_service(
+            pb::job_service_server::JobServiceServer::new(api::jobs::JobApi::new(
+                jobs,
+                dispatcher.clone(),
+            ))
+            .max_decoding_message_size(options.max_message_bytes),
+        )
         .add_service(pb::audit_service_server::AuditServiceServer::new(
             api::audit::AuditApi::new(identity.audit.clone()),
         ))
@@ -125,22 +172,36 @@ pub async fn serve(
     let result = tokio::select! {
         result = &mut server => result,
         () = shutdown => {
-            // Stop accepting, let open calls finish, but do not wait forever
-            // for clients that keep their connections (and streams) open.
+            // Load balancers stop sending work here; workers are told to
+            // finish or release their jobs; new connections are refused; open
+            // calls get the grace period, not forever.
+            monitor.abort();
+            health::report_all(&reporter, SERVICE_NAMES, tonic_health::ServingStatus::NotServing).await;
             let _ = drain.send(());
-            match tokio::time::timeout(options.shutdown_grace, &mut server).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!(
-                        grace_ms = options.shutdown_grace.as_millis() as u64,
-                        "connections still open after the shutdown grace period; closing them"
-                    );
-                    Ok(())
-                }
-            }
+            let grace = options.shutdown_grace;
+            let (result, ()) = tokio::join!(
+                async {
+                    match tokio::time::timeout(grace, &mut server).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::warn!(
+                                grace_ms = grace.as_millis() as u64,
+                                "connections still open after the shutdown grace period; \
+                                 closing them"
+                            );
+                            Ok(())
+                        }
+                    }
+                },
+                dispatcher.drain(grace * 3 / 4),
+            );
+            result
         }
     };
     monitor.abort();
+    // Reports that arrived before the streams ended are settled before the
+    // pool goes away.
+    dispatcher.stop(dispatch_tasks).await;
     background.cancel();
     let _ = housekeeping.await;
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))

@@ -136,15 +136,17 @@ VALUES ('6a1d2c3e-0000-4000-8000-000000000007', '6a1d2c3e-0000-4000-8000-0000000
 "#;
 
 /// Every row of the platform's tables, as JSON.
+/// Every row, with null columns left out: later migrations only add
+/// columns, which are null on rows that were there before them.
 const PLATFORM_ROWS: &str = "\
-    SELECT 'users ' || to_jsonb(t)::text AS line FROM users t \
-    UNION ALL SELECT 'roles ' || to_jsonb(t)::text FROM roles t \
-    UNION ALL SELECT 'user_roles ' || to_jsonb(t)::text FROM user_roles t \
-    UNION ALL SELECT 'sessions ' || to_jsonb(t)::text FROM sessions t \
-    UNION ALL SELECT 'modules ' || to_jsonb(t)::text FROM modules t \
-    UNION ALL SELECT 'jobs ' || to_jsonb(t)::text FROM jobs t \
-    UNION ALL SELECT 'audit_logs ' || to_jsonb(t)::text FROM audit_logs t \
-    UNION ALL SELECT '_prisma_migrations ' || to_jsonb(t)::text FROM _prisma_migrations t";
+    SELECT 'users ' || jsonb_strip_nulls(to_jsonb(t))::text AS line FROM users t \
+    UNION ALL SELECT 'roles ' || jsonb_strip_nulls(to_jsonb(t))::text FROM roles t \
+    UNION ALL SELECT 'user_roles ' || jsonb_strip_nulls(to_jsonb(t))::text FROM user_roles t \
+    UNION ALL SELECT 'sessions ' || jsonb_strip_nulls(to_jsonb(t))::text FROM sessions t \
+    UNION ALL SELECT 'modules ' || jsonb_strip_nulls(to_jsonb(t))::text FROM modules t \
+    UNION ALL SELECT 'jobs ' || jsonb_strip_nulls(to_jsonb(t))::text FROM jobs t \
+    UNION ALL SELECT 'audit_logs ' || jsonb_strip_nulls(to_jsonb(t))::text FROM audit_logs t \
+    UNION ALL SELECT '_prisma_migrations ' || jsonb_strip_nulls(to_jsonb(t))::text FROM _prisma_migrations t";
 
 /// Tables, indexes and types of the public schema: what a refused adoption
 /// must leave as it was.

@@ -69,6 +69,18 @@ pub enum AuditAction {
     AssignRole,
     /// A role taken from a user.
     UnassignRole,
+    /// A job enqueued.
+    CreateJob,
+    /// A batch of jobs enqueued.
+    BatchCreateJobs,
+    /// A job cancelled.
+    CancelJob,
+    /// A job put back in the queue.
+    RetryJob,
+    /// A worker opened a Work stream.
+    WorkerConnected,
+    /// A Work stream ended.
+    WorkerDisconnected,
 }
 
 impl AuditAction {
@@ -91,6 +103,12 @@ impl AuditAction {
             Self::DeleteRole => "roles.delete",
             Self::AssignRole => "roles.assign",
             Self::UnassignRole => "roles.unassign",
+            Self::CreateJob => "jobs.create",
+            Self::BatchCreateJobs => "jobs.batch_create",
+            Self::CancelJob => "jobs.cancel",
+            Self::RetryJob => "jobs.retry",
+            Self::WorkerConnected => "jobs.work_open",
+            Self::WorkerDisconnected => "jobs.work_close",
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod authority;
+pub mod jobs;
 pub mod roles;
 pub mod sessions;
 pub mod throttle;

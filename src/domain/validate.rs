@@ -128,6 +128,76 @@ pub fn text(field: &str, value: &str) -> Result<String, AppError> {
     Ok(value.to_owned())
 }
 
+/// A job type: 1 to 128 letters, digits, `.`, `_`, `-`, `:` or `/`.
+pub fn job_name(field: &str, name: &str) -> Result<String, AppError> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(AppError::invalid(
+            field,
+            "must be 1 to 128 letters, digits, '.', '_', '-', ':' or '/'",
+        ))
+    }
+}
+
+/// A module name: kebab-case, 1 to 64 lowercase letters and digits in
+/// words joined by single `-`, starting with a letter.
+pub fn module_name(field: &str, name: &str) -> Result<String, AppError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && !name.contains("--")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(AppError::invalid(
+            field,
+            "must be kebab-case: lowercase letters and digits in words joined by '-', \
+             starting with a letter, at most 64 characters",
+        ))
+    }
+}
+
+/// Free-form JSON a client or worker sends: at most `max_bytes` when
+/// encoded as JSON, and no NUL characters (PostgreSQL's JSONB cannot hold
+/// them).
+pub fn json_document(
+    field: &str,
+    value: &serde_json::Value,
+    max_bytes: usize,
+) -> Result<(), AppError> {
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+            }
+            _ => false,
+        }
+    }
+    let size = serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > max_bytes {
+        return Err(AppError::invalid(
+            field,
+            format!("is {size} bytes as JSON; at most {max_bytes} are accepted"),
+        ));
+    }
+    if has_nul(value) {
+        return Err(AppError::invalid(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +209,25 @@ mod tests {
         assert!(email("email", "a@b").is_err());
         assert!(username("username", "ab").is_err());
         assert!(username("username", "al.ice_1-x").is_ok());
+    }
+
+    #[test]
+    fn job_and_module_names() {
+        assert!(job_name("name", "backup.run").is_ok());
+        assert!(job_name("name", "a b").is_err());
+        assert!(module_name("m", "backup-runner").is_ok());
+        for bad in ["Backup", "backup--x", "-x", "x-", "1x", "x_y", ""] {
+            assert!(module_name("m", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_documents_are_bounded_and_nul_free() {
+        let small = serde_json::json!({"a": "b"});
+        assert!(json_document("payload", &small, 100).is_ok());
+        assert!(json_document("payload", &small, 5).is_err());
+        let nul = serde_json::json!({"a": "x\u{0}y"});
+        assert!(json_document("payload", &nul, 100).is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! `diesel::QueryResult`, and the error mapping happens once, in `error.rs`.
 
 pub mod audit;
+pub mod jobs;
 pub mod models;
+pub mod modules;
 pub mod pagination;
 pub mod roles;
 pub mod sessions;

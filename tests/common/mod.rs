@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -10,6 +11,7 @@ use automation_control_plane::{
     auth::{AuthSettings, passwords::PasswordHasher, tokens::TokenKeys},
     config::{AuthArgs, PasswordArgs},
     db::{self, DbPool, PoolSettings},
+    domain::jobs::JobSettings,
     proto::automation_v1 as pb,
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
@@ -50,6 +52,10 @@ pub struct TestOptions {
     /// Password settings of the server (the seeded admin is hashed at cost 4
     /// always).
     pub passwords: PasswordArgs,
+    /// The job queue.
+    pub jobs: JobSettings,
+    /// Graceful shutdown, keepalive and message size.
+    pub server: ServerOptions,
 }
 
 impl Default for TestOptions {
@@ -76,6 +82,16 @@ impl Default for TestOptions {
                 password_queue_max: 0,
                 password_queue_wait_ms: 5_000,
             },
+            jobs: JobSettings {
+                retry_base: Duration::from_millis(100),
+                poll_interval: Duration::from_secs(1),
+                ..JobSettings::default()
+            },
+            server: ServerOptions {
+                health_check_interval: Duration::from_millis(100),
+                shutdown_grace: Duration::from_millis(200),
+                ..ServerOptions::default()
+            },
         }
     }
 }
@@ -84,8 +100,8 @@ impl Default for TestOptions {
 pub struct TestApp {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its database.
-    pub db: TestDatabase,
+    /// Its database (shared with replicas started by [`TestApp::replica`]).
+    pub db: Arc<TestDatabase>,
     /// A pool on the same database, for checks behind the API's back.
     pub pool: DbPool,
     /// The server's token keys, to forge tokens in attack tests.
@@ -125,7 +141,7 @@ impl TestApp {
             )
             .try_init();
         let server = TestServer::get().await;
-        let db = server.create_database(true).await;
+        let db = Arc::new(server.create_database(true).await);
         let check_pool = pool(&db.url(), Duration::from_secs(10));
         let hasher = PasswordHasher::new(4);
         seed::run(
@@ -135,7 +151,16 @@ impl TestApp {
         )
         .await
         .expect("seeding");
+        Self::serve_on(db, options).await
+    }
 
+    /// Another server (a replica) on this one's database.
+    pub async fn replica(&self, options: TestOptions) -> Self {
+        Self::serve_on(self.db.clone(), options).await
+    }
+
+    async fn serve_on(db: Arc<TestDatabase>, options: TestOptions) -> Self {
+        let check_pool = pool(&db.url(), Duration::from_secs(10));
         let (url, proxy) = if options.through_proxy {
             let mut url = url::Url::parse(&db.url()).expect("database URL");
             let target = format!("127.0.0.1:{}", url.port().expect("port"));
@@ -150,25 +175,20 @@ impl TestApp {
         let keys = auth.tokens.clone();
         let state = AppState {
             pool: pool(&url, options.acquire_timeout),
+            database_url: url,
             auth: Arc::new(auth),
+            jobs: options.jobs,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let server_options = options.server.clone();
         let task = tokio::spawn(async move {
-            server::serve(
-                state,
-                listener,
-                ServerOptions {
-                    health_check_interval: Duration::from_millis(100),
-                    shutdown_grace: Duration::from_millis(200),
-                },
-                async {
-                    let _ = shutdown_rx.await;
-                },
-            )
+            server::serve(state, listener, server_options, async {
+                let _ = shutdown_rx.await;
+            })
             .await
             .expect("server");
         });
@@ -358,4 +378,45 @@ pub async fn audit_rows_without_user(app: &TestApp, action: &str) -> i64 {
         (action, "success"),
     )
     .await
+}
+
+/// A CreateJob request for `name` with `payload`.
+pub fn new_job(name: &str, payload: serde_json::Value) -> pb::CreateJobRequest {
+    pb::CreateJobRequest {
+        name: name.into(),
+        payload: Some(worker::json_struct(payload)),
+        ..Default::default()
+    }
+}
+
+impl TestApp {
+    /// Creates a job (as `token`'s caller) and returns it.
+    pub async fn create_job(&self, token: &str, request: pb::CreateJobRequest) -> pb::Job {
+        JobServiceClient::new(self.channel().await)
+            .create_job(authed(token, request))
+            .await
+            .expect("create job")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    /// Reads a job.
+    pub async fn job(&self, token: &str, id: &str) -> pb::Job {
+        JobServiceClient::new(self.channel().await)
+            .get_job(authed(token, pb::GetJobRequest { id: id.into() }))
+            .await
+            .expect("get job")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    /// A worker connected with the admin's token.
+    pub async fn worker(&self, max_concurrency: i32) -> worker::TestWorker {
+        let token = self.admin_token().await;
+        worker::TestWorker::connect(self.channel().await, &token, worker::hello(max_concurrency))
+            .await
+            .expect("worker connects")
+    }
 }

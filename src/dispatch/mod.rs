@@ -1,0 +1,385 @@
+//! The job dispatcher of one replica: the Work streams connected to it, the
+//! claim loop that leases jobs to their free slots, the writers that settle
+//! their reports in batches, the LISTEN connection that hears every
+//! replica's changes, and the reaper of expired leases.
+//!
+//! Wake-ups come from NOTIFY (and from this replica's own enqueues, at
+//! once), with a slow poll as a safety net; streams never pin a pooled
+//! connection (each operation checks one out); every lease a stream holds is
+//! given back by a guard, whatever ends it.
+
+mod listener;
+mod registry;
+mod reports;
+mod stream;
+mod watch;
+mod watch_job;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use self::{
+    registry::{Registry, StreamCommand},
+    reports::PendingReport,
+};
+pub use self::{
+    stream::ResponseStream as WorkStream, watch::Watchers, watch_job::WatchStream as WatchJobStream,
+};
+use crate::{
+    domain::{
+        audit::AuditTrail,
+        jobs::{
+            JobSettings, Jobs,
+            events::{QueueEvent, Revocation},
+            leases::Leases,
+        },
+        sessions::Sessions,
+    },
+    error::AppError,
+    store::jobs::{JobRow, LeaseRef},
+};
+
+/// Report writers settling batches at the same time.
+const REPORT_WRITERS: usize = 2;
+
+/// Everything the dispatcher's tasks and streams share.
+pub(crate) struct Shared {
+    pub leases: Leases,
+    pub jobs: Jobs,
+    pub sessions: Sessions,
+    pub audit: AuditTrail,
+    pub settings: JobSettings,
+    pub registry: Mutex<Registry>,
+    /// Wakes the claim loop.
+    pub wake: Arc<Notify>,
+    /// Set when the schedule may have changed (a job due later).
+    pub schedule_changed: std::sync::atomic::AtomicBool,
+    pub watchers: Watchers,
+    pub reports: mpsc::UnboundedSender<PendingReport>,
+    /// Ends the background tasks.
+    pub shutdown: CancellationToken,
+    /// Ends WatchJob streams and tells Work streams to drain.
+    pub draining: CancellationToken,
+    /// When a dispatcher operation last failed on the database.
+    last_db_failure: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// Notes that the database failed an operation (the reaper waits for it
+    /// to be steady again before taking anyone's leases).
+    pub fn note_db_failure(&self, error: &AppError) {
+        tracing::warn!(%error, "job dispatch could not reach the database");
+        *self
+            .last_db_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether the database has answered for long enough that every live
+    /// stream has had a chance to heartbeat since it last failed.
+    fn db_steady(&self) -> bool {
+        let steady_after = self.settings.heartbeat_interval().mul_f32(1.5);
+        self.last_db_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| at.elapsed() >= steady_after)
+    }
+
+    /// Acts on one notification from any replica.
+    pub fn on_event(&self, event: QueueEvent) {
+        match event {
+            QueueEvent::Runnable => self.wake.notify_one(),
+            QueueEvent::Scheduled => {
+                self.schedule_changed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                self.wake.notify_one();
+            }
+            QueueEvent::Changed(ids) => self.watchers.bump(&ids),
+            QueueEvent::Revoked(revocation) => self.revoke(revocation),
+        }
+    }
+
+    /// Tells the stream holding a lease that it is gone, if that stream is
+    /// connected here.
+    pub fn revoke(&self, revocation: Revocation) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if registry.revoke(&revocation) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Registers freshly leased jobs with their streams and pushes them;
+    /// returns the leases whose stream went away meanwhile.
+    fn deliver(&self, jobs: Vec<JobRow>) -> Vec<LeaseRef> {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut orphans = Vec::new();
+        for job in jobs {
+            let lease = LeaseRef {
+                job: job.id,
+                attempt: job.attempts,
+                stream: job.leased_by.unwrap_or_default(),
+            };
+            if !registry.assign(job) {
+                orphans.push(lease);
+            }
+        }
+        orphans
+    }
+}
+
+/// The dispatcher of this replica; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+/// The dispatcher's background tasks, ended by [`Dispatcher::stop`].
+pub struct DispatchTasks {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DispatchTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatchTasks")
+            .field("tasks", &self.handles.len())
+            .finish()
+    }
+}
+
+/// What the dispatcher is built from.
+pub struct DispatchParts {
+    pub leases: Leases,
+    pub jobs: Jobs,
+    pub sessions: Sessions,
+    pub audit: AuditTrail,
+    /// The wake-up `jobs` rings after an enqueue.
+    pub wake: Arc<Notify>,
+    /// URL for the dedicated LISTEN connection.
+    pub database_url: String,
+}
+
+impl Dispatcher {
+    /// Starts the claim loop, the report writers, the listener and the
+    /// reaper.
+    pub fn start(parts: DispatchParts) -> (Self, DispatchTasks) {
+        let settings = *parts.leases.settings();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            leases: parts.leases,
+            jobs: parts.jobs,
+            sessions: parts.sessions,
+            audit: parts.audit,
+            settings,
+            registry: Mutex::new(Registry::default()),
+            wake: parts.wake,
+            schedule_changed: std::sync::atomic::AtomicBool::new(true),
+            watchers: Watchers::default(),
+            reports: reports_tx,
+            shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            last_db_failure: Mutex::new(None),
+        });
+        let reports_rx = Arc::new(tokio::sync::Mutex::new(reports_rx));
+        let mut handles = vec![
+            tokio::spawn(claim_loop(shared.clone())),
+            tokio::spawn(reaper(shared.clone())),
+            tokio::spawn(listener::run(shared.clone(), parts.database_url)),
+        ];
+        for _ in 0..REPORT_WRITERS {
+            handles.push(tokio::spawn(reports::run_writer(
+                shared.clone(),
+                reports_rx.clone(),
+            )));
+        }
+        (Self { shared }, DispatchTasks { handles })
+    }
+
+    /// Serves one Work stream: returns the server's half; the session runs
+    /// until the worker leaves, the caller loses access or the server drains.
+    pub fn work(
+        &self,
+        actor: crate::domain::Actor,
+        inbound: impl futures_util::Stream<
+            Item = Result<crate::proto::automation_v1::WorkRequest, tonic::Status>,
+        > + Send
+        + Unpin
+        + 'static,
+    ) -> stream::ResponseStream {
+        stream::open(self.shared.clone(), actor, inbound)
+    }
+
+    /// Serves one WatchJob stream.
+    pub async fn watch_job(
+        &self,
+        actor: crate::domain::Actor,
+        id: Uuid,
+    ) -> Result<watch_job::WatchStream, AppError> {
+        watch_job::open(self.shared.clone(), actor, id).await
+    }
+
+    /// Starts draining (the server is shutting down): nothing new is
+    /// leased, workers are told to finish or release what they hold before
+    /// `grace` ends, after which their leases are handed back; watch streams
+    /// end. Returns once no Work stream holds a lease or the grace is over.
+    pub async fn drain(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let wall_deadline = std::time::SystemTime::now() + grace;
+        self.shared.draining.cancel();
+        {
+            let mut registry = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            registry.begin_drain(deadline, wall_deadline);
+        }
+        while Instant::now() < deadline {
+            let streams = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stream_count();
+            if streams == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ends the background tasks, after the report writers settled what was
+    /// reported.
+    pub async fn stop(self, tasks: DispatchTasks) {
+        self.shared.draining.cancel();
+        self.shared.shutdown.cancel();
+        for handle in tasks.handles {
+            let _ = handle.await;
+        }
+    }
+
+    /// Work streams connected here.
+    pub fn stream_count(&self) -> usize {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stream_count()
+    }
+}
+
+/// Leases jobs to free slots whenever something may have changed: a
+/// notification, a freed slot, a new stream, the next scheduled job falling
+/// due, or the poll interval passing.
+async fn claim_loop(shared: Arc<Shared>) {
+    let mut next_due: Option<Instant> = None;
+    let mut failures = 0u32;
+    loop {
+        let poll = shared.settings.poll_interval;
+        let wait = next_due
+            .map(|due| due.saturating_duration_since(Instant::now()))
+            .map_or(poll, |until_due| until_due.min(poll));
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {
+                shared.schedule_changed.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        match claim_rounds(&shared).await {
+            Ok(()) => failures = 0,
+            Err(error) => {
+                shared.note_db_failure(&error);
+                failures += 1;
+                let pause = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
+                tokio::time::sleep(pause).await;
+                shared.wake.notify_one();
+                continue;
+            }
+        }
+        if shared
+            .schedule_changed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            match shared.leases.time_to_next_scheduled().await {
+                Ok(due) => next_due = due.map(|d| Instant::now() + d),
+                Err(error) => {
+                    shared.note_db_failure(&error);
+                    shared
+                        .schedule_changed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+        if next_due.is_some_and(|due| due <= Instant::now()) {
+            next_due = None;
+            shared
+                .schedule_changed
+                .store(true, std::sync::atomic::Ordering::Release);
+            shared.wake.notify_one();
+        }
+    }
+}
+
+/// Claims until every free slot is filled or nothing runnable is left.
+async fn claim_rounds(shared: &Shared) -> Result<(), AppError> {
+    loop {
+        let demand = shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .demand();
+        if demand.is_empty() {
+            return Ok(());
+        }
+        let mut filled_every_slot = true;
+        for (filter, slots) in demand {
+            let jobs = shared.leases.claim(&filter, &slots).await?;
+            if jobs.len() < slots.len() {
+                filled_every_slot = false;
+            }
+            let orphans = shared.deliver(jobs);
+            if !orphans.is_empty() {
+                shared.leases.hand_back(&orphans, true).await?;
+            }
+        }
+        if !filled_every_slot {
+            return Ok(());
+        }
+    }
+}
+
+/// Takes expired leases, on any replica's streams, while the database is
+/// steady (after an outage, streams get a heartbeat interval to renew their
+/// leases before any is taken).
+async fn reaper(shared: Arc<Shared>) {
+    let interval =
+        (shared.settings.lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if !shared.db_steady() {
+            continue;
+        }
+        match shared.leases.reap().await {
+            Ok(0) => {}
+            Ok(reaped) => {
+                tracing::info!(reaped, "took expired leases back");
+                shared.wake.notify_one();
+            }
+            Err(error) => shared.note_db_failure(&error),
+        }
+    }
+}
+
+/// Sends a command to a stream, ignoring a stream that is gone.
+fn tell(commands: &mpsc::UnboundedSender<StreamCommand>, command: StreamCommand) {
+    let _ = commands.send(command);
+}

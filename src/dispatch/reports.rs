@@ -1,0 +1,124 @@
+//! Group commit of worker reports: every completion, failure and release of
+//! every stream of this replica goes through a queue; a writer takes what
+//! has gathered (up to a batch), settles it in one transaction and only then
+//! acknowledges each report to its stream. While one batch commits, the next
+//! gathers, so the batch size follows the load.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{Mutex, mpsc};
+
+use super::{Shared, registry::StreamCommand, tell};
+use crate::{
+    domain::jobs::leases::{Report, ReportOutcome},
+    error::AppError,
+};
+
+/// Most reports settled in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A report waiting to be settled, and where to send its outcome.
+#[derive(Debug)]
+pub struct PendingReport {
+    pub report: Report,
+    pub reply: mpsc::UnboundedSender<StreamCommand>,
+}
+
+/// One writer: settles batches until shutdown, then settles what is left.
+pub async fn run_writer(
+    shared: Arc<Shared>,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<PendingReport>>>,
+) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let first = tokio::select! {
+                biased;
+                report = queue.recv() => report,
+                () = shared.shutdown.cancelled() => {
+                    // Settle what was reported before the server stops.
+                    let mut rest = Vec::new();
+                    while let Ok(report) = queue.try_recv() {
+                        rest.push(report);
+                    }
+                    drop(queue);
+                    while !rest.is_empty() {
+                        let chunk: Vec<PendingReport> =
+                            rest.drain(..rest.len().min(MAX_BATCH)).collect();
+                        settle_with_retry(&shared, chunk, true).await;
+                    }
+                    return;
+                }
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(report) => batch.push(report),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        settle_with_retry(&shared, batch, false).await;
+    }
+}
+
+/// Settles a batch, retrying while the database is unavailable (the
+/// reports are not acknowledged meanwhile, so nothing is lost). A batch the
+/// database refuses for another reason is settled report by report, so one
+/// bad report cannot hold up the others.
+async fn settle_with_retry(shared: &Shared, batch: Vec<PendingReport>, stopping: bool) {
+    let reports: Vec<Report> = batch.iter().map(|p| p.report.clone()).collect();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match shared.leases.settle(&reports).await {
+            Ok(outcomes) => {
+                acknowledge(&batch, outcomes);
+                return;
+            }
+            Err(error @ AppError::Unavailable(_)) => {
+                shared.note_db_failure(&error);
+                if stopping && shared.shutdown.is_cancelled() && pause > Duration::from_secs(2) {
+                    // The server is going away and the database with it: the
+                    // leases come back when they expire.
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(error) if batch.len() > 1 => {
+                tracing::warn!(%error, reports = batch.len(), "settling a batch failed; settling one by one");
+                for pending in batch {
+                    Box::pin(settle_with_retry(shared, vec![pending], stopping)).await;
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, job = %reports[0].lease.job, "a report could not be stored");
+                acknowledge(
+                    &batch,
+                    vec![ReportOutcome {
+                        accepted: false,
+                        reason: "the report could not be stored; the lease stands until it \
+                                 expires"
+                            .into(),
+                    }],
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn acknowledge(batch: &[PendingReport], outcomes: Vec<ReportOutcome>) {
+    for (pending, outcome) in batch.iter().zip(outcomes) {
+        tell(
+            &pending.reply,
+            StreamCommand::Settled {
+                lease: pending.report.lease,
+                outcome,
+            },
+        );
+    }
+}

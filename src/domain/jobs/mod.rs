@@ -1,0 +1,479 @@
+//! The job queue, as clients use it (`JobService`): enqueueing, reading,
+//! cancelling and retrying jobs. The worker side — leases, reports, the
+//! reaper — is in [`leases`]; the notifications that tie replicas together
+//! are in [`events`].
+
+pub mod events;
+pub mod leases;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::NaiveDateTime;
+use diesel_async::AsyncPgConnection;
+use serde_json::json;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use self::events::{QueueChanges, Revocation, RevokeCause};
+use super::{
+    Actor, Page,
+    audit::{AuditAction, AuditEvent, AuditTrail},
+    validate,
+};
+use crate::{
+    db::{self, DbPool},
+    error::AppError,
+    store::{
+        jobs::{self as rows, JobFilter, JobRow, JobStatus, NewJob},
+        modules,
+        pagination::{Cursor, PageRequest},
+    },
+};
+
+/// Attempts a job gets when neither the request nor its module says.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+/// Most attempts a job may ask for.
+pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
+/// The range of priorities.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+/// Most jobs one BatchCreateJobs creates.
+pub const MAX_BATCH: usize = 1000;
+
+/// How the queue is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSettings {
+    /// How long a lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// Largest payload, result or error, encoded as JSON.
+    pub payload_max_bytes: usize,
+    /// First retry delay; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_cap: Duration,
+    /// How often dispatch looks for work even without a notification.
+    pub poll_interval: Duration,
+}
+
+impl JobSettings {
+    /// How often workers should heartbeat: a third of the lease, so that two
+    /// heartbeats can be lost before the lease ends.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease / 3
+    }
+
+    pub(crate) fn backoff(&self) -> rows::Backoff {
+        rows::Backoff {
+            base: self.retry_base,
+            cap: self.retry_cap,
+        }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            payload_max_bytes: 1024 * 1024,
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(3600),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A job to create, as a client asks for it (shapes already checked by
+/// [`JobSpec::validate`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub name: String,
+    pub module_name: Option<String>,
+    pub payload: serde_json::Value,
+    pub priority: i32,
+    /// `None`: the module's default, else [`DEFAULT_MAX_ATTEMPTS`].
+    pub max_attempts: Option<i32>,
+    /// `None`: now.
+    pub schedule_at: Option<NaiveDateTime>,
+    pub idempotency_key: Option<String>,
+}
+
+impl JobSpec {
+    /// Checks the fields' shapes; `prefix` is the request's path
+    /// (`requests[3].` in a batch).
+    pub fn validate(&self, prefix: &str, settings: &JobSettings) -> Result<(), AppError> {
+        let field = |name: &str| format!("{prefix}{name}");
+        validate::job_name(&field("name"), &self.name)?;
+        if let Some(module) = &self.module_name {
+            validate::module_name(&field("module_name"), module)?;
+        }
+        if !PRIORITY_RANGE.contains(&self.priority) {
+            return Err(AppError::invalid(
+                field("priority"),
+                format!(
+                    "must be within {}..{}",
+                    PRIORITY_RANGE.start(),
+                    PRIORITY_RANGE.end()
+                ),
+            ));
+        }
+        if let Some(max) = self.max_attempts
+            && !(1..=MAX_ATTEMPTS_LIMIT).contains(&max)
+        {
+            return Err(AppError::invalid(
+                field("max_attempts"),
+                format!("must be within 1..{MAX_ATTEMPTS_LIMIT} (0 for the default)"),
+            ));
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.trim().is_empty() || key.chars().any(char::is_control))
+        {
+            return Err(AppError::invalid(
+                field("idempotency_key"),
+                "must be printable and not blank",
+            ));
+        }
+        if !self.payload.is_object() {
+            return Err(AppError::invalid(field("payload"), "must be a JSON object"));
+        }
+        validate::json_document(&field("payload"), &self.payload, settings.payload_max_bytes)
+    }
+}
+
+/// The client side of the queue.
+#[derive(Clone)]
+pub struct Jobs {
+    pool: DbPool,
+    settings: JobSettings,
+    /// Wakes this replica's dispatch at once after a local enqueue (other
+    /// replicas hear the NOTIFY).
+    wake: Arc<Notify>,
+}
+
+impl Jobs {
+    /// The queue in `pool`'s database; `wake` is this replica's dispatch.
+    pub fn new(pool: DbPool, settings: JobSettings, wake: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            settings,
+            wake,
+        }
+    }
+
+    /// The configuration.
+    pub fn settings(&self) -> &JobSettings {
+        &self.settings
+    }
+
+    /// Enqueues one job; with an idempotency key a job holds, returns that
+    /// job and writes nothing.
+    pub async fn create(&self, actor: &Actor, spec: JobSpec) -> Result<JobRow, AppError> {
+        spec.validate("", &self.settings)?;
+        let mut created = self
+            .create_all(actor, vec![spec], AuditAction::CreateJob)
+            .await?;
+        created
+            .pop()
+            .ok_or_else(|| AppError::internal("a created job went missing"))
+    }
+
+    /// Enqueues up to [`MAX_BATCH`] jobs in one transaction, all or none.
+    pub async fn create_batch(
+        &self,
+        actor: &Actor,
+        specs: Vec<JobSpec>,
+    ) -> Result<Vec<JobRow>, AppError> {
+        if specs.is_empty() || specs.len() > MAX_BATCH {
+            return Err(AppError::invalid(
+                "requests",
+                format!("must hold 1 to {MAX_BATCH} requests"),
+            ));
+        }
+        for (index, spec) in specs.iter().enumerate() {
+            spec.validate(&format!("requests[{index}]."), &self.settings)?;
+        }
+        self.create_all(actor, specs, AuditAction::BatchCreateJobs)
+            .await
+    }
+
+    async fn create_all(
+        &self,
+        actor: &Actor,
+        specs: Vec<JobSpec>,
+        action: AuditAction,
+    ) -> Result<Vec<JobRow>, AppError> {
+        let batch = action == AuditAction::BatchCreateJobs;
+        let prefix = |index: usize| request_prefix(batch, index);
+        let jobs = db::transaction(&self.pool, "jobs.create", async |conn| {
+            let mut new = Vec::with_capacity(specs.len());
+            for (index, spec) in specs.iter().enumerate() {
+                let max_attempts = match &spec.module_name {
+                    Some(module) => {
+                        module_defaults(conn, actor, module, spec, &prefix(index)).await?
+                    }
+                    None => spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                };
+                new.push(NewJob {
+                    id: Uuid::now_v7(),
+                    name: spec.name.clone(),
+                    module_name: spec.module_name.clone(),
+                    priority: spec.priority,
+                    payload: spec.payload.clone(),
+                    max_attempts,
+                    scheduled_at: spec.schedule_at,
+                    idempotency_key: spec.idempotency_key.clone(),
+                    created_by: Some(actor.caller.user_id),
+                    hook: None,
+                });
+            }
+            let inserted = rows::insert(conn, &new).await?;
+            let jobs = resolve_idempotent(conn, &new, inserted, batch).await?;
+            let fresh: Vec<&JobRow> = jobs
+                .iter()
+                .filter(|job| new.iter().any(|n| n.id == job.id))
+                .collect();
+            if fresh.is_empty() {
+                // Every request named a job that exists: nothing written.
+                return Ok(jobs);
+            }
+            // New jobs have no watchers yet: only dispatch needs to hear.
+            let changes = QueueChanges {
+                runnable_now: fresh.iter().any(|j| j.scheduled_at <= j.created_at),
+                runnable_later: fresh.iter().any(|j| j.scheduled_at > j.created_at),
+                ..QueueChanges::default()
+            };
+            changes.announce(conn).await?;
+            let resource = if batch {
+                format!("jobs:batch/{}", fresh.len())
+            } else {
+                format!("jobs/{}", fresh[0].id)
+            };
+            let details = if batch {
+                json!({ "count": fresh.len(), "first": fresh[0].id, "last": fresh[fresh.len() - 1].id })
+            } else {
+                json!({ "name": fresh[0].name, "module": fresh[0].module_name })
+            };
+            let event = AuditEvent::success(action, Some(actor.caller.user_id), resource)
+                .with_details(details);
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(jobs)
+        })
+        .await?;
+        self.wake.notify_one();
+        Ok(jobs)
+    }
+
+    /// One job.
+    pub async fn get(&self, id: Uuid) -> Result<JobRow, AppError> {
+        db::with_connection(&self.pool, "jobs.get", async |conn| {
+            rows::find(conn, id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("job {id}")))
+        })
+        .await
+    }
+
+    /// Jobs newest first, one page at a time.
+    pub async fn list(
+        &self,
+        filter: JobFilter,
+        page: PageRequest,
+    ) -> Result<Page<JobRow>, AppError> {
+        let mut filter = filter;
+        filter.before = page.after_time()?;
+        let limit = page.limit;
+        let rows = db::with_connection(&self.pool, "jobs.list", async |conn| {
+            Ok(rows::list(conn, &filter, limit + 1).await?)
+        })
+        .await?;
+        Ok(Page::from_rows(rows, limit, |job| {
+            Cursor::at_time(job.created_at, job.id)
+        }))
+    }
+
+    /// Cancels a PENDING or RUNNING job; the worker holding a running one is
+    /// told, wherever it is connected.
+    pub async fn cancel(&self, actor: &Actor, id: Uuid) -> Result<JobRow, AppError> {
+        db::transaction(&self.pool, "jobs.cancel", async |conn| {
+            let job = rows::find_for_update(conn, id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
+            if job.status.is_terminal() {
+                return Err(AppError::FailedPrecondition(format!(
+                    "job {id} is {}: only PENDING or RUNNING jobs can be cancelled",
+                    job.status.label()
+                )));
+            }
+            let cancelled = rows::set_status(conn, id, JobStatus::Cancelled).await?;
+            let mut changes = QueueChanges::default();
+            changes.changed.push(id);
+            if let (JobStatus::Running, Some(stream)) = (job.status, job.leased_by) {
+                changes.revoked.push(Revocation {
+                    stream,
+                    job: id,
+                    attempt: job.attempts,
+                    cause: RevokeCause::Cancelled,
+                });
+            }
+            changes.announce(conn).await?;
+            let event = AuditEvent::success(
+                AuditAction::CancelJob,
+                Some(actor.caller.user_id),
+                format!("jobs/{id}"),
+            )
+            .with_details(json!({ "was": job.status.label(), "attempt": job.attempts }));
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(cancelled)
+        })
+        .await
+    }
+
+    /// Puts a FAILED or CANCELLED job back in the queue with a fresh attempt
+    /// budget.
+    pub async fn retry(&self, actor: &Actor, id: Uuid) -> Result<JobRow, AppError> {
+        let job = db::transaction(&self.pool, "jobs.retry", async |conn| {
+            let job = rows::find_for_update(conn, id)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
+            if !matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
+                return Err(AppError::FailedPrecondition(format!(
+                    "job {id} is {}: only FAILED or CANCELLED jobs can be retried",
+                    job.status.label()
+                )));
+            }
+            if let Some(module) = &job.module_name {
+                ensure_module_enabled(conn, module, "id").await?;
+            }
+            let requeued = rows::requeue(conn, id).await?;
+            let mut changes = QueueChanges::default();
+            changes.note(id, requeued.status, true);
+            changes.announce(conn).await?;
+            let event = AuditEvent::success(
+                AuditAction::RetryJob,
+                Some(actor.caller.user_id),
+                format!("jobs/{id}"),
+            )
+            .with_details(
+                json!({ "was": job.status.label(), "max_attempts": requeued.max_attempts }),
+            );
+            AuditTrail::record(conn, &actor.client, &event).await?;
+            Ok(requeued)
+        })
+        .await?;
+        self.wake.notify_one();
+        Ok(job)
+    }
+}
+
+/// How errors name a request's fields: `requests[i].` in a batch.
+fn request_prefix(batch: bool, index: usize) -> String {
+    if batch {
+        format!("requests[{index}].")
+    } else {
+        String::new()
+    }
+}
+
+/// For a job of `module`: the module must be ENABLED, the caller must hold
+/// `modules:execute`, and the job type must be one the manifest declares
+/// (when it declares any); returns the attempts the job gets (the request's,
+/// else the manifest's default for the type, else the global default).
+async fn module_defaults(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    module: &str,
+    spec: &JobSpec,
+    prefix: &str,
+) -> Result<i32, AppError> {
+    if !actor.caller.holds("modules:execute") {
+        return Err(AppError::PermissionDenied(
+            "creating a job of a module needs modules:execute as well as jobs:write".into(),
+        ));
+    }
+    let gate = ensure_module_enabled(conn, module, &format!("{prefix}module_name")).await?;
+    let declared = gate.manifest.get("jobs").and_then(|j| j.as_array());
+    let mut default_attempts = None;
+    if let Some(declared) = declared.filter(|d| !d.is_empty()) {
+        let entry = declared
+            .iter()
+            .find(|j| j.get("name").and_then(|n| n.as_str()) == Some(spec.name.as_str()))
+            .ok_or_else(|| {
+                AppError::invalid(
+                    format!("{prefix}name"),
+                    format!("module {module} declares no job type '{}'", spec.name),
+                )
+            })?;
+        default_attempts = entry
+            .get("max_attempts")
+            .and_then(|v| v.as_i64())
+            .and_then(|v| i32::try_from(v).ok())
+            .filter(|v| (1..=MAX_ATTEMPTS_LIMIT).contains(v));
+    }
+    Ok(spec
+        .max_attempts
+        .or(default_attempts)
+        .unwrap_or(DEFAULT_MAX_ATTEMPTS))
+}
+
+/// The module's gate, refusing unless it is ENABLED.
+async fn ensure_module_enabled(
+    conn: &mut AsyncPgConnection,
+    module: &str,
+    field: &str,
+) -> Result<modules::ModuleGate, AppError> {
+    let gate = modules::gate(conn, module)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("module {module} ({field})")))?;
+    if gate.status != "ENABLED" {
+        return Err(AppError::FailedPrecondition(format!(
+            "module {module} is {}: jobs can be created only while it is ENABLED",
+            gate.status
+        )));
+    }
+    Ok(gate)
+}
+
+/// The jobs of a create, in request order: the inserted rows, and for
+/// requests whose idempotency key a job already held, that job (refusing a
+/// key reused for a different job).
+async fn resolve_idempotent(
+    conn: &mut AsyncPgConnection,
+    new: &[NewJob],
+    inserted: Vec<JobRow>,
+    batch: bool,
+) -> Result<Vec<JobRow>, AppError> {
+    let missing_keys: Vec<String> = new
+        .iter()
+        .filter(|n| !inserted.iter().any(|row| row.id == n.id))
+        .filter_map(|n| n.idempotency_key.clone())
+        .collect();
+    let existing = if missing_keys.is_empty() {
+        Vec::new()
+    } else {
+        rows::find_by_keys(conn, &missing_keys).await?
+    };
+    let mut jobs = Vec::with_capacity(new.len());
+    for (index, request) in new.iter().enumerate() {
+        if let Some(row) = inserted.iter().find(|row| row.id == request.id) {
+            jobs.push(row.clone());
+            continue;
+        }
+        let key = request.idempotency_key.as_deref().unwrap_or_default();
+        let holder = existing
+            .iter()
+            .find(|row| row.idempotency_key.as_deref() == Some(key))
+            .ok_or_else(|| AppError::internal(format!("no job holds idempotency key {key}")))?;
+        if holder.name != request.name
+            || holder.module_name != request.module_name
+            || holder.payload != request.payload
+        {
+            return Err(AppError::Conflict {
+                field: format!("{}idempotency_key", request_prefix(batch, index)),
+                message: format!(
+                    "job {} holds this key with a different name, module or payload",
+                    holder.id
+                ),
+            });
+        }
+        jobs.push(holder.clone());
+    }
+    Ok(jobs)
+}

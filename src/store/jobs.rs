@@ -1,0 +1,692 @@
+//! The `jobs` table: the queue. Every time here is the database's clock
+//! (`LOCALTIMESTAMP`, UTC on our connections), so that replicas agree on
+//! schedules and leases. Batched statements take arrays and `unnest` them:
+//! one round trip for many jobs.
+
+use std::io::Write as _;
+
+use chrono::NaiveDateTime;
+use diesel::{
+    data_types::PgInterval,
+    deserialize::{self, FromSql, FromSqlRow},
+    expression::AsExpression,
+    pg::{Pg, PgValue},
+    prelude::*,
+    serialize::{self, IsNull, Output, ToSql},
+    sql_types::{
+        Array, BigInt, Bool, Integer, Interval, Jsonb, Nullable, Text, Timestamp, Uuid as SqlUuid,
+    },
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::schema::{jobs, sql_types};
+
+/// The notification channel of the queue. Payloads: `w` (runnable work now),
+/// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
+/// `x <stream> <job> <attempt> <cause>` (a lease was taken away).
+pub const CHANNEL: &str = "automation_jobs";
+
+/// A job's state, as the seed's `"JobStatus"` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
+#[diesel(sql_type = sql_types::JobStatus)]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The enum label in the database.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses a label.
+    pub fn from_label(label: &str) -> Option<Self> {
+        Some(match label {
+            "PENDING" => Self::Pending,
+            "RUNNING" => Self::Running,
+            "COMPLETED" => Self::Completed,
+            "FAILED" => Self::Failed,
+            "CANCELLED" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job will never change again by itself.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl ToSql<sql_types::JobStatus, Pg> for JobStatus {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        out.write_all(self.label().as_bytes())?;
+        Ok(IsNull::No)
+    }
+}
+
+impl FromSql<sql_types::JobStatus, Pg> for JobStatus {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let label = std::str::from_utf8(bytes.as_bytes())?;
+        Self::from_label(label).ok_or_else(|| format!("unknown JobStatus {label}").into())
+    }
+}
+
+/// A `jobs` row.
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = jobs, check_for_backend(diesel::pg::Pg))]
+pub struct JobRow {
+    pub id: Uuid,
+    pub name: String,
+    pub module_name: Option<String>,
+    pub status: JobStatus,
+    pub priority: i32,
+    pub payload: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub scheduled_at: NaiveDateTime,
+    pub started_at: Option<NaiveDateTime>,
+    pub completed_at: Option<NaiveDateTime>,
+    pub failed_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub leased_by: Option<Uuid>,
+    pub lease_expires_at: Option<NaiveDateTime>,
+    pub worker_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_by: Option<Uuid>,
+    pub attempt_budget: Option<i32>,
+    pub hook: Option<String>,
+}
+
+/// A job to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub name: String,
+    pub module_name: Option<String>,
+    pub priority: i32,
+    pub payload: serde_json::Value,
+    pub max_attempts: i32,
+    /// `None`: now, in the database's clock.
+    pub scheduled_at: Option<NaiveDateTime>,
+    pub idempotency_key: Option<String>,
+    pub created_by: Option<Uuid>,
+    /// For module lifecycle jobs: `install`, `update` or `remove`.
+    pub hook: Option<String>,
+}
+
+/// Every column of a job under its Rust name, for raw statements returning
+/// [`JobRow`]s (which are read by name).
+const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_name, jobs.status,
+    jobs.priority, jobs.payload, jobs.result, jobs.error, jobs.attempts,
+    jobs."maxAttempts" AS max_attempts, jobs."scheduledAt" AS scheduled_at,
+    jobs."startedAt" AS started_at, jobs."completedAt" AS completed_at,
+    jobs."failedAt" AS failed_at, jobs."createdAt" AS created_at,
+    jobs."updatedAt" AS updated_at, jobs."leasedBy" AS leased_by,
+    jobs."leaseExpiresAt" AS lease_expires_at, jobs."workerId" AS worker_id,
+    jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
+    jobs."attemptBudget" AS attempt_budget, jobs.hook"#;
+
+fn interval(duration: std::time::Duration) -> PgInterval {
+    PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Inserts jobs in one statement. A job whose idempotency key another job
+/// already holds is not inserted; the rows returned are the inserted ones.
+pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult<Vec<JobRow>> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts,
+               "maxAttempts", "attemptBudget", "scheduledAt", "createdAt", "updatedAt",
+               "idempotencyKey", "createdBy", hook)
+           SELECT n.id, n.name, n.module, 'PENDING', n.priority, n.payload, 0, n.max, n.max,
+                  COALESCE(n.scheduled, LOCALTIMESTAMP), LOCALTIMESTAMP, LOCALTIMESTAMP,
+                  n.key, n.creator, n.hook
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
+                       $7::timestamp[], $8::text[], $9::uuid[], $10::text[])
+                AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook)
+           ON CONFLICT ("idempotencyKey") WHERE "idempotencyKey" IS NOT NULL DO NOTHING
+           RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<Array<SqlUuid>, _>(new.iter().map(|j| j.id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(new.iter().map(|j| j.name.clone()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        new.iter()
+            .map(|j| j.module_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Integer>, _>(new.iter().map(|j| j.priority).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(new.iter().map(|j| j.payload.clone()).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(new.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamp>>, _>(new.iter().map(|j| j.scheduled_at).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        new.iter()
+            .map(|j| j.idempotency_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<SqlUuid>>, _>(new.iter().map(|j| j.created_by).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(new.iter().map(|j| j.hook.clone()).collect::<Vec<_>>())
+    .load(conn)
+    .await
+}
+
+/// The jobs holding these idempotency keys.
+pub async fn find_by_keys(
+    conn: &mut AsyncPgConnection,
+    keys: &[String],
+) -> QueryResult<Vec<JobRow>> {
+    jobs::table
+        .filter(jobs::idempotency_key.eq_any(keys))
+        .select(JobRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// One job.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<JobRow>> {
+    jobs::table
+        .find(id)
+        .select(JobRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// One job, locked until the transaction ends.
+pub async fn find_for_update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<JobRow>> {
+    jobs::table
+        .find(id)
+        .select(JobRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Filters of [`list`]; they combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub module_name: Option<String>,
+    pub name: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<NaiveDateTime>,
+    /// Created before.
+    pub created_until: Option<NaiveDateTime>,
+    /// Continue before this (createdAt, id): the list runs newest first.
+    pub before: Option<(NaiveDateTime, Uuid)>,
+}
+
+/// Jobs newest first.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    filter: &JobFilter,
+    limit: i64,
+) -> QueryResult<Vec<JobRow>> {
+    let mut query = jobs::table.select(JobRow::as_select()).into_boxed();
+    if let Some(status) = filter.status {
+        query = query.filter(jobs::status.eq(status));
+    }
+    if let Some(module) = &filter.module_name {
+        query = query.filter(jobs::module_name.eq(module.clone()));
+    }
+    if let Some(name) = &filter.name {
+        query = query.filter(jobs::name.eq(name.clone()));
+    }
+    if let Some(from) = filter.created_from {
+        query = query.filter(jobs::created_at.ge(from));
+    }
+    if let Some(until) = filter.created_until {
+        query = query.filter(jobs::created_at.lt(until));
+    }
+    if let Some((time, id)) = filter.before {
+        query = query.filter(
+            jobs::created_at
+                .lt(time)
+                .or(jobs::created_at.eq(time).and(jobs::id.lt(id))),
+        );
+    }
+    query
+        .order((jobs::created_at.desc(), jobs::id.desc()))
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Which pending jobs a group of workers takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ClaimFilter {
+    /// Job names; empty means any.
+    pub names: Vec<String>,
+    /// Module names; empty means any.
+    pub modules: Vec<String>,
+}
+
+/// One free slot of a Work stream, filled by [`claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The stream.
+    pub stream: Uuid,
+    /// The worker's name, recorded on the job.
+    pub worker_id: String,
+}
+
+/// Leases up to one runnable job per slot, in dispatch order (priority
+/// first, then schedule, then id), skipping rows other replicas are claiming
+/// right now, and only jobs whose module is ENABLED (or, for lifecycle hook
+/// jobs, in the transition the hook carries out). The n-th job goes to the
+/// n-th slot. Each lease is a new attempt.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    filter: &ClaimFilter,
+    slots: &[Slot],
+    lease: std::time::Duration,
+) -> QueryResult<Vec<JobRow>> {
+    if slots.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"WITH candidates AS (
+               SELECT j.id, j.priority, j."scheduledAt"
+               FROM jobs j
+               WHERE j.status = 'PENDING' AND j."scheduledAt" <= LOCALTIMESTAMP
+                 AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
+                 AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
+                 AND (j."moduleName" IS NULL OR EXISTS (
+                       SELECT 1 FROM modules m
+                       WHERE m.name = j."moduleName"
+                         AND (m.status = 'ENABLED'
+                              OR (j.hook = 'install' AND m.status = 'INSTALLING')
+                              OR (j.hook = 'update' AND m.status = 'UPDATING')
+                              OR (j.hook = 'remove' AND m.status = 'REMOVING'))))
+               ORDER BY j.priority DESC, j."scheduledAt", j.id
+               LIMIT $3
+               FOR UPDATE OF j SKIP LOCKED
+           ),
+           numbered AS (
+               SELECT id, row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS slot
+               FROM candidates
+           ),
+           slots AS (
+               SELECT s.stream, s.worker, s.slot
+               FROM unnest($4::uuid[], $5::text[]) WITH ORDINALITY AS s(stream, worker, slot)
+           )
+           UPDATE jobs
+           SET status = 'RUNNING', attempts = jobs.attempts + 1,
+               "startedAt" = LOCALTIMESTAMP, "leaseExpiresAt" = LOCALTIMESTAMP + $6,
+               "leasedBy" = slots.stream, "workerId" = slots.worker,
+               "updatedAt" = LOCALTIMESTAMP
+           FROM numbered JOIN slots ON slots.slot = numbered.slot
+           WHERE jobs.id = numbered.id
+           RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<Array<Text>, _>(&filter.names)
+    .bind::<Array<Text>, _>(&filter.modules)
+    .bind::<BigInt, _>(slots.len() as i64)
+    .bind::<Array<SqlUuid>, _>(slots.iter().map(|s| s.stream).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        slots
+            .iter()
+            .map(|s| s.worker_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Interval, _>(interval(lease))
+    .load(conn)
+    .await
+}
+
+/// A report quoting one lease: (job, attempt, stream holding it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub job: Uuid,
+    pub attempt: i32,
+    pub stream: Uuid,
+}
+
+/// What a settled report changed.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct Settled {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    /// The job's new state.
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    #[diesel(sql_type = Timestamp)]
+    pub scheduled_at: NaiveDateTime,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub hook: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub module_name: Option<String>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub error: Option<serde_json::Value>,
+}
+
+const SETTLED_COLUMNS: &str = r#"jobs.id, jobs.status::text AS status,
+    jobs."scheduledAt" AS scheduled_at, jobs.hook, jobs."moduleName" AS module_name,
+    jobs.error"#;
+
+/// Completes the attempts whose lease is still what the report quotes; the
+/// rest change nothing.
+pub async fn complete(
+    conn: &mut AsyncPgConnection,
+    leases: &[LeaseRef],
+    results: &[serde_json::Value],
+) -> QueryResult<Vec<Settled>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"UPDATE jobs
+           SET status = 'COMPLETED', result = r.result, "completedAt" = LOCALTIMESTAMP,
+               "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
+           FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[])
+                AS r(id, attempt, stream, result)
+           WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
+             AND jobs.status = 'RUNNING'
+           RETURNING {SETTLED_COLUMNS}"#
+    ))
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.stream).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(results)
+    .load(conn)
+    .await
+}
+
+/// How long a failed attempt waits before the next one: `base · 2^(n-1)`,
+/// capped, with ±25 % jitter, computed in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: std::time::Duration,
+    pub cap: std::time::Duration,
+}
+
+/// Fails the attempts whose lease is still what the report quotes: back to
+/// PENDING after a backoff while attempts remain (and the failure is not
+/// permanent), FAILED otherwise. The error is kept either way.
+pub async fn fail(
+    conn: &mut AsyncPgConnection,
+    leases: &[LeaseRef],
+    errors: &[serde_json::Value],
+    permanent: &[bool],
+    backoff: Backoff,
+) -> QueryResult<Vec<Settled>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"UPDATE jobs
+           SET status = CASE WHEN r.permanent OR jobs.attempts >= jobs."maxAttempts"
+                             THEN 'FAILED'::"JobStatus" ELSE 'PENDING'::"JobStatus" END,
+               "failedAt" = CASE WHEN r.permanent OR jobs.attempts >= jobs."maxAttempts"
+                                 THEN LOCALTIMESTAMP END,
+               "scheduledAt" = CASE WHEN r.permanent OR jobs.attempts >= jobs."maxAttempts"
+                                    THEN jobs."scheduledAt"
+                                    ELSE LOCALTIMESTAMP + make_interval(secs =>
+                                        LEAST($6::float8, $5::float8 * power(2, jobs.attempts - 1))
+                                        * (0.75 + random() * 0.5)) END,
+               error = r.error, "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               "updatedAt" = LOCALTIMESTAMP
+           FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[], $7::bool[])
+                AS r(id, attempt, stream, error, permanent)
+           WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
+             AND jobs.status = 'RUNNING'
+           RETURNING {SETTLED_COLUMNS}"#
+    ))
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.stream).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(errors)
+    .bind::<diesel::sql_types::Double, _>(backoff.base.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(backoff.cap.as_secs_f64())
+    .bind::<Array<Bool>, _>(permanent)
+    .load(conn)
+    .await
+}
+
+/// Hands leases back unfinished: the jobs return to PENDING at once and the
+/// attempt is not a failure. `undelivered` leases (claimed for a stream that
+/// closed before it got them) give their attempt number back too.
+pub async fn hand_back(
+    conn: &mut AsyncPgConnection,
+    leases: &[LeaseRef],
+    undelivered: bool,
+) -> QueryResult<Vec<Settled>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"UPDATE jobs
+           SET status = 'PENDING', attempts = jobs.attempts - $4::int,
+               "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
+           FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
+           WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
+             AND jobs.status = 'RUNNING'
+           RETURNING {SETTLED_COLUMNS}"#
+    ))
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.stream).collect::<Vec<_>>())
+    .bind::<Integer, _>(i32::from(undelivered))
+    .load(conn)
+    .await
+}
+
+/// A lease taken from its holder: the job and the stream that held it.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct LostLease {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    #[diesel(sql_type = SqlUuid)]
+    pub holder: Uuid,
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub hook: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub module_name: Option<String>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub error: Option<serde_json::Value>,
+}
+
+/// The SET clause of a lost lease: back to PENDING while attempts remain
+/// (without backoff: the worker vanished, the job did not fail), FAILED on
+/// the last one; the loss is kept as the job's error.
+const LOSE_LEASE: &str = r#"
+    status = CASE WHEN jobs.attempts >= jobs."maxAttempts"
+                  THEN 'FAILED'::"JobStatus" ELSE 'PENDING'::"JobStatus" END,
+    "failedAt" = CASE WHEN jobs.attempts >= jobs."maxAttempts" THEN LOCALTIMESTAMP END,
+    error = jsonb_build_object('message', $1::text, 'attempt', jobs.attempts,
+                               'cause', 'lease_lost'),
+    "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP"#;
+
+const LOST_COLUMNS: &str = r#"jobs.id, jobs.attempts AS attempt, lost.holder,
+    jobs.status::text AS status, jobs.hook, jobs."moduleName" AS module_name, jobs.error"#;
+
+/// Takes the leases `jobs` of a stream that closed or was cut off (those it
+/// still holds).
+pub async fn lose_leases_of(
+    conn: &mut AsyncPgConnection,
+    stream: Uuid,
+    jobs: &[Uuid],
+    reason: &str,
+) -> QueryResult<Vec<LostLease>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"WITH lost AS (
+               SELECT id, "leasedBy" AS holder FROM jobs
+               WHERE status = 'RUNNING' AND "leasedBy" = $2 AND id = ANY($3)
+               FOR UPDATE
+           )
+           UPDATE jobs SET {LOSE_LEASE}
+           FROM lost WHERE jobs.id = lost.id
+           RETURNING {LOST_COLUMNS}"#
+    ))
+    .bind::<Text, _>(reason)
+    .bind::<SqlUuid, _>(stream)
+    .bind::<Array<SqlUuid>, _>(jobs)
+    .load(conn)
+    .await
+}
+
+/// Takes up to `limit` leases that expired (their holder stopped
+/// heartbeating), skipping rows another replica is reaping.
+pub async fn reap_expired(
+    conn: &mut AsyncPgConnection,
+    reason: &str,
+    limit: i64,
+) -> QueryResult<Vec<LostLease>> {
+    diesel::sql_query(format!(
+        r#"WITH lost AS (
+               SELECT id, "leasedBy" AS holder FROM jobs
+               WHERE status = 'RUNNING' AND "leaseExpiresAt" < LOCALTIMESTAMP
+               ORDER BY "leaseExpiresAt"
+               LIMIT $2
+               FOR UPDATE SKIP LOCKED
+           )
+           UPDATE jobs SET {LOSE_LEASE}
+           FROM lost WHERE jobs.id = lost.id
+           RETURNING {LOST_COLUMNS}"#
+    ))
+    .bind::<Text, _>(reason)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
+}
+
+/// A lease that a heartbeat extended.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct ExtendedLease {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Timestamp)]
+    pub lease_expires_at: NaiveDateTime,
+}
+
+/// Extends the leases a stream still holds (all of them, or those of
+/// `only`); returns the ones extended.
+pub async fn extend_leases(
+    conn: &mut AsyncPgConnection,
+    stream: Uuid,
+    only: Option<&[Uuid]>,
+    lease: std::time::Duration,
+) -> QueryResult<Vec<ExtendedLease>> {
+    diesel::sql_query(
+        r#"UPDATE jobs SET "leaseExpiresAt" = LOCALTIMESTAMP + $2
+           WHERE status = 'RUNNING' AND "leasedBy" = $1
+             AND ($3::uuid[] IS NULL OR id = ANY($3))
+           RETURNING id, attempts, "leaseExpiresAt" AS lease_expires_at"#,
+    )
+    .bind::<SqlUuid, _>(stream)
+    .bind::<Interval, _>(interval(lease))
+    .bind::<Nullable<Array<SqlUuid>>, _>(only.map(<[Uuid]>::to_vec))
+    .load(conn)
+    .await
+}
+
+/// Sets a locked job's state; returns the row after.
+pub async fn set_status(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    status: JobStatus,
+) -> QueryResult<JobRow> {
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET status = $2::"JobStatus", "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               "updatedAt" = LOCALTIMESTAMP
+           WHERE id = $1 RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<SqlUuid, _>(id)
+    .bind::<Text, _>(status.label())
+    .get_result(conn)
+    .await
+}
+
+/// Puts a locked FAILED or CANCELLED job back in the queue, now, with a
+/// fresh attempt budget.
+pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<JobRow> {
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET status = 'PENDING',
+               "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
+               "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
+               "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
+           WHERE id = $1 RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<SqlUuid, _>(id)
+    .get_result(conn)
+    .await
+}
+
+#[derive(QueryableByName)]
+struct NextRun {
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    next: Option<NaiveDateTime>,
+    #[diesel(sql_type = Timestamp)]
+    now: NaiveDateTime,
+}
+
+/// How long until the earliest pending job that is not runnable yet becomes
+/// runnable; `None` when there is none.
+pub async fn time_to_next_scheduled(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<Option<std::time::Duration>> {
+    let row: NextRun = diesel::sql_query(
+        r#"SELECT (SELECT min("scheduledAt") FROM jobs
+                   WHERE status = 'PENDING' AND "scheduledAt" > LOCALTIMESTAMP) AS next,
+                  LOCALTIMESTAMP AS now"#,
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row
+        .next
+        .map(|next| (next - row.now).to_std().unwrap_or_default()))
+}
+
+/// Sends `payload` on the queue's channel when the transaction commits.
+pub async fn notify(conn: &mut AsyncPgConnection, payload: &str) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(CHANNEL)
+        .bind::<Text, _>(payload)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Cancels the pending jobs of a module (it is being removed); returns
+/// them.
+pub async fn cancel_pending_of_module(
+    conn: &mut AsyncPgConnection,
+    module: &str,
+) -> QueryResult<Vec<JobRow>> {
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET status = 'CANCELLED', "updatedAt" = LOCALTIMESTAMP
+           WHERE status = 'PENDING' AND "moduleName" = $1 AND hook IS NULL
+           RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<Text, _>(module)
+    .load(conn)
+    .await
+}
