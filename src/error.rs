@@ -62,9 +62,16 @@ pub enum AppError {
         /// When a retry may succeed.
         retry_after: Duration,
     },
+    /// The call collided with a concurrent one (a deadlock, a serialization
+    /// failure); retrying it is safe.
+    #[error("{0}")]
+    Aborted(String),
     /// The database cannot be reached or did not answer in time.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The method does not exist here.
+    #[error("{0}")]
+    Unimplemented(String),
     /// Start-up configuration is wrong; never sent to a caller.
     #[error("{0}")]
     Config(String),
@@ -97,6 +104,8 @@ impl AppError {
             Self::AlreadyExists { .. } | Self::Conflict { .. } => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Self::Aborted(_) => Code::Aborted,
+            Self::Unimplemented(_) => Code::Unimplemented,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Config(_) | Self::Internal(_) => Code::Internal,
         }
@@ -162,6 +171,15 @@ impl From<diesel::result::Error> for AppError {
             }
             Error::DatabaseError(_, info) if info.message().contains("statement timeout") => {
                 AppError::Unavailable(info.message().to_owned())
+            }
+            Error::DatabaseError(Kind::SerializationFailure, _) => {
+                AppError::Aborted("the call collided with a concurrent change; retry it".into())
+            }
+            Error::DatabaseError(_, info)
+                if info.message().starts_with("deadlock detected")
+                    || info.message().starts_with("could not obtain lock") =>
+            {
+                AppError::Aborted("the call collided with a concurrent change; retry it".into())
             }
             other => AppError::Internal(other.to_string()),
         }
@@ -239,6 +257,39 @@ mod tests {
             "a user with this username already exists"
         );
         assert_eq!(error.code(), Code::AlreadyExists);
+    }
+
+    #[test]
+    fn deadlocks_are_aborted_not_internal() {
+        struct Info;
+        impl diesel::result::DatabaseErrorInformation for Info {
+            fn message(&self) -> &str {
+                "deadlock detected"
+            }
+            fn details(&self) -> Option<&str> {
+                None
+            }
+            fn hint(&self) -> Option<&str> {
+                None
+            }
+            fn table_name(&self) -> Option<&str> {
+                None
+            }
+            fn column_name(&self) -> Option<&str> {
+                None
+            }
+            fn constraint_name(&self) -> Option<&str> {
+                None
+            }
+            fn statement_position(&self) -> Option<i32> {
+                None
+            }
+        }
+        let error = AppError::from(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::Unknown,
+            Box::new(Info),
+        ));
+        assert_eq!(error.code(), Code::Aborted);
     }
 
     #[test]

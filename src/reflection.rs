@@ -22,7 +22,7 @@ use std::{
 use futures_util::{Stream, StreamExt as _};
 use prost::Message;
 use prost_reflect::{DescriptorError, DescriptorPool, FileDescriptor};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_reflection::pb::{
     v1::{
         self, ErrorResponse, ExtensionNumberResponse, FileDescriptorResponse, ListServiceResponse,
@@ -59,13 +59,13 @@ impl Reflection {
 
     /// The `grpc.reflection.v1.ServerReflection` service.
     pub fn v1(&self) -> V1Server<Self> {
-        V1Server::new(self.clone())
+        V1Server::new(self.clone()).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
     /// The `grpc.reflection.v1alpha.ServerReflection` service, the only one
     /// older clients (grpcurl 1.8, many language runtimes) know.
     pub fn v1alpha(&self) -> V1AlphaServer<Self> {
-        V1AlphaServer::new(self.clone())
+        V1AlphaServer::new(self.clone()).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 }
 
@@ -209,6 +209,24 @@ impl Catalog {
     }
 }
 
+/// Largest reflection request decoded (names are short).
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Longest symbol, file name or host a request may carry.
+const MAX_NAME_BYTES: usize = 1024;
+
+fn oversized(request: &ServerReflectionRequest) -> bool {
+    let name = match &request.message_request {
+        Some(MessageRequest::FileByFilename(name))
+        | Some(MessageRequest::FileContainingSymbol(name))
+        | Some(MessageRequest::AllExtensionNumbersOfType(name))
+        | Some(MessageRequest::ListServices(name)) => name.len(),
+        Some(MessageRequest::FileContainingExtension(extension)) => extension.containing_type.len(),
+        None => 0,
+    };
+    name > MAX_NAME_BYTES || request.host.len() > MAX_NAME_BYTES
+}
+
 /// One client's reflection stream: what it has been sent so far.
 struct Session {
     catalog: Arc<Catalog>,
@@ -230,8 +248,20 @@ impl Session {
     }
 
     /// The response to one request. Failures are answers too (an
-    /// `ErrorResponse`), so one unknown symbol does not end the stream.
+    /// `ErrorResponse`), so one unknown symbol does not end the stream. A
+    /// request naming something longer than any real name is refused
+    /// without being echoed, so answers never amplify requests.
     fn answer(&mut self, request: ServerReflectionRequest) -> ServerReflectionResponse {
+        if oversized(&request) {
+            return ServerReflectionResponse {
+                valid_host: String::new(),
+                original_request: None,
+                message_response: Some(MessageResponse::ErrorResponse(ErrorResponse {
+                    error_code: Code::InvalidArgument as i32,
+                    error_message: format!("names and hosts are at most {MAX_NAME_BYTES} bytes"),
+                })),
+            };
+        }
         let message_response = self
             .respond(request.message_request.as_ref())
             .unwrap_or_else(|status| {
@@ -313,7 +343,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use prost_reflect::Value;
-    use tonic::Code;
     use tonic_reflection::pb::v1::ExtensionRequest;
 
     use super::*;
@@ -477,6 +506,19 @@ mod tests {
             }),
         );
         assert_eq!(error_code(unknown), Code::NotFound);
+    }
+
+    #[test]
+    fn huge_names_are_refused_without_an_echo() {
+        let mut session = session();
+        let request = ServerReflectionRequest {
+            host: "h".repeat(5000),
+            message_request: Some(MessageRequest::FileContainingSymbol("x".repeat(100_000))),
+        };
+        let answer = session.answer(request);
+        assert!(answer.original_request.is_none());
+        assert!(answer.valid_host.is_empty());
+        assert!(answer.encoded_len() < 200, "{}", answer.encoded_len());
     }
 
     #[test]

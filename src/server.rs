@@ -72,6 +72,19 @@ impl Default for ServerOptions {
     }
 }
 
+/// Largest request of the identity and audit services. Every field they
+/// take is short (the largest real request, an update carrying a user's 256
+/// permissions back, stays under 40 KiB); the bound leaves room for a value
+/// far past its field's limit to be decoded and refused by name
+/// (INVALID_ARGUMENT) rather than as an unreadable message, while keeping
+/// what anyone can make the server hold per call small. Larger messages
+/// answer OUT_OF_RANGE.
+const MAX_IDENTITY_MESSAGE_BYTES: usize = 512 * 1024;
+
+/// Concurrent streams one HTTP/2 connection may open (close to hyper's own
+/// default of 200, which tonic lifts).
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Names of the `automation.v1` services, as health and reflection know them.
 pub const SERVICE_NAMES: &[&str] = &[
     <pb::auth_service_server::AuthServiceServer<api::auth::AuthApi> as NamedService>::NAME,
@@ -137,21 +150,31 @@ pub async fn serve(
 
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .layer(AuthLayer::new(authorizer))
         .add_service(health_service)
         .add_service(reflection.v1())
         .add_service(reflection.v1alpha())
-        .add_service(pb::auth_service_server::AuthServiceServer::new(
-            api::auth::AuthApi::new(identity.sessions.clone()),
-        ))
-        .add_service(pb::user_service_server::UserServiceServer::new(
-            api::users::UserApi::new(identity.accounts.clone()),
-        ))
-        .add_service(pb::role_service_server::RoleServiceServer::new(
-            api::roles::RoleApi::new(identity.roles.clone()),
-        ))
+        .add_service(
+            pb::auth_service_server::AuthServiceServer::new(api::auth::AuthApi::new(
+                identity.sessions.clone(),
+            ))
+            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::user_service_server::UserServiceServer::new(api::users::UserApi::new(
+                identity.accounts.clone(),
+            ))
+            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::role_service_server::RoleServiceServer::new(api::roles::RoleApi::new(
+                identity.roles.clone(),
+            ))
+            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+        )
         .add_service(pb::module_service_server::ModuleServiceServer::new(
             api::modules::ModuleApi,
         ))
@@ -162,9 +185,12 @@ pub async fn serve(
             ))
             .max_decoding_message_size(options.max_message_bytes),
         )
-        .add_service(pb::audit_service_server::AuditServiceServer::new(
-            api::audit::AuditApi::new(identity.audit.clone()),
-        ))
+        .add_service(
+            pb::audit_service_server::AuditServiceServer::new(api::audit::AuditApi::new(
+                identity.audit.clone(),
+            ))
+            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = drain_started.await;
         });

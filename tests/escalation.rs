@@ -470,3 +470,62 @@ async fn app_role_id(app: &TestApp, name: &str) -> String {
         .expect("role")
         .id
 }
+
+/// Deleting or narrowing a role acts on everyone holding it.
+#[tokio::test]
+async fn deleting_or_narrowing_a_role_needs_what_its_holders_hold() {
+    let app = TestApp::spawn().await;
+    let (_, manager) = account(&app, "manager", &["roles:*", "jobs:read"]).await;
+    role(&app, "ops", &["jobs:read", "jobs:write"]).await;
+    // A superior holds ops (and admin).
+    app.user_with_roles("superior", &["ops", "admin"]).await;
+    let mut roles = RoleServiceClient::new(app.channel().await);
+    let ops = app_role_id(&app, "ops").await;
+    // The manager does not even hold ops; give it a role it does hold.
+    role(&app, "readers", &["jobs:read"]).await;
+    app.user_with_roles("superior-2", &["readers", "admin"])
+        .await;
+    let readers = app_role_id(&app, "readers").await;
+    let status = roles
+        .delete_role(authed(
+            &manager,
+            pb::DeleteRoleRequest {
+                id: readers.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = roles
+        .update_role(authed(
+            &manager,
+            pb::UpdateRoleRequest {
+                role: Some(pb::Role {
+                    id: ops,
+                    permissions: strings(&["jobs:read"]),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["permissions"]),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // Widening or describing a role the manager holds takes nothing from
+    // anyone.
+    roles
+        .update_role(authed(
+            &manager,
+            pb::UpdateRoleRequest {
+                role: Some(pb::Role {
+                    id: readers,
+                    description: "read jobs".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["description"]),
+            },
+        ))
+        .await
+        .expect("a harmless change");
+    app.stop().await;
+}

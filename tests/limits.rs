@@ -218,6 +218,23 @@ fn oversized(field: &BoundedField) -> Vec<(Value, String, String)> {
         } else {
             path.clone()
         };
+        let with_nul = if field.max_bytes >= 3 || field.max_chars >= 3 {
+            Some("a\0b".to_owned())
+        } else {
+            None
+        };
+        if let Some(text) = with_nul {
+            let value = if last.is_list() {
+                Value::List(vec![Value::String(text)])
+            } else {
+                Value::String(text)
+            };
+            cases.push((
+                value,
+                element_path.clone(),
+                "must not contain NUL characters".to_owned(),
+            ));
+        }
         for text in [long, huge] {
             let value = if last.is_list() {
                 Value::List(vec![Value::String(text)])
@@ -367,6 +384,46 @@ async fn a_huge_login_is_refused_without_a_trace() {
 }
 
 #[tokio::test]
+async fn unknown_methods_and_odd_timestamps_cost_nothing() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let before = rows_everywhere(&app).await;
+    for n in 0..20 {
+        let status = call(
+            app.channel().await,
+            &format!("/automation.v1.UserService/NoSuchMethod{n}"),
+            false,
+            vec![],
+            None,
+        )
+        .await;
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    }
+    assert_eq!(
+        rows_everywhere(&app).await,
+        before,
+        "no audit row per made-up method"
+    );
+
+    let status = common::AuditServiceClient::new(app.channel().await)
+        .list_audit_logs(authed(
+            &token,
+            automation_control_plane::proto::automation_v1::ListAuditLogsRequest {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: -8_000_000_000_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("start_time:"), "{status:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn garbage_bytes_are_the_callers_mistake() {
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
@@ -384,7 +441,7 @@ async fn garbage_bytes_are_the_callers_mistake() {
         .list_users(authed(
             &token,
             automation_control_plane::proto::automation_v1::ListUsersRequest {
-                query: "%".repeat(4 * 1024 * 1024 - 64),
+                query: "%".repeat(400 * 1024),
                 ..Default::default()
             },
         ))

@@ -456,3 +456,90 @@ fn seeding_follows_the_configured_password_length() {
     );
     drop(db);
 }
+
+#[tokio::test]
+async fn a_locked_client_probing_names_writes_nothing() {
+    let app = behind_proxy(|o| o.auth.login_max_failures_per_ip = 3).await;
+    let attacker = "203.0.113.99";
+    for i in 0..3 {
+        let result = login_from(&app, attacker, &format!("probe-{i}"), "guess-password").await;
+        assert_eq!(code(&result), Code::Unauthenticated);
+    }
+    let mut conn = app.pool.get().await.unwrap();
+    let counters = count(&mut conn).await;
+    let audit = audit_text(&app).await.len();
+    for i in 0..50 {
+        let result = login_from(&app, attacker, &format!("fresh-{i}"), "guess-password").await;
+        assert_eq!(code(&result), Code::ResourceExhausted);
+    }
+    assert_eq!(
+        count(&mut conn).await,
+        counters,
+        "no counter rows for refused attempts"
+    );
+    assert!(
+        audit_text(&app).await.len() <= audit + 1,
+        "one sampled row for the whole burst"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn racing_admin_changes_never_answer_internal() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let mut admins = Vec::new();
+    for name in ["admin-a", "admin-b", "admin-c"] {
+        admins.push(app.user_with_roles(name, &["admin"]).await.0);
+    }
+    let mut calls = Vec::new();
+    for round in 0..10 {
+        for (i, id) in admins.iter().enumerate() {
+            let app = &app;
+            let admin = admin.clone();
+            let id = id.clone();
+            calls.push(async move {
+                let mut users = UserServiceClient::new(app.channel().await);
+                let result = match (round + i) % 3 {
+                    0 => users
+                        .update_user(authed(
+                            &admin,
+                            pb::UpdateUserRequest {
+                                user: Some(pb::User {
+                                    id: id.clone(),
+                                    is_active: round % 2 == 0,
+                                    ..Default::default()
+                                }),
+                                update_mask: common::mask(&["is_active"]),
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                    1 => users
+                        .reset_user_password(authed(
+                            &admin,
+                            pb::ResetUserPasswordRequest {
+                                id,
+                                new_password: PASSWORD.into(),
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                    _ => app
+                        .login(&format!("admin-{}", ["a", "b", "c"][i]), PASSWORD)
+                        .await
+                        .map(drop),
+                };
+                result.map_err(|s| s.code())
+            });
+        }
+    }
+    let results = futures::future::join_all(calls).await;
+    for result in &results {
+        assert!(
+            !matches!(result, Err(Code::Internal | Code::Unknown)),
+            "{results:?}"
+        );
+    }
+    app.stop().await;
+}

@@ -71,11 +71,19 @@ fn within(value: &str, limit: TextLimit) -> bool {
     }
 }
 
+/// NUL is never meaningful in a request string, and PostgreSQL cannot store
+/// it in text: refused everywhere, before it can reach a query.
+fn nul_error(path: String) -> AppError {
+    AppError::invalid(path, "must not contain NUL characters")
+}
+
 fn check_str(at: &str, name: &str, value: &str, limit: TextLimit) -> Result<(), AppError> {
-    if within(value, limit) {
-        Ok(())
-    } else {
+    if !within(value, limit) {
         Err(text_error(field_path(at, name), limit))
+    } else if value.contains('\0') {
+        Err(nul_error(field_path(at, name)))
+    } else {
+        Ok(())
     }
 }
 
@@ -86,10 +94,12 @@ fn check_str_item(
     value: &str,
     limit: TextLimit,
 ) -> Result<(), AppError> {
-    if within(value, limit) {
-        Ok(())
-    } else {
+    if !within(value, limit) {
         Err(text_error(item_path(at, name, index), limit))
+    } else if value.contains('\0') {
+        Err(nul_error(item_path(at, name, index)))
+    } else {
+        Ok(())
     }
 }
 
@@ -207,6 +217,16 @@ mod tests {
             error.to_string(),
             "permissions[1]: must be at most 129 bytes"
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        let request = pb::LoginRequest {
+            login: "ad\0min".into(),
+            password: "x".into(),
+        };
+        let error = request.check_limits("").unwrap_err();
+        assert_eq!(error.to_string(), "login: must not contain NUL characters");
     }
 
     #[test]

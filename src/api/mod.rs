@@ -43,10 +43,20 @@ pub(crate) fn timestamp(time: NaiveDateTime) -> Timestamp {
     }
 }
 
+/// The range `google.protobuf.Timestamp` allows: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z (PostgreSQL holds all of it).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 /// A protobuf timestamp as a stored UTC one.
 pub(crate) fn naive_time(field: &str, time: &Timestamp) -> Result<NaiveDateTime, AppError> {
     if !(0..1_000_000_000).contains(&time.nanos) {
         return Err(AppError::invalid(field, "nanos must be within 0..1e9"));
+    }
+    if !TIMESTAMP_SECONDS.contains(&time.seconds) {
+        return Err(AppError::invalid(
+            field,
+            "must be within 0001-01-01 and 9999-12-31",
+        ));
     }
     chrono::DateTime::from_timestamp(time.seconds, time.nanos as u32)
         .map(|t| t.naive_utc())

@@ -97,6 +97,21 @@ impl ClientInfo {
             .unwrap_or_else(|| "unknown".into())
     }
 
+    /// For an IPv6 client, its /48: the block one site is usually given, so
+    /// that a whole site's many /64s also share a (looser) login limit.
+    pub fn network_bucket(&self) -> Option<String> {
+        match self.ip {
+            Some(IpAddr::V6(ip)) => {
+                let s = ip.segments();
+                Some(format!(
+                    "{}/48",
+                    Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0)
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// The key login throttling counts this client under: the IPv4 address,
     /// or the /64 network of an IPv6 address (one host usually owns a whole
     /// /64, so counting single IPv6 addresses would let it rotate freely).
@@ -128,12 +143,13 @@ impl ClientInfo {
 /// lies beyond it cannot be believed, so the client is the last proxy we
 /// trusted. When every hop is ours, the client is the furthest of them.
 fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
-    let hops: Vec<&str> = headers
+    // Split the raw bytes: one hop a client filled with non-ASCII bytes
+    // must not make the proxies' own hops unreadable.
+    let hops: Vec<String> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(|hop| String::from_utf8_lossy(hop).trim().to_owned())
         .filter(|hop| !hop.is_empty())
         .collect();
     let mut client = peer;
@@ -258,6 +274,21 @@ mod tests {
             client("[fd00::1]:443", &["198.51.100.1"], &proxies),
             "198.51.100.1"
         );
+    }
+
+    #[test]
+    fn a_non_ascii_hop_does_not_hide_the_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"6.6.6.6\x80, 198.51.100.7").unwrap(),
+        );
+        let info = ClientInfo::from_parts(
+            Some("10.0.0.2:443".parse().unwrap()),
+            &headers,
+            &trusted(&["10.0.0.0/8"]),
+        );
+        assert_eq!(info.ip_text(), "198.51.100.7");
     }
 
     #[test]

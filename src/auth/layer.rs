@@ -46,9 +46,13 @@ impl Authorizer {
     /// Decides a call. `Ok(None)`: public, no caller.
     async fn authorize(&self, path: &str, headers: &HeaderMap) -> Result<Option<Caller>, AppError> {
         let Some(rule) = policy::rule_for(path) else {
-            return Err(AppError::PermissionDenied(
-                "this method declares no access rule".into(),
-            ));
+            return Err(AppError::Unimplemented(format!(
+                "{} is not a method of this server",
+                path.trim_start_matches('/')
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            )));
         };
         if rule == AccessRule::Public {
             return Ok(None);
@@ -81,7 +85,16 @@ impl Authorizer {
                 "reason": error.to_string(),
             }),
         );
-        let who = caller.map_or_else(|| client.throttle_bucket(), |id| id.to_string());
+        // Anonymous callers are counted by network (an IPv6 /48), so that
+        // rotating through addresses does not make each call a first one.
+        let who = caller.map_or_else(
+            || {
+                client
+                    .network_bucket()
+                    .unwrap_or_else(|| client.throttle_bucket())
+            },
+            |id| id.to_string(),
+        );
         let key = format!("denied|{who}|{method}|{:?}", error.code());
         self.audit.record_sampled(key, client, &event).await;
     }

@@ -62,6 +62,7 @@ impl AuthSettings {
                 per_client_and_account: policy(args.login_max_failures),
                 per_account: policy(args.login_max_failures_per_account),
                 per_client: policy(args.login_max_failures_per_ip),
+                per_network: policy(args.login_max_failures_per_ip.saturating_mul(16)),
             },
             trusted_proxies: client::TrustedProxies::new(args.trusted_proxies.clone()),
         })

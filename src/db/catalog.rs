@@ -1165,6 +1165,26 @@ where
         .map(|row| row.flag)
 }
 
+#[derive(QueryableByName)]
+struct EmailRow {
+    #[diesel(sql_type = Text)]
+    email: String,
+}
+
+/// Emails (lowercased) that more than one account holds in different
+/// letter case; at most 20, for the refusal message.
+pub fn emails_equal_but_for_case<C>(conn: &mut C) -> QueryResult<Vec<String>>
+where
+    C: diesel::Connection<Backend = diesel::pg::Pg> + diesel::connection::LoadConnection,
+{
+    sql_query(
+        r#"SELECT lower(email) AS email FROM users GROUP BY lower(email)
+           HAVING count(*) > 1 ORDER BY 1 LIMIT 20"#,
+    )
+    .load::<EmailRow>(conn)
+    .map(|rows| rows.into_iter().map(|r| r.email).collect())
+}
+
 /// Records `version` as applied without running it, in one transaction.
 /// diesel's table is created by diesel itself (`MigrationConnection::setup`,
 /// `version VARCHAR(50) PRIMARY KEY NOT NULL, run_on TIMESTAMP NOT NULL

@@ -131,6 +131,19 @@ fn adopt_existing_seed_schema(conn: &mut SyncConnection) -> Result<Option<String
     if !differences.is_empty() {
         return Err(refusal(&differences));
     }
+    // The platform compares emails exactly; this service, case-insensitively
+    // (a later migration adds a unique index on lower(email)), which such
+    // accounts would make fail on every start.
+    let clashing = catalog::emails_equal_but_for_case(conn)
+        .map_err(query_error("looking for emails that differ only in case"))?;
+    if !clashing.is_empty() {
+        return Err(AppError::Config(format!(
+            "this database holds accounts whose emails differ only in letter case, which this \
+             service treats as the same address; nothing was changed. Rename or merge them \
+             first: {}",
+            clashing.join(", ")
+        )));
+    }
     catalog::record_applied(conn, SEED_SCHEMA_VERSION)
         .map_err(query_error("recording the seed schema as applied"))?;
     tracing::info!(

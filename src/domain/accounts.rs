@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{
     Actor, Page,
     audit::{AuditAction, AuditEvent, AuditTrail},
-    authority::{ensure_covers, ensure_may_grant, ensure_not_last_admin},
+    authority::{ensure_covers, ensure_may_grant, ensure_not_last_admin, serialize_admin_changes},
     throttle::LoginThrottle,
 };
 use crate::{
@@ -40,8 +40,9 @@ pub struct Account {
     pub permissions: Vec<String>,
 }
 
-/// A new account, its fields validated.
-#[derive(Debug, Clone)]
+/// A new account, its fields validated. Its `Debug` leaves the password
+/// out.
+#[derive(Clone)]
 pub struct NewAccount {
     pub email: String,
     pub username: String,
@@ -51,6 +52,16 @@ pub struct NewAccount {
     pub last_name: Option<String>,
     /// Names of roles to assign at once.
     pub roles: Vec<String>,
+}
+
+impl std::fmt::Debug for NewAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccount")
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Changes to an account, its fields validated; `None` leaves one alone.
@@ -212,6 +223,9 @@ impl Accounts {
     ) -> Result<Account, AppError> {
         let deactivating = changes.is_active == Some(false);
         let user = db::transaction(&self.pool, "accounts.update", async |conn| {
+            if deactivating {
+                serialize_admin_changes(conn).await?;
+            }
             lock_target(conn, actor, id).await?;
             if deactivating {
                 ensure_not_last_admin(conn, id).await?;
@@ -251,6 +265,7 @@ impl Accounts {
     /// rows stay, with the user cleared.
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), AppError> {
         db::transaction(&self.pool, "accounts.delete", async |conn| {
+            serialize_admin_changes(conn).await?;
             let target = lock_target(conn, actor, id).await?;
             ensure_not_last_admin(conn, id).await?;
             // Recorded before the delete, so that a self-deletion's record
@@ -287,11 +302,12 @@ impl Accounts {
         self.passwords.validate("new_password", password)?;
         let hash = self.passwords.hash(password).await?;
         db::transaction(&self.pool, "accounts.reset_password", async |conn| {
+            // Login counters before the account, the order logins lock them.
+            LoginThrottle::forget_account(conn, id).await?;
             lock_target(conn, actor, id).await?;
             let now = store::now();
             users::set_password_hash(conn, id, &hash, now).await?;
             let revoked = sessions::revoke_all_of_user(conn, id, None, now).await?;
-            LoginThrottle::forget_account(conn, id).await?;
             let event = AuditEvent::success(
                 AuditAction::ResetUserPassword,
                 Some(actor.caller.user_id),

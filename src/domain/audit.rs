@@ -199,7 +199,11 @@ impl AuditTrail {
     pub fn new(pool: DbPool, window: Duration) -> Self {
         Self {
             pool,
-            sampler: Arc::new(Sampler::new(window, MAX_SAMPLED_KEYS)),
+            sampler: Arc::new(Sampler::new(
+                window,
+                MAX_SAMPLED_KEYS,
+                FIRST_OCCURRENCES_PER_WINDOW,
+            )),
         }
     }
 
@@ -275,9 +279,17 @@ impl AuditTrail {
     }
 }
 
-/// Most distinct keys sampled per window; past it, new keys share one
-/// overflow entry per action (memory stays bounded under any flood).
-const MAX_SAMPLED_KEYS: usize = 10_000;
+/// Most distinct keys sampled at once; past it, new keys share one overflow
+/// entry per action (memory stays bounded under any flood).
+const MAX_SAMPLED_KEYS: usize = 5_000;
+
+/// Most first occurrences written per window, over all keys: past it, a
+/// flood of distinct clients is summarised too, so that the rows written per
+/// window are bounded whatever the attacker rotates through.
+const FIRST_OCCURRENCES_PER_WINDOW: usize = 500;
+
+/// Longest sampling key kept (keys hold client addresses and method names).
+const MAX_KEY_BYTES: usize = 256;
 
 /// One sampled key's current window.
 struct Window {
@@ -291,6 +303,7 @@ struct Window {
 struct Sampler {
     window: Duration,
     max_keys: usize,
+    first_budget: usize,
     windows: Mutex<SamplerState>,
 }
 
@@ -299,6 +312,10 @@ struct SamplerState {
     open: HashMap<String, Window>,
     /// Summaries of windows that ended before a flush took them.
     ended: Vec<AuditLogRow>,
+    /// First occurrences written in the current budget period, and when it
+    /// began.
+    firsts: usize,
+    firsts_since: Option<Instant>,
 }
 
 impl Window {
@@ -330,10 +347,11 @@ impl std::fmt::Debug for Sampler {
 }
 
 impl Sampler {
-    fn new(window: Duration, max_keys: usize) -> Self {
+    fn new(window: Duration, max_keys: usize, first_budget: usize) -> Self {
         Self {
             window,
             max_keys,
+            first_budget,
             windows: Mutex::new(SamplerState::default()),
         }
     }
@@ -341,11 +359,28 @@ impl Sampler {
     /// True for the first event of `key` in its window (write it now).
     fn admit(&self, key: String, row: &AuditLogRow, now: Instant) -> bool {
         let mut state = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if state.open.len() >= self.max_keys && !state.open.contains_key(&key) {
-            format!("overflow|{}", row.action)
-        } else {
-            key
-        };
+        if state
+            .firsts_since
+            .is_none_or(|since| now.duration_since(since) >= self.window)
+        {
+            state.firsts = 0;
+            state.firsts_since = Some(now);
+        }
+        let mut key = key;
+        if key.len() > MAX_KEY_BYTES {
+            let mut cut = MAX_KEY_BYTES;
+            while !key.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            key.truncate(cut);
+        }
+        let known = state.open.contains_key(&key);
+        let key =
+            if !known && (state.open.len() >= self.max_keys || state.firsts >= self.first_budget) {
+                format!("overflow|{}", row.action)
+            } else {
+                key
+            };
         if let Some(window) = state.open.get_mut(&key)
             && now.duration_since(window.started) < self.window
         {
@@ -363,6 +398,7 @@ impl Sampler {
         {
             state.ended.push(summary);
         }
+        state.firsts += 1;
         true
     }
 
@@ -397,7 +433,7 @@ mod tests {
 
     #[test]
     fn repeats_are_counted_and_summarised_once_per_window() {
-        let sampler = Sampler::new(Duration::from_secs(60), 100);
+        let sampler = Sampler::new(Duration::from_secs(60), 100, 100);
         let start = Instant::now();
         assert!(sampler.admit("a".into(), &row(), start));
         for _ in 0..999 {
@@ -413,12 +449,28 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded() {
-        let sampler = Sampler::new(Duration::from_secs(60), 10);
+        let sampler = Sampler::new(Duration::from_secs(60), 10, 1000);
         let now = Instant::now();
         for i in 0..1000 {
             sampler.admit(format!("key-{i}"), &row(), now);
         }
         assert!(sampler.windows.lock().unwrap().open.len() <= 11);
+    }
+
+    #[test]
+    fn rotating_keys_cannot_buy_rows() {
+        let sampler = Sampler::new(Duration::from_secs(60), 10_000, 50);
+        let now = Instant::now();
+        let written = (0..5_000)
+            .filter(|i| sampler.admit(format!("client-{i}"), &row(), now))
+            .count();
+        assert_eq!(written, 51, "the budget, then one overflow entry");
+        let summaries = sampler.take_ended(now, true);
+        let repeats: u64 = summaries
+            .iter()
+            .map(|s| s.details["repeats"].as_u64().unwrap())
+            .sum();
+        assert_eq!(repeats, 5_000 - 51);
     }
 
     #[test]

@@ -40,13 +40,22 @@ pub fn ensure_may_grant(caller: &Caller, granted: &[String]) -> Result<(), AppEr
     }
 }
 
-/// Refuses when `user_id` is the last active holder of the admin role. Locks
-/// the admins' rows so that two concurrent removals cannot both pass.
+/// Serialises changes that could remove an active administrator; call it
+/// first in their transaction, before any row lock, then
+/// [`ensure_not_last_admin`] once the target is known.
+pub async fn serialize_admin_changes(conn: &mut AsyncPgConnection) -> Result<(), AppError> {
+    users::serialize_admin_changes(conn).await?;
+    Ok(())
+}
+
+/// Refuses when `user_id` is the last active holder of the admin role. The
+/// transaction must hold [`serialize_admin_changes`], so that two
+/// concurrent removals of the last two admins cannot both pass.
 pub async fn ensure_not_last_admin(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
 ) -> Result<(), AppError> {
-    let admins = users::lock_active_holders(conn, ADMIN_ROLE).await?;
+    let admins = users::active_holders(conn, ADMIN_ROLE).await?;
     if admins.contains(&user_id) && admins.len() == 1 {
         return Err(AppError::FailedPrecondition(
             "this is the last active admin: make another user admin first".into(),

@@ -14,6 +14,7 @@ use super::{
     audit::{AuditAction, AuditEvent, AuditTrail},
     authority::{
         ADMIN_ROLE, ALL_PERMISSIONS, ensure_covers, ensure_may_grant, ensure_not_last_admin,
+        serialize_admin_changes,
     },
 };
 use crate::{
@@ -132,6 +133,9 @@ impl Roles {
             ensure_may_grant(&actor.caller, permissions)?;
         }
         db::transaction(&self.pool, "roles.update", async |conn| {
+            // Holders first, then the role: the order account changes lock
+            // them in.
+            let holders = users::lock_holders_of_role(conn, id).await?;
             let current = roles::find_for_update(conn, &id.to_string())
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("role {id}")))?;
@@ -140,6 +144,16 @@ impl Roles {
                 &current.permission_list(),
                 &format!("role {}", current.name),
             )?;
+            let narrows = update.permissions.as_ref().is_some_and(|new| {
+                current
+                    .permission_list()
+                    .iter()
+                    .any(|held| !new.contains(held))
+            });
+            if narrows {
+                // Taking permissions from a role acts on everyone holding it.
+                ensure_covers_holders(actor, &holders)?;
+            }
             if current.name == ADMIN_ROLE {
                 if update.name.as_deref().is_some_and(|n| n != ADMIN_ROLE) {
                     return Err(AppError::FailedPrecondition(
@@ -187,6 +201,7 @@ impl Roles {
     /// permission it holds.
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), AppError> {
         db::transaction(&self.pool, "roles.delete", async |conn| {
+            let holders = users::lock_holders_of_role(conn, id).await?;
             let role = roles::find_for_update(conn, &id.to_string())
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("role {id}")))?;
@@ -195,6 +210,8 @@ impl Roles {
                 &role.permission_list(),
                 &format!("role {}", role.name),
             )?;
+            // Deleting a role takes it from everyone holding it.
+            ensure_covers_holders(actor, &holders)?;
             if role.name == ADMIN_ROLE {
                 return Err(AppError::FailedPrecondition(
                     "the built-in admin role cannot be deleted".into(),
@@ -259,6 +276,7 @@ impl Roles {
         role_key: &str,
     ) -> Result<(), AppError> {
         db::transaction(&self.pool, "roles.unassign", async |conn| {
+            serialize_admin_changes(conn).await?;
             users::find_for_update(conn, user_id)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("user {user_id}")))?;
@@ -305,6 +323,19 @@ impl Roles {
         })
         .await
     }
+}
+
+/// Refuses unless the caller holds every permission of every account in
+/// `holders`.
+fn ensure_covers_holders(actor: &Actor, holders: &[(Uuid, Vec<String>)]) -> Result<(), AppError> {
+    for (holder, permissions) in holders {
+        ensure_covers(
+            &actor.caller,
+            permissions,
+            &format!("user {holder}, who holds this role,"),
+        )?;
+    }
+    Ok(())
 }
 
 /// A role by id or name, share-locked: it cannot change until the

@@ -37,8 +37,8 @@ use crate::{
 /// Every failed login answers exactly this, whatever went wrong.
 const LOGIN_FAILED: &str = "invalid login or password";
 
-/// What a login or a refresh hands out.
-#[derive(Debug, Clone)]
+/// What a login or a refresh hands out. Its `Debug` leaves the tokens out.
+#[derive(Clone)]
 pub struct IssuedTokens {
     /// Signed JWT for `authorization: Bearer`.
     pub access_token: String,
@@ -50,6 +50,16 @@ pub struct IssuedTokens {
     pub refresh_expires_at: NaiveDateTime,
     /// The account, on login.
     pub account: Option<Account>,
+}
+
+impl std::fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedTokens")
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One of the caller's live sessions.
@@ -169,7 +179,9 @@ impl Sessions {
         let attempt = match self.throttle.admit(keys.clone()).await {
             Ok(attempt) => attempt,
             Err(refusal) => {
-                let sample_key = format!("throttled|{}|{:?}", client.throttle_bucket(), subject);
+                // Keyed by client only: a locked client probing fresh names
+                // must not buy itself a row each.
+                let sample_key = format!("throttled|{}", client.throttle_bucket());
                 self.audit
                     .record_sampled(sample_key, client, &failure("throttled"))
                     .await;
@@ -197,7 +209,6 @@ impl Sessions {
                     AuditTrail::record(conn, client, &event).await
                 })
                 .await?;
-                attempt.settle();
                 return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
             }
         };
@@ -230,7 +241,6 @@ impl Sessions {
             account_of(conn, user).await
         })
         .await?;
-        attempt.settle();
         Ok(IssuedTokens {
             access_token: self.tokens.issue(TokenSubject {
                 user_id: account.user.id,
@@ -406,7 +416,6 @@ impl Sessions {
             AuditTrail::record(conn, &actor.client, &event).await
         })
         .await?;
-        attempt.settle();
         if new_hash.is_none() {
             return Err(AppError::invalid("current_password", "is not correct"));
         }

@@ -9,7 +9,9 @@
 //! - the account (`acct:`): a much higher limit on failures from all clients
 //!   together. Past it the account is under attack: a client that has already
 //!   failed on it is refused, one that has not may try once;
-//! - the client (`ip:`): failures on any account, against credential stuffing.
+//! - the client (`ip:`): failures on any account, against credential
+//!   stuffing; an IPv6 client is also counted with its whole /48 (`net:`),
+//!   under a looser limit, so that a site cannot rotate through its /64s.
 //!
 //! An attempt is admitted *before* its password is checked, and while the
 //! check runs it counts against the limits (`in_flight`), so a burst of
@@ -18,7 +20,10 @@
 //! takes, an attempt whose outcome was not recorded is given back when the
 //! guard drops.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use chrono::NaiveDateTime;
 use diesel_async::AsyncPgConnection;
@@ -58,6 +63,8 @@ pub struct LoginLimits {
     pub per_account: ThrottlePolicy,
     /// One client, all accounts together.
     pub per_client: ThrottlePolicy,
+    /// One IPv6 /48, all its clients and accounts together.
+    pub per_network: ThrottlePolicy,
 }
 
 /// An admitted attempt whose outcome was never recorded (a server died
@@ -167,6 +174,7 @@ pub struct AttemptKeys {
     client: String,
     account: String,
     client_on_account: String,
+    network: Option<String>,
 }
 
 impl AttemptKeys {
@@ -178,23 +186,27 @@ impl AttemptKeys {
             client: format!("ip:{bucket}"),
             client_on_account: format!("acct-ip:{account}|{bucket}"),
             account: format!("acct:{account}"),
+            network: client.network_bucket().map(|net| format!("net:{net}")),
         }
     }
 
-    fn all(&self) -> [String; 3] {
-        [
+    fn all(&self) -> Vec<String> {
+        let mut keys = vec![
             self.client.clone(),
             self.account.clone(),
             self.client_on_account.clone(),
-        ]
+        ];
+        keys.extend(self.network.clone());
+        keys
     }
 }
 
-/// The three counters of one attempt, locked.
+/// The counters of one attempt, locked.
 struct Counters {
     client: ThrottleRow,
     account: ThrottleRow,
     client_on_account: ThrottleRow,
+    network: Option<ThrottleRow>,
 }
 
 impl Counters {
@@ -215,12 +227,16 @@ impl Counters {
             client: take(&keys.client)?,
             account: take(&keys.account)?,
             client_on_account: take(&keys.client_on_account)?,
+            network: keys.network.as_deref().map(&mut take).transpose()?,
         };
         limits.per_client.refresh(&mut counters.client, now);
         limits.per_account.refresh(&mut counters.account, now);
         limits
             .per_client_and_account
             .refresh(&mut counters.client_on_account, now);
+        if let Some(network) = &mut counters.network {
+            limits.per_network.refresh(network, now);
+        }
         Ok(counters)
     }
 
@@ -228,8 +244,38 @@ impl Counters {
         for row in [&self.client, &self.account, &self.client_on_account] {
             rows::save(conn, row).await?;
         }
+        if let Some(network) = &self.network {
+            rows::save(conn, network).await?;
+        }
         Ok(())
     }
+}
+
+/// When the counters that already exist refuse an attempt outright (its
+/// client or network locked, or its client locked out of the account):
+/// decided before any row is created, so refused attempts cost the table
+/// nothing.
+fn refused_by_existing(
+    existing: &mut [ThrottleRow],
+    keys: &AttemptKeys,
+    limits: &LoginLimits,
+    now: NaiveDateTime,
+) -> Option<NaiveDateTime> {
+    let mut until = None;
+    for row in existing.iter_mut() {
+        let policy = if row.key == keys.client {
+            limits.per_client
+        } else if row.key == keys.client_on_account {
+            limits.per_client_and_account
+        } else if Some(&row.key) == keys.network.as_ref() {
+            limits.per_network
+        } else {
+            continue;
+        };
+        policy.refresh(row, now);
+        until = until.max(locked_until(row, now));
+    }
+    until
 }
 
 /// Whether an attempt may go on to the password check.
@@ -265,6 +311,10 @@ impl LoginThrottle {
             let limits = self.limits;
             let decision = db::transaction(&self.pool, "throttle.admit", async |conn| {
                 let now = store::now();
+                let mut existing = rows::lock_existing(conn, &keys.all()).await?;
+                if let Some(until) = refused_by_existing(&mut existing, &keys, &limits, now) {
+                    return Ok(Admission::Locked(until));
+                }
                 let mut counters = Counters::lock(conn, &keys, &limits, now).await?;
                 let decision = decide(&limits, &mut counters, now);
                 if decision == Admission::Allowed {
@@ -272,11 +322,18 @@ impl LoginThrottle {
                 }
                 Ok(decision)
             })
-            .await?;
+            .await;
+            // Another admission holds these counters right now: wait our
+            // turn without holding a connection.
+            let decision = match decision {
+                Err(AppError::Aborted(_)) => Admission::Busy,
+                other => other?,
+            };
             match decision {
                 Admission::Allowed => {
                     return Ok(AdmittedAttempt {
                         throttle: Some(self.clone()),
+                        armed: AtomicBool::new(true),
                         keys,
                     });
                 }
@@ -341,6 +398,9 @@ impl LoginThrottle {
             let mut counters = Counters::lock(conn, keys, &limits, now).await?;
             finish(&mut counters.client);
             finish(&mut counters.client_on_account);
+            if let Some(network) = &mut counters.network {
+                finish(network);
+            }
             counters.save(conn).await
         })
         .await
@@ -350,6 +410,7 @@ impl LoginThrottle {
 fn decide(limits: &LoginLimits, counters: &mut Counters, now: NaiveDateTime) -> Admission {
     if let Some(until) = locked_until(&counters.client, now)
         .or_else(|| locked_until(&counters.client_on_account, now))
+        .or_else(|| counters.network.as_ref().and_then(|n| locked_until(n, now)))
     {
         return Admission::Locked(until);
     }
@@ -365,22 +426,33 @@ fn decide(limits: &LoginLimits, counters: &mut Counters, now: NaiveDateTime) -> 
             .allowance(&counters.client_on_account),
     };
     let client_allowance = limits.per_client.allowance(&counters.client);
+    let network_busy = counters
+        .network
+        .as_ref()
+        .is_some_and(|n| n.in_flight >= limits.per_network.allowance(n));
     if counters.client_on_account.in_flight >= pair_allowance
         || counters.client.in_flight >= client_allowance
+        || network_busy
     {
         return Admission::Busy;
     }
     start(&mut counters.client, now);
     start(&mut counters.client_on_account, now);
+    if let Some(network) = &mut counters.network {
+        start(network, now);
+    }
     Admission::Allowed
 }
 
 /// An attempt admitted by [`LoginThrottle::admit`]. Record its outcome with
-/// [`AdmittedAttempt::record`] inside the transaction that acts on it, then
-/// [`AdmittedAttempt::settle`] once that transaction committed. Dropped
-/// unsettled (an error, a cancelled call), it gives its admission back.
+/// [`AdmittedAttempt::record`] inside the transaction that acts on it.
+/// Dropped before that (an error, a cancelled call), it gives its admission
+/// back. Once recorded it is disarmed even if the transaction then fails:
+/// the attempt then stays counted until it is abandoned (a minute), which
+/// errs on the side of counting too much, never too little.
 pub struct AdmittedAttempt {
     throttle: Option<LoginThrottle>,
+    armed: AtomicBool,
     keys: AttemptKeys,
 }
 
@@ -408,6 +480,9 @@ impl AdmittedAttempt {
         let mut counters = Counters::lock(conn, &self.keys, &limits, now).await?;
         finish(&mut counters.client);
         finish(&mut counters.client_on_account);
+        if let Some(network) = &mut counters.network {
+            finish(network);
+        }
         match outcome {
             AttemptOutcome::Succeeded => {
                 // The account's own counter is not cleared: one right
@@ -418,22 +493,25 @@ impl AdmittedAttempt {
             AttemptOutcome::Failed => {
                 limits.per_client.fail(&mut counters.client, now);
                 limits.per_account.fail(&mut counters.account, now);
+                if let Some(network) = &mut counters.network {
+                    limits.per_network.fail(network, now);
+                }
                 limits
                     .per_client_and_account
                     .fail(&mut counters.client_on_account, now);
             }
         }
-        counters.save(conn).await
-    }
-
-    /// The recorded outcome committed: nothing to give back.
-    pub fn settle(mut self) {
-        self.throttle = None;
+        counters.save(conn).await?;
+        self.armed.store(false, Ordering::Release);
+        Ok(())
     }
 }
 
 impl Drop for AdmittedAttempt {
     fn drop(&mut self) {
+        if !self.armed.load(Ordering::Acquire) {
+            return;
+        }
         let Some(throttle) = self.throttle.take() else {
             return;
         };
@@ -468,6 +546,7 @@ mod tests {
             per_client_and_account: policy(5),
             per_account: policy(100),
             per_client: policy(50),
+            per_network: policy(800),
         }
     }
 
@@ -487,6 +566,7 @@ mod tests {
             client: row("ip:a", now),
             account: row("acct:x", now),
             client_on_account: row("acct-ip:x|a", now),
+            network: None,
         }
     }
 

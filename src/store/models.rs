@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use crate::schema::{audit_logs, roles, sessions, user_roles, users};
 
-/// A `users` row.
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+/// A `users` row. Its `Debug` leaves the password hash out.
+#[derive(Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
 pub struct UserRow {
     pub id: Uuid,
@@ -23,6 +23,17 @@ pub struct UserRow {
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
     pub last_login: Option<NaiveDateTime>,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("is_active", &self.is_active)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An insert into `users`.
@@ -97,8 +108,8 @@ pub struct UserRoleRow {
     pub assigned_by: Option<Uuid>,
 }
 
-/// A `sessions` row.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+/// A `sessions` row. Its `Debug` leaves the refresh-token hash out.
+#[derive(Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions, check_for_backend(diesel::pg::Pg))]
 pub struct SessionRow {
     pub id: Uuid,
@@ -111,6 +122,17 @@ pub struct SessionRow {
     pub expires_at: NaiveDateTime,
     pub created_at: NaiveDateTime,
     pub revoked_at: Option<NaiveDateTime>,
+}
+
+impl std::fmt::Debug for SessionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRow")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An `audit_logs` row (also its insert).

@@ -29,13 +29,16 @@ impl Cursor {
         }
     }
 
-    /// The timestamp of a cursor made by [`Cursor::at_time`].
+    /// The timestamp of a cursor made by [`Cursor::at_time`] (a forged
+    /// token out of the years 1 to 9999 is refused like any other).
     pub fn time(&self) -> Result<NaiveDateTime, AppError> {
+        use chrono::Datelike as _;
         self.key
             .parse::<i64>()
             .ok()
             .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|t| t.naive_utc())
+            .filter(|t| (1..=9999).contains(&t.year()))
             .ok_or_else(|| AppError::invalid("page_token", "is not a token from this list"))
     }
 

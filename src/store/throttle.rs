@@ -24,6 +24,23 @@ pub struct ThrottleRow {
     pub in_flight_since: Option<NaiveDateTime>,
 }
 
+/// Locks the rows of `keys` that exist, in key order, without waiting: a
+/// row another admission holds is an error ("could not obtain lock"), and
+/// the caller retries later instead of queueing on a pooled connection.
+pub async fn lock_existing(
+    conn: &mut AsyncPgConnection,
+    keys: &[String],
+) -> QueryResult<Vec<ThrottleRow>> {
+    login_throttles::table
+        .filter(login_throttles::key.eq_any(keys))
+        .select(ThrottleRow::as_select())
+        .order(login_throttles::key.asc())
+        .for_update()
+        .no_wait()
+        .load(conn)
+        .await
+}
+
 /// Locks the rows of `keys` (creating missing ones) for the rest of the
 /// transaction and returns them in key order. Rows are created and locked in
 /// key order, so concurrent callers never deadlock.
@@ -67,7 +84,8 @@ pub async fn save(conn: &mut AsyncPgConnection, row: &ThrottleRow) -> QueryResul
         .map(drop)
 }
 
-/// Deletes the counters `key` and every key starting with `prefix`.
+/// Deletes the counters `key` and every key starting with `prefix`, after
+/// locking them in key order (the order admissions lock them in).
 pub async fn delete(conn: &mut AsyncPgConnection, key: &str, prefix: &str) -> QueryResult<usize> {
     let pattern = format!(
         "{}%",
@@ -76,15 +94,20 @@ pub async fn delete(conn: &mut AsyncPgConnection, key: &str, prefix: &str) -> Qu
             .replace('%', "\\%")
             .replace('_', "\\_")
     );
-    diesel::delete(
-        login_throttles::table.filter(
+    let keys: Vec<String> = login_throttles::table
+        .filter(
             login_throttles::key
                 .eq(key)
                 .or(login_throttles::key.like(pattern)),
-        ),
-    )
-    .execute(conn)
-    .await
+        )
+        .select(login_throttles::key)
+        .order(login_throttles::key.asc())
+        .for_update()
+        .load(conn)
+        .await?;
+    diesel::delete(login_throttles::table.filter(login_throttles::key.eq_any(keys)))
+        .execute(conn)
+        .await
 }
 
 /// Deletes counters that remember nothing any more: not locked, nothing in

@@ -243,10 +243,8 @@ pub async fn roles_and_permissions(
         .collect())
 }
 
-/// Locks the active holders of the role named `role_name` and counts them;
-/// used to keep at least one active admin. Locking the rows serialises
-/// concurrent removals of the last two admins.
-pub async fn lock_active_holders(
+/// The active holders of the role named `role_name`.
+pub async fn active_holders(
     conn: &mut AsyncPgConnection,
     role_name: &str,
 ) -> QueryResult<Vec<Uuid>> {
@@ -255,7 +253,49 @@ pub async fn lock_active_holders(
         .filter(roles::name.eq(role_name))
         .filter(users::is_active.eq(true))
         .select(users::id)
-        .for_update()
         .load(conn)
         .await
+}
+
+/// Serialises, for the rest of the transaction, every change that could
+/// remove an active administrator (a transaction-level advisory lock, taken
+/// before any row lock, so such changes queue instead of deadlocking).
+pub async fn serialize_admin_changes(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    /// The lock's key: "ctlpadm" in ASCII.
+    const ADMIN_CHANGES: i64 = 0x0063_746c_7061_646d;
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(ADMIN_CHANGES)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Locks the accounts holding the role `role_id` (in id order, the order
+/// every multi-account lock takes) and returns the union of each one's
+/// permissions, so that a caller changing the role can be checked against
+/// everyone it would affect.
+pub async fn lock_holders_of_role(
+    conn: &mut AsyncPgConnection,
+    role_id: Uuid,
+) -> QueryResult<Vec<(Uuid, Vec<String>)>> {
+    #[derive(QueryableByName)]
+    struct Holder {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+    }
+    let holders: Vec<Uuid> = diesel::sql_query(
+        r#"SELECT u.id FROM users u JOIN user_roles ur ON ur."userId" = u.id
+           WHERE ur."roleId" = $1 ORDER BY u.id FOR UPDATE OF u"#,
+    )
+    .bind::<diesel::sql_types::Uuid, _>(role_id)
+    .load::<Holder>(conn)
+    .await?
+    .into_iter()
+    .map(|h| h.id)
+    .collect();
+    let grants = roles_and_permissions(conn, &holders).await?;
+    Ok(grants
+        .into_iter()
+        .map(|(id, _, permissions)| (id, permissions))
+        .collect())
 }
