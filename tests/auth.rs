@@ -337,13 +337,13 @@ async fn concurrent_wrong_passwords_cannot_outrun_the_throttle() {
     );
 
     // Every checked password is audited; refusals that cost the caller
-    // nothing are sampled: the first per client and account now, the rest
+    // nothing are sampled: the first per client now, the rest
     // counted into a summary row when the window ends.
     let failures = common::audit_count(&app, "auth.login", "failure").await;
     assert_eq!(
         failures,
-        5 + 5 + 2,
-        "checked ones plus one sample per account"
+        5 + 5 + 1,
+        "checked ones plus one sample per client"
     );
     app.stop().await;
 }
