@@ -78,3 +78,79 @@ impl Drop for DbProxy {
         self.task.abort();
     }
 }
+
+/// A TCP proxy that can freeze: stop moving bytes while keeping both
+/// connections open, the way a host that vanished (power cut, network
+/// partition) looks to the other side.
+pub struct FreezableProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    /// Proxies to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let frozen = Arc::new(AtomicBool::new(false));
+        let task = {
+            let frozen = frozen.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        continue;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(client_read, server_write, frozen.clone()));
+                    tokio::spawn(pump(server_read, client_write, frozen.clone()));
+                }
+            })
+        };
+        Self { addr, frozen, task }
+    }
+
+    /// Stops moving bytes; the sockets stay open.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.load(Ordering::SeqCst) {
+            // Hold both sockets, read nothing, forever (until the test ends).
+            std::future::pending::<()>().await;
+        }
+        let read = match tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            from.read(&mut buffer),
+        )
+        .await
+        {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
