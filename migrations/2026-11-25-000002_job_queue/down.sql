@@ -1,3 +1,5 @@
+ALTER TABLE "jobs" RESET (autovacuum_vacuum_scale_factor, autovacuum_analyze_scale_factor,
+                          autovacuum_vacuum_cost_delay);
 DROP INDEX "jobs_createdAt_id_idx";
 DROP INDEX "jobs_leasedBy_idx";
 DROP INDEX "jobs_leaseExpiresAt_idx";

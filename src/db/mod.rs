@@ -47,9 +47,12 @@ pub struct PoolSettings {
 
 /// Builds the pool. No connection is opened until the first checkout, so a
 /// database that is down at start-up surfaces on first use, as UNAVAILABLE.
+/// Every connection works in UTC and without JIT: the service's statements
+/// are short, and compiling one costs far more than running it.
 pub fn build_pool(settings: &PoolSettings) -> Result<DbPool, AppError> {
     let session_setup = format!(
-        "SET application_name = '{}'; SET statement_timeout = {}; SET TIME ZONE 'UTC'",
+        "SET application_name = '{}'; SET statement_timeout = {}; SET TIME ZONE 'UTC'; \
+         SET jit = off",
         settings.application_name.replace('\'', "''"),
         settings.statement_timeout.as_millis()
     );
@@ -77,6 +80,25 @@ async fn establish(url: &str, setup: &str) -> ConnectionResult<AsyncPgConnection
         .await
         .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)
+}
+
+/// A connection outside the pool, for a task that keeps one for its whole
+/// life (the job queue's listener and claimer), set up like pooled ones plus
+/// `extra_setup`; connecting gives up after `timeout`.
+pub async fn dedicated_connection(
+    url: &str,
+    application_name: &str,
+    extra_setup: &str,
+    timeout: Duration,
+) -> Result<AsyncPgConnection, AppError> {
+    let setup = format!(
+        "SET application_name = '{}'; SET TIME ZONE 'UTC'; SET jit = off; {extra_setup}",
+        application_name.replace('\'', "''")
+    );
+    tokio::time::timeout(timeout, establish(url, &setup))
+        .await
+        .map_err(|_| AppError::Unavailable("timed out connecting".into()))?
+        .map_err(AppError::from)
 }
 
 /// Checks a connection out of the pool; a timeout or a refused connection is

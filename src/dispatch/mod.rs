@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use diesel_async::AsyncPgConnection;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -32,6 +33,7 @@ pub use self::{
     stream::ResponseStream as WorkStream, watch::Watchers, watch_job::WatchStream as WatchJobStream,
 };
 use crate::{
+    db,
     domain::{
         audit::AuditTrail,
         jobs::{
@@ -42,7 +44,7 @@ use crate::{
         sessions::Sessions,
     },
     error::AppError,
-    store::jobs::{JobRow, LeaseRef},
+    store::jobs::{CLAIM_SESSION_SETTINGS, ClaimFilter, JobRow, LeaseRef, Slot},
 };
 
 /// Report writers settling batches at the same time.
@@ -74,7 +76,7 @@ impl Shared {
     /// Notes that the database failed an operation (the reaper waits for it
     /// to be steady again before taking anyone's leases).
     pub fn note_db_failure(&self, error: &AppError) {
-        tracing::warn!(%error, "job dispatch could not reach the database");
+        tracing::warn!(%error, "a job dispatch operation failed on the database");
         *self
             .last_db_failure
             .lock()
@@ -187,7 +189,7 @@ impl Dispatcher {
         });
         let reports_rx = Arc::new(tokio::sync::Mutex::new(reports_rx));
         let mut handles = vec![
-            tokio::spawn(claim_loop(shared.clone())),
+            tokio::spawn(claim_loop(shared.clone(), parts.database_url.clone())),
             tokio::spawn(reaper(shared.clone())),
             tokio::spawn(listener::run(shared.clone(), parts.database_url)),
         ];
@@ -276,7 +278,11 @@ impl Dispatcher {
 /// Leases jobs to free slots whenever something may have changed: a
 /// notification, a freed slot, a new stream, the next scheduled job falling
 /// due, or the poll interval passing.
-async fn claim_loop(shared: Arc<Shared>) {
+async fn claim_loop(shared: Arc<Shared>, database_url: String) {
+    let mut claimer = Claimer {
+        url: database_url,
+        conn: None,
+    };
     let mut next_due: Option<Instant> = None;
     let mut failures = 0u32;
     loop {
@@ -291,7 +297,7 @@ async fn claim_loop(shared: Arc<Shared>) {
                 shared.schedule_changed.store(true, std::sync::atomic::Ordering::Release);
             }
         }
-        match claim_rounds(&shared).await {
+        match claim_rounds(&shared, &mut claimer).await {
             Ok(()) => failures = 0,
             Err(error) => {
                 shared.note_db_failure(&error);
@@ -326,8 +332,57 @@ async fn claim_loop(shared: Arc<Shared>) {
     }
 }
 
+/// The claim loop's own connection, outside the pool: claims are the
+/// dispatcher's hot path, and on a dedicated connection each is a single
+/// round trip under session settings that pin its plan
+/// ([`CLAIM_SESSION_SETTINGS`]). Reconnected on the next claim after a
+/// failure.
+struct Claimer {
+    url: String,
+    conn: Option<AsyncPgConnection>,
+}
+
+impl Claimer {
+    async fn claim(
+        &mut self,
+        leases: &Leases,
+        filter: &ClaimFilter,
+        slots: &[Slot],
+    ) -> Result<Vec<JobRow>, AppError> {
+        if self.conn.is_none() {
+            self.conn = Some(
+                db::dedicated_connection(
+                    &self.url,
+                    "automation-control-plane-claimer",
+                    CLAIM_SESSION_SETTINGS,
+                    Duration::from_secs(5),
+                )
+                .await?,
+            );
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, slots)).await;
+        match claimed {
+            Ok(Ok(jobs)) => Ok(jobs),
+            Ok(Err(error)) => {
+                self.conn = None;
+                Err(error)
+            }
+            Err(_) => {
+                // A claim that does not answer: the connection is gone
+                // (the statement, if it ran, committed or not as a whole).
+                self.conn = None;
+                Err(AppError::Unavailable("a claim timed out".into()))
+            }
+        }
+    }
+}
+
+/// Longest a claim may take before its connection is given up.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Claims until every free slot is filled or nothing runnable is left.
-async fn claim_rounds(shared: &Shared) -> Result<(), AppError> {
+async fn claim_rounds(shared: &Shared, claimer: &mut Claimer) -> Result<(), AppError> {
     loop {
         let demand = shared
             .registry
@@ -339,7 +394,7 @@ async fn claim_rounds(shared: &Shared) -> Result<(), AppError> {
         }
         let mut filled_every_slot = true;
         for (filter, slots) in demand {
-            let jobs = shared.leases.claim(&filter, &slots).await?;
+            let jobs = claimer.claim(&shared.leases, &filter, &slots).await?;
             if jobs.len() < slots.len() {
                 filled_every_slot = false;
             }

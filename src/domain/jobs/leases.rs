@@ -91,25 +91,24 @@ impl Leases {
         &self.settings
     }
 
-    /// Leases one runnable job per slot (fewer when fewer are runnable).
+    /// Leases one runnable job per slot (fewer when fewer are runnable), on
+    /// the dispatcher's own claiming connection: one statement, which also
+    /// announces the claimed jobs as changed.
     pub async fn claim(
         &self,
+        conn: &mut diesel_async::AsyncPgConnection,
         filter: &ClaimFilter,
         slots: &[Slot],
     ) -> Result<Vec<JobRow>, AppError> {
-        let lease = self.settings.lease;
-        db::transaction(&self.pool, "jobs.claim", async |conn| {
-            let jobs = rows::claim(conn, filter, slots, lease).await?;
-            if !jobs.is_empty() {
-                let changes = QueueChanges {
-                    changed: jobs.iter().map(|j| j.id).collect(),
-                    ..QueueChanges::default()
-                };
-                changes.announce(conn).await?;
-            }
-            Ok(jobs)
-        })
-        .await
+        let started = std::time::Instant::now();
+        let jobs = rows::claim(conn, filter, slots, self.settings.lease).await?;
+        tracing::trace!(
+            db.operation = "jobs.claim",
+            duration_us = started.elapsed().as_micros() as u64,
+            claimed = jobs.len(),
+            "database operation"
+        );
+        Ok(jobs)
     }
 
     /// Applies a batch of reports in one transaction; the outcomes are in
