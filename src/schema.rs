@@ -105,6 +105,11 @@ diesel::table! {
         updated_at -> Timestamp,
         #[sql_name = "createdAt"]
         created_at -> Timestamp,
+        #[sql_name = "lastError"]
+        last_error -> Nullable<Jsonb>,
+        #[sql_name = "hookJobId"]
+        hook_job_id -> Nullable<Uuid>,
+        rollback -> Nullable<Jsonb>,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::{
     domain::{
         Identity,
         jobs::{JobSettings, Jobs, leases::Leases},
+        modules::Modules,
     },
     error::AppError,
     health, maintenance,
@@ -80,6 +81,11 @@ impl Default for ServerOptions {
 /// what anyone can make the server hold per call small. Larger messages
 /// answer OUT_OF_RANGE.
 const MAX_IDENTITY_MESSAGE_BYTES: usize = 512 * 1024;
+/// Largest ModuleService message: a manifest of 256 KiB as JSON can take
+/// several times that as a protobuf `Struct` (every number is 9 bytes and
+/// every list entry has a header), so the wire cap is looser and the JSON
+/// size is checked exactly after decoding.
+const MAX_MODULE_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Concurrent streams one HTTP/2 connection may open (close to hyper's own
 /// default of 200, which tonic lifts).
@@ -139,9 +145,11 @@ pub async fn serve(
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let jobs = Jobs::new(state.pool.clone(), state.jobs, wake.clone());
+    let modules = Modules::new(state.pool.clone(), wake.clone());
     let (dispatcher, dispatch_tasks) = Dispatcher::start(DispatchParts {
         leases: Leases::new(state.pool.clone(), state.jobs),
         jobs: jobs.clone(),
+        modules: modules.clone(),
         sessions: identity.sessions.clone(),
         audit: identity.audit.clone(),
         wake,
@@ -175,9 +183,13 @@ pub async fn serve(
             ))
             .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
         )
-        .add_service(pb::module_service_server::ModuleServiceServer::new(
-            api::modules::ModuleApi,
-        ))
+        .add_service(
+            pb::module_service_server::ModuleServiceServer::new(api::modules::ModuleApi::new(
+                modules,
+                dispatcher.clone(),
+            ))
+            .max_decoding_message_size(MAX_MODULE_MESSAGE_BYTES),
+        )
         .add_service(
             pb::job_service_server::JobServiceServer::new(api::jobs::JobApi::new(
                 jobs,

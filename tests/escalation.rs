@@ -7,7 +7,7 @@
 mod common;
 
 use automation_control_plane::{auth::policy::grants, proto::automation_v1 as pb};
-use common::{RoleServiceClient, TestApp, UserServiceClient, authed, mask};
+use common::{RoleServiceClient, TestApp, UserServiceClient, account, authed, mask, role};
 use tonic::Code;
 
 const PASSWORD: &str = "user-password-1";
@@ -19,37 +19,6 @@ fn strings(list: &[&str]) -> Vec<String> {
 /// Whether `caller` holds every permission of `target`.
 fn covers(caller: &[&str], target: &[&str]) -> bool {
     target.iter().all(|p| grants(caller, p))
-}
-
-/// Creates a role holding `permissions` (as the seeded admin).
-async fn role(app: &TestApp, name: &str, permissions: &[&str]) {
-    RoleServiceClient::new(app.channel().await)
-        .create_role(authed(
-            &app.admin_token().await,
-            pb::CreateRoleRequest {
-                name: name.into(),
-                description: String::new(),
-                permissions: strings(permissions),
-            },
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("role {name}: {e:?}"));
-}
-
-/// A user holding exactly `permissions` (through a role of its own, or the
-/// built-in admin role for `*:*`); returns (id, token).
-async fn account(app: &TestApp, name: &str, permissions: &[&str]) -> (String, String) {
-    let roles: Vec<String> = if permissions == ["*:*"] {
-        vec!["admin".into()]
-    } else if permissions.is_empty() {
-        vec![]
-    } else {
-        let role_name = format!("{name}-role");
-        role(app, &role_name, permissions).await;
-        vec![role_name]
-    };
-    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
-    app.user_with_roles(name, &roles).await
 }
 
 #[derive(Debug, Clone, Copy)]

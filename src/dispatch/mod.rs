@@ -8,12 +8,12 @@
 //! connection (each operation checks one out); every lease a stream holds is
 //! given back by a guard, whatever ends it.
 
+mod follow;
 mod listener;
 mod registry;
 mod reports;
 mod stream;
 mod watch;
-mod watch_job;
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,13 +25,16 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use self::{follow::FollowStream, stream::ResponseStream as WorkStream, watch::Watchers};
 use self::{
     registry::{Registry, StreamCommand},
     reports::PendingReport,
 };
-pub use self::{
-    stream::ResponseStream as WorkStream, watch::Watchers, watch_job::WatchStream as WatchJobStream,
-};
+
+/// The server's half of a WatchJob stream.
+pub type WatchJobStream = FollowStream<crate::proto::automation_v1::WatchJobResponse>;
+/// The server's half of a WatchModule stream.
+pub type WatchModuleStream = FollowStream<crate::proto::automation_v1::WatchModuleResponse>;
 use crate::{
     db,
     domain::{
@@ -41,6 +44,7 @@ use crate::{
             events::{QueueEvent, Revocation},
             leases::Leases,
         },
+        modules::Modules,
         sessions::Sessions,
     },
     error::AppError,
@@ -54,6 +58,7 @@ const REPORT_WRITERS: usize = 2;
 pub(crate) struct Shared {
     pub leases: Leases,
     pub jobs: Jobs,
+    pub modules: Modules,
     pub sessions: Sessions,
     pub audit: AuditTrail,
     pub settings: JobSettings,
@@ -158,6 +163,7 @@ impl std::fmt::Debug for DispatchTasks {
 pub struct DispatchParts {
     pub leases: Leases,
     pub jobs: Jobs,
+    pub modules: Modules,
     pub sessions: Sessions,
     pub audit: AuditTrail,
     /// The wake-up `jobs` rings after an enqueue.
@@ -175,6 +181,7 @@ impl Dispatcher {
         let shared = Arc::new(Shared {
             leases: parts.leases,
             jobs: parts.jobs,
+            modules: parts.modules,
             sessions: parts.sessions,
             audit: parts.audit,
             settings,
@@ -216,13 +223,35 @@ impl Dispatcher {
         stream::open(self.shared.clone(), actor, inbound)
     }
 
-    /// Serves one WatchJob stream.
+    /// Serves one WatchJob stream (NOT_FOUND before it starts when the job
+    /// does not exist).
     pub async fn watch_job(
         &self,
         actor: crate::domain::Actor,
         id: Uuid,
-    ) -> Result<watch_job::WatchStream, AppError> {
-        watch_job::open(self.shared.clone(), actor, id).await
+    ) -> Result<WatchJobStream, AppError> {
+        let subscription = self.shared.watchers.subscribe(id);
+        let job = self.shared.jobs.get(id).await?;
+        Ok(follow::open(self.shared.clone(), actor, subscription, job))
+    }
+
+    /// Serves one WatchModule stream; `key` is an id or a name.
+    pub async fn watch_module(
+        &self,
+        actor: crate::domain::Actor,
+        key: &str,
+    ) -> Result<WatchModuleStream, AppError> {
+        let module = self.shared.modules.get(key).await?;
+        let subscription = self.shared.watchers.subscribe(module.id);
+        // Read again: a change between the first read and the subscription
+        // would otherwise be missed.
+        let module = self.shared.modules.get(&module.id.to_string()).await?;
+        Ok(follow::open(
+            self.shared.clone(),
+            actor,
+            subscription,
+            module,
+        ))
     }
 
     /// Starts draining (the server is shutting down): nothing new is

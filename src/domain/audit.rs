@@ -81,6 +81,20 @@ pub enum AuditAction {
     WorkerConnected,
     /// A Work stream ended.
     WorkerDisconnected,
+    /// A module registered.
+    RegisterModule,
+    /// A module's fields or version changed.
+    UpdateModule,
+    /// A module installed or re-enabled.
+    EnableModule,
+    /// A module suspended.
+    DisableModule,
+    /// A module's removal began (or it was deleted at once).
+    DeleteModule,
+    /// A module's hook job completed: its transition is done.
+    ModuleHookSucceeded,
+    /// A module's hook job failed for good: its transition was undone.
+    ModuleHookFailed,
 }
 
 impl AuditAction {
@@ -109,6 +123,13 @@ impl AuditAction {
             Self::RetryJob => "jobs.retry",
             Self::WorkerConnected => "jobs.work_open",
             Self::WorkerDisconnected => "jobs.work_close",
+            Self::RegisterModule => "modules.register",
+            Self::UpdateModule => "modules.update",
+            Self::EnableModule => "modules.enable",
+            Self::DisableModule => "modules.disable",
+            Self::DeleteModule => "modules.delete",
+            Self::ModuleHookSucceeded => "modules.hook_succeeded",
+            Self::ModuleHookFailed => "modules.hook_failed",
         }
     }
 }

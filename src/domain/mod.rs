@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod audit;
 pub mod authority;
 pub mod jobs;
+pub mod modules;
 pub mod roles;
 pub mod sessions;
 pub mod throttle;

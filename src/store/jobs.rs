@@ -3,16 +3,10 @@
 //! schedules and leases. Batched statements take arrays and `unnest` them:
 //! one round trip for many jobs.
 
-use std::io::Write as _;
-
 use chrono::NaiveDateTime;
 use diesel::{
     data_types::PgInterval,
-    deserialize::{self, FromSql, FromSqlRow},
-    expression::AsExpression,
-    pg::{Pg, PgValue},
     prelude::*,
-    serialize::{self, IsNull, Output, ToSql},
     sql_types::{
         Array, BigInt, Bool, Integer, Interval, Jsonb, Nullable, Text, Timestamp, Uuid as SqlUuid,
     },
@@ -27,58 +21,21 @@ use crate::schema::{jobs, sql_types};
 /// `x <stream> <job> <attempt> <cause>` (a lease was taken away).
 pub const CHANNEL: &str = "automation_jobs";
 
-/// A job's state, as the seed's `"JobStatus"` enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
-#[diesel(sql_type = sql_types::JobStatus)]
-pub enum JobStatus {
-    Pending,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
+super::pg_enum! {
+    /// A job's state, as the seed's `"JobStatus"` enum.
+    JobStatus => sql_types::JobStatus {
+        Pending = "PENDING",
+        Running = "RUNNING",
+        Completed = "COMPLETED",
+        Failed = "FAILED",
+        Cancelled = "CANCELLED",
+    }
 }
 
 impl JobStatus {
-    /// The enum label in the database.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Running => "RUNNING",
-            Self::Completed => "COMPLETED",
-            Self::Failed => "FAILED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// Parses a label.
-    pub fn from_label(label: &str) -> Option<Self> {
-        Some(match label {
-            "PENDING" => Self::Pending,
-            "RUNNING" => Self::Running,
-            "COMPLETED" => Self::Completed,
-            "FAILED" => Self::Failed,
-            "CANCELLED" => Self::Cancelled,
-            _ => return None,
-        })
-    }
-
     /// Whether the job will never change again by itself.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
-    }
-}
-
-impl ToSql<sql_types::JobStatus, Pg> for JobStatus {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        out.write_all(self.label().as_bytes())?;
-        Ok(IsNull::No)
-    }
-}
-
-impl FromSql<sql_types::JobStatus, Pg> for JobStatus {
-    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
-        let label = std::str::from_utf8(bytes.as_bytes())?;
-        Self::from_label(label).ok_or_else(|| format!("unknown JobStatus {label}").into())
     }
 }
 
@@ -699,17 +656,36 @@ pub async fn notify(conn: &mut AsyncPgConnection, payload: &str) -> QueryResult<
         .map(drop)
 }
 
-/// Cancels the pending jobs of a module (it is being removed); returns
-/// them.
-pub async fn cancel_pending_of_module(
+/// A job cancelled because its module is being removed.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct CancelledJob {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    /// The stream that held it, when it was running.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub holder: Option<Uuid>,
+}
+
+/// Cancels the pending and running jobs of `module` other than its
+/// lifecycle hooks (it is being removed); returns them with the streams
+/// that held the running ones, which must be told.
+pub async fn cancel_jobs_of_module(
     conn: &mut AsyncPgConnection,
     module: &str,
-) -> QueryResult<Vec<JobRow>> {
-    diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = 'CANCELLED', "updatedAt" = LOCALTIMESTAMP
-           WHERE status = 'PENDING' AND "moduleName" = $1 AND hook IS NULL
-           RETURNING {JOB_COLUMNS}"#
-    ))
+) -> QueryResult<Vec<CancelledJob>> {
+    diesel::sql_query(
+        r#"WITH doomed AS (
+               SELECT id, "leasedBy" AS holder FROM jobs
+               WHERE "moduleName" = $1 AND hook IS NULL AND status IN ('PENDING', 'RUNNING')
+               ORDER BY id
+               FOR UPDATE)
+           UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               "updatedAt" = LOCALTIMESTAMP
+           FROM doomed WHERE jobs.id = doomed.id
+           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder"#,
+    )
     .bind::<Text, _>(module)
     .load(conn)
     .await

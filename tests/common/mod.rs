@@ -420,3 +420,34 @@ impl TestApp {
             .expect("worker connects")
     }
 }
+
+/// Creates a role holding `permissions` (as the seeded admin).
+pub async fn role(app: &TestApp, name: &str, permissions: &[&str]) {
+    RoleServiceClient::new(app.channel().await)
+        .create_role(authed(
+            &app.admin_token().await,
+            pb::CreateRoleRequest {
+                name: name.into(),
+                description: String::new(),
+                permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("role {name}: {e:?}"));
+}
+
+/// A user holding exactly `permissions` (through a role of its own, or the
+/// built-in admin role for `*:*`); returns (id, token).
+pub async fn account(app: &TestApp, name: &str, permissions: &[&str]) -> (String, String) {
+    let roles: Vec<String> = if permissions == ["*:*"] {
+        vec!["admin".into()]
+    } else if permissions.is_empty() {
+        vec![]
+    } else {
+        let role_name = format!("{name}-role");
+        role(app, &role_name, permissions).await;
+        vec![role_name]
+    };
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    app.user_with_roles(name, &roles).await
+}

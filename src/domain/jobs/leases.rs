@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     db::{self, DbPool},
+    domain::modules::{self, hooks::HookOutcome},
     error::AppError,
     store::jobs::{
         self as rows, ClaimFilter, ExtendedLease, JobRow, JobStatus, LeaseRef, LostLease, Settled,
@@ -145,6 +146,14 @@ impl Leases {
                 changes.note(job.id, status, released_now);
             }
             changes.announce(conn).await?;
+            let hooks: Vec<HookOutcome> = settled
+                .iter()
+                .filter_map(|job| {
+                    let status = JobStatus::from_label(&job.status)?;
+                    HookOutcome::of(job.id, job.hook.as_deref(), status, job.error.clone())
+                })
+                .collect();
+            modules::hooks::settle(conn, &hooks).await?;
             Ok(settled)
         })
         .await?;
@@ -277,5 +286,13 @@ async fn announce_lost(
             });
         }
     }
-    changes.announce(conn).await
+    changes.announce(conn).await?;
+    let hooks: Vec<HookOutcome> = lost
+        .iter()
+        .filter_map(|lease| {
+            let status = JobStatus::from_label(&lease.status)?;
+            HookOutcome::of(lease.id, lease.hook.as_deref(), status, lease.error.clone())
+        })
+        .collect();
+    modules::hooks::settle(conn, &hooks).await
 }

@@ -18,6 +18,7 @@ use self::events::{QueueChanges, Revocation, RevokeCause};
 use super::{
     Actor, Page,
     audit::{AuditAction, AuditEvent, AuditTrail},
+    modules::{self, hooks::HookOutcome, manifest::Manifest},
     validate,
 };
 use crate::{
@@ -25,7 +26,7 @@ use crate::{
     error::AppError,
     store::{
         jobs::{self as rows, JobFilter, JobRow, JobStatus, NewJob},
-        modules,
+        modules::{self as modules_store, ModuleStatus},
         pagination::{Cursor, PageRequest},
     },
 };
@@ -205,19 +206,22 @@ impl Jobs {
         let jobs = db::transaction(&self.pool, "jobs.create", async |conn| {
             let mut new = Vec::with_capacity(specs.len());
             for (index, spec) in specs.iter().enumerate() {
-                let max_attempts = match &spec.module_name {
+                let defaults = match &spec.module_name {
                     Some(module) => {
                         module_defaults(conn, actor, module, spec, &prefix(index)).await?
                     }
-                    None => spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                    None => ModuleDefaults {
+                        priority: spec.priority,
+                        max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                    },
                 };
                 new.push(NewJob {
                     id: Uuid::now_v7(),
                     name: spec.name.clone(),
                     module_name: spec.module_name.clone(),
-                    priority: spec.priority,
+                    priority: defaults.priority,
                     payload: spec.payload.clone(),
-                    max_attempts,
+                    max_attempts: defaults.max_attempts,
                     scheduled_at: spec.schedule_at,
                     idempotency_key: spec.idempotency_key.clone(),
                     created_by: Some(actor.caller.user_id),
@@ -314,6 +318,9 @@ impl Jobs {
                 });
             }
             changes.announce(conn).await?;
+            // Cancelling a hook job abandons the transition it carries out.
+            let hook = HookOutcome::of(id, job.hook.as_deref(), JobStatus::Cancelled, None);
+            modules::hooks::settle(conn, hook.as_slice()).await?;
             let event = AuditEvent::success(
                 AuditAction::CancelJob,
                 Some(actor.caller.user_id),
@@ -337,6 +344,13 @@ impl Jobs {
                 return Err(AppError::FailedPrecondition(format!(
                     "job {id} is {}: only FAILED or CANCELLED jobs can be retried",
                     job.status.label()
+                )));
+            }
+            if let Some(hook) = &job.hook {
+                return Err(AppError::FailedPrecondition(format!(
+                    "job {id} is the {hook} hook of module {}: its transition was undone when it \
+                     ended; start the transition again instead",
+                    job.module_name.as_deref().unwrap_or_default()
                 )));
             }
             if let Some(module) = &job.module_name {
@@ -372,45 +386,52 @@ fn request_prefix(batch: bool, index: usize) -> String {
     }
 }
 
+/// What a job of a module gets from the module's manifest.
+struct ModuleDefaults {
+    priority: i32,
+    max_attempts: i32,
+}
+
 /// For a job of `module`: the module must be ENABLED, the caller must hold
 /// `modules:execute`, and the job type must be one the manifest declares
-/// (when it declares any); returns the attempts the job gets (the request's,
-/// else the manifest's default for the type, else the global default).
+/// (when it declares any). The request's priority (when not 0) and attempts
+/// win over the manifest's defaults for the type, which win over the global
+/// ones.
 async fn module_defaults(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
     module: &str,
     spec: &JobSpec,
     prefix: &str,
-) -> Result<i32, AppError> {
-    if !actor.caller.holds("modules:execute") {
-        return Err(AppError::PermissionDenied(
-            "creating a job of a module needs modules:execute as well as jobs:write".into(),
-        ));
+) -> Result<ModuleDefaults, AppError> {
+    if !actor.caller.holds(modules::EXECUTE) {
+        return Err(AppError::PermissionDenied(format!(
+            "creating a job of a module needs {} as well as jobs:write",
+            modules::EXECUTE
+        )));
     }
     let gate = ensure_module_enabled(conn, module, &format!("{prefix}module_name")).await?;
-    let declared = gate.manifest.get("jobs").and_then(|j| j.as_array());
-    let mut default_attempts = None;
-    if let Some(declared) = declared.filter(|d| !d.is_empty()) {
-        let entry = declared
-            .iter()
-            .find(|j| j.get("name").and_then(|n| n.as_str()) == Some(spec.name.as_str()))
-            .ok_or_else(|| {
-                AppError::invalid(
-                    format!("{prefix}name"),
-                    format!("module {module} declares no job type '{}'", spec.name),
-                )
-            })?;
-        default_attempts = entry
-            .get("max_attempts")
-            .and_then(|v| v.as_i64())
-            .and_then(|v| i32::try_from(v).ok())
-            .filter(|v| (1..=MAX_ATTEMPTS_LIMIT).contains(v));
-    }
-    Ok(spec
-        .max_attempts
-        .or(default_attempts)
-        .unwrap_or(DEFAULT_MAX_ATTEMPTS))
+    let manifest = Manifest::from_stored(gate.manifest);
+    let declaration = if manifest.jobs.is_empty() {
+        None
+    } else {
+        Some(manifest.job(&spec.name).ok_or_else(|| {
+            AppError::invalid(
+                format!("{prefix}name"),
+                format!("module {module} declares no job type '{}'", spec.name),
+            )
+        })?)
+    };
+    Ok(ModuleDefaults {
+        priority: match spec.priority {
+            0 => declaration.and_then(|d| d.priority).unwrap_or(0),
+            priority => priority,
+        },
+        max_attempts: spec
+            .max_attempts
+            .or(declaration.and_then(|d| d.max_attempts))
+            .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+    })
 }
 
 /// The module's gate, refusing unless it is ENABLED.
@@ -418,14 +439,14 @@ async fn ensure_module_enabled(
     conn: &mut AsyncPgConnection,
     module: &str,
     field: &str,
-) -> Result<modules::ModuleGate, AppError> {
-    let gate = modules::gate(conn, module)
+) -> Result<modules_store::ModuleGate, AppError> {
+    let gate = modules_store::gate(conn, module)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("module {module} ({field})")))?;
-    if gate.status != "ENABLED" {
+    if gate.status != ModuleStatus::Enabled {
         return Err(AppError::FailedPrecondition(format!(
             "module {module} is {}: jobs can be created only while it is ENABLED",
-            gate.status
+            gate.status.label()
         )));
     }
     Ok(gate)
