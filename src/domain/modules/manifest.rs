@@ -103,7 +103,12 @@ impl Manifest {
                         ));
                     }
                     let integer =
-                        |key: &str, range: std::ops::RangeInclusive<i32>| match item.get(key) {
+                        // `maxAttempts` too: people write grpcurl JSON in
+                        // camelCase.
+                        |key: &str, range: std::ops::RangeInclusive<i32>| match item
+                            .get(key)
+                            .or_else(|| item.get(&snake_to_camel(key)))
+                        {
                             None | Some(Value::Null) => Ok(None),
                             Some(value) => value
                                 .as_i64()
@@ -193,6 +198,22 @@ impl Manifest {
     }
 }
 
+fn snake_to_camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -214,6 +235,9 @@ mod tests {
         );
         assert!(manifest.hook(HookKind::Remove).is_none());
         assert_eq!(manifest.job("backup.run").unwrap().priority, Some(5));
+        let camel = json!({"jobs": [{"name": "a", "maxAttempts": 4}]});
+        let manifest = Manifest::parse("manifest", camel).unwrap();
+        assert_eq!(manifest.job("a").unwrap().max_attempts, Some(4));
     }
 
     #[test]
