@@ -8,6 +8,9 @@
 //! - Anything else is INTERNAL with a generic message; SQL text, stack traces
 //!   and secrets never reach the caller.
 //! - Authentication failures all say the same thing, so they reveal nothing.
+//! - Every status carries a `google.rpc.ErrorInfo` with a stable
+//!   UPPER_SNAKE_CASE `reason` (see [`AppError::reason`]) in the
+//!   [`ERROR_DOMAIN`], so clients branch on reasons, never on message text.
 
 use std::time::Duration;
 
@@ -72,6 +75,13 @@ pub enum AppError {
     /// The method does not exist here.
     #[error("{0}")]
     Unimplemented(String),
+    /// This server is shutting down; the same call to another server (or to
+    /// this one once restarted) will be served.
+    #[error("{0}")]
+    Draining(String),
+    /// The request is not a valid protobuf message of its type.
+    #[error("the message is not valid protobuf: {0}")]
+    Malformed(String),
     /// Start-up configuration is wrong; never sent to a caller.
     #[error("{0}")]
     Config(String),
@@ -106,43 +116,97 @@ impl AppError {
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Aborted(_) => Code::Aborted,
             Self::Unimplemented(_) => Code::Unimplemented,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unavailable(_) | Self::Draining(_) => Code::Unavailable,
+            Self::Malformed(_) => Code::InvalidArgument,
             Self::Config(_) | Self::Internal(_) => Code::Internal,
         }
     }
+
+    /// The `google.rpc.ErrorInfo` reason: stable, one per kind of failure,
+    /// listed in docs/api.md. Clients branch on it, not on the message.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_FIELD",
+            Self::Malformed(_) => "MALFORMED_MESSAGE",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::AlreadyExists { .. } => "ALREADY_EXISTS",
+            Self::Conflict { .. } => "CONFLICTING_REUSE",
+            Self::FailedPrecondition(_) => "WRONG_STATE",
+            Self::ResourceExhausted { .. } => "THROTTLED",
+            Self::Aborted(_) => "CONCURRENT_CHANGE",
+            Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            Self::Draining(_) => "SERVER_DRAINING",
+            Self::Unimplemented(_) => "UNKNOWN_METHOD",
+            Self::Config(_) | Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The ErrorInfo metadata: the field or resource involved, when there is
+    /// one a client can act on.
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        let mut metadata = std::collections::HashMap::new();
+        match self {
+            Self::InvalidArgument { field, .. } | Self::Conflict { field, .. } => {
+                metadata.insert("field".to_owned(), field.clone());
+            }
+            Self::AlreadyExists { resource, field } => {
+                metadata.insert("resource".to_owned(), (*resource).to_owned());
+                metadata.insert("field".to_owned(), (*field).to_owned());
+            }
+            Self::ResourceExhausted { retry_after, .. } => {
+                metadata.insert(
+                    "retry_after_ms".to_owned(),
+                    retry_after.as_millis().to_string(),
+                );
+            }
+            _ => {}
+        }
+        metadata
+    }
 }
+
+/// The `domain` of every ErrorInfo this service sends.
+pub const ERROR_DOMAIN: &str = "automation.v1";
 
 impl From<AppError> for Status {
     fn from(error: AppError) -> Self {
-        match &error {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(error.reason(), ERROR_DOMAIN, error.metadata());
+        let message = match &error {
             AppError::InvalidArgument { field, message } => {
-                let details = ErrorDetails::with_bad_request_violation(field, message);
-                Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
+                details.add_bad_request_violation(field, message);
+                error.to_string()
             }
             AppError::ResourceExhausted { retry_after, .. } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let details = ErrorDetails::with_retry_info(Some(*retry_after));
-                let mut status = Status::with_error_details(
-                    Code::ResourceExhausted,
-                    format!("{error}; retry in {secs} s"),
-                    details,
-                );
-                if let Ok(value) = secs.to_string().parse() {
-                    status.metadata_mut().insert("retry-after", value);
-                }
-                status
+                details.set_retry_info(Some(*retry_after));
+                let secs = retry_after_secs(*retry_after);
+                format!("{error}; retry in {secs} s")
             }
             AppError::Unavailable(detail) => {
                 tracing::warn!(error.detail = %detail, "database unavailable");
-                Status::unavailable("database unavailable, retry later")
+                "database unavailable, retry later".to_owned()
             }
             AppError::Config(detail) | AppError::Internal(detail) => {
                 tracing::error!(error.detail = %detail, "internal error");
-                Status::internal("internal error")
+                "internal error".to_owned()
             }
-            _ => Status::new(error.code(), error.to_string()),
+            _ => error.to_string(),
+        };
+        let mut status = Status::with_error_details(error.code(), message, details);
+        if let AppError::ResourceExhausted { retry_after, .. } = &error
+            && let Ok(value) = retry_after_secs(*retry_after).to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
         }
+        status
     }
+}
+
+/// Whole seconds for the `retry-after` header: rounded up, at least 1.
+fn retry_after_secs(retry_after: Duration) -> u64 {
+    retry_after.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// Names the field behind a unique index, for ALREADY_EXISTS messages.
@@ -218,6 +282,35 @@ mod tests {
         let details = status.get_error_details();
         let violations = &details.bad_request().expect("bad request").field_violations;
         assert_eq!(violations[0].field, "user.email");
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "INVALID_FIELD");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["field"], "user.email");
+    }
+
+    #[test]
+    fn every_error_carries_a_stable_reason() {
+        let errors = [
+            AppError::Unauthenticated("x".into()),
+            AppError::PermissionDenied("x".into()),
+            AppError::NotFound("x".into()),
+            AppError::FailedPrecondition("x".into()),
+            AppError::Aborted("x".into()),
+            AppError::Unavailable("x".into()),
+            AppError::Draining("x".into()),
+            AppError::Malformed("x".into()),
+            AppError::internal("x"),
+        ];
+        for error in errors {
+            let reason = error.reason();
+            assert!(
+                reason.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{reason}"
+            );
+            let status = Status::from(error);
+            let info = status.get_error_details().error_info().cloned();
+            assert_eq!(info.map(|i| i.reason), Some(reason.to_owned()));
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use common::{
 };
 use serde_json::{Value, json};
 use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
 
 fn client_of(channel: tonic::transport::Channel) -> ModuleServiceClient<tonic::transport::Channel> {
     ModuleServiceClient::new(channel)
@@ -436,6 +437,11 @@ async fn every_transition_is_allowed_or_refused_as_the_lifecycle_says() {
                 let label = state.as_str_name().trim_start_matches("MODULE_STATUS_");
                 assert!(status.message().contains(label), "{status:?}");
                 assert!(status.message().contains("it allows"), "{status:?}");
+                let info = status.get_error_details().error_info().cloned().unwrap();
+                assert_eq!(
+                    (info.reason.as_str(), info.domain.as_str()),
+                    ("WRONG_STATE", "automation.v1")
+                );
                 assert_eq!(get(&app, &token, &name).await.unwrap().status(), *state);
             }
             (expected, got) => panic!("{state:?} {rpc:?}: expected {expected:?}, got {got:?}"),

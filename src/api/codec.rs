@@ -172,9 +172,7 @@ impl<U: Message + Default + CheckLimits> Decoder for CheckedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let message = U::decode(buf).map_err(|error| {
-            Status::invalid_argument(format!("the message is not valid protobuf: {error}"))
-        })?;
+        let message = U::decode(buf).map_err(|error| AppError::Malformed(error.to_string()))?;
         message.check_limits("")?;
         Ok(Some(message))
     }

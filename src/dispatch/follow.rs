@@ -62,7 +62,7 @@ impl Followed for JobRow {
         }
     }
     fn gone(&self) -> Result<Self::Message, Status> {
-        Err(Status::not_found(format!("job {} was deleted", self.id)))
+        Err(AppError::NotFound(format!("job {} (deleted while watched)", self.id)).into())
     }
     async fn reload(shared: &Shared, id: Uuid) -> Result<Option<Self>, AppError> {
         match shared.jobs.get(id).await {
@@ -154,7 +154,10 @@ async fn follow<T: Followed>(
                 continue;
             }
             () = shared.draining.cancelled() => {
-                return Err(Status::unavailable("the server is shutting down; watch again"));
+                return Err(AppError::Draining(
+                    "the server is shutting down; watch again".into(),
+                )
+                .into());
             }
             () = out.closed() => return Ok(()),
         }

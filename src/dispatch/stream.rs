@@ -247,9 +247,9 @@ async fn serve(
             },
         );
     if registered.is_none() {
-        return Err(Status::unavailable(
-            "the server is shutting down; connect to another",
-        ));
+        return Err(
+            AppError::Draining("the server is shutting down; connect to another".into()).into(),
+        );
     }
     let event = AuditEvent::success(
         AuditAction::WorkerConnected,
@@ -516,7 +516,7 @@ impl Session<'_> {
                     reply: self.commands.clone(),
                 };
                 if self.shared.reports.send(pending).is_err() {
-                    return Err(Status::unavailable("the server is shutting down"));
+                    return Err(AppError::Draining("the server is shutting down".into()).into());
                 }
                 Ok(())
             }
@@ -648,9 +648,10 @@ impl Session<'_> {
     async fn end_draining(&mut self) -> Result<(), Status> {
         self.registration.ending = "the server drained";
         self.hand_back_all().await;
-        Err(Status::unavailable(
-            "the server is shutting down; reconnect (to another server)",
-        ))
+        Err(
+            AppError::Draining("the server is shutting down; reconnect (to another server)".into())
+                .into(),
+        )
     }
 
     /// Hands back every lease the stream holds that no report is settling.

@@ -107,7 +107,7 @@ impl Manifest {
                         // camelCase.
                         |key: &str, range: std::ops::RangeInclusive<i32>| match item
                             .get(key)
-                            .or_else(|| item.get(&snake_to_camel(key)))
+                            .or_else(|| item.get(snake_to_camel(key)))
                         {
                             None | Some(Value::Null) => Ok(None),
                             Some(value) => value
