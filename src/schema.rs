@@ -155,6 +155,7 @@ diesel::table! {
         #[sql_name = "attemptBudget"]
         attempt_budget -> Nullable<Int4>,
         hook -> Nullable<Varchar>,
+        held -> Bool,
     }
 }
 

@@ -739,10 +739,15 @@ async fn disabling_holds_pending_jobs_until_enabled_again() {
     let token = app.admin_token().await;
     register(&app, &token, "reports", json!({})).await.unwrap();
     enable(&app, &token, "reports").await.unwrap();
-    let held = app
-        .create_job(&token, module_job("reports.build", "reports"))
-        .await;
+    let keyed = pb::CreateJobRequest {
+        idempotency_key: "reports-nightly".into(),
+        ..module_job("reports.build", "reports")
+    };
+    let held = app.create_job(&token, keyed.clone()).await;
     disable(&app, &token, "reports").await.unwrap();
+    // Repeating a create the module accepted returns that job, whatever
+    // state the module is in now.
+    assert_eq!(app.create_job(&token, keyed).await.id, held.id);
     let mut worker = app.worker(4).await;
     // A job of no module still runs: the worker is there and idle.
     let free = app
@@ -894,6 +899,23 @@ async fn running_module_code_needs_modules_execute() {
         pb::ModuleStatus::Registered
     );
 
+    // Nor can it strip the hooks (so that a version change skips them).
+    let status = client_of(app.channel().await)
+        .update_module(authed(
+            &writer,
+            pb::UpdateModuleRequest {
+                module: Some(pb::Module {
+                    id: "hooked".into(),
+                    manifest: Some(json_struct(json!({"jobs": [{"name": "backup.run"}]}))),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["manifest"]),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
     jobs.create_job(authed(&executor, module_job("plain.run", "plain")))
         .await
         .unwrap();
@@ -942,4 +964,95 @@ async fn a_hook_lost_with_its_worker_on_the_last_attempt_undoes_the_transition()
         pb::JobStatus::Failed
     );
     app.stop().await;
+}
+
+/// README: CancelJob/RetryJob need `modules:execute` for a job that names a
+/// module. A caller with only jobs:write aborts a module's install.
+#[tokio::test]
+async fn cancel_of_a_hook_job_needs_modules_execute() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let manifest = json!({"jobs": [{"name": "m.install"}], "hooks": {"install": "m.install"}});
+    register_then_enable(&app, &admin, "victim", manifest).await;
+    let module = ModuleServiceClient::new(app.channel().await)
+        .get_module(authed(
+            &admin,
+            pb::GetModuleRequest {
+                id: "victim".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .module
+        .unwrap();
+    assert_eq!(module.status(), pb::ModuleStatus::Installing);
+    let (_, writer) = account(&app, "jobwriter", &["jobs:write"]).await;
+    let result = JobServiceClient::new(app.channel().await)
+        .cancel_job(authed(
+            &writer,
+            pb::CancelJobRequest {
+                id: module.hook_job_id.clone(),
+            },
+        ))
+        .await;
+    let module = ModuleServiceClient::new(app.channel().await)
+        .get_module(authed(
+            &admin,
+            pb::GetModuleRequest {
+                id: "victim".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .module
+        .unwrap();
+    assert_eq!(
+        result.as_ref().map_err(|s| s.code()).err(),
+        Some(Code::PermissionDenied),
+        "jobs:write alone cancelled the install hook; module now {:?}",
+        module.status()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_of_a_module_job_needs_modules_execute() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    register_then_enable(
+        &app,
+        &admin,
+        "plain",
+        json!({"jobs": [{"name": "plain.run"}]}),
+    )
+    .await;
+    let job = app
+        .create_job(
+            &admin,
+            pb::CreateJobRequest {
+                module_name: "plain".into(),
+                max_attempts: 1,
+                ..new_job("plain.run", json!({}))
+            },
+        )
+        .await;
+    let mut worker = app.worker(1).await;
+    let assignment = worker.assignment().await;
+    worker.fail(&assignment, "boom", true).await;
+    worker.ack().await;
+    let (_, writer) = account(&app, "jobwriter", &["jobs:write"]).await;
+    let status = JobServiceClient::new(app.channel().await)
+        .retry_job(authed(&writer, pb::RetryJobRequest { id: job.id.clone() }))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    app.stop().await;
+}
+
+async fn register_then_enable(app: &TestApp, token: &str, name: &str, manifest: Value) {
+    register(app, token, name, manifest).await.unwrap();
+    enable(app, token, name).await.unwrap();
 }

@@ -127,10 +127,19 @@ async fn follow<T: Followed>(
     mut record: T,
     out: &mpsc::Sender<Result<T::Message, Status>>,
 ) -> Result<(), Status> {
-    let send = |message: T::Message| async {
-        out.send(Ok(message))
-            .await
-            .map_err(|_| Status::cancelled("the watcher went away"))
+    // A watcher that stops reading would hold this task (and skip its
+    // re-checks and the drain) forever: it gets a lease's worth of time.
+    let patience = shared.settings.lease;
+    let send = |message: T::Message| async move {
+        match tokio::time::timeout(patience, out.send(Ok(message))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Status::cancelled("the watcher went away")),
+            Err(_) => Err(AppError::ResourceExhausted {
+                message: "the watcher stopped reading its stream".into(),
+                retry_after: Duration::from_secs(1),
+            }
+            .into()),
+        }
     };
     send(record.message()).await?;
     let interval = shared

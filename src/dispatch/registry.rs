@@ -300,7 +300,7 @@ impl Registry {
         &mut self,
         stream: Uuid,
         checked: &[(Uuid, i32)],
-        still_held: &[Uuid],
+        still_held: &std::collections::HashSet<Uuid>,
     ) -> usize {
         let Some(entry) = self.streams.get_mut(&stream) else {
             return 0;

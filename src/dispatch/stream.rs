@@ -540,13 +540,12 @@ impl Session<'_> {
             return Ok(());
         }
         let stream = self.id();
-        let mut named = Vec::with_capacity(heartbeat.jobs.len());
+        // Sets, not lists: a heartbeat may name every one of 10,000 leases,
+        // and it is matched while the registry is locked.
+        let mut named = std::collections::HashSet::with_capacity(heartbeat.jobs.len());
         for (index, lease) in heartbeat.jobs.into_iter().enumerate() {
-            named.push(parse_lease(
-                &format!("heartbeat.jobs[{index}]"),
-                Some(lease),
-                stream,
-            )?);
+            let lease = parse_lease(&format!("heartbeat.jobs[{index}]"), Some(lease), stream)?;
+            named.insert((lease.job, lease.attempt));
         }
         // Only what the stream holds now, and only those named if any were.
         let checked: Vec<(Uuid, i32)> = {
@@ -561,12 +560,7 @@ impl Session<'_> {
             entry
                 .held
                 .iter()
-                .filter(|(job, held)| {
-                    named.is_empty()
-                        || named
-                            .iter()
-                            .any(|l| l.job == **job && l.attempt == held.attempt)
-                })
+                .filter(|(job, held)| named.is_empty() || named.contains(&(**job, held.attempt)))
                 .map(|(job, held)| (*job, held.attempt))
                 .collect()
         };
@@ -577,13 +571,11 @@ impl Session<'_> {
         let ids: Vec<Uuid> = checked.iter().map(|(job, _)| *job).collect();
         match self.shared.leases.extend(stream, Some(&ids)).await {
             Ok(extended) => {
-                let still: Vec<Uuid> = extended
+                let checked_set: std::collections::HashSet<(Uuid, i32)> =
+                    checked.iter().copied().collect();
+                let still: std::collections::HashSet<Uuid> = extended
                     .iter()
-                    .filter(|e| {
-                        checked
-                            .iter()
-                            .any(|(job, attempt)| *job == e.id && *attempt == e.attempts)
-                    })
+                    .filter(|e| checked_set.contains(&(e.id, e.attempts)))
                     .map(|e| e.id)
                     .collect();
                 let lost = self

@@ -279,7 +279,7 @@ pub async fn claim(
         r#"WITH candidates AS (
                SELECT j.id, j.priority, j."scheduledAt"
                FROM jobs j
-               WHERE j.status = 'PENDING' AND j."scheduledAt" <= LOCALTIMESTAMP
+               WHERE j.status = 'PENDING' AND NOT j.held AND j."scheduledAt" <= LOCALTIMESTAMP
                  AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
                  AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
                  AND (j."moduleName" IS NULL OR EXISTS (
@@ -347,6 +347,12 @@ pub struct LeaseRef {
 pub struct Settled {
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
+    /// The attempt the applied report quoted.
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    /// The stream that sent it.
+    #[diesel(sql_type = SqlUuid)]
+    pub stream: Uuid,
     /// The job's new state.
     #[diesel(sql_type = Text)]
     pub status: String,
@@ -360,7 +366,7 @@ pub struct Settled {
     pub error: Option<serde_json::Value>,
 }
 
-const SETTLED_COLUMNS: &str = r#"jobs.id, jobs.status::text AS status,
+const SETTLED_COLUMNS: &str = r#"jobs.id, r.attempt, r.stream, jobs.status::text AS status,
     jobs."scheduledAt" AS scheduled_at, jobs.hook, jobs."moduleName" AS module_name,
     jobs.error"#;
 
@@ -422,7 +428,7 @@ pub async fn fail(
                "scheduledAt" = CASE WHEN r.permanent OR jobs.attempts >= jobs."maxAttempts"
                                     THEN jobs."scheduledAt"
                                     ELSE LOCALTIMESTAMP + make_interval(secs =>
-                                        LEAST($6::float8, $5::float8 * power(2, jobs.attempts - 1))
+                                        LEAST($6::float8, $5::float8 * power(2, LEAST(jobs.attempts - 1, 62)))
                                         * (0.75 + random() * 0.5)) END,
                error = r.error, "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                "updatedAt" = LOCALTIMESTAMP
@@ -444,8 +450,10 @@ pub async fn fail(
 }
 
 /// Hands leases back unfinished: the jobs return to PENDING at once and the
-/// attempt is not a failure. `undelivered` leases (claimed for a stream that
-/// closed before it got them) give their attempt number back too.
+/// attempt is not a failure: `maxAttempts` grows by one, so a release or a
+/// drain never uses up the job's budget (attempt numbers still never
+/// repeat). `undelivered` leases (claimed for a stream that closed before it
+/// got them) give their attempt number back instead.
 pub async fn hand_back(
     conn: &mut AsyncPgConnection,
     leases: &[LeaseRef],
@@ -457,6 +465,7 @@ pub async fn hand_back(
     diesel::sql_query(format!(
         r#"UPDATE jobs
            SET status = 'PENDING', attempts = jobs.attempts - $4::int,
+               "maxAttempts" = jobs."maxAttempts" + 1 - $4::int,
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
            FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
@@ -610,7 +619,7 @@ pub async fn set_status(
 /// fresh attempt budget.
 pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<JobRow> {
     diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = 'PENDING',
+        r#"UPDATE jobs SET status = 'PENDING', held = false,
                "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
                "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
@@ -636,7 +645,7 @@ pub async fn time_to_next_scheduled(
 ) -> QueryResult<Option<std::time::Duration>> {
     let row: NextRun = diesel::sql_query(
         r#"SELECT (SELECT min("scheduledAt") FROM jobs
-                   WHERE status = 'PENDING' AND "scheduledAt" > LOCALTIMESTAMP) AS next,
+                   WHERE status = 'PENDING' AND NOT held AND "scheduledAt" > LOCALTIMESTAMP) AS next,
                   LOCALTIMESTAMP AS now"#,
     )
     .get_result(conn)
@@ -654,6 +663,23 @@ pub async fn notify(conn: &mut AsyncPgConnection, payload: &str) -> QueryResult<
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// Holds (or releases) the pending jobs of `module` other than its hooks:
+/// held jobs leave the dispatch index until their module is ENABLED again.
+pub async fn hold_jobs_of_module(
+    conn: &mut AsyncPgConnection,
+    module: &str,
+    held: bool,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        r#"UPDATE jobs SET held = $2
+           WHERE "moduleName" = $1 AND status = 'PENDING' AND hook IS NULL AND held <> $2"#,
+    )
+    .bind::<Text, _>(module)
+    .bind::<Bool, _>(held)
+    .execute(conn)
+    .await
 }
 
 /// A job cancelled because its module is being removed.

@@ -160,7 +160,10 @@ impl Leases {
         Ok(reports
             .iter()
             .map(|report| {
-                if settled.iter().any(|s| s.id == report.lease.job) {
+                let lease = &report.lease;
+                if settled.iter().any(|s| {
+                    s.id == lease.job && s.attempt == lease.attempt && s.stream == lease.stream
+                }) {
                     ReportOutcome {
                         accepted: true,
                         reason: String::new(),

@@ -204,9 +204,31 @@ impl Jobs {
         let batch = action == AuditAction::BatchCreateJobs;
         let prefix = |index: usize| request_prefix(batch, index);
         let jobs = db::transaction(&self.pool, "jobs.create", async |conn| {
+            // A repeated create returns the job its key names even if the
+            // module changed state since: the module is not asked again.
+            let keys: Vec<String> = specs
+                .iter()
+                .filter_map(|spec| spec.idempotency_key.clone())
+                .collect();
+            let held = if keys.is_empty() {
+                Vec::new()
+            } else {
+                rows::find_by_keys(conn, &keys).await?
+            };
             let mut new = Vec::with_capacity(specs.len());
             for (index, spec) in specs.iter().enumerate() {
+                let repeated = spec.idempotency_key.is_some()
+                    && held
+                        .iter()
+                        .any(|job| job.idempotency_key == spec.idempotency_key);
                 let defaults = match &spec.module_name {
+                    Some(_) if repeated => {
+                        ensure_may_execute(actor)?;
+                        ModuleDefaults {
+                            priority: spec.priority,
+                            max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                        }
+                    }
                     Some(module) => {
                         module_defaults(conn, actor, module, spec, &prefix(index)).await?
                     }
@@ -300,6 +322,9 @@ impl Jobs {
             let job = rows::find_for_update(conn, id)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
+            if job.module_name.is_some() {
+                ensure_may_execute(actor)?;
+            }
             if job.status.is_terminal() {
                 return Err(AppError::FailedPrecondition(format!(
                     "job {id} is {}: only PENDING or RUNNING jobs can be cancelled",
@@ -354,7 +379,15 @@ impl Jobs {
                 )));
             }
             if let Some(module) = &job.module_name {
-                ensure_module_enabled(conn, module, "id").await?;
+                ensure_may_execute(actor)?;
+                let gate = ensure_module_enabled(conn, module, "id").await?;
+                let manifest = Manifest::from_stored(gate.manifest);
+                if !manifest.jobs.is_empty() && manifest.job(&job.name).is_none() {
+                    return Err(AppError::FailedPrecondition(format!(
+                        "module {module} no longer declares job type '{}'",
+                        job.name
+                    )));
+                }
             }
             let requeued = rows::requeue(conn, id).await?;
             let mut changes = QueueChanges::default();
@@ -404,12 +437,7 @@ async fn module_defaults(
     spec: &JobSpec,
     prefix: &str,
 ) -> Result<ModuleDefaults, AppError> {
-    if !actor.caller.holds(modules::EXECUTE) {
-        return Err(AppError::PermissionDenied(format!(
-            "creating a job of a module needs {} as well as jobs:write",
-            modules::EXECUTE
-        )));
-    }
+    ensure_may_execute(actor)?;
     let gate = ensure_module_enabled(conn, module, &format!("{prefix}module_name")).await?;
     let manifest = Manifest::from_stored(gate.manifest);
     let declaration = if manifest.jobs.is_empty() {
@@ -432,6 +460,19 @@ async fn module_defaults(
             .or(declaration.and_then(|d| d.max_attempts))
             .unwrap_or(DEFAULT_MAX_ATTEMPTS),
     })
+}
+
+/// Jobs of a module run its code: creating, cancelling (which may undo a
+/// module's transition) and retrying them needs `modules:execute` as well
+/// as `jobs:write`.
+fn ensure_may_execute(actor: &Actor) -> Result<(), AppError> {
+    if actor.caller.holds(modules::EXECUTE) {
+        return Ok(());
+    }
+    Err(AppError::PermissionDenied(format!(
+        "jobs of a module run its code: this needs {} as well as jobs:write",
+        modules::EXECUTE
+    )))
 }
 
 /// The module's gate, refusing unless it is ENABLED.

@@ -108,6 +108,17 @@ pub(super) async fn cancel_jobs_of(
     Ok(cancelled.len())
 }
 
+/// Keeps the module's pending jobs out of dispatch while it is not ENABLED
+/// (and puts them back when it is). A deleted module's jobs were cancelled.
+pub(super) async fn hold_jobs_unless_enabled(
+    conn: &mut AsyncPgConnection,
+    module: &ModuleRow,
+) -> Result<(), AppError> {
+    job_rows::hold_jobs_of_module(conn, &module.name, module.status != ModuleStatus::Enabled)
+        .await?;
+    Ok(())
+}
+
 /// How a hook job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HookOutcome {
@@ -228,7 +239,11 @@ async fn settle_one(
                 }
             }
             announce.runnable_now = status == ModuleStatus::Enabled;
-            rows::compare_and_set(conn, module.id, module.status, &changes).await?
+            let after = rows::compare_and_set(conn, module.id, module.status, &changes).await?;
+            if let Some(after) = &after {
+                hold_jobs_unless_enabled(conn, after).await?;
+            }
+            after
         }
     };
     announce.announce(conn).await?;

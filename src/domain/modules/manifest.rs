@@ -192,6 +192,13 @@ impl Manifest {
         self.job(job)
     }
 
+    /// Whether `other` declares the same hooks (changing them changes what
+    /// code a transition runs, which needs `modules:execute`).
+    pub fn same_hooks(&self, other: &Manifest) -> bool {
+        (&self.install, &self.update, &self.remove)
+            == (&other.install, &other.update, &other.remove)
+    }
+
     /// The declaration of job type `name`.
     pub fn job(&self, name: &str) -> Option<&JobDeclaration> {
         self.jobs.iter().find(|j| j.name == name)

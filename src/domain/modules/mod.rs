@@ -125,7 +125,7 @@ impl Modules {
 
     /// One module by id or name.
     pub async fn get(&self, key: &str) -> Result<ModuleRow, AppError> {
-        let key = module_key(key)?;
+        let key = module_key("id", key)?;
         db::with_connection(&self.pool, "modules.get", async |conn| {
             rows::find(conn, &key).await?.ok_or_else(|| not_found(&key))
         })
@@ -159,7 +159,7 @@ impl Modules {
         key: &str,
         update: ModuleUpdate,
     ) -> Result<ModuleRow, AppError> {
-        let key = module_key(key)?;
+        let key = module_key("module.id", key)?;
         let display_name = update
             .display_name
             .map(|name| {
@@ -201,9 +201,18 @@ impl Modules {
                         .unwrap_or_default()
                 )));
             }
-            let manifest = new_manifest
-                .clone()
-                .unwrap_or_else(|| Manifest::from_stored(module.manifest.clone()));
+            let current = Manifest::from_stored(module.manifest.clone());
+            if let Some(manifest) = &new_manifest
+                && !manifest.same_hooks(&current)
+                && !actor.caller.holds(EXECUTE)
+            {
+                return Err(AppError::PermissionDenied(format!(
+                    "changing the hooks of module {} changes the code its transitions run: \
+                     this needs {EXECUTE} as well",
+                    module.name
+                )));
+            }
+            let manifest = new_manifest.clone().unwrap_or(current);
             if let Some(manifest) = &new_manifest {
                 changes.manifest = Some(manifest.raw.clone());
             }
@@ -266,7 +275,7 @@ impl Modules {
     /// Installs a REGISTERED module (INSTALLING while its install hook
     /// runs, else ENABLED at once) or re-enables a DISABLED one.
     pub async fn enable(&self, actor: &Actor, key: &str) -> Result<ModuleRow, AppError> {
-        let key = module_key(key)?;
+        let key = module_key("id", key)?;
         let module = db::transaction(&self.pool, "modules.enable", async |conn| {
             let module = lock(conn, &key).await?;
             let manifest = Manifest::from_stored(module.manifest.clone());
@@ -326,7 +335,7 @@ impl Modules {
     /// Suspends an ENABLED module: its pending jobs are held until it is
     /// enabled again.
     pub async fn disable(&self, actor: &Actor, key: &str) -> Result<ModuleRow, AppError> {
-        let key = module_key(key)?;
+        let key = module_key("id", key)?;
         db::transaction(&self.pool, "modules.disable", async |conn| {
             let module = lock(conn, &key).await?;
             transition(&module, Event::Disable)?;
@@ -348,7 +357,7 @@ impl Modules {
     /// Removes a module: cancels its jobs (telling the workers running
     /// them), then runs its remove hook (REMOVING) or deletes it at once.
     pub async fn delete(&self, actor: &Actor, key: &str) -> Result<Removal, AppError> {
-        let key = module_key(key)?;
+        let key = module_key("id", key)?;
         let removal = db::transaction(&self.pool, "modules.delete", async |conn| {
             let module = lock(conn, &key).await?;
             let manifest = Manifest::from_stored(module.manifest.clone());
@@ -407,14 +416,14 @@ impl Modules {
     }
 }
 
-/// A module key (`id` field): a UUID or a module name.
-fn module_key(key: &str) -> Result<String, AppError> {
+/// A module key (the request's `field`): a UUID or a module name.
+fn module_key(field: &str, key: &str) -> Result<String, AppError> {
     if key.parse::<Uuid>().is_ok() {
         return Ok(key.to_owned());
     }
-    validate::module_name("id", key).map_err(|_| {
+    validate::module_name(field, key).map_err(|_| {
         AppError::invalid(
-            "id",
+            field,
             "must be a module's id (a UUID) or its name (kebab-case)",
         )
     })
@@ -502,12 +511,13 @@ fn ensure_may_execute(actor: &Actor, module: &ModuleRow, kind: HookKind) -> Resu
 }
 
 /// Tells watchers of the module that it changed, and dispatch when its jobs
-/// became runnable.
+/// became runnable; holds its pending jobs unless it is ENABLED.
 async fn announce(
     conn: &mut AsyncPgConnection,
     module: &ModuleRow,
     jobs_runnable: bool,
 ) -> Result<(), AppError> {
+    hooks::hold_jobs_unless_enabled(conn, module).await?;
     QueueChanges {
         changed: vec![module.id],
         runnable_now: jobs_runnable,

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Logs in and prints the access token, for the other scripts:
+#   export TOKEN=$(LOGIN=admin PASSWORD=admin123 examples/grpcurl/login.sh)
+# Access tokens last 15 minutes; AuthService/Refresh trades the refresh token
+# (also in Login's answer) for a new pair.
+set -euo pipefail
+ADDR=${ADDR:-127.0.0.1:50051}
+GRPCURL=${GRPCURL:-grpcurl}
+: "${LOGIN:?set LOGIN (an email or a username)}" "${PASSWORD:?set PASSWORD}"
+
+# jq builds the request, so a password with quotes in it stays one string.
+jq -n --arg login "$LOGIN" --arg password "$PASSWORD" '{login: $login, password: $password}' |
+  "$GRPCURL" -plaintext -d @ "$ADDR" automation.v1.AuthService/Login |
+  jq -r .accessToken
