@@ -22,6 +22,7 @@ const PROTO_FILES: &[&str] = &[
     "automation/v1/modules.proto",
     "automation/v1/jobs.proto",
     "automation/v1/audit.proto",
+    "automation/v1/api_keys.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

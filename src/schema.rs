@@ -177,6 +177,27 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        #[sql_name = "userId"]
+        user_id -> Uuid,
+        name -> Varchar,
+        #[sql_name = "secretHash"]
+        secret_hash -> Bytea,
+        permissions -> Jsonb,
+        #[sql_name = "expiresAt"]
+        expires_at -> Nullable<Timestamp>,
+        #[sql_name = "revokedAt"]
+        revoked_at -> Nullable<Timestamp>,
+        #[sql_name = "createdBy"]
+        created_by -> Nullable<Uuid>,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(user_roles -> users (user_id));
 diesel::joinable!(user_roles -> roles (role_id));
 diesel::joinable!(sessions -> users (user_id));
@@ -219,4 +240,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_logs,
     session_spent_tokens,
     login_throttles,
+    api_keys,
 );

@@ -19,6 +19,7 @@ use crate::{
     dispatch::{DispatchParts, Dispatcher},
     domain::{
         Identity,
+        api_keys::ApiKeys,
         jobs::{JobSettings, Jobs, leases::Leases},
         modules::Modules,
     },
@@ -99,6 +100,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <pb::module_service_server::ModuleServiceServer<api::modules::ModuleApi> as NamedService>::NAME,
     <pb::job_service_server::JobServiceServer<api::jobs::JobApi> as NamedService>::NAME,
     <pb::audit_service_server::AuditServiceServer<api::audit::AuditApi> as NamedService>::NAME,
+    <pb::api_key_service_server::ApiKeyServiceServer<api::api_keys::ApiKeyApi> as NamedService>::NAME,
 ];
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight
@@ -196,6 +198,12 @@ pub async fn serve(
                 dispatcher.clone(),
             ))
             .max_decoding_message_size(options.max_message_bytes),
+        )
+        .add_service(
+            pb::api_key_service_server::ApiKeyServiceServer::new(api::api_keys::ApiKeyApi::new(
+                ApiKeys::new(state.pool.clone()),
+            ))
+            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
         )
         .add_service(
             pb::audit_service_server::AuditServiceServer::new(api::audit::AuditApi::new(

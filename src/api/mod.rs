@@ -5,6 +5,7 @@
 //! `tonic::Status`. Field bounds are checked before any of this, by the
 //! codec (`codec.rs`).
 
+pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod codec;

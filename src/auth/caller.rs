@@ -15,12 +15,21 @@ pub struct Caller {
     pub session_id: Uuid,
     /// Permissions of the caller's roles at the time of the call.
     pub permissions: Vec<String>,
+    /// For a call made with an API key: the key's scope, which the caller's
+    /// permissions are intersected with.
+    pub scope: Option<Vec<String>>,
+    /// For a call made with an API key: the key.
+    pub api_key: Option<Uuid>,
 }
 
 impl Caller {
     /// Whether the caller holds `permission`.
     pub fn holds(&self, permission: &str) -> bool {
         policy::grants(&self.permissions, permission)
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|scope| policy::grants(scope, permission))
     }
 
     /// The first of `wanted` the caller does not hold, if any.

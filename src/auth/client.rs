@@ -57,6 +57,8 @@ pub struct ClientInfo {
     /// The `user-agent` header (gRPC clients always send one), cut to 512
     /// characters.
     pub user_agent: String,
+    /// The API key the call was made with, if any (audit rows name it).
+    pub api_key: Option<uuid::Uuid>,
 }
 
 impl ClientInfo {
@@ -87,7 +89,11 @@ impl ClientInfo {
             .chars()
             .take(MAX_USER_AGENT_CHARS)
             .collect();
-        Self { ip, user_agent }
+        Self {
+            ip,
+            user_agent,
+            api_key: None,
+        }
     }
 
     /// The address as stored in sessions and audit rows.
@@ -325,6 +331,7 @@ mod tests {
         let info = |ip: &str| ClientInfo {
             ip: Some(ip.parse().unwrap()),
             user_agent: String::new(),
+            ..ClientInfo::default()
         };
         assert_eq!(
             info("2001:db8:1:2:aaaa::1").throttle_bucket(),

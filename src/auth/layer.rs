@@ -42,6 +42,15 @@ pub struct Authorizer {
 
 const PACKAGE_PREFIX: &str = "/automation.v1.";
 
+/// Self-service of a person's sessions and password: never with an API key
+/// (nor key management, which the key service refuses itself).
+const KEYLESS_METHODS: &[&str] = &[
+    "/automation.v1.AuthService/Logout",
+    "/automation.v1.AuthService/ChangePassword",
+    "/automation.v1.AuthService/ListSessions",
+    "/automation.v1.AuthService/RevokeSession",
+];
+
 impl Authorizer {
     /// Decides a call. `Ok(None)`: public, no caller.
     async fn authorize(&self, path: &str, headers: &HeaderMap) -> Result<Option<Caller>, AppError> {
@@ -57,8 +66,12 @@ impl Authorizer {
         if rule == AccessRule::Public {
             return Ok(None);
         }
-        let subject = self.sessions.verify_token(bearer_token(headers)?)?;
-        let caller = self.sessions.resolve_caller(subject).await?;
+        let caller = self.sessions.authenticate(bearer_token(headers)?).await?;
+        if caller.api_key.is_some() && KEYLESS_METHODS.contains(&path) {
+            return Err(AppError::PermissionDenied(
+                "an API key cannot end sessions or change a password: log in as the account".into(),
+            ));
+        }
         if let AccessRule::Permission(required) = rule
             && !caller.holds(required)
         {
@@ -175,10 +188,28 @@ where
             if !path.starts_with(PACKAGE_PREFIX) {
                 return inner.call(request).await;
             }
-            let client = ClientInfo::from_http(&request, &authorizer.trusted_proxies);
+            let mut client = ClientInfo::from_http(&request, &authorizer.trusted_proxies);
             match authorizer.authorize(&path, request.headers()).await {
                 Ok(caller) => {
                     if let Some(caller) = caller {
+                        if let Some(key) = caller.api_key {
+                            // Every row this call writes names the key, and
+                            // the key's use is on the trail: the first call
+                            // per window, then a count.
+                            client.api_key = Some(key);
+                            let event = AuditEvent::success(
+                                AuditAction::ApiKeyUsed,
+                                Some(caller.user_id),
+                                format!("api_keys/{key}"),
+                            )
+                            .with_details(
+                                serde_json::json!({ "method": path.trim_start_matches('/') }),
+                            );
+                            authorizer
+                                .audit
+                                .record_sampled(format!("api_key|{key}"), &client, &event)
+                                .await;
+                        }
                         request.extensions_mut().insert(caller);
                     }
                     request.extensions_mut().insert(client);

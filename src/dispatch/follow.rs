@@ -15,7 +15,6 @@ use uuid::Uuid;
 use super::{Shared, watch::Subscription};
 use crate::{
     api::{jobs::job_message, modules::module_message},
-    auth::tokens::TokenSubject,
     domain::{Actor, modules::lifecycle},
     error::AppError,
     proto::automation_v1 as pb,
@@ -185,11 +184,7 @@ async fn follow<T: Followed>(
 }
 
 async fn recheck_caller(shared: &Shared, actor: &Actor, permission: &str) -> Result<(), Status> {
-    let subject = TokenSubject {
-        user_id: actor.caller.user_id,
-        session_id: actor.caller.session_id,
-    };
-    match shared.sessions.resolve_caller(subject).await {
+    match shared.sessions.recheck(&actor.caller).await {
         Ok(caller) if caller.holds(permission) => Ok(()),
         Ok(_) => Err(AppError::PermissionDenied(format!(
             "the caller no longer holds {permission}"

@@ -29,7 +29,6 @@ use crate::{
         json::{struct_to_json, value_to_json},
         timestamp,
     },
-    auth::tokens::TokenSubject,
     domain::{
         Actor,
         audit::{AuditAction, AuditEvent},
@@ -604,11 +603,7 @@ impl Session<'_> {
     /// meanwhile; the session is what counts.
     async fn recheck_caller(&mut self) -> Result<(), Status> {
         let caller = &self.registration.actor.caller;
-        let subject = TokenSubject {
-            user_id: caller.user_id,
-            session_id: caller.session_id,
-        };
-        let refusal = match self.shared.sessions.resolve_caller(subject).await {
+        let refusal = match self.shared.sessions.recheck(caller).await {
             Ok(current) if current.holds("jobs:execute") => return Ok(()),
             Ok(_) => AppError::PermissionDenied("the caller no longer holds jobs:execute".into()),
             Err(error @ AppError::Unauthenticated(_)) => error,

@@ -95,6 +95,13 @@ pub enum AuditAction {
     ModuleHookSucceeded,
     /// A module's hook job failed for good: its transition was undone.
     ModuleHookFailed,
+    /// An API key created.
+    CreateApiKey,
+    /// An API key revoked.
+    RevokeApiKey,
+    /// Calls made with an API key (sampled: the first per window, then a
+    /// count).
+    ApiKeyUsed,
 }
 
 impl AuditAction {
@@ -130,6 +137,9 @@ impl AuditAction {
             Self::DeleteModule => "modules.delete",
             Self::ModuleHookSucceeded => "modules.hook_succeeded",
             Self::ModuleHookFailed => "modules.hook_failed",
+            Self::CreateApiKey => "api_keys.create",
+            Self::RevokeApiKey => "api_keys.revoke",
+            Self::ApiKeyUsed => "api_keys.use",
         }
     }
 }
@@ -191,7 +201,14 @@ impl AuditEvent {
             action: self.action.as_str().to_owned(),
             resource: self.resource.clone(),
             outcome: if self.success { "success" } else { "failure" }.to_owned(),
-            details: self.details.clone(),
+            details: match (client.api_key, &self.details) {
+                (Some(key), serde_json::Value::Object(details)) => {
+                    let mut details = details.clone();
+                    details.insert("api_key".into(), json!(key));
+                    serde_json::Value::Object(details)
+                }
+                _ => self.details.clone(),
+            },
             ip_address: client.ip_text(),
             user_agent: client.user_agent.clone(),
             created_at: store::now(),

@@ -70,6 +70,8 @@ mod tests {
 
     fn caller(permissions: &[&str]) -> Caller {
         Caller {
+            scope: None,
+            api_key: None,
             user_id: Uuid::now_v7(),
             session_id: Uuid::now_v7(),
             permissions: permissions.iter().map(|p| p.to_string()).collect(),

@@ -5,6 +5,7 @@
 //! directly.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod audit;
 pub mod authority;
 pub mod jobs;

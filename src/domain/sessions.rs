@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::{
     Actor,
     accounts::{Account, account_of},
+    api_keys,
     audit::{AuditAction, AuditEvent, AuditTrail, session_resource},
     throttle::{AttemptKeys, AttemptOutcome, AttemptSubject, LoginThrottle, login_fingerprint},
 };
@@ -475,7 +476,36 @@ impl Sessions {
             user_id: subject.user_id,
             session_id: subject.session_id,
             permissions,
+            scope: None,
+            api_key: None,
         })
+    }
+
+    /// The caller of a bearer credential: an access token (its session
+    /// checked in the database) or an API key (checked likewise).
+    pub async fn authenticate(&self, bearer: &str) -> Result<Caller, AppError> {
+        if api_keys::is_api_key(bearer) {
+            return api_keys::authenticate(&self.pool, bearer).await;
+        }
+        let subject = self.verify_token(bearer)?;
+        self.resolve_caller(subject).await
+    }
+
+    /// The caller of an open stream, now: its session (or key) still live
+    /// and its permissions as they are now.
+    pub async fn recheck(&self, caller: &Caller) -> Result<Caller, AppError> {
+        match caller.api_key {
+            Some(key) => api_keys::recheck(&self.pool, key).await?.ok_or_else(|| {
+                AppError::Unauthenticated("the API key was revoked or expired".into())
+            }),
+            None => {
+                self.resolve_caller(TokenSubject {
+                    user_id: caller.user_id,
+                    session_id: caller.session_id,
+                })
+                .await
+            }
+        }
     }
 
     /// Verifies an access token's signature and claims (no database).

@@ -628,6 +628,7 @@ mod tests {
             &ClientInfo {
                 ip: Some("198.51.100.1".parse().unwrap()),
                 user_agent: String::new(),
+                ..ClientInfo::default()
             },
         );
         assert!(!keys.account.to_lowercase().contains("hunter2"));

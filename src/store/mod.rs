@@ -2,6 +2,7 @@
 //! that callers can compose them inside one transaction; they return
 //! `diesel::QueryResult`, and the error mapping happens once, in `error.rs`.
 
+pub mod api_keys;
 pub mod audit;
 pub mod jobs;
 pub mod models;

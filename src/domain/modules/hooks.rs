@@ -272,6 +272,7 @@ async fn settle_one(
     let client = ClientInfo {
         ip: None,
         user_agent: "hook job settlement".into(),
+        api_key: None,
     };
     AuditTrail::record(conn, &client, &event).await
 }

@@ -1,0 +1,335 @@
+//! API keys over real gRPC: a key acts with its scope intersected with its
+//! owner's roles now; revocation and expiry apply on the next call and on
+//! an open Work stream; a key cannot manage keys, sessions or passwords;
+//! keys of other accounts follow the rule for acting on accounts.
+
+mod common;
+
+use std::time::Duration;
+
+use automation_control_plane::{domain::jobs::JobSettings, proto::automation_v1 as pb};
+use common::{
+    AuthServiceClient, JobServiceClient, RoleServiceClient, TestApp, TestOptions,
+    UserServiceClient, account, authed, mask, new_job,
+    worker::{TestWorker, hello},
+};
+use serde_json::json;
+use tonic::{Code, Status, transport::Channel};
+
+type Keys = pb::api_key_service_client::ApiKeyServiceClient<Channel>;
+
+async fn keys(app: &TestApp) -> Keys {
+    Keys::new(app.channel().await)
+}
+
+async fn create_key(
+    app: &TestApp,
+    token: &str,
+    user_id: &str,
+    permissions: &[&str],
+) -> Result<pb::CreateApiKeyResponse, Status> {
+    keys(app)
+        .await
+        .create_api_key(authed(
+            token,
+            pb::CreateApiKeyRequest {
+                user_id: user_id.into(),
+                name: "backup worker".into(),
+                permissions: permissions.iter().map(|p| p.to_string()).collect(),
+                expire_time: None,
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn create_job(app: &TestApp, key: &str) -> Result<pb::Job, Status> {
+    JobServiceClient::new(app.channel().await)
+        .create_job(authed(key, new_job("backup.run", json!({}))))
+        .await
+        .map(|r| r.into_inner().job.unwrap())
+}
+
+async fn list_users(app: &TestApp, key: &str) -> Result<(), Status> {
+    UserServiceClient::new(app.channel().await)
+        .list_users(authed(key, pb::ListUsersRequest::default()))
+        .await
+        .map(drop)
+}
+
+async fn sql(app: &TestApp, statement: &str) {
+    use diesel_async::SimpleAsyncConnection as _;
+    let mut conn = app.pool.get().await.unwrap();
+    conn.batch_execute(statement).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_acts_with_its_scope_within_its_owners_roles() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (bot_id, bot) = account(&app, "bot", &["jobs:read", "jobs:write", "users:read"]).await;
+
+    // Never more than the caller holds.
+    let status = create_key(&app, &bot, "", &["jobs:write", "users:write"])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = create_key(&app, &bot, "", &[]).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("permissions:"), "{status:?}");
+
+    let created = create_key(&app, &bot, "", &["jobs:read", "jobs:write"])
+        .await
+        .unwrap();
+    let key = created.secret;
+    assert!(key.starts_with("acp_"), "{key}");
+    let listed = keys(&app)
+        .await
+        .list_api_keys(authed(&bot, pb::ListApiKeysRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].user_id, bot_id);
+    assert!(!format!("{listed:?}").contains(key.rsplit('_').next().unwrap()));
+
+    // Within scope: works. Outside it (though the owner holds it): refused.
+    let job = create_job(&app, &key).await.unwrap();
+    assert_eq!(job.creator, bot_id);
+    assert_eq!(
+        list_users(&app, &key).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // The owner losing a permission takes it from the key at once.
+    let role_id = RoleServiceClient::new(app.channel().await)
+        .get_role(authed(
+            &admin,
+            pb::GetRoleRequest {
+                id: "bot-role".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .role
+        .unwrap()
+        .id;
+    RoleServiceClient::new(app.channel().await)
+        .update_role(authed(
+            &admin,
+            pb::UpdateRoleRequest {
+                role: Some(pb::Role {
+                    id: role_id,
+                    permissions: vec!["jobs:read".into(), "users:read".into()],
+                    ..Default::default()
+                }),
+                update_mask: mask(&["permissions"]),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        create_job(&app, &key).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // A key is audited: its use (sampled) and in the rows its calls write.
+    assert_eq!(
+        common::audit_count(&app, "api_keys.create", "success").await,
+        1
+    );
+    assert!(common::audit_count(&app, "api_keys.use", "success").await >= 1);
+    let tagged = {
+        use automation_control_plane::schema::audit_logs::dsl::*;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = app.pool.get().await.unwrap();
+        audit_logs
+            .filter(action.eq("jobs.create"))
+            .select(details)
+            .first::<serde_json::Value>(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(tagged["api_key"], json!(created.api_key.unwrap().id));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn revoked_and_expired_keys_stop_at_the_next_call() {
+    let app = TestApp::spawn().await;
+    let (_, bot) = account(&app, "bot", &["jobs:write"]).await;
+    let first = create_key(&app, &bot, "", &["jobs:write"]).await.unwrap();
+    let second = create_key(&app, &bot, "", &["jobs:write"]).await.unwrap();
+    create_job(&app, &first.secret).await.unwrap();
+    let revoked = keys(&app)
+        .await
+        .revoke_api_key(authed(
+            &bot,
+            pb::RevokeApiKeyRequest {
+                id: first.api_key.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key
+        .unwrap();
+    assert!(revoked.revoke_time.is_some());
+    assert_eq!(
+        create_job(&app, &first.secret).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    sql(
+        &app,
+        &format!(
+            r#"UPDATE api_keys SET "expiresAt" = now() - interval '1 second' WHERE id = '{}'"#,
+            second.api_key.unwrap().id
+        ),
+    )
+    .await;
+    assert_eq!(
+        create_job(&app, &second.secret).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    // A forged secret for a live key's id is refused like any bad key.
+    let third = create_key(&app, &bot, "", &["jobs:write"]).await.unwrap();
+    let forged = format!(
+        "{}_{}",
+        third.secret.rsplit_once('_').unwrap().0,
+        "A".repeat(43)
+    );
+    assert_eq!(
+        create_job(&app, &forged).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_cannot_manage_keys_sessions_or_passwords() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let key = create_key(&app, &admin, "", &["*:*"]).await.unwrap().secret;
+    let me = AuthServiceClient::new(app.channel().await)
+        .get_current_user(authed(&key, pb::GetCurrentUserRequest {}))
+        .await
+        .unwrap();
+    assert_eq!(me.into_inner().user.unwrap().username, "admin");
+    let mut auth = AuthServiceClient::new(app.channel().await);
+    let refusals = [
+        auth.logout(authed(&key, pb::LogoutRequest {}))
+            .await
+            .map(drop),
+        auth.list_sessions(authed(&key, pb::ListSessionsRequest {}))
+            .await
+            .map(drop),
+        auth.change_password(authed(
+            &key,
+            pb::ChangePasswordRequest {
+                current_password: common::ADMIN_PASSWORD.into(),
+                new_password: "another-password-1".into(),
+            },
+        ))
+        .await
+        .map(drop),
+        create_key(&app, &key, "", &["jobs:read"]).await.map(drop),
+        keys(&app)
+            .await
+            .list_api_keys(authed(&key, pb::ListApiKeysRequest::default()))
+            .await
+            .map(drop),
+    ];
+    for refusal in refusals {
+        assert_eq!(refusal.unwrap_err().code(), Code::PermissionDenied);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn keys_of_other_accounts_need_every_permission_they_hold() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let admin_id = app.current_user(&admin).await.id;
+    let (helpdesk_id, helpdesk) = account(&app, "helpdesk", &["users:read", "users:write"]).await;
+    let (bot_id, _) = account(&app, "bot", &["users:read"]).await;
+    // The helpdesk cannot mint a key for the admin (a takeover)…
+    let status = create_key(&app, &helpdesk, &admin_id, &["users:read"])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // …but can for an account it covers; and the admin for anyone.
+    create_key(&app, &helpdesk, &bot_id, &["users:read"])
+        .await
+        .unwrap();
+    let for_helpdesk = create_key(&app, &admin, &helpdesk_id, &["users:read"])
+        .await
+        .unwrap();
+    // Nor can it revoke or list the admin's keys.
+    let admins_key = create_key(&app, &admin, "", &["users:read"]).await.unwrap();
+    let status = keys(&app)
+        .await
+        .revoke_api_key(authed(
+            &helpdesk,
+            pb::RevokeApiKeyRequest {
+                id: admins_key.api_key.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = keys(&app)
+        .await
+        .list_api_keys(authed(
+            &helpdesk,
+            pb::ListApiKeysRequest {
+                user_id: admin_id,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // The owner sees the key the admin made for it.
+    let own = keys(&app)
+        .await
+        .list_api_keys(authed(&helpdesk, pb::ListApiKeysRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
+    assert_eq!(own[0].id, for_helpdesk.api_key.unwrap().id);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_a_key_ends_its_work_stream_within_a_heartbeat() {
+    let app = TestApp::spawn_with(TestOptions {
+        jobs: JobSettings {
+            lease: Duration::from_secs(3),
+            ..TestOptions::default().jobs
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let (_, bot) = account(&app, "worker-bot", &["jobs:execute"]).await;
+    let created = create_key(&app, &bot, "", &["jobs:execute"]).await.unwrap();
+    let mut worker = TestWorker::connect(app.channel().await, &created.secret, hello(1))
+        .await
+        .expect("a key opens a Work stream");
+    keys(&app)
+        .await
+        .revoke_api_key(authed(
+            &bot,
+            pb::RevokeApiKeyRequest {
+                id: created.api_key.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), worker.end())
+        .await
+        .expect("the stream ends within a heartbeat interval");
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    app.stop().await;
+}
