@@ -95,6 +95,23 @@ async fn the_grpcurl_examples_work_as_written() {
         3
     );
 
+    // An API key works wherever a token does, within its scope.
+    let key = run(
+        "api-key.sh",
+        &["example key", "jobs:read", "jobs:write", "audit:read"],
+        &with_token,
+    )
+    .await
+    .trim()
+    .to_owned();
+    assert!(key.starts_with("acp_"), "{key}");
+    let with_key = [&base[..], &[("TOKEN", key.as_str())]].concat();
+    assert!(
+        run("audit.sh", &["api_keys.create"], &with_key)
+            .await
+            .contains("api_keys.create success")
+    );
+
     let lifecycle = run("module-lifecycle.sh", &[], &with_token).await;
     for line in [
         "registered: backup-runner MODULE_STATUS_REGISTERED",

@@ -219,6 +219,7 @@ fn check_answers(answers: &[Answer], own: &str) {
         panic!("expected services, got {services:?}");
     };
     let mut expected: BTreeSet<String> = [
+        "automation.v1.ApiKeyService",
         "automation.v1.AuditService",
         "automation.v1.AuthService",
         "automation.v1.JobService",

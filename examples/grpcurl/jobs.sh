@@ -34,10 +34,13 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 ATTEMPT=$(jq -r 'select(.assignment) | .assignment.attempt' "$work/out" | head -1)
+[ -n "$ATTEMPT" ] || { echo "no assignment reached the worker:" >&2; cat "$work/out" >&2; exit 1; }
 echo '{"completion": {"lease": {"jobId": "'"$JOB"'", "attempt": '"$ATTEMPT"'}, "result": {"pages": 3}}}' >&3
 
-# WatchJob: the job now, then each change; it ends when the job is finished.
-call JobService/WatchJob '{"id": "'"$JOB"'"}' | jq -r '"watch: \(.job.status)"' | tail -1
+# WatchJob: the job now, then each change; it ends when the job is finished
+# (-max-time bounds the wait, in seconds).
+"$GRPCURL" -plaintext -max-time 60 "${auth[@]}" -d '{"id": "'"$JOB"'"}' "$ADDR" \
+  automation.v1.JobService/WatchJob | jq -r '"watch: \(.job.status)"' | tail -1
 
 call JobService/ListJobs '{"status": "JOB_STATUS_PENDING", "name": "thumbnail.make"}' |
   jq -r '"pending thumbnails: \(.jobs | length)"'

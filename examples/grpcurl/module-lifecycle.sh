@@ -38,8 +38,10 @@ done
 echo "worker: running hook job $HOOK"
 echo '{"completion": {"lease": {"jobId": "'"$HOOK"'", "attempt": 1}, "result": {"installed": true}}}' >&3
 
-# WatchModule ends once the module is out of its transition.
-call ModuleService/WatchModule '{"id": "'"$MODULE"'"}' | jq -r '"watch: \(.module.status)"' | tail -1
+# WatchModule ends once the module is out of its transition (-max-time
+# bounds the wait, in seconds).
+"$GRPCURL" -plaintext -max-time 60 "${auth[@]}" -d '{"id": "'"$MODULE"'"}' "$ADDR" \
+  automation.v1.ModuleService/WatchModule | jq -r '"watch: \(.module.status)"' | tail -1
 
 call ModuleService/DisableModule '{"id": "'"$MODULE"'"}' | jq -r '"disabled: \(.module.status)"'
 call ModuleService/DeleteModule '{"id": "'"$MODULE"'"}' | jq -r '"deleted: \(.deleted)"'
