@@ -129,6 +129,9 @@ pub async fn serve(
     let reflection = Reflection::new(&[
         proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
+        // So that grpcurl (and any reflection client) can decode the
+        // google.rpc error details every error carries.
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
     ])
     .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
 

@@ -28,7 +28,8 @@ mkfifo "$work/in"
 exec 3<>"$work/in"
 "$GRPCURL" -plaintext "${auth[@]}" -d @ "$ADDR" automation.v1.JobService/Work <&3 >"$work/out" &
 worker=$!
-echo '{"hello": {"workerId": "grpcurl-example", "maxConcurrency": 1}}' >&3
+# It takes only this module's jobs, so other work in the queue is left alone.
+echo '{"hello": {"workerId": "grpcurl-example", "moduleNames": ["'"$MODULE"'"], "maxConcurrency": 1}}' >&3
 for _ in $(seq 50); do
   HOOK=$(jq -r 'select(.assignment) | .assignment.job.id' "$work/out" 2>/dev/null | head -1)
   [ -n "$HOOK" ] && break
