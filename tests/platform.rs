@@ -479,6 +479,7 @@ async fn reflection_lists_every_service() {
     assert_eq!(
         names,
         set(&[
+            "automation.v1.ApiKeyService",
             "automation.v1.AuditService",
             "automation.v1.AuthService",
             "automation.v1.JobService",

@@ -1,0 +1,56 @@
+//! A worker built with the SDK: runs `example.echo` and `example.sleep` jobs
+//! until Ctrl-C, then finishes what it holds and exits.
+//!
+//! ```sh
+//! API_KEY=acp_… cargo run --example worker
+//! # elsewhere:
+//! grpcurl -plaintext -H "authorization: Bearer $TOKEN" \
+//!   -d '{"name":"example.sleep","payload":{"seconds":2}}' \
+//!   127.0.0.1:50051 automation.v1.JobService/CreateJob
+//! ```
+//!
+//! `CONTROL_PLANE_URL` (default `http://127.0.0.1:50051`) names the server;
+//! `API_KEY` is a key holding `jobs:execute` (ApiKeyService/CreateApiKey).
+
+use std::time::Duration;
+
+use automation_control_plane::worker::{JobError, Worker};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let url =
+        std::env::var("CONTROL_PLANE_URL").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+    let key = std::env::var("API_KEY").map_err(|_| "set API_KEY to a key holding jobs:execute")?;
+    let worker = Worker::builder(url, key)
+        .worker_id("example-worker")
+        .concurrency(4)
+        .handle("example.echo", |job| async move { Ok(job.payload) })
+        .handle("example.sleep", |job| async move {
+            let seconds = job.payload["seconds"].as_f64().unwrap_or(1.0);
+            if !(0.0..=3600.0).contains(&seconds) {
+                return Err(JobError::permanent("seconds must be within 0..3600")
+                    .with_details(json!({ "seconds": seconds })));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(seconds)) => {
+                    Ok(json!({ "slept": seconds, "attempt": job.attempt }))
+                }
+                // Cancelled (CancelJob, lease lost, module removed): stop.
+                () = job.cancelled() => Err(JobError::retry("cancelled")),
+            }
+        })
+        .build();
+    worker
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("Ctrl-C: finishing held jobs");
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! A worker SDK: run jobs of this control plane from Rust with a handful of
+//! lines. It holds one `Work` stream, says hello with the job types it has
+//! handlers for, runs up to `concurrency` jobs at once, heartbeats for them,
+//! reports each result exactly once, tells a handler when its job is
+//! cancelled (a token it can await), reconnects with exponential backoff and
+//! jitter when the stream or the server goes away, and drains on shutdown:
+//! it takes nothing new and finishes what it holds.
+//!
+//! ```no_run
+//! use automation_control_plane::worker::{JobError, Worker};
+//!
+//! # async fn run() -> Result<(), automation_control_plane::worker::WorkerError> {
+//! let worker = Worker::builder("http://127.0.0.1:50051", std::env::var("API_KEY").unwrap())
+//!     .concurrency(8)
+//!     .handle("backup.run", |job| async move {
+//!         let target = job.payload["target"].as_str().unwrap_or("db").to_owned();
+//!         tokio::select! {
+//!             () = job.cancelled() => Err(JobError::permanent("cancelled")),
+//!             () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+//!                 Ok(serde_json::json!({ "backed_up": target }))
+//!             }
+//!         }
+//!     })
+//!     .build();
+//! worker.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
+
+mod session;
+
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What a handler returns for a job it could not do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobError {
+    /// For people.
+    pub message: String,
+    /// Free-form details (a JSON object), kept with the job's error.
+    pub details: serde_json::Value,
+    /// Fail at once rather than retry.
+    pub permanent: bool,
+}
+
+impl JobError {
+    /// A failure the queue retries (with backoff) while attempts remain.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            details: serde_json::json!({}),
+            permanent: false,
+        }
+    }
+
+    /// A failure that fails the job for good.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            permanent: true,
+            ..Self::retry(message)
+        }
+    }
+
+    /// The same error with details.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// One job, as its handler sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's id.
+    pub id: Uuid,
+    /// Its type.
+    pub name: String,
+    /// Which attempt this is (1 for the first).
+    pub attempt: i32,
+    /// Its module, if any.
+    pub module: Option<String>,
+    /// Its input.
+    pub payload: serde_json::Value,
+    cancel: CancellationToken,
+}
+
+impl Job {
+    /// Completes when the job is cancelled (by a caller, because the lease
+    /// was lost, or because its module is removed): stop, and return; the
+    /// result of a cancelled job is not reported.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether the job was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// The result of a handler.
+pub type JobResult = Result<serde_json::Value, JobError>;
+
+type BoxedHandler =
+    Arc<dyn Fn(Job) -> Pin<Box<dyn Future<Output = JobResult> + Send>> + Send + Sync>;
+
+/// Why [`Worker::run`] stopped other than by its shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The endpoint is not a valid URI.
+    #[error("invalid endpoint: {0}")]
+    Endpoint(String),
+    /// The credential is refused (revoked, expired, lacking
+    /// `jobs:execute`): reconnecting would not help.
+    #[error("the server refused the worker's credential: {0}")]
+    Refused(tonic::Status),
+}
+
+/// How reconnection waits: `base · 2^n`, at most `cap`, with ±50 % jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    fn delay(&self, failures: u32) -> Duration {
+        let exponential = self
+            .base
+            .saturating_mul(2u32.saturating_pow(failures.min(16)))
+            .min(self.cap);
+        exponential.mul_f64(0.5 + rand::random::<f64>())
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    endpoint: String,
+    credential: String,
+    worker_id: String,
+    concurrency: i32,
+    backoff: Backoff,
+    handlers: HashMap<String, BoxedHandler>,
+}
+
+impl WorkerBuilder {
+    /// The name the server shows for this worker (default: host name and
+    /// process id).
+    pub fn worker_id(mut self, worker_id: impl Into<String>) -> Self {
+        self.worker_id = worker_id.into();
+        self
+    }
+
+    /// Jobs run at once (default 1).
+    pub fn concurrency(mut self, concurrency: i32) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// How reconnection waits.
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Runs jobs of type `name` with `handler`.
+    pub fn handle<F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = JobResult> + Send + 'static,
+    {
+        let handler: BoxedHandler = Arc::new(move |job| Box::pin(handler(job)));
+        self.handlers.insert(name.into(), handler);
+        self
+    }
+
+    /// The worker.
+    pub fn build(self) -> Worker {
+        Worker {
+            endpoint: self.endpoint,
+            credential: self.credential,
+            worker_id: self.worker_id,
+            concurrency: self.concurrency,
+            backoff: self.backoff,
+            handlers: Arc::new(self.handlers),
+        }
+    }
+}
+
+/// A worker; [`Worker::run`] runs it.
+pub struct Worker {
+    endpoint: String,
+    credential: String,
+    worker_id: String,
+    concurrency: i32,
+    backoff: Backoff,
+    handlers: Arc<HashMap<String, BoxedHandler>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("endpoint", &self.endpoint)
+            .field("worker_id", &self.worker_id)
+            .field("concurrency", &self.concurrency)
+            .field("job_types", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker of the server at `endpoint` (`http://host:port`) with
+    /// `credential`: an API key (`acp_…`) holding `jobs:execute`, or an
+    /// access token.
+    pub fn builder(endpoint: impl Into<String>, credential: impl Into<String>) -> WorkerBuilder {
+        WorkerBuilder {
+            endpoint: endpoint.into(),
+            credential: credential.into(),
+            worker_id: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+                std::process::id()
+            ),
+            concurrency: 1,
+            backoff: Backoff::default(),
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` completes (then drains: takes nothing new,
+    /// finishes the jobs it holds, and returns) or the credential is
+    /// refused. Lost connections and draining servers are reconnected to.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| WorkerError::Endpoint(e.to_string()))?
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let run = async {
+            let mut failures = 0u32;
+            loop {
+                let outcome = match endpoint.connect().await {
+                    Ok(channel) => session::run(&self, channel, &stop).await,
+                    Err(error) => {
+                        session::Outcome::Lost(tonic::Status::unavailable(error.to_string()))
+                    }
+                };
+                match outcome {
+                    session::Outcome::Stopped => return Ok(()),
+                    session::Outcome::Refused(status) => return Err(WorkerError::Refused(status)),
+                    session::Outcome::Lost(status) => {
+                        if stop.is_cancelled() {
+                            return Ok(());
+                        }
+                        let delay = self.backoff.delay(failures);
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(%status, ?delay, "work stream lost; reconnecting");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = stop.cancelled() => return Ok(()),
+                        }
+                    }
+                    session::Outcome::Served => failures = 0,
+                }
+            }
+        };
+        let mut run = std::pin::pin!(run);
+        tokio::select! {
+            result = &mut run => result,
+            () = &mut shutdown => {
+                stopper.cancel();
+                run.await
+            }
+        }
+    }
+}

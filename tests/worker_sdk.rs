@@ -1,0 +1,158 @@
+//! The Rust worker SDK against a live server, with an API key: results and
+//! failures reported once, cancellation reaching the handler, a revoked key
+//! stopping the worker, and a drain on shutdown that finishes held jobs.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use automation_control_plane::{
+    proto::automation_v1 as pb,
+    worker::{JobError, Worker, WorkerError},
+};
+use common::{JobServiceClient, TestApp, authed, new_job};
+use serde_json::json;
+use tokio::sync::{Notify, oneshot};
+use tonic::Code;
+
+async fn api_key(app: &TestApp, permissions: &[&str]) -> (String, String) {
+    let created = pb::api_key_service_client::ApiKeyServiceClient::new(app.channel().await)
+        .create_api_key(authed(
+            &app.admin_token().await,
+            pb::CreateApiKeyRequest {
+                name: "sdk test".into(),
+                permissions: permissions.iter().map(|p| p.to_string()).collect(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (created.api_key.unwrap().id, created.secret)
+}
+
+async fn wait_for(app: &TestApp, token: &str, id: &str, status: pb::JobStatus) -> pb::Job {
+    let mut last = None;
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let job = app.job(token, id).await;
+            if job.status() == status {
+                return job;
+            }
+            last = Some(job);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("job {id} never became {status:?}: {last:?}"))
+}
+
+#[tokio::test]
+async fn the_sdk_runs_reports_cancels_and_drains() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let (_, key) = api_key(&app, &["jobs:execute"]).await;
+    let cancelled_seen = Arc::new(Notify::new());
+    let seen = cancelled_seen.clone();
+    let release_slow = Arc::new(Notify::new());
+    let release = release_slow.clone();
+    let worker = Worker::builder(format!("http://{}", app.addr), key)
+        .concurrency(4)
+        .handle("sdk.double", |job| async move {
+            Ok(json!({ "doubled": job.payload["n"].as_i64().unwrap_or(0) * 2 }))
+        })
+        .handle("sdk.broken", |_| async move {
+            Err(JobError::permanent("no such file").with_details(json!({ "path": "/x" })))
+        })
+        .handle("sdk.endless", move |job| {
+            let seen = seen.clone();
+            async move {
+                job.cancelled().await;
+                seen.notify_one();
+                Ok(json!({}))
+            }
+        })
+        .handle("sdk.slow", move |_| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok(json!({ "finished": true }))
+            }
+        })
+        .build();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+
+    let doubled = app
+        .create_job(&token, new_job("sdk.double", json!({ "n": 21 })))
+        .await;
+    let done = wait_for(&app, &token, &doubled.id, pb::JobStatus::Completed).await;
+    assert_eq!(
+        done.result,
+        Some(common::worker::json_value(json!({ "doubled": 42 })))
+    );
+    let broken = app
+        .create_job(&token, new_job("sdk.broken", json!({})))
+        .await;
+    let failed = wait_for(&app, &token, &broken.id, pb::JobStatus::Failed).await;
+    assert_eq!(failed.attempts, 1, "a permanent failure is not retried");
+    assert!(format!("{:?}", failed.error).contains("no such file"));
+
+    let endless = app
+        .create_job(&token, new_job("sdk.endless", json!({})))
+        .await;
+    wait_for(&app, &token, &endless.id, pb::JobStatus::Running).await;
+    JobServiceClient::new(app.channel().await)
+        .cancel_job(authed(&token, pb::CancelJobRequest { id: endless.id }))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), cancelled_seen.notified())
+        .await
+        .expect("the handler hears the cancellation");
+
+    // Shutdown drains: the held job finishes and is reported first.
+    let slow = app.create_job(&token, new_job("sdk.slow", json!({}))).await;
+    wait_for(&app, &token, &slow.id, pb::JobStatus::Running).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!running.is_finished(), "the worker waits for its held job");
+    release_slow.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the worker stops once drained")
+        .unwrap()
+        .unwrap();
+    wait_for(&app, &token, &slow.id, pb::JobStatus::Completed).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_key_stops_the_worker_and_a_missing_server_is_retried() {
+    let app = TestApp::spawn().await;
+    let (_, key) = api_key(&app, &["jobs:read"]).await;
+    let worker = Worker::builder(format!("http://{}", app.addr), key)
+        .handle("sdk.any", |_| async move { Ok(json!({})) })
+        .build();
+    let result = tokio::time::timeout(Duration::from_secs(10), worker.run(std::future::pending()))
+        .await
+        .expect("a refused credential ends the run");
+    match result {
+        Err(WorkerError::Refused(status)) => assert_eq!(status.code(), Code::PermissionDenied),
+        other => panic!("{other:?}"),
+    }
+    // Nobody listens there: the worker keeps retrying until told to stop.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let worker = Worker::builder(format!("http://{addr}"), "acp_x")
+        .handle("sdk.any", |_| async move { Ok(json!({})) })
+        .build();
+    let stop = tokio::time::sleep(Duration::from_millis(700));
+    let result = tokio::time::timeout(Duration::from_secs(10), worker.run(stop))
+        .await
+        .expect("shutdown ends the retries");
+    assert!(result.is_ok(), "{result:?}");
+    app.stop().await;
+}
