@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use automation_control_plane::seed::ADMIN_EMAIL;
+use automation_control_plane::{proto::automation_v1 as pb, seed::ADMIN_EMAIL};
 use common::{ADMIN_PASSWORD, TestApp};
 
 /// grpcurl: `$GRPCURL`, the one `.ci/run` installs, or one on the PATH.
@@ -135,5 +135,109 @@ async fn the_grpcurl_examples_work_as_written() {
     let audit = run("audit.sh", &["modules.enable"], &with_token).await;
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(audit.contains("modules.enable success modules/"), "{audit}");
+    app.stop().await;
+}
+
+/// A Python interpreter with grpcio, grpcio-tools and grpcio-status:
+/// `$PYTHON`, or the one `.ci/run` installs them into.
+fn python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("PYTHON").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/tools/venv/bin/python")),
+    ];
+    candidates.into_iter().flatten().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import grpc, grpc_tools, grpc_status"])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    })
+}
+
+/// The Python client and worker of `examples/python/`, from stubs generated
+/// here: the worker completes the job the client enqueued and watches, and
+/// the client reads the reason and field violations of an INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_client_and_worker_work_as_written() {
+    let Some(python) = python() else {
+        assert!(
+            std::env::var_os("REQUIRE_EXAMPLES").is_none(),
+            "REQUIRE_EXAMPLES is set but no Python with grpcio, grpcio-tools and grpcio-status"
+        );
+        eprintln!("SKIPPED: the Python examples need grpcio, grpcio-tools and grpcio-status");
+        return;
+    };
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python");
+    let generated = tempfile::tempdir().expect("a temporary directory");
+    let status = tokio::process::Command::new("bash")
+        .arg(examples.join("generate.sh"))
+        .env("OUT", generated.path())
+        .env("PYTHON", &python)
+        .status()
+        .await
+        .expect("bash runs");
+    assert!(status.success(), "generating the stubs failed");
+
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let key = pb::api_key_service_client::ApiKeyServiceClient::new(app.channel().await)
+        .create_api_key(common::authed(
+            &admin,
+            pb::CreateApiKeyRequest {
+                name: "python worker".into(),
+                permissions: vec!["jobs:execute".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("an API key")
+        .into_inner()
+        .secret;
+    let addr = app.addr.to_string();
+    let python_env = |command: &mut tokio::process::Command| {
+        command
+            .env("PYTHONPATH", generated.path())
+            .env("ADDR", &addr)
+            .kill_on_drop(true);
+    };
+    let mut worker = tokio::process::Command::new(&python);
+    worker
+        .arg(examples.join("worker.py"))
+        .env("API_KEY", &key)
+        .env("JOB_NAMES", "py.echo")
+        .env("MAX_JOBS", "1");
+    python_env(&mut worker);
+    let worker = worker.output();
+    let mut client = tokio::process::Command::new(&python);
+    client
+        .arg(examples.join("client.py"))
+        .env("LOGIN", ADMIN_EMAIL)
+        .env("PASSWORD", ADMIN_PASSWORD);
+    python_env(&mut client);
+    let (worker, client) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures::future::join(worker, client.output()),
+    )
+    .await
+    .expect("both finish");
+    let (worker, client) = (worker.expect("worker runs"), client.expect("client runs"));
+    let shown = |output: &std::process::Output| {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    assert!(client.status.success(), "client: {}", shown(&client));
+    assert!(worker.status.success(), "worker: {}", shown(&worker));
+    let client = String::from_utf8_lossy(&client.stdout).into_owned();
+    for line in [
+        "users: admin",
+        "watch: JOB_STATUS_COMPLETED {\"echo\": {\"greeting\": \"hello from python\"}, \"worker\": \"python\"}",
+        "error: INVALID_ARGUMENT INVALID_FIELD",
+        "bad request: email:",
+    ] {
+        assert!(client.contains(line), "{line}:\n{client}");
+    }
+    assert!(String::from_utf8_lossy(&worker.stdout).contains("running py.echo"));
     app.stop().await;
 }
