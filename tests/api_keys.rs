@@ -333,3 +333,82 @@ async fn revoking_a_key_ends_its_work_stream_within_a_heartbeat() {
     assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
     app.stop().await;
 }
+
+async fn set_active(app: &TestApp, id: &str, active: bool) {
+    UserServiceClient::new(app.channel().await)
+        .update_user(authed(
+            &app.admin_token().await,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: id.into(),
+                    is_active: active,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["is_active"]),
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+/// A key made for another account ends with its maker (deactivated) and
+/// with an admin's password reset of its owner; it never holds more than
+/// its owner; reactivating an account does not bring its keys back.
+#[tokio::test]
+async fn keys_end_with_their_maker_a_reset_or_a_deactivation() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (helpdesk_id, helpdesk) = account(&app, "helpdesk", &["users:read", "users:write"]).await;
+    let (colleague_id, _) = account(&app, "colleague", &["users:read", "users:write"]).await;
+    let (reader_id, _) = account(&app, "reader", &["users:read"]).await;
+    // Never more than the owner holds, even from a maker who holds it.
+    let status = create_key(&app, &helpdesk, &reader_id, &["users:write"])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let minted = create_key(&app, &helpdesk, &colleague_id, &["users:read"])
+        .await
+        .unwrap()
+        .secret;
+    list_users(&app, &minted).await.unwrap();
+    set_active(&app, &helpdesk_id, false).await;
+    assert_eq!(
+        list_users(&app, &minted).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "the maker's deactivation ends the keys it made"
+    );
+
+    let own = create_key(&app, &admin, &colleague_id, &["users:read"])
+        .await
+        .unwrap()
+        .secret;
+    UserServiceClient::new(app.channel().await)
+        .reset_user_password(authed(
+            &admin,
+            pb::ResetUserPasswordRequest {
+                id: colleague_id.clone(),
+                new_password: "fresh-password-1".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        list_users(&app, &own).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "an admin's password reset ends the account's keys"
+    );
+
+    let again = create_key(&app, &admin, &colleague_id, &["users:read"])
+        .await
+        .unwrap()
+        .secret;
+    set_active(&app, &colleague_id, false).await;
+    set_active(&app, &colleague_id, true).await;
+    assert_eq!(
+        list_users(&app, &again).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "reactivation does not bring keys back"
+    );
+    app.stop().await;
+}

@@ -156,3 +156,50 @@ async fn a_refused_key_stops_the_worker_and_a_missing_server_is_retried() {
     assert!(result.is_ok(), "{result:?}");
     app.stop().await;
 }
+
+/// A job cancelled and retried at once comes back to the same worker as
+/// attempt 2 while attempt 1's handler is still winding down: attempt 2's
+/// result is the one reported, and attempt 1's is dropped.
+#[tokio::test]
+async fn a_new_attempt_of_a_job_still_running_here_is_reported() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let (_, key) = api_key(&app, &["jobs:execute"]).await;
+    let worker = Worker::builder(format!("http://{}", app.addr), key)
+        .handle("sdk.retried", |job| async move {
+            if job.attempt == 1 {
+                job.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+            }
+            Ok(json!({ "attempt": job.attempt }))
+        })
+        .build();
+    let running = tokio::spawn(worker.run(std::future::pending()));
+    let job = app
+        .create_job(&token, new_job("sdk.retried", json!({})))
+        .await;
+    wait_for(&app, &token, &job.id, pb::JobStatus::Running).await;
+    let mut jobs = JobServiceClient::new(app.channel().await);
+    jobs.cancel_job(authed(&token, pb::CancelJobRequest { id: job.id.clone() }))
+        .await
+        .unwrap();
+    jobs.retry_job(authed(&token, pb::RetryJobRequest { id: job.id.clone() }))
+        .await
+        .unwrap();
+    let done = wait_for(&app, &token, &job.id, pb::JobStatus::Completed).await;
+    assert_eq!(
+        done.result,
+        Some(common::worker::json_value(json!({ "attempt": 2 })))
+    );
+    running.abort();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_without_handlers_refuses_to_run() {
+    let worker = Worker::builder("http://127.0.0.1:1", "acp_x").build();
+    let result = worker.run(std::future::pending()).await;
+    assert!(matches!(result, Err(WorkerError::NoHandlers)), "{result:?}");
+}

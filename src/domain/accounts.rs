@@ -21,7 +21,7 @@ use crate::{
     db::{self, DbPool},
     error::AppError,
     store::{
-        self,
+        self, api_keys,
         models::{NewUser, UserRoleRow, UserRow},
         pagination::{Cursor, PageRequest},
         roles, sessions,
@@ -247,6 +247,9 @@ impl Accounts {
             .ok_or_else(|| AppError::NotFound(format!("user {id}")))?;
             if deactivating {
                 sessions::revoke_all_of_user(conn, id, None, now).await?;
+                // Revoked, not only filtered out: reactivating the account
+                // must not bring its old keys back.
+                api_keys::revoke_all_of(conn, id, now).await?;
             }
             let event = AuditEvent::success(
                 AuditAction::UpdateUser,
@@ -277,6 +280,8 @@ impl Accounts {
             )
             .with_details(json!({ "email": target.email, "username": target.username }));
             AuditTrail::record(conn, &actor.client, &event).await?;
+            // Its own keys go with it; those it made for others stop too.
+            api_keys::revoke_all_of(conn, id, store::now()).await?;
             users::delete(conn, id).await?;
             Ok(())
         })
@@ -308,12 +313,15 @@ impl Accounts {
             let now = store::now();
             users::set_password_hash(conn, id, &hash, now).await?;
             let revoked = sessions::revoke_all_of_user(conn, id, None, now).await?;
+            // A reset is how an admin takes an account back: its API keys
+            // (and those it made for others) stop as well.
+            let keys_revoked = api_keys::revoke_all_of(conn, id, now).await?;
             let event = AuditEvent::success(
                 AuditAction::ResetUserPassword,
                 Some(actor.caller.user_id),
                 format!("users/{id}"),
             )
-            .with_details(json!({ "sessions_revoked": revoked }));
+            .with_details(json!({ "sessions_revoked": revoked, "api_keys_revoked": keys_revoked }));
             AuditTrail::record(conn, &actor.client, &event).await?;
             Ok(())
         })

@@ -18,7 +18,7 @@ use super::{
     validate,
 };
 use crate::{
-    auth::caller::Caller,
+    auth::{caller::Caller, policy::grants},
     db::{self, DbPool},
     error::AppError,
     store::{
@@ -153,6 +153,17 @@ impl ApiKeys {
         };
         let row = db::transaction(&self.pool, "api_keys.create", async |conn| {
             ensure_may_manage(conn, actor, owner).await?;
+            if owner != actor.caller.user_id {
+                // A key never holds what its owner does not: it would gain
+                // it silently when the owner is promoted.
+                let held = users::held_permissions_locked(conn, owner).await?;
+                if let Some(missing) = permissions.iter().find(|p| !grants(&held, p)) {
+                    return Err(AppError::PermissionDenied(format!(
+                        "user {owner} does not hold '{missing}': a key cannot hold more than \
+                         its owner"
+                    )));
+                }
+            }
             let row = rows::insert(conn, &row).await?;
             record(conn, actor, AuditAction::CreateApiKey, &row).await?;
             Ok(row)

@@ -85,6 +85,24 @@ pub async fn revoke(
         .await
 }
 
+/// Revokes every live key `user` owns or created for someone else (the
+/// account is deactivated, deleted, or its password reset by an admin);
+/// returns how many.
+pub async fn revoke_all_of(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        api_keys::table
+            .filter(api_keys::user_id.eq(user).or(api_keys::created_by.eq(user)))
+            .filter(api_keys::revoked_at.is_null()),
+    )
+    .set(api_keys::revoked_at.eq(Some(now)))
+    .execute(conn)
+    .await
+}
+
 /// A live key (not revoked, not expired, its owner active) and the
 /// permissions of its owner's roles right now; `None` otherwise. One round
 /// trip, run on every call made with a key.

@@ -111,10 +111,14 @@ pub enum WorkerError {
     /// The endpoint is not a valid URI.
     #[error("invalid endpoint: {0}")]
     Endpoint(String),
-    /// The credential is refused (revoked, expired, lacking
-    /// `jobs:execute`): reconnecting would not help.
-    #[error("the server refused the worker's credential: {0}")]
+    /// The credential or the hello is refused (revoked, expired, lacking
+    /// `jobs:execute`, a concurrency above the server's maximum):
+    /// reconnecting would not help.
+    #[error("the server refused the worker: {0}")]
     Refused(tonic::Status),
+    /// No handler was registered: the worker would take jobs it cannot run.
+    #[error("a worker needs at least one handler (WorkerBuilder::handle)")]
+    NoHandlers,
 }
 
 /// How reconnection waits: `base · 2^n`, at most `cap`, with ±50 % jitter.
@@ -241,6 +245,9 @@ impl Worker {
     /// finishes the jobs it holds, and returns) or the credential is
     /// refused. Lost connections and draining servers are reconnected to.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        if self.handlers.is_empty() {
+            return Err(WorkerError::NoHandlers);
+        }
         let endpoint = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| WorkerError::Endpoint(e.to_string()))?
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -251,28 +258,39 @@ impl Worker {
         let run = async {
             let mut failures = 0u32;
             loop {
-                let outcome = match endpoint.connect().await {
+                let started = std::time::Instant::now();
+                let connected = tokio::select! {
+                    connected = endpoint.connect() => connected,
+                    // A blackholed host must not hold up a shutdown.
+                    () = stop.cancelled() => return Ok(()),
+                };
+                let outcome = match connected {
                     Ok(channel) => session::run(&self, channel, &stop).await,
                     Err(error) => {
                         session::Outcome::Lost(tonic::Status::unavailable(error.to_string()))
                     }
                 };
-                match outcome {
+                let status = match outcome {
                     session::Outcome::Stopped => return Ok(()),
                     session::Outcome::Refused(status) => return Err(WorkerError::Refused(status)),
-                    session::Outcome::Lost(status) => {
-                        if stop.is_cancelled() {
-                            return Ok(());
-                        }
-                        let delay = self.backoff.delay(failures);
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(%status, ?delay, "work stream lost; reconnecting");
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = stop.cancelled() => return Ok(()),
-                        }
-                    }
-                    session::Outcome::Served => failures = 0,
+                    session::Outcome::Lost(status) => status,
+                    session::Outcome::Served => tonic::Status::unavailable("the stream ended"),
+                };
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                // A stream that served for a while starts the backoff over;
+                // one that keeps ending quickly (a result the server refuses
+                // to decode, say) backs off like a failed connection.
+                if started.elapsed() >= Duration::from_secs(30) {
+                    failures = 0;
+                }
+                let delay = self.backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(%status, ?delay, "work stream ended; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => return Ok(()),
                 }
             }
         };

@@ -105,8 +105,29 @@ pub(super) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
             message = inbound.message() => match message {
                 Ok(Some(pb::WorkResponse { kind: Some(kind) })) => match kind {
                     In::Assignment(assignment) => {
-                        if let Some((job, handler)) = job_of(worker, assignment) {
-                            running.insert(job.id, Running { attempt: job.attempt, cancel: job.cancel.clone() });
+                        let lease = assignment.job.as_ref().map(|job| pb::JobLeaseRef {
+                            job_id: job.id.clone(),
+                            attempt: assignment.attempt,
+                        });
+                        let Some((job, handler)) = job_of(worker, assignment) else {
+                            // Not a type this worker runs: give it back at
+                            // once rather than let its lease lapse.
+                            unacked += 1;
+                            send(Out::Release(pb::JobRelease {
+                                lease,
+                                reason: "this worker has no handler for the job type".into(),
+                            }))
+                            .await;
+                            continue;
+                        };
+                        {
+                            let previous = running.insert(job.id, Running { attempt: job.attempt, cancel: job.cancel.clone() });
+                            // A new attempt of a job still running here (it was
+                            // cancelled or lost its lease, then came back): the
+                            // old attempt's result could never be accepted.
+                            if let Some(previous) = previous {
+                                previous.cancel.cancel();
+                            }
                             let done = done_tx.clone();
                             let (id, attempt) = (job.id, job.attempt);
                             tokio::spawn(async move {
@@ -137,7 +158,13 @@ pub(super) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
                     In::Welcome(_) => {}
                 },
                 Ok(Some(_)) => {}
-                Ok(None) => return if draining { Outcome::Stopped } else { Outcome::Served },
+                Ok(None) => {
+                    // The server took the leases back with the stream.
+                    for job in running.values() {
+                        job.cancel.cancel();
+                    }
+                    return if draining { Outcome::Stopped } else { Outcome::Served };
+                }
                 Err(status) => {
                     for job in running.values() {
                         job.cancel.cancel();
@@ -146,6 +173,10 @@ pub(super) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
                 }
             },
             Some(finished) = done_rx.recv() => {
+                // Only the current attempt of a job is reported.
+                if running.get(&finished.job).is_none_or(|job| job.attempt != finished.attempt) {
+                    continue;
+                }
                 let Some(job) = running.remove(&finished.job) else { continue };
                 if job.cancel.is_cancelled() {
                     // Its lease is gone: the server would refuse the report.
@@ -202,6 +233,9 @@ fn job_of(worker: &Worker, assignment: pb::JobAssignment) -> Option<(Job, super:
 fn classify(status: Status, served: bool) -> Outcome {
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => Outcome::Refused(status),
+        // The server refused the hello itself (a concurrency above its
+        // maximum, a job type it cannot take): retrying would not help.
+        Code::InvalidArgument if !served => Outcome::Refused(status),
         _ if served => Outcome::Served,
         _ => Outcome::Lost(status),
     }
