@@ -72,7 +72,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Removes the data of earlier runs whose process is gone: a run's durable
+/// cluster (over a gigabyte after the million-job fill) stays behind it, and
+/// a few runs filled the disk.
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("automation-cp-bench-") else {
+            continue;
+        };
+        let alive = std::path::Path::new("/proc").join(pid).exists();
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 async fn start() -> Bench {
+    remove_stale_clusters();
     let root: PathBuf =
         std::env::temp_dir().join(format!("automation-cp-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
