@@ -1056,3 +1056,49 @@ async fn register_then_enable(app: &TestApp, token: &str, name: &str, manifest: 
     register(app, token, name, manifest).await.unwrap();
     enable(app, token, name).await.unwrap();
 }
+
+/// A running job of a module disabled meanwhile that comes back to the
+/// queue (released, failed, lost) is held like the module's other pending
+/// jobs, and runs once the module is enabled again.
+#[tokio::test]
+async fn a_job_returning_to_a_disabled_module_is_held() {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    register_then_enable(&app, &token, "reports", json!({})).await;
+    let mut worker = app.worker(1).await;
+    let job = app
+        .create_job(&token, module_job("reports.build", "reports"))
+        .await;
+    let assignment = worker.assignment().await;
+    disable(&app, &token, "reports").await.unwrap();
+    worker
+        .send(
+            automation_control_plane::proto::automation_v1::work_request::Kind::Release(
+                pb::JobRelease {
+                    lease: Some(common::worker::lease_of(&assignment)),
+                    reason: "later".into(),
+                },
+            ),
+        )
+        .await;
+    assert!(worker.ack().await.accepted);
+    let held: bool = {
+        use automation_control_plane::schema::jobs::dsl::*;
+        let mut conn = app.pool.get().await.unwrap();
+        jobs.filter(id.eq(job.id.parse::<uuid::Uuid>().unwrap()))
+            .select(held)
+            .first(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert!(
+        held,
+        "the released job is held while its module is DISABLED"
+    );
+    worker.silent_for(Duration::from_millis(300)).await;
+    enable(&app, &token, "reports").await.unwrap();
+    assert_eq!(job_id(&worker.assignment().await), job.id);
+    app.stop().await;
+}

@@ -431,6 +431,7 @@ pub async fn fail(
                                         LEAST($6::float8, $5::float8 * power(2, LEAST(jobs.attempts - 1, 62)))
                                         * (0.75 + random() * 0.5)) END,
                error = r.error, "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               held = {HELD_UNLESS_ENABLED},
                "updatedAt" = LOCALTIMESTAMP
            FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[], $7::bool[])
                 AS r(id, attempt, stream, error, permanent)
@@ -466,6 +467,7 @@ pub async fn hand_back(
         r#"UPDATE jobs
            SET status = 'PENDING', attempts = jobs.attempts - $4::int,
                "maxAttempts" = jobs."maxAttempts" + 1 - $4::int,
+               held = {HELD_UNLESS_ENABLED},
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
            FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
@@ -499,6 +501,12 @@ pub struct LostLease {
     pub error: Option<serde_json::Value>,
 }
 
+/// A job going back to PENDING is held (out of the dispatch index) when
+/// its module is not ENABLED, like the jobs the module's disable held.
+const HELD_UNLESS_ENABLED: &str = r#"(jobs."moduleName" IS NOT NULL AND jobs.hook IS NULL
+    AND NOT EXISTS (SELECT 1 FROM modules m
+                    WHERE m.name = jobs."moduleName" AND m.status = 'ENABLED'))"#;
+
 /// The SET clause of a lost lease: back to PENDING while attempts remain
 /// (without backoff: the worker vanished, the job did not fail), FAILED on
 /// the last one; the loss is kept as the job's error.
@@ -530,7 +538,7 @@ pub async fn lose_leases_of(
                WHERE status = 'RUNNING' AND "leasedBy" = $2 AND id = ANY($3)
                FOR UPDATE
            )
-           UPDATE jobs SET {LOSE_LEASE}
+           UPDATE jobs SET {LOSE_LEASE}, held = {HELD_UNLESS_ENABLED}
            FROM lost WHERE jobs.id = lost.id
            RETURNING {LOST_COLUMNS}"#
     ))
@@ -556,7 +564,7 @@ pub async fn reap_expired(
                LIMIT $2
                FOR UPDATE SKIP LOCKED
            )
-           UPDATE jobs SET {LOSE_LEASE}
+           UPDATE jobs SET {LOSE_LEASE}, held = {HELD_UNLESS_ENABLED}
            FROM lost WHERE jobs.id = lost.id
            RETURNING {LOST_COLUMNS}"#
     ))
