@@ -151,7 +151,23 @@ async fn a_key_acts_with_its_scope_within_its_owners_roles() {
             .await
             .unwrap()
     };
-    assert_eq!(tagged["api_key"], json!(created.api_key.unwrap().id));
+    let key_id = created.api_key.unwrap().id;
+    assert_eq!(tagged["api_key"], json!(key_id));
+    // A denial of a key's call names the account and the key too.
+    let denied = {
+        use automation_control_plane::schema::audit_logs::dsl::*;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = app.pool.get().await.unwrap();
+        audit_logs
+            .filter(action.eq("auth.denied"))
+            .select((user_id, details))
+            .first::<(Option<uuid::Uuid>, serde_json::Value)>(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(denied.0.map(|id| id.to_string()), Some(bot_id.clone()));
+    assert_eq!(denied.1["api_key"], json!(key_id));
     app.stop().await;
 }
 

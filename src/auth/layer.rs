@@ -52,32 +52,45 @@ const KEYLESS_METHODS: &[&str] = &[
 ];
 
 impl Authorizer {
-    /// Decides a call. `Ok(None)`: public, no caller.
-    async fn authorize(&self, path: &str, headers: &HeaderMap) -> Result<Option<Caller>, AppError> {
+    /// Decides a call. `Ok(None)`: public, no caller. A refusal carries the
+    /// caller when it was authenticated (a permission denial), so that the
+    /// audit row names the account and the key.
+    async fn authorize(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<Caller>, (AppError, Option<Caller>)> {
         let Some(rule) = policy::rule_for(path) else {
-            return Err(AppError::Unimplemented(format!(
-                "{} is not a method of this server",
-                path.trim_start_matches('/')
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            )));
+            return Err((
+                AppError::Unimplemented(format!(
+                    "{} is not a method of this server",
+                    path.trim_start_matches('/')
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                )),
+                None,
+            ));
         };
         if rule == AccessRule::Public {
             return Ok(None);
         }
-        let caller = self.sessions.authenticate(bearer_token(headers)?).await?;
+        let caller = match bearer_token(headers) {
+            Ok(bearer) => self.sessions.authenticate(bearer).await,
+            Err(error) => Err(error),
+        }
+        .map_err(|error| (error, None))?;
         if caller.api_key.is_some() && KEYLESS_METHODS.contains(&path) {
-            return Err(AppError::PermissionDenied(
+            let error = AppError::PermissionDenied(
                 "an API key cannot end sessions or change a password: log in as the account".into(),
-            ));
+            );
+            return Err((error, Some(caller)));
         }
         if let AccessRule::Permission(required) = rule
             && !caller.holds(required)
         {
-            return Err(AppError::PermissionDenied(format!(
-                "missing permission {required}"
-            )));
+            let error = AppError::PermissionDenied(format!("missing permission {required}"));
+            return Err((error, Some(caller)));
         }
         Ok(Some(caller))
     }
@@ -215,12 +228,15 @@ where
                     request.extensions_mut().insert(client);
                     inner.call(request).await
                 }
-                Err(error) => {
+                Err((error, denied)) => {
                     if matches!(
                         error.code(),
                         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
                     ) {
-                        let caller = caller_hint(&authorizer, request.headers());
+                        client.api_key = denied.as_ref().and_then(|caller| caller.api_key);
+                        let caller = denied
+                            .map(|caller| caller.user_id)
+                            .or_else(|| caller_hint(&authorizer, request.headers()));
                         authorizer
                             .audit_denial(&path, caller, &client, &error)
                             .await;
