@@ -172,6 +172,7 @@ async fn the_python_client_and_worker_work_as_written() {
         .arg(examples.join("generate.sh"))
         .env("OUT", generated.path())
         .env("PYTHON", &python)
+        .stdout(std::process::Stdio::null())
         .status()
         .await
         .expect("bash runs");
@@ -239,5 +240,79 @@ async fn the_python_client_and_worker_work_as_written() {
         assert!(client.contains(line), "{line}:\n{client}");
     }
     assert!(String::from_utf8_lossy(&worker.stdout).contains("running py.echo"));
+    app.stop().await;
+}
+
+/// The Node client and worker of `examples/node/` (the contract loaded
+/// from proto/ by @grpc/proto-loader): the worker completes the job the
+/// client enqueued and watched.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_client_and_worker_work_as_written() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+    let installed = examples.join("node_modules/@grpc/grpc-js").exists();
+    let (Some(node), true) = (on_path("node"), installed) else {
+        assert!(
+            std::env::var_os("REQUIRE_NODE_EXAMPLES").is_none(),
+            "REQUIRE_NODE_EXAMPLES is set but node or examples/node/node_modules is missing"
+        );
+        eprintln!("SKIPPED: the Node examples need node and `npm ci --prefix examples/node`");
+        return;
+    };
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let key = pb::api_key_service_client::ApiKeyServiceClient::new(app.channel().await)
+        .create_api_key(common::authed(
+            &admin,
+            pb::CreateApiKeyRequest {
+                name: "node worker".into(),
+                permissions: vec!["jobs:execute".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("an API key")
+        .into_inner()
+        .secret;
+    let addr = app.addr.to_string();
+    let mut worker = tokio::process::Command::new(&node);
+    worker
+        .arg(examples.join("worker.js"))
+        .env("ADDR", &addr)
+        .env("API_KEY", &key)
+        .env("JOB_NAMES", "node.echo")
+        .env("MAX_JOBS", "1")
+        .kill_on_drop(true);
+    let mut client = tokio::process::Command::new(&node);
+    client
+        .arg(examples.join("client.js"))
+        .env("ADDR", &addr)
+        .env("LOGIN", ADMIN_EMAIL)
+        .env("PASSWORD", ADMIN_PASSWORD)
+        .kill_on_drop(true);
+    let (worker, client) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures::future::join(worker.output(), client.output()),
+    )
+    .await
+    .expect("both finish");
+    let (worker, client) = (worker.expect("worker runs"), client.expect("client runs"));
+    let shown = |output: &std::process::Output| {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    assert!(client.status.success(), "client: {}", shown(&client));
+    assert!(worker.status.success(), "worker: {}", shown(&worker));
+    let client = String::from_utf8_lossy(&client.stdout).into_owned();
+    for line in [
+        "users: admin",
+        "watch: JOB_STATUS_COMPLETED {\"echo\":{\"greeting\":\"hello from node\"},\"worker\":\"node\"}",
+        "error: INVALID_ARGUMENT email:",
+    ] {
+        assert!(client.contains(line), "{line}:\n{client}");
+    }
+    assert!(String::from_utf8_lossy(&worker.stdout).contains("running node.echo"));
     app.stop().await;
 }

@@ -1,0 +1,48 @@
+// A client: logs in, lists users, enqueues a job and watches it to the end,
+// then shows a refused call's status code and message.
+//   ADDR=127.0.0.1:50051 LOGIN=admin PASSWORD=… node examples/node/client.js
+const { grpc, v1, bearer, fromStruct, toStruct } = require("./api");
+
+const addr = process.env.ADDR || "127.0.0.1:50051";
+const insecure = grpc.credentials.createInsecure();
+const call = (client, method, request, metadata) =>
+  new Promise((resolve, reject) =>
+    client[method](request, metadata || new grpc.Metadata(), (error, response) =>
+      error ? reject(error) : resolve(response)));
+
+async function main() {
+  const auth = new v1.AuthService(addr, insecure);
+  const login = await call(auth, "login", { login: process.env.LOGIN, password: process.env.PASSWORD });
+  const as = bearer(login.accessToken);
+
+  const users = new v1.UserService(addr, insecure);
+  const page = await call(users, "listUsers", { pageSize: 10 }, as);
+  console.log("users:", page.users.map((u) => u.username).join(", "));
+
+  const jobs = new v1.JobService(addr, insecure);
+  const { job } = await call(jobs, "createJob", {
+    name: process.env.JOB_NAME || "node.echo",
+    payload: toStruct({ greeting: "hello from node" }),
+  }, as);
+  console.log("created:", job.id);
+  // WatchJob: the job now, then each change; it ends when the job is finished.
+  const last = await new Promise((resolve, reject) => {
+    let latest = null;
+    const stream = jobs.watchJob({ id: job.id }, as, { deadline: Date.now() + 60_000 });
+    stream.on("data", (update) => { latest = update.job; });
+    stream.on("end", () => resolve(latest));
+    stream.on("error", reject);
+  });
+  const result = last.result && last.result.structValue ? fromStruct(last.result.structValue) : null;
+  console.log("watch:", last.status, JSON.stringify(result));
+
+  try {
+    await call(users, "createUser", { email: "not-an-email", username: "node", password: "a-long-password" }, as);
+  } catch (error) {
+    // error.details is the message; the status code is what to branch on
+    // (with the ErrorInfo reason in grpc-status-details-bin; see docs/api.md).
+    console.log("error:", grpc.status[error.code], error.details);
+  }
+}
+
+main().catch((error) => { console.error(error); process.exit(1); });
