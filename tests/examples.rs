@@ -205,6 +205,7 @@ async fn the_python_client_and_worker_work_as_written() {
         .arg(examples.join("worker.py"))
         .env("API_KEY", &key)
         .env("JOB_NAMES", "py.echo")
+        .env("CREDITS", "2")
         .env("MAX_JOBS", "1");
     python_env(&mut worker);
     let worker = worker.output();
@@ -280,6 +281,7 @@ async fn the_node_client_and_worker_work_as_written() {
         .env("ADDR", &addr)
         .env("API_KEY", &key)
         .env("JOB_NAMES", "node.echo")
+        .env("CREDITS", "2")
         .env("MAX_JOBS", "1")
         .kill_on_drop(true);
     let mut client = tokio::process::Command::new(&node);

@@ -1,5 +1,6 @@
-// A worker on the Work stream: hello → welcome → assignments (up to
-// CONCURRENCY at once) → heartbeats → a completion or failure per job, each
+// A worker on the Work stream: hello → welcome → credits (CREDITS more
+// slots, optional) → assignments (up to CONCURRENCY + CREDITS at once) →
+// heartbeats → a completion or failure per job, each
 // acknowledged → cancellation stops a job → SIGINT/SIGTERM drains (nothing
 // new, finish what it holds, leave). A lost stream is reconnected to with
 // exponential backoff and jitter; a refused credential stops the worker.
@@ -12,6 +13,8 @@ const addr = process.env.ADDR || "127.0.0.1:50051";
 const jobNames = (process.env.JOB_NAMES || "").split(",").filter(Boolean);
 const concurrency = Number(process.env.CONCURRENCY || 4);
 const maxJobs = Number(process.env.MAX_JOBS || 0);
+// Extra slots granted after the welcome (capacity grows on an open stream).
+const credits = Number(process.env.CREDITS || 0);
 const FATAL = [grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT];
 
 let stopping = false;
@@ -53,6 +56,7 @@ function session(client) {
         const every = Number(message.welcome.heartbeatInterval.seconds) * 1000 || 10_000;
         heartbeat = setInterval(() => { if (running.size) stream.write({ heartbeat: {} }); }, every);
         console.log("welcome:", message.welcome.sessionId);
+        if (credits) stream.write({ credit: { credits } });
       } else if (message.assignment) {
         const { job, attempt } = message.assignment;
         const previous = running.get(job.id);

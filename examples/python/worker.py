@@ -1,6 +1,7 @@
 """A worker on the Work stream, from stubs generated with grpcio-tools.
 
-hello → welcome → assignments (up to CONCURRENCY at once) → heartbeats →
+hello → welcome → credits (CREDITS more slots, optional) → assignments
+(up to CONCURRENCY + CREDITS at once) → heartbeats →
 completion or failure per job, each acknowledged → cancellation stops a job
 → on SIGINT/SIGTERM it drains: takes nothing new, finishes what it holds,
 then leaves. A lost stream or a draining server is reconnected to with
@@ -49,6 +50,9 @@ class Worker:
         self.auth = [("authorization", f"Bearer {os.environ['API_KEY']}")]
         self.names = [n for n in os.environ.get("JOB_NAMES", "").split(",") if n]
         self.concurrency = int(os.environ.get("CONCURRENCY", "4"))
+        # Extra slots granted after the welcome (a worker can grow its
+        # capacity on an open stream without reconnecting).
+        self.credits = int(os.environ.get("CREDITS", "0"))
         self.max_jobs = int(os.environ.get("MAX_JOBS", "0"))
         self.done = 0
         self.stopping = threading.Event()
@@ -127,7 +131,7 @@ class Worker:
             outbox.put(jobs_pb2.WorkRequest(drain=jobs_pb2.WorkerDrain()))
             outbox.put(jobs_pb2.WorkRequest(heartbeat=jobs_pb2.WorkerHeartbeat()))
 
-        pool = ThreadPoolExecutor(self.concurrency)
+        pool = ThreadPoolExecutor(self.concurrency + self.credits)
         threading.Thread(target=drain_when_stopping, daemon=True).start()
         try:
             for response in call:
@@ -136,6 +140,8 @@ class Worker:
                     every = response.welcome.heartbeat_interval.ToTimedelta().total_seconds()
                     threading.Thread(target=heartbeats, args=(every,), daemon=True).start()
                     print("welcome:", response.welcome.session_id, flush=True)
+                    if self.credits:
+                        outbox.put(jobs_pb2.WorkRequest(credit=jobs_pb2.WorkerCredit(credits=self.credits)))
                 elif kind == "assignment":
                     job, attempt = response.assignment.job, response.assignment.attempt
                     cancelled = threading.Event()
