@@ -203,3 +203,39 @@ async fn a_worker_without_handlers_refuses_to_run() {
     let result = worker.run(std::future::pending()).await;
     assert!(matches!(result, Err(WorkerError::NoHandlers)), "{result:?}");
 }
+
+/// A handler that ignores its cancellation does not hold up a shutdown past
+/// the drain timeout: its job is released to other workers, not failed.
+#[tokio::test]
+async fn a_stuck_handler_is_released_at_the_drain_timeout() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let (_, key) = api_key(&app, &["jobs:execute"]).await;
+    let worker = Worker::builder(format!("http://{}", app.addr), key)
+        .drain_timeout(Duration::from_millis(300))
+        .handle("sdk.stuck", |_| async move {
+            std::future::pending::<()>().await;
+            Ok(json!({}))
+        })
+        .build();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let job = app
+        .create_job(&token, new_job("sdk.stuck", json!({})))
+        .await;
+    wait_for(&app, &token, &job.id, pb::JobStatus::Running).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the drain ends at its timeout")
+        .unwrap()
+        .unwrap();
+    let released = wait_for(&app, &token, &job.id, pb::JobStatus::Pending).await;
+    assert!(
+        released.error.is_none(),
+        "a release is not a failure: {released:?}"
+    );
+    app.stop().await;
+}

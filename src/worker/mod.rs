@@ -154,6 +154,7 @@ pub struct WorkerBuilder {
     worker_id: String,
     concurrency: i32,
     backoff: Backoff,
+    drain_timeout: Duration,
     handlers: HashMap<String, BoxedHandler>,
 }
 
@@ -177,6 +178,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long a shutdown waits for running jobs (default 60 s); then
+    /// their handlers are cancelled and the jobs released to other workers
+    /// (not counted as failures).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
     /// Runs jobs of type `name` with `handler`.
     pub fn handle<F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
     where
@@ -196,6 +205,7 @@ impl WorkerBuilder {
             worker_id: self.worker_id,
             concurrency: self.concurrency,
             backoff: self.backoff,
+            drain_timeout: self.drain_timeout,
             handlers: Arc::new(self.handlers),
         }
     }
@@ -208,6 +218,7 @@ pub struct Worker {
     worker_id: String,
     concurrency: i32,
     backoff: Backoff,
+    drain_timeout: Duration,
     handlers: Arc<HashMap<String, BoxedHandler>>,
 }
 
@@ -237,6 +248,7 @@ impl Worker {
             ),
             concurrency: 1,
             backoff: Backoff::default(),
+            drain_timeout: Duration::from_secs(60),
             handlers: HashMap::new(),
         }
     }

@@ -94,6 +94,7 @@ pub(super) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.tick().await;
     let mut draining = false;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     // Reports sent and not yet acknowledged: a draining worker leaves only
     // once the server has committed every one.
     let mut unacked = 0usize;
@@ -204,7 +205,22 @@ pub(super) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
             }
             () = stop.cancelled(), if !draining => {
                 draining = true;
+                drain_deadline = Some(tokio::time::Instant::now() + worker.drain_timeout);
                 send(Out::Drain(pb::WorkerDrain {})).await;
+            }
+            () = sleep_until(drain_deadline), if drain_deadline.is_some() && !running.is_empty() => {
+                // Handlers that outlived the drain: stop them and give their
+                // jobs back, so that other workers run them now.
+                drain_deadline = None;
+                for (id, job) in running.drain() {
+                    job.cancel.cancel();
+                    unacked += 1;
+                    send(Out::Release(pb::JobRelease {
+                        lease: Some(pb::JobLeaseRef { job_id: id.to_string(), attempt: job.attempt }),
+                        reason: "the worker is shutting down".into(),
+                    }))
+                    .await;
+                }
             }
         }
     }
@@ -227,6 +243,14 @@ fn job_of(worker: &Worker, assignment: pb::JobAssignment) -> Option<(Job, super:
         cancel: CancellationToken::new(),
     };
     Some((job, handler))
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Refused credentials stop the worker; anything else is reconnected to.
