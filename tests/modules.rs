@@ -925,6 +925,25 @@ async fn running_module_code_needs_modules_execute() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().starts_with("name:"), "{status:?}");
+    // In a batch, each request is checked against the module read once.
+    let status = jobs
+        .batch_create_jobs(authed(
+            &executor,
+            pb::BatchCreateJobsRequest {
+                requests: vec![
+                    module_job("plain.run", "plain"),
+                    module_job("plain.run", "plain"),
+                    module_job("plain.other", "plain"),
+                ],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("requests[2].name:"),
+        "{status:?}"
+    );
     assert_eq!(
         enable(&app, &executor, "hooked").await.unwrap().status(),
         pb::ModuleStatus::Installing

@@ -6,7 +6,7 @@
 pub mod events;
 pub mod leases;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::NaiveDateTime;
 use diesel_async::AsyncPgConnection;
@@ -216,6 +216,7 @@ impl Jobs {
                 rows::find_by_keys(conn, &keys).await?
             };
             let mut new = Vec::with_capacity(specs.len());
+            let mut modules_read = HashMap::new();
             for (index, spec) in specs.iter().enumerate() {
                 let repeated = spec.idempotency_key.is_some()
                     && held
@@ -230,7 +231,8 @@ impl Jobs {
                         }
                     }
                     Some(module) => {
-                        module_defaults(conn, actor, module, spec, &prefix(index)).await?
+                        module_defaults(conn, actor, module, spec, &prefix(index), &mut modules_read)
+                            .await?
                     }
                     None => ModuleDefaults {
                         priority: spec.priority,
@@ -429,17 +431,23 @@ struct ModuleDefaults {
 /// `modules:execute`, and the job type must be one the manifest declares
 /// (when it declares any). The request's priority (when not 0) and attempts
 /// win over the manifest's defaults for the type, which win over the global
-/// ones.
+/// ones. Each module is read (and share-locked) once per create: `read`
+/// keeps the manifests of those already read, so a batch of a thousand
+/// jobs of one module costs one query, not a thousand.
 async fn module_defaults(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
     module: &str,
     spec: &JobSpec,
     prefix: &str,
+    read: &mut HashMap<String, Manifest>,
 ) -> Result<ModuleDefaults, AppError> {
     ensure_may_execute(actor)?;
-    let gate = ensure_module_enabled(conn, module, &format!("{prefix}module_name")).await?;
-    let manifest = Manifest::from_stored(gate.manifest);
+    if !read.contains_key(module) {
+        let gate = ensure_module_enabled(conn, module, &format!("{prefix}module_name")).await?;
+        read.insert(module.to_owned(), Manifest::from_stored(gate.manifest));
+    }
+    let manifest = &read[module];
     let declaration = if manifest.jobs.is_empty() {
         None
     } else {
