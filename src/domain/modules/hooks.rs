@@ -30,9 +30,46 @@ use crate::{
     },
 };
 
+/// The state a module is in while the hook of `kind` runs.
+fn status_during(kind: HookKind) -> ModuleStatus {
+    match kind {
+        HookKind::Install => ModuleStatus::Installing,
+        HookKind::Update => ModuleStatus::Updating,
+        HookKind::Remove => ModuleStatus::Removing,
+    }
+}
+
+/// The hook a module in a transition waits for.
+fn running_hook(status: ModuleStatus) -> Option<HookKind> {
+    [HookKind::Install, HookKind::Update, HookKind::Remove]
+        .into_iter()
+        .find(|kind| status_during(*kind) == status)
+}
+
+/// Starts the transition `kind` carries out for `module` (moving it to
+/// `version`): checks that the caller may run the module's code, enqueues
+/// the hook job and puts into `changes` the transition's state, its job and
+/// what to restore if it fails. Returns the job's id.
+pub(super) async fn begin(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    module: &ModuleRow,
+    manifest: &Manifest,
+    kind: HookKind,
+    version: &str,
+    changes: &mut ModuleChanges,
+) -> Result<Uuid, AppError> {
+    super::ensure_may_execute(actor, module, kind)?;
+    let job = enqueue(conn, actor, module, manifest, kind, version).await?;
+    changes.status = Some(status_during(kind));
+    changes.hook_job_id = Some(Some(job.id));
+    changes.rollback = Some(Some(rollback(actor, module, module.status)));
+    Ok(job.id)
+}
+
 /// Enqueues the job that carries out `kind` for `module` (whose manifest is
 /// `manifest`), moving it to `version`.
-pub(super) async fn enqueue(
+async fn enqueue(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
     module: &ModuleRow,
@@ -76,7 +113,7 @@ pub(super) async fn enqueue(
 /// What a transition keeps to undo itself: the state the module `left`
 /// (and its version and manifest, which an update replaces), and who began
 /// it, to whom its end is audited.
-pub(super) fn rollback(actor: &Actor, module: &ModuleRow, left: ModuleStatus) -> Value {
+fn rollback(actor: &Actor, module: &ModuleRow, left: ModuleStatus) -> Value {
     json!({
         "left": left.label(),
         "version": module.version,
@@ -195,11 +232,7 @@ async fn settle_one(
             "a hook job ended for a module not in a transition; left as it is");
         return Ok(());
     };
-    let hook = match module.status {
-        ModuleStatus::Installing => "install",
-        ModuleStatus::Updating => "update",
-        _ => "remove",
-    };
+    let hook = running_hook(module.status).map_or("none", HookKind::key);
     let now = store::now();
     let mut announce = QueueChanges {
         changed: vec![module.id],

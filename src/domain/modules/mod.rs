@@ -223,20 +223,24 @@ impl Modules {
                 let hooked = manifest.hook(HookKind::Update).is_some();
                 let target = transition(&module, Event::NewVersion { hooked })?;
                 if target == Target::Status(ModuleStatus::Updating) {
-                    ensure_may_execute(actor, &module, HookKind::Update)?;
                     hook = Some(HookKind::Update);
                 }
             }
-            let from = module.status;
             let mut job = None;
             if let Some(kind) = hook {
                 let target_version = changes.version.clone().unwrap_or_default();
-                let enqueued =
-                    hooks::enqueue(conn, actor, &module, &manifest, kind, &target_version).await?;
-                changes.status = Some(ModuleStatus::Updating);
-                changes.hook_job_id = Some(Some(enqueued.id));
-                changes.rollback = Some(Some(hooks::rollback(actor, &module, from)));
-                job = Some(enqueued.id);
+                job = Some(
+                    hooks::begin(
+                        conn,
+                        actor,
+                        &module,
+                        &manifest,
+                        kind,
+                        &target_version,
+                        &mut changes,
+                    )
+                    .await?,
+                );
             } else if version.is_some() {
                 // A direct version change succeeded: the last failure is
                 // history.
@@ -289,20 +293,19 @@ impl Modules {
             };
             let mut job = None;
             if target == Target::Status(ModuleStatus::Installing) {
-                ensure_may_execute(actor, &module, HookKind::Install)?;
-                let enqueued = hooks::enqueue(
-                    conn,
-                    actor,
-                    &module,
-                    &manifest,
-                    HookKind::Install,
-                    &module.version,
-                )
-                .await?;
-                changes.status = Some(ModuleStatus::Installing);
-                changes.hook_job_id = Some(Some(enqueued.id));
-                changes.rollback = Some(Some(hooks::rollback(actor, &module, module.status)));
-                job = Some(enqueued.id);
+                let version = module.version.clone();
+                job = Some(
+                    hooks::begin(
+                        conn,
+                        actor,
+                        &module,
+                        &manifest,
+                        HookKind::Install,
+                        &version,
+                        &mut changes,
+                    )
+                    .await?,
+                );
             } else {
                 changes.status = Some(ModuleStatus::Enabled);
                 changes.enabled_at = Some(Some(now));
@@ -365,6 +368,7 @@ impl Modules {
             let event = Event::Delete { hooked };
             let target = transition(&module, event)?;
             if target == Target::Status(ModuleStatus::Removing) {
+                // Refuse before cancelling anything.
                 ensure_may_execute(actor, &module, HookKind::Remove)?;
             }
             let cancelled = hooks::cancel_jobs_of(conn, &module.name).await?;
@@ -375,25 +379,24 @@ impl Modules {
                 announce(conn, &module, false).await?;
                 (Removal::Deleted(module.clone()), None)
             } else {
-                let enqueued = hooks::enqueue(
+                let mut changes = ModuleChanges {
+                    updated_at: Some(store::now()),
+                    ..ModuleChanges::default()
+                };
+                let version = module.version.clone();
+                let job = hooks::begin(
                     conn,
                     actor,
                     &module,
                     &manifest,
                     HookKind::Remove,
-                    &module.version,
+                    &version,
+                    &mut changes,
                 )
                 .await?;
-                let changes = ModuleChanges {
-                    status: Some(ModuleStatus::Removing),
-                    hook_job_id: Some(Some(enqueued.id)),
-                    rollback: Some(Some(hooks::rollback(actor, &module, module.status))),
-                    updated_at: Some(store::now()),
-                    ..ModuleChanges::default()
-                };
                 let updated = compare_and_set(conn, &module, &changes, event).await?;
                 announce(conn, &updated, false).await?;
-                (Removal::Started(updated), Some(enqueued.id))
+                (Removal::Started(updated), Some(job))
             };
             record(
                 conn,
