@@ -138,6 +138,32 @@ async fn the_grpcurl_examples_work_as_written() {
     app.stop().await;
 }
 
+/// An API key holding `jobs:execute`, for a worker example.
+async fn worker_key(app: &TestApp, name: &str) -> String {
+    pb::api_key_service_client::ApiKeyServiceClient::new(app.channel().await)
+        .create_api_key(common::authed(
+            &app.admin_token().await,
+            pb::CreateApiKeyRequest {
+                name: name.into(),
+                permissions: vec!["jobs:execute".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("an API key")
+        .into_inner()
+        .secret
+}
+
+/// A process's standard output and error, for a failure message.
+fn shown(output: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// A Python interpreter with grpcio, grpcio-tools and grpcio-status:
 /// `$PYTHON`, or the one `.ci/run` installs them into.
 fn python() -> Option<PathBuf> {
@@ -179,20 +205,7 @@ async fn the_python_client_and_worker_work_as_written() {
     assert!(status.success(), "generating the stubs failed");
 
     let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    let key = pb::api_key_service_client::ApiKeyServiceClient::new(app.channel().await)
-        .create_api_key(common::authed(
-            &admin,
-            pb::CreateApiKeyRequest {
-                name: "python worker".into(),
-                permissions: vec!["jobs:execute".into()],
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("an API key")
-        .into_inner()
-        .secret;
+    let key = worker_key(&app, "python worker").await;
     let addr = app.addr.to_string();
     let python_env = |command: &mut tokio::process::Command| {
         command
@@ -222,13 +235,6 @@ async fn the_python_client_and_worker_work_as_written() {
     .await
     .expect("both finish");
     let (worker, client) = (worker.expect("worker runs"), client.expect("client runs"));
-    let shown = |output: &std::process::Output| {
-        format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    };
     assert!(client.status.success(), "client: {}", shown(&client));
     assert!(worker.status.success(), "worker: {}", shown(&worker));
     let client = String::from_utf8_lossy(&client.stdout).into_owned();
@@ -260,20 +266,7 @@ async fn the_node_client_and_worker_work_as_written() {
         return;
     };
     let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    let key = pb::api_key_service_client::ApiKeyServiceClient::new(app.channel().await)
-        .create_api_key(common::authed(
-            &admin,
-            pb::CreateApiKeyRequest {
-                name: "node worker".into(),
-                permissions: vec!["jobs:execute".into()],
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("an API key")
-        .into_inner()
-        .secret;
+    let key = worker_key(&app, "node worker").await;
     let addr = app.addr.to_string();
     let mut worker = tokio::process::Command::new(&node);
     worker
@@ -298,13 +291,6 @@ async fn the_node_client_and_worker_work_as_written() {
     .await
     .expect("both finish");
     let (worker, client) = (worker.expect("worker runs"), client.expect("client runs"));
-    let shown = |output: &std::process::Output| {
-        format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    };
     assert!(client.status.success(), "client: {}", shown(&client));
     assert!(worker.status.success(), "worker: {}", shown(&worker));
     let client = String::from_utf8_lossy(&client.stdout).into_owned();
