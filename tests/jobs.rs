@@ -340,3 +340,31 @@ async fn watch_job_follows_a_job_to_its_end() {
     assert_eq!(status.code(), Code::NotFound);
     app.stop().await;
 }
+
+/// A watch re-checks its caller like a Work stream: the caller's logout
+/// ends it UNAUTHENTICATED within a heartbeat interval.
+#[tokio::test]
+async fn a_watch_ends_when_its_caller_loses_access() {
+    let mut options = common::TestOptions::default();
+    options.jobs.lease = Duration::from_secs(3);
+    let app = TestApp::spawn_with(options).await;
+    let admin = app.admin_token().await;
+    let job = app.create_job(&admin, new_job("watched", json!({}))).await;
+    let (_, watcher) = common::account(&app, "watcher", &["jobs:read"]).await;
+    let mut watch = JobServiceClient::new(app.channel().await)
+        .watch_job(authed(&watcher, pb::WatchJobRequest { id: job.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    common::AuthServiceClient::new(app.channel().await)
+        .logout(authed(&watcher, pb::LogoutRequest {}))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the watch ends within a heartbeat interval")
+        .unwrap_err();
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    app.stop().await;
+}

@@ -158,7 +158,7 @@ async fn follow<T: Followed>(
             }
             _ = reread.tick() => {}
             _ = recheck.tick() => {
-                recheck_caller(shared, &actor, T::PERMISSION).await?;
+                shared.recheck(&actor.caller, T::PERMISSION).await?;
                 continue;
             }
             () = shared.draining.cancelled() => {
@@ -181,16 +181,4 @@ async fn follow<T: Followed>(
         }
     }
     Ok(())
-}
-
-async fn recheck_caller(shared: &Shared, actor: &Actor, permission: &str) -> Result<(), Status> {
-    match shared.sessions.recheck(&actor.caller).await {
-        Ok(caller) if caller.holds(permission) => Ok(()),
-        Ok(_) => Err(AppError::PermissionDenied(format!(
-            "the caller no longer holds {permission}"
-        ))
-        .into()),
-        Err(error @ AppError::Unauthenticated(_)) => Err(error.into()),
-        Err(_) => Ok(()),
-    }
 }

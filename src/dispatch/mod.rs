@@ -98,6 +98,28 @@ impl Shared {
             .is_none_or(|at| at.elapsed() >= steady_after)
     }
 
+    /// Re-checks the caller of an open stream: `Ok` while it may go on,
+    /// the refusal once its session or key ended or it lost `permission`.
+    /// A database failure is no verdict on the caller: it is noted and the
+    /// stream goes on until the next check.
+    pub async fn recheck(
+        &self,
+        caller: &crate::auth::caller::Caller,
+        permission: &str,
+    ) -> Result<(), AppError> {
+        match self.sessions.recheck(caller).await {
+            Ok(current) if current.holds(permission) => Ok(()),
+            Ok(_) => Err(AppError::PermissionDenied(format!(
+                "the caller no longer holds {permission}"
+            ))),
+            Err(error @ AppError::Unauthenticated(_)) => Err(error),
+            Err(error) => {
+                self.note_db_failure(&error);
+                Ok(())
+            }
+        }
+    }
+
     /// Acts on one notification from any replica.
     pub fn on_event(&self, event: QueueEvent) {
         match event {

@@ -603,15 +603,8 @@ impl Session<'_> {
     /// meanwhile; the session is what counts.
     async fn recheck_caller(&mut self) -> Result<(), Status> {
         let caller = &self.registration.actor.caller;
-        let refusal = match self.shared.sessions.recheck(caller).await {
-            Ok(current) if current.holds("jobs:execute") => return Ok(()),
-            Ok(_) => AppError::PermissionDenied("the caller no longer holds jobs:execute".into()),
-            Err(error @ AppError::Unauthenticated(_)) => error,
-            Err(error) => {
-                // Not a verdict on the caller: try again next time.
-                self.shared.note_db_failure(&error);
-                return Ok(());
-            }
+        let Err(refusal) = self.shared.recheck(caller, "jobs:execute").await else {
+            return Ok(());
         };
         self.registration.ending = "the caller lost access";
         self.hand_back_all().await;
