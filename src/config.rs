@@ -166,6 +166,39 @@ pub struct JobArgs {
     #[arg(long, env = "JOB_POLL_INTERVAL_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub job_poll_interval_ms: u64,
+    /// Work streams one caller (an account; its API keys count as it) may
+    /// hold open on one replica.
+    #[arg(long, env = "WORK_STREAMS_PER_CALLER", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub work_streams_per_caller: u64,
+    /// Jobs one Work stream may hold at once, whatever it asks for.
+    #[arg(long, env = "WORK_CAPACITY_PER_STREAM", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub work_capacity_per_stream: u64,
+    /// Jobs all Work streams of one replica may hold at once.
+    #[arg(long, env = "WORK_CAPACITY_PER_REPLICA", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub work_capacity_per_replica: u64,
+    /// WatchJob and WatchModule streams one caller may hold open on one
+    /// replica.
+    #[arg(long, env = "WATCHES_PER_CALLER", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub watches_per_caller: u64,
+    /// WatchJob and WatchModule streams of everyone on one replica.
+    #[arg(long, env = "WATCHES_PER_REPLICA", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub watches_per_replica: u64,
+    /// Longest a stream's message waits for a peer that stopped reading
+    /// before the stream is ended, in milliseconds (at most a third of the
+    /// lease is used).
+    #[arg(long, env = "STREAM_SEND_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub stream_send_timeout_ms: u64,
+    /// Messages per second one Work stream may send, sustained (twice that
+    /// in a burst); past it the stream ends with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WORK_INBOUND_MESSAGES_PER_SEC", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub work_inbound_messages_per_sec: u32,
 }
 
 impl JobArgs {
@@ -177,6 +210,15 @@ impl JobArgs {
             retry_base: Duration::from_millis(self.job_retry_base_ms),
             retry_cap: Duration::from_secs(self.job_retry_cap_secs),
             poll_interval: Duration::from_millis(self.job_poll_interval_ms),
+            streams: crate::domain::jobs::StreamLimits {
+                work_streams_per_caller: self.work_streams_per_caller as usize,
+                capacity_per_stream: self.work_capacity_per_stream as usize,
+                capacity_per_replica: self.work_capacity_per_replica as usize,
+                watches_per_caller: self.watches_per_caller as usize,
+                watches_per_replica: self.watches_per_replica as usize,
+                send_timeout: Duration::from_millis(self.stream_send_timeout_ms),
+                inbound_messages_per_sec: self.work_inbound_messages_per_sec,
+            },
         }
     }
 }

@@ -53,6 +53,52 @@ pub struct JobSettings {
     pub retry_cap: Duration,
     /// How often dispatch looks for work even without a notification.
     pub poll_interval: Duration,
+    /// What streams may hold open on one replica.
+    pub streams: StreamLimits,
+}
+
+/// Bounds on the long-lived streams callers open on one replica (Work,
+/// WatchJob, WatchModule): what one caller, and all callers together, may
+/// hold, and how long the server waits on a peer that stopped reading. A
+/// caller is an account; an API key counts as its owner, so minting keys
+/// does not multiply the allowance. Refusals answer RESOURCE_EXHAUSTED
+/// with an ErrorInfo naming the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Work streams one caller may hold open at once.
+    pub work_streams_per_caller: usize,
+    /// Jobs one Work stream may hold at once, whatever its hello and
+    /// credits ask for.
+    pub capacity_per_stream: usize,
+    /// Jobs all Work streams of this replica may hold at once, summed over
+    /// what they advertise; a stream asking beyond it gets what is left.
+    pub capacity_per_replica: usize,
+    /// WatchJob and WatchModule streams one caller may hold open at once.
+    pub watches_per_caller: usize,
+    /// WatchJob and WatchModule streams of everyone on this replica.
+    pub watches_per_replica: usize,
+    /// Longest a message may wait for a peer that stopped reading before
+    /// its stream is ended (a Work stream's leases then go back at once).
+    /// Never more than a third of the lease: see
+    /// [`JobSettings::stalled_send_timeout`].
+    pub send_timeout: Duration,
+    /// Messages per second a Work stream may send, sustained (twice that in
+    /// a burst); past it the stream ends with RESOURCE_EXHAUSTED.
+    pub inbound_messages_per_sec: u32,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            work_streams_per_caller: 64,
+            capacity_per_stream: 1_000,
+            capacity_per_replica: 20_000,
+            watches_per_caller: 100,
+            watches_per_replica: 10_000,
+            send_timeout: Duration::from_secs(5),
+            inbound_messages_per_sec: 1_000,
+        }
+    }
 }
 
 impl JobSettings {
@@ -60,6 +106,16 @@ impl JobSettings {
     /// heartbeats can be lost before the lease ends.
     pub fn heartbeat_interval(&self) -> Duration {
         self.lease / 3
+    }
+
+    /// How long a send may wait on a peer that stopped reading: the
+    /// configured timeout, but never more than a third of the lease, so a
+    /// stuck stream is ended (and its leases handed back) before they expire.
+    pub fn stalled_send_timeout(&self) -> Duration {
+        self.streams
+            .send_timeout
+            .min(self.lease / 3)
+            .max(Duration::from_millis(100))
     }
 
     pub(crate) fn backoff(&self) -> rows::Backoff {
@@ -78,6 +134,7 @@ impl Default for JobSettings {
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(5),
+            streams: StreamLimits::default(),
         }
     }
 }
