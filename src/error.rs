@@ -65,6 +65,19 @@ pub enum AppError {
         /// When a retry may succeed.
         retry_after: Duration,
     },
+    /// A configured bound on what a caller (or everyone on this replica)
+    /// may hold open or send was reached. `limit` is the setting's
+    /// environment variable (`WATCHES_PER_CALLER`), so an operator knows what
+    /// to raise and a client what it ran into.
+    #[error("{message}")]
+    LimitExceeded {
+        /// The setting that bounds it.
+        limit: &'static str,
+        /// What was refused, and the bound's value.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: Duration,
+    },
     /// The call collided with a concurrent one (a deadlock, a serialization
     /// failure); retrying it is safe.
     #[error("{0}")]
@@ -113,7 +126,9 @@ impl AppError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists { .. } | Self::Conflict { .. } => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Self::ResourceExhausted { .. } | Self::LimitExceeded { .. } => {
+                Code::ResourceExhausted
+            }
             Self::Aborted(_) => Code::Aborted,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Unavailable(_) | Self::Draining(_) => Code::Unavailable,
@@ -135,6 +150,7 @@ impl AppError {
             Self::Conflict { .. } => "CONFLICTING_REUSE",
             Self::FailedPrecondition(_) => "WRONG_STATE",
             Self::ResourceExhausted { .. } => "THROTTLED",
+            Self::LimitExceeded { .. } => "LIMIT_EXCEEDED",
             Self::Aborted(_) => "CONCURRENT_CHANGE",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Draining(_) => "SERVER_DRAINING",
@@ -161,6 +177,15 @@ impl AppError {
                     retry_after.as_millis().to_string(),
                 );
             }
+            Self::LimitExceeded {
+                limit, retry_after, ..
+            } => {
+                metadata.insert("limit".to_owned(), (*limit).to_owned());
+                metadata.insert(
+                    "retry_after_ms".to_owned(),
+                    retry_after.as_millis().to_string(),
+                );
+            }
             _ => {}
         }
         metadata
@@ -179,7 +204,8 @@ impl From<AppError> for Status {
                 details.add_bad_request_violation(field, message);
                 error.to_string()
             }
-            AppError::ResourceExhausted { retry_after, .. } => {
+            AppError::ResourceExhausted { retry_after, .. }
+            | AppError::LimitExceeded { retry_after, .. } => {
                 details.set_retry_info(Some(*retry_after));
                 let secs = retry_after_secs(*retry_after);
                 format!("{error}; retry in {secs} s")
@@ -195,7 +221,8 @@ impl From<AppError> for Status {
             _ => error.to_string(),
         };
         let mut status = Status::with_error_details(error.code(), message, details);
-        if let AppError::ResourceExhausted { retry_after, .. } = &error
+        if let AppError::ResourceExhausted { retry_after, .. }
+        | AppError::LimitExceeded { retry_after, .. } = &error
             && let Ok(value) = retry_after_secs(*retry_after).to_string().parse()
         {
             status.metadata_mut().insert("retry-after", value);
@@ -299,6 +326,11 @@ mod tests {
             AppError::Unavailable("x".into()),
             AppError::Draining("x".into()),
             AppError::Malformed("x".into()),
+            AppError::LimitExceeded {
+                limit: "WATCHES_PER_CALLER",
+                message: "x".into(),
+                retry_after: Duration::from_secs(1),
+            },
             AppError::internal("x"),
         ];
         for error in errors {
