@@ -127,10 +127,17 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEPALIVE_TIMEOUT_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub keepalive_timeout_secs: u64,
-    /// Largest gRPC message the server decodes, in bytes.
+    /// Outer bound on any gRPC message the server accepts, in bytes. Each
+    /// method's own cap follows from its largest legal request (CreateJob:
+    /// 5.5 × JOB_PAYLOAD_MAX_BYTES + 64 KiB); this lowers the caps above it.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
     pub grpc_max_message_bytes: u64,
+    /// Largest BatchCreateJobs message, in bytes: the budget of all of a
+    /// batch's jobs together (at most 1,000), as sent.
+    #[arg(long, env = "JOB_BATCH_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
+    pub job_batch_max_bytes: u64,
     /// The job queue.
     #[command(flatten)]
     pub jobs: JobArgs,

@@ -95,6 +95,22 @@ pub enum AppError {
     /// The request is not a valid protobuf message of its type.
     #[error("the message is not valid protobuf: {0}")]
     Malformed(String),
+    /// A message longer than its RPC's cap (which follows from the largest
+    /// legal request), refused from its length prefix before it is buffered
+    /// or decoded. INVALID_ARGUMENT: the same message can never succeed, and
+    /// RESOURCE_EXHAUSTED here means "retry later".
+    #[error(
+        "the message is {size} bytes; this method accepts at most {max_bytes}{}",
+        .limit.map(|l| format!(" (set by {l})")).unwrap_or_default()
+    )]
+    MessageTooLarge {
+        /// The message's length prefix.
+        size: usize,
+        /// The method's cap.
+        max_bytes: usize,
+        /// The setting the cap follows from, when one does.
+        limit: Option<&'static str>,
+    },
     /// Start-up configuration is wrong; never sent to a caller.
     #[error("{0}")]
     Config(String),
@@ -126,13 +142,11 @@ impl AppError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists { .. } | Self::Conflict { .. } => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::ResourceExhausted { .. } | Self::LimitExceeded { .. } => {
-                Code::ResourceExhausted
-            }
+            Self::ResourceExhausted { .. } | Self::LimitExceeded { .. } => Code::ResourceExhausted,
             Self::Aborted(_) => Code::Aborted,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Unavailable(_) | Self::Draining(_) => Code::Unavailable,
-            Self::Malformed(_) => Code::InvalidArgument,
+            Self::Malformed(_) | Self::MessageTooLarge { .. } => Code::InvalidArgument,
             Self::Config(_) | Self::Internal(_) => Code::Internal,
         }
     }
@@ -143,6 +157,7 @@ impl AppError {
         match self {
             Self::InvalidArgument { .. } => "INVALID_FIELD",
             Self::Malformed(_) => "MALFORMED_MESSAGE",
+            Self::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::NotFound(_) => "NOT_FOUND",
@@ -185,6 +200,17 @@ impl AppError {
                     "retry_after_ms".to_owned(),
                     retry_after.as_millis().to_string(),
                 );
+            }
+            Self::MessageTooLarge {
+                size,
+                max_bytes,
+                limit,
+            } => {
+                metadata.insert("message_bytes".to_owned(), size.to_string());
+                metadata.insert("max_bytes".to_owned(), max_bytes.to_string());
+                if let Some(limit) = limit {
+                    metadata.insert("limit".to_owned(), (*limit).to_owned());
+                }
             }
             _ => {}
         }

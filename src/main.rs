@@ -207,6 +207,7 @@ async fn serve_on(
             keepalive_interval: Duration::from_secs(args.keepalive_interval_secs),
             keepalive_timeout: Duration::from_secs(args.keepalive_timeout_secs),
             max_message_bytes: args.grpc_max_message_bytes as usize,
+            batch_max_bytes: args.job_batch_max_bytes as usize,
         },
         shutdown_signal(),
     )

@@ -10,7 +10,10 @@ use tonic::{
 };
 
 use crate::{
-    api,
+    api::{
+        self,
+        codec::message_caps::{CapSettings, MessageCapLayer, MessageCaps},
+    },
     auth::{
         AuthSettings,
         layer::{AuthLayer, Authorizer},
@@ -57,9 +60,14 @@ pub struct ServerOptions {
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
-    /// Largest message the server decodes (BatchCreateJobs with large
-    /// payloads needs more than gRPC's 4 MiB default).
+    /// Outer bound on every message the server decodes
+    /// (`GRPC_MAX_MESSAGE_BYTES`). Each method's own cap follows from its
+    /// largest legal request (see [`api::codec::message_caps`]); this one
+    /// only lowers those that exceed it.
     pub max_message_bytes: usize,
+    /// Largest BatchCreateJobs message (`JOB_BATCH_MAX_BYTES`): a batch is
+    /// bounded in total, not as 1,000 payloads at their limit.
+    pub batch_max_bytes: usize,
 }
 
 impl Default for ServerOptions {
@@ -70,23 +78,10 @@ impl Default for ServerOptions {
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
             max_message_bytes: 16 * 1024 * 1024,
+            batch_max_bytes: 8 * 1024 * 1024,
         }
     }
 }
-
-/// Largest request of the identity and audit services. Every field they
-/// take is short (the largest real request, an update carrying a user's 256
-/// permissions back, stays under 40 KiB); the bound leaves room for a value
-/// far past its field's limit to be decoded and refused by name
-/// (INVALID_ARGUMENT) rather than as an unreadable message, while keeping
-/// what anyone can make the server hold per call small. Larger messages
-/// answer OUT_OF_RANGE.
-const MAX_IDENTITY_MESSAGE_BYTES: usize = 512 * 1024;
-/// Largest ModuleService message: a manifest of 256 KiB as JSON can take
-/// several times that as a protobuf `Struct` (every number is 9 bytes and
-/// every list entry has a header), so the wire cap is looser and the JSON
-/// size is checked exactly after decoding.
-const MAX_MODULE_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Concurrent streams one HTTP/2 connection may open (close to hyper's own
 /// default of 200, which tonic lifts).
@@ -161,12 +156,31 @@ pub async fn serve(
         database_url: state.database_url.clone(),
     });
 
+    // Every message is held to its method's cap before it is buffered; the
+    // library's per-service limit (the largest cap of the service) stays
+    // behind it as a second line.
+    let caps = MessageCaps::new(CapSettings {
+        payload_max_bytes: state.jobs.payload_max_bytes,
+        batch_max_bytes: options.batch_max_bytes,
+        outer_max_bytes: options.max_message_bytes,
+    });
+    let create_job = caps.create_job();
+    if create_job.limit == Some("GRPC_MAX_MESSAGE_BYTES") {
+        tracing::warn!(
+            grpc_max_message_bytes = options.max_message_bytes,
+            job_payload_max_bytes = state.jobs.payload_max_bytes,
+            "GRPC_MAX_MESSAGE_BYTES is below what a CreateJob with a payload at \
+             JOB_PAYLOAD_MAX_BYTES can take on the wire; some legal payloads will be refused"
+        );
+    }
+
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .layer(AuthLayer::new(authorizer))
+        .layer(MessageCapLayer::new(caps.clone()))
         .add_service(health_service)
         .add_service(reflection.v1())
         .add_service(reflection.v1alpha())
@@ -174,45 +188,45 @@ pub async fn serve(
             pb::auth_service_server::AuthServiceServer::new(api::auth::AuthApi::new(
                 identity.sessions.clone(),
             ))
-            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+            .max_decoding_message_size(caps.service_max("AuthService")),
         )
         .add_service(
             pb::user_service_server::UserServiceServer::new(api::users::UserApi::new(
                 identity.accounts.clone(),
             ))
-            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+            .max_decoding_message_size(caps.service_max("UserService")),
         )
         .add_service(
             pb::role_service_server::RoleServiceServer::new(api::roles::RoleApi::new(
                 identity.roles.clone(),
             ))
-            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+            .max_decoding_message_size(caps.service_max("RoleService")),
         )
         .add_service(
             pb::module_service_server::ModuleServiceServer::new(api::modules::ModuleApi::new(
                 modules,
                 dispatcher.clone(),
             ))
-            .max_decoding_message_size(MAX_MODULE_MESSAGE_BYTES),
+            .max_decoding_message_size(caps.service_max("ModuleService")),
         )
         .add_service(
             pb::job_service_server::JobServiceServer::new(api::jobs::JobApi::new(
                 jobs,
                 dispatcher.clone(),
             ))
-            .max_decoding_message_size(options.max_message_bytes),
+            .max_decoding_message_size(caps.service_max("JobService")),
         )
         .add_service(
             pb::api_key_service_server::ApiKeyServiceServer::new(api::api_keys::ApiKeyApi::new(
                 ApiKeys::new(state.pool.clone()),
             ))
-            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+            .max_decoding_message_size(caps.service_max("ApiKeyService")),
         )
         .add_service(
             pb::audit_service_server::AuditServiceServer::new(api::audit::AuditApi::new(
                 identity.audit.clone(),
             ))
-            .max_decoding_message_size(MAX_IDENTITY_MESSAGE_BYTES),
+            .max_decoding_message_size(caps.service_max("AuditService")),
         )
         .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = drain_started.await;

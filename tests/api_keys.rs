@@ -428,3 +428,128 @@ async fn keys_end_with_their_maker_a_reset_or_a_deactivation() {
     );
     app.stop().await;
 }
+
+/// The audit rows of `action` on `resource`: (account, details).
+async fn audit_rows(
+    app: &TestApp,
+    action: &str,
+    resource: &str,
+) -> Vec<(String, serde_json::Value)> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        user_id: String,
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        details: serde_json::Value,
+    }
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::sql_query(
+        r#"SELECT "userId"::text AS user_id, details FROM audit_logs
+           WHERE action = $1 AND resource = $2"#,
+    )
+    .bind::<diesel::sql_types::Text, _>(action)
+    .bind::<diesel::sql_types::Text, _>(resource)
+    .load::<Row>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| (row.user_id, row.details))
+    .collect()
+}
+
+/// Revocation ends the key, not what it did: an account a key with
+/// `users:write` and `roles:assign` made keeps working after the key is
+/// revoked (the README says so), and the audit trail names the key that
+/// made it and gave it its role, so that a leaked key's work can be found
+/// and undone.
+#[tokio::test]
+async fn an_account_a_key_made_outlives_the_key_and_the_trail_names_the_key() {
+    let app = TestApp::spawn().await;
+    common::role(&app, "job-writer", &["jobs:write"]).await;
+    let (owner_id, owner) = account(
+        &app,
+        "helpdesk",
+        &["users:write", "roles:assign", "jobs:write"],
+    )
+    .await;
+    let created = create_key(
+        &app,
+        &owner,
+        "",
+        &["users:write", "roles:assign", "jobs:write"],
+    )
+    .await
+    .unwrap();
+    let key_id = created.api_key.unwrap().id;
+    let key = created.secret;
+
+    let made = UserServiceClient::new(app.channel().await)
+        .create_user(authed(&key, common::new_user("shadow")))
+        .await
+        .expect("a key with users:write creates an account")
+        .into_inner()
+        .user
+        .unwrap();
+    RoleServiceClient::new(app.channel().await)
+        .assign_role(authed(
+            &key,
+            pb::AssignRoleRequest {
+                user_id: made.id.clone(),
+                role: "job-writer".into(),
+            },
+        ))
+        .await
+        .expect("and gives it a role");
+
+    keys(&app)
+        .await
+        .revoke_api_key(authed(
+            &owner,
+            pb::RevokeApiKeyRequest { id: key_id.clone() },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        create_job(&app, &key).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "the key is over"
+    );
+    // The account is not: revocation does not reach what the key made.
+    let shadow = app
+        .login("shadow", "long-enough-1")
+        .await
+        .expect("the account outlives the key")
+        .access_token;
+    create_job(&app, &shadow).await.expect("with its role");
+
+    // The trail says which key made it, and as whom.
+    let resource = format!("users/{}", made.id);
+    let created_rows = audit_rows(&app, "users.create", &resource).await;
+    assert_eq!(created_rows.len(), 1, "{created_rows:?}");
+    assert_eq!(created_rows[0].0, owner_id);
+    assert_eq!(
+        created_rows[0].1["api_key"],
+        json!(key_id),
+        "{created_rows:?}"
+    );
+    assert_eq!(created_rows[0].1["username"], json!("shadow"));
+    let role_id = RoleServiceClient::new(app.channel().await)
+        .get_role(authed(
+            &app.admin_token().await,
+            pb::GetRoleRequest {
+                id: "job-writer".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .role
+        .unwrap()
+        .id;
+    let assigned = audit_rows(&app, "roles.assign", &format!("{resource}/roles/{role_id}")).await;
+    assert_eq!(assigned.len(), 1, "{assigned:?}");
+    assert_eq!(assigned[0].0, owner_id);
+    assert_eq!(assigned[0].1["api_key"], json!(key_id), "{assigned:?}");
+    app.stop().await;
+}

@@ -10,6 +10,12 @@
 //!
 //! Because the codec is generated into every service and every stream, no
 //! RPC can forget the check, and worker stream messages get it too.
+//!
+//! Before either, [`message_caps`] refuses a message longer than its
+//! method's cap from its length prefix, so that no oversized message is
+//! buffered or decoded at all.
+
+pub mod message_caps;
 
 use std::marker::PhantomData;
 

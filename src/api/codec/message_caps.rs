@@ -1,0 +1,538 @@
+//! The size cap of every `automation.v1` message, checked on its gRPC length
+//! prefix while the request body streams in: a message over its method's
+//! cap is refused before it is buffered, let alone decoded into a `Struct`
+//! (where a 16 MiB CreateJob once cost 155 MB and a second of CPU).
+//!
+//! Each cap follows from the largest request the method can legally take:
+//! - `CreateJob`: a payload of `JOB_PAYLOAD_MAX_BYTES` as JSON in its worst
+//!   protobuf encoding ([`struct_wire_bound`]) plus the envelope;
+//! - `BatchCreateJobs`: a budget of its own, `JOB_BATCH_MAX_BYTES` (a batch
+//!   is for many small jobs; 1,000 payloads at the limit would be a
+//!   gigabyte, so the budget is not that);
+//! - `Work`: each worker message, the largest being a completion's result or
+//!   a failure's details (bounded like a payload) or a heartbeat naming
+//!   10,000 leases;
+//! - `RegisterModule`/`UpdateModule`: a manifest of 256 KiB as JSON;
+//! - everything else: [`SMALL_MESSAGE_BYTES`].
+//!
+//! `GRPC_MAX_MESSAGE_BYTES` bounds them all from outside. A refusal is
+//! INVALID_ARGUMENT with reason `MESSAGE_TOO_LARGE` (see
+//! [`AppError::MessageTooLarge`]), on unary calls and streams alike.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tonic::{Status, body::Body};
+use tower::{Layer, Service};
+
+use crate::{domain::modules::manifest::MAX_MANIFEST_BYTES, error::AppError};
+
+/// The largest protobuf encoding of a JSON document of `json_bytes` bytes,
+/// as `google.protobuf.Struct`/`Value`.
+///
+/// Why 11/2: the protobuf form of a JSON value is never more than 5.5 times
+/// its JSON text. The worst case is a list of one-digit numbers: `0,` is 2
+/// bytes of JSON, but each element is a `Value` of 9 bytes (a tag and a
+/// double) framed as a list entry (a tag and a length), 11 bytes. Everything
+/// else costs less per JSON byte: `null,`/`true,` 5 vs 4, `"",` 3 vs 4,
+/// `[],`/`{},` 3 vs 4, an object member `"k":0,` 6 vs 16 (2.7×), and longer
+/// strings and keys approach 1×. Nesting adds a tag and a length per level
+/// for two JSON bytes, and decoding stops at 100 levels, which the
+/// envelope's slack covers. (`serde_json` writes a whole `f64` as an
+/// integer, as the server measures payloads, so `0` is one byte.)
+pub const fn struct_wire_bound(json_bytes: usize) -> usize {
+    json_bytes.saturating_mul(11) / 2
+}
+
+/// Room for everything in a request beside its JSON document (a job's name,
+/// module, idempotency key, schedule…: under 1 KiB by their declared
+/// limits), with room for an over-long field to be decoded and refused by
+/// name rather than as an unreadable message.
+pub const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Largest request of the methods that carry no JSON document: every field
+/// they take is short (the largest, an update carrying a user's 256
+/// permissions back, stays under 40 KiB); the bound leaves room for a value
+/// far past its field's limit to be refused by name (INVALID_ARGUMENT
+/// naming the field) while keeping what anyone can make the server hold per
+/// call small.
+pub const SMALL_MESSAGE_BYTES: usize = 512 * 1024;
+
+/// Largest heartbeat: 10,000 `JobLeaseRef`s (the declared `max_items`), each
+/// framed in 2 bytes, with a 64-byte id (3 bytes of tag and length) and the
+/// longest attempt number (a negative int32 is 10 bytes, plus its tag), plus
+/// the framing of the heartbeat and the request.
+pub const HEARTBEAT_MAX_BYTES: usize = 10_000 * (2 + 2 + 64 + 1 + 10) + 16;
+
+/// Largest failure `message` a worker may send (its declared `max_bytes`).
+const FAILURE_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The cap of one method: its largest message, and the setting it follows
+/// from, named in refusals so that an operator knows what to raise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageCap {
+    /// Largest message, in bytes (the gRPC length prefix).
+    pub max_bytes: usize,
+    /// The setting's environment variable, when one sets the cap.
+    pub limit: Option<&'static str>,
+}
+
+impl MessageCap {
+    fn fixed(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            limit: None,
+        }
+    }
+
+    fn set_by(limit: &'static str, max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            limit: Some(limit),
+        }
+    }
+
+    /// This cap, or the outer bound when that is smaller.
+    fn within(self, outer: usize) -> Self {
+        if self.max_bytes <= outer {
+            self
+        } else {
+            Self::set_by("GRPC_MAX_MESSAGE_BYTES", outer)
+        }
+    }
+
+    fn refusal(self, size: usize) -> Status {
+        AppError::MessageTooLarge {
+            size,
+            max_bytes: self.max_bytes,
+            limit: self.limit,
+        }
+        .into()
+    }
+}
+
+/// What the caps are derived from.
+#[derive(Debug, Clone, Copy)]
+pub struct CapSettings {
+    /// `JOB_PAYLOAD_MAX_BYTES`: a job's payload, result or error as JSON.
+    pub payload_max_bytes: usize,
+    /// `JOB_BATCH_MAX_BYTES`: one BatchCreateJobs message.
+    pub batch_max_bytes: usize,
+    /// `GRPC_MAX_MESSAGE_BYTES`: the outer bound of every message.
+    pub outer_max_bytes: usize,
+}
+
+/// The cap of every `automation.v1` method.
+#[derive(Debug, Clone)]
+pub struct MessageCaps {
+    create_job: MessageCap,
+    batch_create_jobs: MessageCap,
+    work: MessageCap,
+    manifest: MessageCap,
+    small: MessageCap,
+}
+
+const PACKAGE_PREFIX: &str = "/automation.v1.";
+const CREATE_JOB: &str = "/automation.v1.JobService/CreateJob";
+const BATCH_CREATE_JOBS: &str = "/automation.v1.JobService/BatchCreateJobs";
+const WORK: &str = "/automation.v1.JobService/Work";
+const REGISTER_MODULE: &str = "/automation.v1.ModuleService/RegisterModule";
+const UPDATE_MODULE: &str = "/automation.v1.ModuleService/UpdateModule";
+
+impl MessageCaps {
+    /// The caps that `settings` imply.
+    pub fn new(settings: CapSettings) -> Self {
+        let payload = struct_wire_bound(settings.payload_max_bytes);
+        let outer = settings.outer_max_bytes;
+        let caps = Self {
+            create_job: MessageCap::set_by(
+                "JOB_PAYLOAD_MAX_BYTES",
+                payload.saturating_add(ENVELOPE_BYTES),
+            ),
+            batch_create_jobs: MessageCap::set_by("JOB_BATCH_MAX_BYTES", settings.batch_max_bytes),
+            work: MessageCap::set_by(
+                "JOB_PAYLOAD_MAX_BYTES",
+                payload
+                    .saturating_add(FAILURE_MESSAGE_BYTES + ENVELOPE_BYTES)
+                    .max(HEARTBEAT_MAX_BYTES),
+            ),
+            manifest: MessageCap::fixed(struct_wire_bound(MAX_MANIFEST_BYTES) + ENVELOPE_BYTES),
+            small: MessageCap::fixed(SMALL_MESSAGE_BYTES),
+        };
+        Self {
+            create_job: caps.create_job.within(outer),
+            batch_create_jobs: caps.batch_create_jobs.within(outer),
+            work: caps.work.within(outer),
+            manifest: caps.manifest.within(outer),
+            small: caps.small.within(outer),
+        }
+    }
+
+    /// The cap of the method at `path` (`/automation.v1.JobService/Work`);
+    /// `None` outside `automation.v1` (health and reflection keep the
+    /// library's default).
+    pub fn for_path(&self, path: &str) -> Option<MessageCap> {
+        Some(match path {
+            CREATE_JOB => self.create_job,
+            BATCH_CREATE_JOBS => self.batch_create_jobs,
+            WORK => self.work,
+            REGISTER_MODULE | UPDATE_MODULE => self.manifest,
+            _ if path.starts_with(PACKAGE_PREFIX) => self.small,
+            _ => return None,
+        })
+    }
+
+    /// The largest cap of any method of `service` (`JobService`), for the
+    /// library's own per-service check behind this one.
+    pub fn service_max(&self, service: &str) -> usize {
+        match service {
+            "JobService" => self
+                .create_job
+                .max_bytes
+                .max(self.batch_create_jobs.max_bytes)
+                .max(self.work.max_bytes)
+                .max(self.small.max_bytes),
+            "ModuleService" => self.manifest.max_bytes.max(self.small.max_bytes),
+            _ => self.small.max_bytes,
+        }
+    }
+
+    /// The cap of CreateJob, for the start-up log.
+    pub fn create_job(&self) -> MessageCap {
+        self.create_job
+    }
+}
+
+/// Puts every `automation.v1` request body behind its method's cap.
+#[derive(Debug, Clone)]
+pub struct MessageCapLayer {
+    caps: Arc<MessageCaps>,
+}
+
+impl MessageCapLayer {
+    /// A layer enforcing `caps`.
+    pub fn new(caps: MessageCaps) -> Self {
+        Self {
+            caps: Arc::new(caps),
+        }
+    }
+}
+
+impl<S> Layer<S> for MessageCapLayer {
+    type Service = MessageCapService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MessageCapService {
+            inner,
+            caps: self.caps.clone(),
+        }
+    }
+}
+
+/// See [`MessageCapLayer`].
+#[derive(Debug, Clone)]
+pub struct MessageCapService<S> {
+    inner: S,
+    caps: Arc<MessageCaps>,
+}
+
+impl<S> Service<http::Request<Body>> for MessageCapService<S>
+where
+    S: Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let request = match self.caps.for_path(request.uri().path()) {
+            Some(cap) => request.map(|body| Body::new(CappedBody::new(body, cap))),
+            None => request,
+        };
+        self.inner.call(request)
+    }
+}
+
+/// A request body that reads each gRPC message's 5-byte prefix (a
+/// compression flag and a big-endian length) as it passes and ends the body
+/// with a refusal at the first message over the cap. The data before that
+/// message (whole earlier messages of a stream) still goes through; the
+/// oversized message's bytes never do, so nothing buffers them.
+#[derive(Debug)]
+struct CappedBody {
+    inner: Body,
+    cap: MessageCap,
+    /// The prefix being read, possibly split across data frames.
+    prefix: [u8; 5],
+    prefix_read: usize,
+    /// Bytes of the current message still to pass.
+    message_left: usize,
+    /// A refusal to report after the data before it.
+    refusal: Option<Status>,
+    ended: bool,
+}
+
+impl CappedBody {
+    fn new(inner: Body, cap: MessageCap) -> Self {
+        Self {
+            inner,
+            cap,
+            prefix: [0; 5],
+            prefix_read: 0,
+            message_left: 0,
+            refusal: None,
+            ended: false,
+        }
+    }
+
+    /// Follows the framing through `data`. On an oversized message: where
+    /// its prefix starts in `data` (0 when it began in an earlier frame),
+    /// and the refusal.
+    fn scan(&mut self, data: &[u8]) -> Result<(), (usize, Status)> {
+        let mut at = 0;
+        while at < data.len() {
+            if self.message_left > 0 {
+                let step = self.message_left.min(data.len() - at);
+                self.message_left -= step;
+                at += step;
+                continue;
+            }
+            let prefix_start = if self.prefix_read == 0 { at } else { 0 };
+            let step = (self.prefix.len() - self.prefix_read).min(data.len() - at);
+            self.prefix[self.prefix_read..self.prefix_read + step]
+                .copy_from_slice(&data[at..at + step]);
+            self.prefix_read += step;
+            at += step;
+            if self.prefix_read == self.prefix.len() {
+                self.prefix_read = 0;
+                let [_, a, b, c, d] = self.prefix;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > self.cap.max_bytes {
+                    return Err((prefix_start, self.cap.refusal(len)));
+                }
+                self.message_left = len;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for CappedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        if let Some(refusal) = this.refusal.take() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(refusal)));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            other => return Poll::Ready(other),
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+        };
+        match this.scan(&data) {
+            Ok(()) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Err((0, refusal)) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(refusal)))
+            }
+            Err((before, refusal)) => {
+                this.refusal = Some(refusal);
+                Poll::Ready(Some(Ok(Frame::data(data.slice(..before)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || (self.refusal.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended || self.refusal.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::{
+        api::json::json_to_struct, auth::policy::METHOD_ACCESS, proto::automation_v1 as pb,
+    };
+
+    fn framed(len: u32) -> Vec<u8> {
+        let mut message = vec![0];
+        message.extend_from_slice(&len.to_be_bytes());
+        message.extend(std::iter::repeat_n(7u8, len as usize));
+        message
+    }
+
+    /// Data frames, one per chunk.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        }
+    }
+
+    /// Feeds `chunks` through a body capped at `max_bytes`; what came out and
+    /// how it ended.
+    async fn through(chunks: Vec<Vec<u8>>, max_bytes: usize) -> (Vec<u8>, Option<Status>) {
+        let inner = Body::new(Chunks(chunks.into_iter().map(Bytes::from).collect()));
+        let mut body = CappedBody::new(inner, MessageCap::fixed(max_bytes));
+        let mut out = Vec::new();
+        loop {
+            let frame =
+                std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx))
+                    .await;
+            match frame {
+                Some(Ok(frame)) => out.extend_from_slice(&frame.into_data().unwrap()),
+                Some(Err(status)) => return (out, Some(status)),
+                None => return (out, None),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_within_the_cap_pass_whole_however_they_are_split() {
+        let stream: Vec<u8> = [framed(10), framed(0), framed(100)].concat();
+        for split in [1, 2, 3, 4, 5, 6, 7, 50, stream.len()] {
+            let chunks: Vec<Vec<u8>> = stream.chunks(split).map(<[u8]>::to_vec).collect();
+            let (out, refusal) = through(chunks, 100).await;
+            assert!(refusal.is_none(), "split {split}: {refusal:?}");
+            assert_eq!(out, stream, "split {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_ends_the_body_after_the_ones_before_it() {
+        let good = framed(10);
+        let stream: Vec<u8> = [good.clone(), framed(101)].concat();
+        for split in [1, 3, 12, 15, 16, stream.len()] {
+            let chunks: Vec<Vec<u8>> = stream.chunks(split).map(<[u8]>::to_vec).collect();
+            let (out, refusal) = through(chunks, 100).await;
+            let refusal = refusal.expect("refused");
+            assert_eq!(refusal.code(), tonic::Code::InvalidArgument);
+            assert!(refusal.message().contains("101 bytes"), "{refusal:?}");
+            // Everything before the oversized message's prefix went through,
+            // and at most the part of its prefix that shared a frame with it.
+            assert!(out.starts_with(&good), "split {split}");
+            assert!(out.len() < good.len() + 5, "split {split}: {}", out.len());
+        }
+    }
+
+    #[test]
+    fn the_cap_of_a_payload_holds_its_worst_encoding() {
+        // A list of one-digit numbers: 2 JSON bytes, 11 protobuf bytes each.
+        let limit = 64 * 1024;
+        let count = (limit - "{\"a\":[]}".len()).div_ceil(2);
+        let json = serde_json::json!({ "a": vec![0; count] });
+        let json_bytes = serde_json::to_vec(&json).unwrap().len();
+        assert!(json_bytes <= limit, "{json_bytes}");
+        let request = pb::CreateJobRequest {
+            name: "x".repeat(128),
+            module_name: "m".repeat(64),
+            payload: Some(json_to_struct(json)),
+            priority: -1,
+            max_attempts: -1,
+            schedule_time: Some(prost_types::Timestamp {
+                seconds: -62_135_596_800,
+                nanos: 999_999_999,
+            }),
+            idempotency_key: "k".repeat(255),
+        };
+        let caps = MessageCaps::new(CapSettings {
+            payload_max_bytes: limit,
+            batch_max_bytes: 1 << 20,
+            outer_max_bytes: usize::MAX,
+        });
+        let encoded = request.encoded_len();
+        assert!(encoded <= caps.create_job.max_bytes, "{encoded}");
+        // The factor is needed: the encoding is over five times the JSON.
+        assert!(encoded > 5 * json_bytes, "{encoded} vs {json_bytes}");
+    }
+
+    #[test]
+    fn the_largest_heartbeat_fits_the_work_cap() {
+        let heartbeat = pb::WorkRequest {
+            kind: Some(pb::work_request::Kind::Heartbeat(pb::WorkerHeartbeat {
+                jobs: vec![
+                    pb::JobLeaseRef {
+                        job_id: "j".repeat(64),
+                        attempt: i32::MIN,
+                    };
+                    10_000
+                ],
+            })),
+        };
+        assert!(heartbeat.encoded_len() <= HEARTBEAT_MAX_BYTES);
+        let caps = MessageCaps::new(CapSettings {
+            payload_max_bytes: 1024,
+            batch_max_bytes: 1 << 20,
+            outer_max_bytes: usize::MAX,
+        });
+        assert_eq!(caps.work.max_bytes, HEARTBEAT_MAX_BYTES);
+    }
+
+    #[test]
+    fn named_methods_exist_and_the_outer_bound_wins() {
+        for path in [
+            CREATE_JOB,
+            BATCH_CREATE_JOBS,
+            WORK,
+            REGISTER_MODULE,
+            UPDATE_MODULE,
+        ] {
+            assert!(
+                METHOD_ACCESS.iter().any(|(method, _)| *method == path),
+                "{path} is not a method"
+            );
+        }
+        let caps = MessageCaps::new(CapSettings {
+            payload_max_bytes: 1 << 20,
+            batch_max_bytes: 8 << 20,
+            outer_max_bytes: 4 << 20,
+        });
+        assert_eq!(
+            caps.for_path(CREATE_JOB),
+            Some(MessageCap::set_by("GRPC_MAX_MESSAGE_BYTES", 4 << 20))
+        );
+        assert_eq!(
+            caps.for_path("/automation.v1.JobService/GetJob"),
+            Some(MessageCap::fixed(SMALL_MESSAGE_BYTES))
+        );
+        assert_eq!(caps.for_path("/grpc.health.v1.Health/Check"), None);
+    }
+}

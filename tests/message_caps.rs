@@ -1,0 +1,306 @@
+//! Message size caps: each RPC's cap follows from its largest legal request
+//! and is checked on the message's length prefix, before the message is
+//! buffered or decoded. A message over it answers INVALID_ARGUMENT with
+//! reason MESSAGE_TOO_LARGE naming the setting; a legal request at the
+//! limit, in its worst encoding, is accepted; a batch is bounded by its own
+//! budget.
+
+mod common;
+
+use automation_control_plane::{
+    api::codec::message_caps::{ENVELOPE_BYTES, HEARTBEAT_MAX_BYTES, struct_wire_bound},
+    proto::automation_v1 as pb,
+};
+use bytes::{Buf, BufMut};
+use common::{JobServiceClient, TestApp, TestOptions, authed, new_job};
+use prost::Message as _;
+use tonic::{
+    Code, Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    transport::Channel,
+};
+use tonic_types::StatusExt as _;
+
+/// The payload limit of these tests' servers: small, so that the bodies
+/// sent stay small too.
+const PAYLOAD_MAX: usize = 64 * 1024;
+/// Their BatchCreateJobs budget.
+const BATCH_MAX: usize = 1024 * 1024;
+/// CreateJob's cap, as the server derives it.
+const CREATE_JOB_CAP: usize = struct_wire_bound(PAYLOAD_MAX) + ENVELOPE_BYTES;
+
+async fn spawn() -> TestApp {
+    let mut options = TestOptions::default();
+    options.jobs.payload_max_bytes = PAYLOAD_MAX;
+    options.server.batch_max_bytes = BATCH_MAX;
+    TestApp::spawn_with(options).await
+}
+
+/// Sends bytes as they are, whatever they are.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+struct RawEncoder;
+
+#[derive(Debug, Clone, Default)]
+struct RawDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = ();
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+/// A unary call of `path` with `body` as the message; the refusal.
+async fn refused(channel: Channel, token: &str, path: &str, body: Vec<u8>) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    grpc.unary(authed(token, body), path.parse().expect("path"), RawCodec)
+        .await
+        .map(drop)
+        .expect_err("refused")
+}
+
+/// The ErrorInfo reason and metadata of a refusal.
+fn reason(status: &Status) -> (String, std::collections::HashMap<String, String>) {
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
+    (info.reason, info.metadata)
+}
+
+/// Bytes that are not protobuf: every field tag 0xff… is a varint that never
+/// ends, so decoding them could only fail.
+fn garbage(len: usize) -> Vec<u8> {
+    vec![0xff; len]
+}
+
+/// A payload whose protobuf form is as large as JSON of `json_bytes` can
+/// make it: a list of zeros, exactly `json_bytes` long as the server
+/// measures it.
+fn worst_payload(json_bytes: usize) -> serde_json::Value {
+    // `{"a":[]}` is 8 bytes; each `0,` adds 2 (the first `0` only 1), and a
+    // key of one more letter pads an odd length.
+    let room = json_bytes - 8;
+    let (key, count) = if room % 2 == 1 {
+        ("a", room.div_ceil(2))
+    } else {
+        ("aa", room / 2)
+    };
+    let payload = serde_json::json!({ key: vec![0; count] });
+    assert_eq!(serde_json::to_vec(&payload).unwrap().len(), json_bytes);
+    payload
+}
+
+#[tokio::test]
+async fn a_create_job_over_its_cap_is_refused_before_it_is_decoded() {
+    let app = spawn().await;
+    let token = app.admin_token().await;
+    let path = "/automation.v1.JobService/CreateJob";
+
+    // Not protobuf, one byte over the cap: refused for its size, so it was
+    // never decoded (decoding it would have said MALFORMED_MESSAGE).
+    let status = refused(
+        app.channel().await,
+        &token,
+        path,
+        garbage(CREATE_JOB_CAP + 1),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (why, metadata) = reason(&status);
+    assert_eq!(why, "MESSAGE_TOO_LARGE", "{status:?}");
+    assert_eq!(metadata["limit"], "JOB_PAYLOAD_MAX_BYTES");
+    assert_eq!(metadata["max_bytes"], CREATE_JOB_CAP.to_string());
+    assert_eq!(metadata["message_bytes"], (CREATE_JOB_CAP + 1).to_string());
+
+    // The same garbage at the cap is decoded, and fails as garbage.
+    let status = refused(app.channel().await, &token, path, garbage(CREATE_JOB_CAP)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(reason(&status).0, "MALFORMED_MESSAGE", "{status:?}");
+
+    // A 16 MiB request is refused the same way, and the server goes on.
+    let status = refused(app.channel().await, &token, path, garbage(16 << 20)).await;
+    assert_eq!(reason(&status).0, "MESSAGE_TOO_LARGE", "{status:?}");
+
+    // Methods without a JSON document have a small fixed cap, no setting.
+    let status = refused(
+        app.channel().await,
+        &token,
+        "/automation.v1.UserService/GetUser",
+        garbage(600 * 1024),
+    )
+    .await;
+    let (why, metadata) = reason(&status);
+    assert_eq!(why, "MESSAGE_TOO_LARGE", "{status:?}");
+    assert!(!metadata.contains_key("limit"), "{metadata:?}");
+    app.create_job(&token, new_job("after.refusals", serde_json::json!({})))
+        .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_payload_at_the_limit_in_its_worst_encoding_is_accepted() {
+    let app = spawn().await;
+    let token = app.admin_token().await;
+    let request = new_job("worst.case", worst_payload(PAYLOAD_MAX));
+    // Over five times its JSON on the wire: a cap of "payload + a little"
+    // would refuse it.
+    assert!(request.encoded_len() > 5 * PAYLOAD_MAX);
+    assert!(request.encoded_len() <= CREATE_JOB_CAP);
+    let sent = request.payload.clone();
+    let job = app.create_job(&token, request).await;
+    assert_eq!(job.payload, sent, "stored as sent");
+
+    // One byte more of JSON is refused by the payload check, by name.
+    let status = JobServiceClient::new(app.channel().await)
+        .create_job(authed(
+            &token,
+            new_job("worst.case", worst_payload(PAYLOAD_MAX + 1)),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("payload:"), "{status:?}");
+    app.stop().await;
+}
+
+/// A batch of 1,000 jobs whose message is exactly `bytes` long.
+fn batch_of(bytes: usize) -> pb::BatchCreateJobsRequest {
+    let job = |i: usize, pad: usize| {
+        new_job(
+            &format!("batch.job{i}"),
+            serde_json::json!({ "pad": "x".repeat(pad) }),
+        )
+    };
+    let mut requests: Vec<_> = (0..1000).map(|i| job(i, 0)).collect();
+    let base = pb::BatchCreateJobsRequest {
+        requests: requests.clone(),
+    }
+    .encoded_len();
+    // Spread the rest over the jobs (each stays far below the payload
+    // limit), then trim the last one to the byte; a length prefix that grows
+    // a byte is absorbed by trying one less.
+    let per_job = (bytes - base) / 1000;
+    for (i, request) in requests.iter_mut().enumerate() {
+        *request = job(i, per_job.saturating_sub(8));
+    }
+    for shrink in 0..16 {
+        let mut trial = requests.clone();
+        let len = pb::BatchCreateJobsRequest {
+            requests: trial.clone(),
+        }
+        .encoded_len();
+        let last_pad = (per_job.saturating_sub(8) + bytes).saturating_sub(len + shrink);
+        trial[999] = job(999, last_pad);
+        let batch = pb::BatchCreateJobsRequest { requests: trial };
+        if batch.encoded_len() == bytes {
+            return batch;
+        }
+    }
+    panic!("no batch of exactly {bytes} bytes");
+}
+
+#[tokio::test]
+async fn a_batch_at_its_budget_works_and_one_byte_more_is_refused() {
+    let app = spawn().await;
+    let token = app.admin_token().await;
+    let mut client = JobServiceClient::new(app.channel().await);
+
+    let batch = batch_of(BATCH_MAX);
+    let jobs = client
+        .batch_create_jobs(authed(&token, batch))
+        .await
+        .expect("a batch at its budget")
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1000);
+
+    let status = client
+        .batch_create_jobs(authed(&token, batch_of(BATCH_MAX + 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (why, metadata) = reason(&status);
+    assert_eq!(why, "MESSAGE_TOO_LARGE", "{status:?}");
+    assert_eq!(metadata["limit"], "JOB_BATCH_MAX_BYTES");
+    assert_eq!(metadata["max_bytes"], BATCH_MAX.to_string());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_message_over_its_cap_ends_the_stream_with_the_reason() {
+    let app = spawn().await;
+    let token = app.admin_token().await;
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.expect("ready");
+    let hello = pb::WorkRequest {
+        kind: Some(pb::work_request::Kind::Hello(pb::WorkerHello {
+            worker_id: "too-large".into(),
+            job_names: vec![],
+            module_names: vec![],
+            max_concurrency: 1,
+        })),
+    }
+    .encode_to_vec();
+    // A completion's result is bounded like a payload: the cap is that
+    // payload's worst encoding plus a failure's message and the envelope,
+    // or the largest heartbeat (10,000 leases) when that is more.
+    let cap =
+        (struct_wire_bound(PAYLOAD_MAX) + 64 * 1024 + ENVELOPE_BYTES).max(HEARTBEAT_MAX_BYTES);
+    let messages = vec![hello, garbage(cap + 1)];
+    let result = grpc
+        .streaming(
+            authed(&token, tokio_stream::iter(messages)),
+            "/automation.v1.JobService/Work".parse().expect("path"),
+            RawCodec,
+        )
+        .await;
+    let status = match result {
+        Err(status) => status,
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => panic!("the stream ended without an error"),
+                    Err(status) => break status,
+                }
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (why, metadata) = reason(&status);
+    assert_eq!(why, "MESSAGE_TOO_LARGE", "{status:?}");
+    assert_eq!(metadata["limit"], "JOB_PAYLOAD_MAX_BYTES");
+    assert_eq!(metadata["max_bytes"], cap.to_string());
+    app.stop().await;
+}
