@@ -13,7 +13,7 @@
 //! still in the data directory ("another postmaster is running"). So a start
 //! first waits, bounded by the start-up timeout and logged once, for the
 //! postmaster named in `postmaster.pid` to exit when it is a live postgres
-//! process ([`wait_for_previous_postmaster`]).
+//! process (`previous_run.rs`).
 
 use std::{
     fs,
@@ -32,6 +32,8 @@ use nix::{
     unistd::{Gid, Pid, Uid, User, chown},
 };
 use rand::distr::{Alphanumeric, SampleString};
+
+mod previous_run;
 
 /// Why the embedded cluster could not start or stop. Each message names the
 /// problem and what to do about it.
@@ -398,7 +400,7 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         .map_err(|e| failed("reading the superuser password", e))?
         .trim()
         .to_owned();
-    wait_for_previous_postmaster(&pgdata, runner.uid, options.startup_timeout)?;
+    previous_run::wait_for_postmaster(&pgdata, runner.uid, options.startup_timeout)?;
 
     let port = if options.port == 0 {
         free_port()?
@@ -470,72 +472,6 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         keeper: Some(keeper),
     };
     Ok((cluster, Instant::now() + options.startup_timeout))
-}
-
-/// Waits until the postmaster that `pgdata/postmaster.pid` names has exited,
-/// when it is a live postgres process: the previous run's, still shutting
-/// down after its parent died (the parent-death signal asks for a fast
-/// shutdown, which ends with a checkpoint). A stale file (its process gone,
-/// or its PID reused by something else) needs no wait: PostgreSQL replaces
-/// it. After `timeout` the start fails, naming the process.
-fn wait_for_previous_postmaster(pgdata: &Path, owner: Uid, timeout: Duration) -> Result<()> {
-    let Some(pid) = recorded_postmaster(pgdata) else {
-        return Ok(());
-    };
-    if !is_live_postgres(pid, owner) {
-        return Ok(());
-    }
-    let started = Instant::now();
-    tracing::warn!(
-        pid,
-        data_dir = %pgdata.display(),
-        timeout_secs = timeout.as_secs(),
-        "a PostgreSQL from an earlier run is still using the data directory (shutting down after \
-         that run ended?); waiting for it to exit before starting"
-    );
-    while is_live_postgres(pid, owner) {
-        if started.elapsed() >= timeout {
-            return Err(failed(
-                "start",
-                format!(
-                    "PostgreSQL (pid {pid}) still holds {} after {} s: if another serve uses this \
-                     data directory, stop it or choose another --data-dir; otherwise stop that \
-                     process (kill -INT {pid}) and start again",
-                    pgdata.display(),
-                    timeout.as_secs()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    tracing::info!(
-        pid,
-        waited_ms = started.elapsed().as_millis() as u64,
-        "the earlier PostgreSQL exited; starting"
-    );
-    Ok(())
-}
-
-/// The PID on the first line of `postmaster.pid`, if any.
-fn recorded_postmaster(pgdata: &Path) -> Option<i32> {
-    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    text.lines()
-        .next()?
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|pid| *pid > 0)
-}
-
-/// Whether `pid` is a postgres process of `owner` (the user the cluster
-/// runs as) that has not been reaped. A zombie counts: PostgreSQL itself
-/// sees its PID as alive and refuses to start.
-fn is_live_postgres(pid: i32, owner: Uid) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let owned = fs::metadata(&proc_dir).is_ok_and(|meta| meta.uid() == owner.as_raw());
-    owned
-        && fs::read_to_string(proc_dir.join("comm"))
-            .is_ok_and(|comm| matches!(comm.trim(), "postgres" | "postmaster"))
 }
 
 /// Has the kernel send SIGINT to the postmaster when the thread that
