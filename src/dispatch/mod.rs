@@ -9,11 +9,14 @@
 //! given back by a guard, whatever ends it.
 
 mod follow;
+mod handshake;
 mod listener;
+mod outbox;
 mod registry;
 mod reports;
 mod stream;
 mod watch;
+mod work_messages;
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,9 +28,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use self::{follow::FollowStream, stream::ResponseStream as WorkStream, watch::Watchers};
+pub use self::{follow::FollowStream, outbox::ResponseStream as WorkStream, watch::Watchers};
 use self::{
-    registry::{Registry, StreamCommand},
+    registry::{CLAIM_BATCH, Registry, StreamCommand},
     reports::PendingReport,
 };
 
@@ -48,7 +51,7 @@ use crate::{
         sessions::Sessions,
     },
     error::AppError,
-    store::jobs::{CLAIM_SESSION_SETTINGS, ClaimFilter, JobRow, LeaseRef, Slot},
+    store::jobs::{CLAIM_SESSION_SETTINGS, ClaimFilter, ClaimPlan, JobRow, LeaseRef},
 };
 
 /// Report writers settling batches at the same time.
@@ -207,7 +210,7 @@ impl Dispatcher {
             sessions: parts.sessions,
             audit: parts.audit,
             settings,
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::new(settings.streams)),
             wake: parts.wake,
             schedule_changed: std::sync::atomic::AtomicBool::new(true),
             watchers: Watchers::default(),
@@ -398,7 +401,7 @@ impl Claimer {
         &mut self,
         leases: &Leases,
         filter: &ClaimFilter,
-        slots: &[Slot],
+        plan: &ClaimPlan,
     ) -> Result<Vec<JobRow>, AppError> {
         if self.conn.is_none() {
             self.conn = Some(
@@ -412,7 +415,7 @@ impl Claimer {
             );
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, slots)).await;
+        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan)).await;
         match claimed {
             Ok(Ok(jobs)) => Ok(jobs),
             Ok(Err(error)) => {
@@ -432,29 +435,34 @@ impl Claimer {
 /// Longest a claim may take before its connection is given up.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Claims until every free slot is filled or nothing runnable is left.
+/// Claims until every stream with room is filled or nothing runnable is
+/// left for it. Each claim leases at most [`CLAIM_BATCH`] jobs for one group
+/// of streams, so a round costs what it leases, not what streams advertise;
+/// a group that came back short is not asked again in this call.
 async fn claim_rounds(shared: &Shared, claimer: &mut Claimer) -> Result<(), AppError> {
+    let mut dry: std::collections::HashSet<ClaimFilter> = std::collections::HashSet::new();
     loop {
         let demand = shared
             .registry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .demand();
-        if demand.is_empty() {
-            return Ok(());
-        }
-        let mut filled_every_slot = true;
-        for (filter, slots) in demand {
-            let jobs = claimer.claim(&shared.leases, &filter, &slots).await?;
-            if jobs.len() < slots.len() {
-                filled_every_slot = false;
+            .demand(CLAIM_BATCH);
+        let mut claimed_any = false;
+        for (filter, plan) in demand {
+            if dry.contains(&filter) {
+                continue;
+            }
+            claimed_any = true;
+            let jobs = claimer.claim(&shared.leases, &filter, &plan).await?;
+            if jobs.len() < plan.owners.len() {
+                dry.insert(filter);
             }
             let orphans = shared.deliver(jobs);
             if !orphans.is_empty() {
                 shared.leases.hand_back(&orphans, true).await?;
             }
         }
-        if !filled_every_slot {
+        if !claimed_any {
             return Ok(());
         }
     }

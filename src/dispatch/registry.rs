@@ -1,9 +1,15 @@
 //! The Work streams of this replica and the leases each holds: what the
 //! claim loop fills, what reports and revocations empty. Guarded by one
 //! mutex, never held across an await.
+//!
+//! It also keeps what the streams may take, and bounds it: streams per
+//! caller, capacity per stream and capacity of the replica
+//! ([`StreamLimits`]). What a claim is offered is counted per stream, never
+//! per unit of capacity, so a stream asking for 10,000 jobs costs the claim
+//! loop what one asking for one does.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Instant, SystemTime},
 };
 
@@ -13,14 +19,21 @@ use uuid::Uuid;
 use super::tell;
 use crate::{
     domain::jobs::{
+        StreamLimits,
         events::{Revocation, RevokeCause},
         leases::ReportOutcome,
     },
-    store::jobs::{ClaimFilter, JobRow, LeaseRef, Slot},
+    store::jobs::{ClaimFilter, ClaimPlan, JobRow, LeaseRef, Slot},
 };
 
-/// Most jobs one stream may hold at once, whatever credits it was given.
+/// Most jobs one stream may ask for in its hello (a larger hello is
+/// invalid); what it gets is further bounded by
+/// [`StreamLimits::capacity_per_stream`].
 pub const MAX_CAPACITY: usize = 10_000;
+
+/// Most jobs one claim leases for one group of streams: a claim round costs
+/// what it leases, whatever the streams advertise.
+pub const CLAIM_BATCH: usize = 512;
 
 /// What a stream's session is told by the rest of the dispatcher.
 #[derive(Debug)]
@@ -53,10 +66,13 @@ pub struct Held {
 /// One connected Work stream.
 #[derive(Debug)]
 pub struct StreamEntry {
+    /// The account it works for (an API key counts as its owner).
+    pub caller: Uuid,
     pub worker_id: String,
     pub filter: ClaimFilter,
-    /// Jobs it may hold at once.
-    pub capacity: usize,
+    /// Jobs it may hold at once: granted by [`Registry::register`] and
+    /// [`Registry::add_credit`], within the caps.
+    capacity: usize,
     pub held: HashMap<Uuid, Held>,
     /// False once the worker said it drains.
     pub accepting: bool,
@@ -64,6 +80,25 @@ pub struct StreamEntry {
 }
 
 impl StreamEntry {
+    /// A stream not registered yet (its capacity is granted on
+    /// registration).
+    pub fn new(
+        caller: Uuid,
+        worker_id: String,
+        filter: ClaimFilter,
+        commands: mpsc::UnboundedSender<StreamCommand>,
+    ) -> Self {
+        Self {
+            caller,
+            worker_id,
+            filter,
+            capacity: 0,
+            held: HashMap::new(),
+            accepting: true,
+            commands,
+        }
+    }
+
     fn free(&self) -> usize {
         if self.accepting {
             self.capacity.saturating_sub(self.held.len())
@@ -74,13 +109,32 @@ impl StreamEntry {
 }
 
 /// The streams of this replica.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
-    streams: HashMap<Uuid, StreamEntry>,
+    /// By id: a time-ordered UUID, so in order of arrival.
+    streams: BTreeMap<Uuid, StreamEntry>,
+    limits: StreamLimits,
+    /// Streams open per caller.
+    per_caller: HashMap<Uuid, usize>,
+    /// Capacity granted to all streams together.
+    granted: usize,
     /// Set once the server drains: nothing new is leased.
     draining: Option<(Instant, SystemTime)>,
-    /// Rotates which stream is offered jobs first.
+    /// Rotates which stream is offered jobs first: it moves on by one per
+    /// job leased, so the next claim starts where the last one's turns
+    /// ended (round-robin across claims, not only within one).
     turn: usize,
+}
+
+/// Why a stream is not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The server drains.
+    Draining,
+    /// The caller holds `limit` streams already.
+    StreamsPerCaller(usize),
+    /// The streams of this replica hold `limit` capacity already.
+    CapacityPerReplica(usize),
 }
 
 /// Why a report cannot even be submitted.
@@ -114,29 +168,85 @@ impl ReportRefusal {
 }
 
 impl Registry {
-    /// Adds a stream; `None` when the server drains.
-    pub fn register(&mut self, id: Uuid, entry: StreamEntry) -> Option<()> {
-        if self.draining.is_some() {
-            return None;
+    /// An empty registry bounded by `limits`.
+    pub fn new(limits: StreamLimits) -> Self {
+        Self {
+            streams: BTreeMap::new(),
+            limits,
+            per_caller: HashMap::new(),
+            granted: 0,
+            draining: None,
+            turn: 0,
         }
-        self.streams.insert(id, entry);
-        Some(())
     }
 
-    /// Removes a stream; returns the leases it held that no report is
-    /// settling (those are the session's to lose).
-    pub fn unregister(&mut self, id: Uuid) -> Vec<Uuid> {
-        self.streams
-            .remove(&id)
-            .map(|entry| {
-                entry
-                    .held
-                    .into_iter()
-                    .filter(|(_, held)| !held.reporting)
-                    .map(|(job, _)| job)
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Adds a stream asking to hold `asked` jobs at once; returns what it
+    /// is granted: `asked`, at most the per-stream cap and what the replica
+    /// has left. Refused when the server drains, when its caller holds as
+    /// many streams as it may, or when the replica has no capacity left.
+    pub fn register(
+        &mut self,
+        id: Uuid,
+        mut entry: StreamEntry,
+        asked: usize,
+    ) -> Result<usize, Admission> {
+        if self.draining.is_some() {
+            return Err(Admission::Draining);
+        }
+        let limits = self.limits;
+        let open = self.per_caller.get(&entry.caller).copied().unwrap_or(0);
+        if open >= limits.work_streams_per_caller {
+            return Err(Admission::StreamsPerCaller(limits.work_streams_per_caller));
+        }
+        let left = limits.capacity_per_replica.saturating_sub(self.granted);
+        if left == 0 {
+            return Err(Admission::CapacityPerReplica(limits.capacity_per_replica));
+        }
+        let capacity = asked.min(limits.capacity_per_stream).min(left).max(1);
+        entry.capacity = capacity;
+        *self.per_caller.entry(entry.caller).or_default() += 1;
+        self.granted += capacity;
+        self.streams.insert(id, entry);
+        Ok(capacity)
+    }
+
+    /// Removes a stream; returns the leases (job, attempt) it held that no
+    /// report is settling (those are the session's to give back).
+    pub fn unregister(&mut self, id: Uuid) -> Vec<(Uuid, i32)> {
+        let Some(entry) = self.streams.remove(&id) else {
+            return Vec::new();
+        };
+        self.granted = self.granted.saturating_sub(entry.capacity);
+        if let Some(open) = self.per_caller.get_mut(&entry.caller) {
+            *open -= 1;
+            if *open == 0 {
+                self.per_caller.remove(&entry.caller);
+            }
+        }
+        entry
+            .held
+            .into_iter()
+            .filter(|(_, held)| !held.reporting)
+            .map(|(job, held)| (job, held.attempt))
+            .collect()
+    }
+
+    /// Adds `credits` to a stream's capacity, within the per-stream cap and
+    /// what the replica has left; true when it grew.
+    pub fn add_credit(&mut self, id: Uuid, credits: usize) -> bool {
+        let left = self
+            .limits
+            .capacity_per_replica
+            .saturating_sub(self.granted);
+        let per_stream = self.limits.capacity_per_stream;
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        let wanted = entry.capacity.saturating_add(credits).min(per_stream);
+        let extra = wanted.saturating_sub(entry.capacity).min(left);
+        entry.capacity += extra;
+        self.granted += extra;
+        extra > 0
     }
 
     /// Whether the server drains, and until when.
@@ -168,57 +278,48 @@ impl Registry {
         self.streams.get_mut(&id)
     }
 
-    /// The free slots of every stream, grouped by what the streams run, and
-    /// interleaved so that each stream of a group gets its share of a short
-    /// supply; a different stream goes first each time.
-    pub fn demand(&mut self) -> Vec<(ClaimFilter, Vec<Slot>)> {
-        if self.draining.is_some() {
+    /// What to claim for the streams with room: one plan per group of
+    /// streams running the same jobs, each of at most `batch` jobs dealt to
+    /// the group's streams in turns (one each per round while they have
+    /// room), so that a short supply is shared; the first stream follows on
+    /// from the last claim's. Costs O(streams + batch), whatever they
+    /// advertise.
+    pub fn demand(&mut self, batch: usize) -> Vec<(ClaimFilter, ClaimPlan)> {
+        if self.draining.is_some() || batch == 0 {
             return Vec::new();
         }
-        let mut ids: Vec<Uuid> = self
+        let mut offered: Vec<(Uuid, &StreamEntry, usize)> = self
             .streams
             .iter()
-            .filter(|(_, entry)| entry.free() > 0)
-            .map(|(id, _)| *id)
+            .filter_map(|(id, entry)| {
+                let free = entry.free();
+                (free > 0).then_some((*id, entry, free))
+            })
             .collect();
-        if ids.is_empty() {
+        if offered.is_empty() {
             return Vec::new();
         }
-        ids.sort();
-        self.turn = self.turn.wrapping_add(1);
-        let turn = self.turn % ids.len();
-        ids.rotate_left(turn);
-        /// A stream offered jobs: its id, free slots and worker name.
-        type Member = (Uuid, usize, String);
-        let mut groups: Vec<(ClaimFilter, Vec<Member>)> = Vec::new();
-        for id in ids {
-            let entry = &self.streams[&id];
-            let member: Member = (id, entry.free(), entry.worker_id.clone());
-            match groups
-                .iter_mut()
-                .find(|(filter, _)| *filter == entry.filter)
-            {
-                Some((_, members)) => members.push(member),
-                None => groups.push((entry.filter.clone(), vec![member])),
+        let turn = self.turn % offered.len();
+        offered.rotate_left(turn);
+        let mut index: HashMap<&ClaimFilter, usize> = HashMap::new();
+        let mut groups: Vec<(&ClaimFilter, Vec<Member<'_>>)> = Vec::new();
+        for (id, entry, free) in offered {
+            let member = Member {
+                stream: id,
+                worker_id: &entry.worker_id,
+                free,
+            };
+            match index.get(&entry.filter) {
+                Some(&at) => groups[at].1.push(member),
+                None => {
+                    index.insert(&entry.filter, groups.len());
+                    groups.push((&entry.filter, vec![member]));
+                }
             }
         }
         groups
             .into_iter()
-            .map(|(filter, mut members)| {
-                let mut slots = Vec::new();
-                while members.iter().any(|(_, free, _)| *free > 0) {
-                    for (stream, free, worker_id) in members.iter_mut() {
-                        if *free > 0 {
-                            *free -= 1;
-                            slots.push(Slot {
-                                stream: *stream,
-                                worker_id: worker_id.clone(),
-                            });
-                        }
-                    }
-                }
-                (filter, slots)
-            })
+            .map(|(filter, members)| (filter.clone(), deal(&members, batch)))
             .collect()
     }
 
@@ -242,6 +343,7 @@ impl Registry {
             },
         );
         tell(&entry.commands, StreamCommand::Assign(Box::new(job)));
+        self.turn = self.turn.wrapping_add(1);
         true
     }
 
@@ -328,5 +430,173 @@ impl Registry {
             }
         }
         lost
+    }
+}
+
+/// A stream with room, as a claim is offered it.
+struct Member<'a> {
+    stream: Uuid,
+    worker_id: &'a str,
+    free: usize,
+}
+
+/// Deals up to `batch` jobs to `members` in turns: one each per round, in
+/// order, while they have room. Only the members dealt a job appear in the
+/// plan; the work is O(members + batch), never O(room).
+fn deal(members: &[Member<'_>], batch: usize) -> ClaimPlan {
+    let mut plan = ClaimPlan::default();
+    // (member, its index in the plan once dealt a job, room left)
+    let mut room: Vec<(usize, Option<i32>, usize)> = members
+        .iter()
+        .enumerate()
+        .map(|(at, member)| (at, None, member.free))
+        .collect();
+    while plan.owners.len() < batch && !room.is_empty() {
+        for (at, owner, left) in room.iter_mut() {
+            if plan.owners.len() == batch {
+                break;
+            }
+            let owner = *owner.get_or_insert_with(|| {
+                plan.streams.push(Slot {
+                    stream: members[*at].stream,
+                    worker_id: members[*at].worker_id.to_owned(),
+                });
+                (plan.streams.len() - 1) as i32
+            });
+            plan.owners.push(owner);
+            *left -= 1;
+        }
+        room.retain(|(_, _, left)| *left > 0);
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> StreamLimits {
+        StreamLimits {
+            work_streams_per_caller: 100,
+            capacity_per_stream: 10_000,
+            capacity_per_replica: 10_000_000,
+            ..StreamLimits::default()
+        }
+    }
+
+    fn entry(caller: Uuid, name: &str) -> StreamEntry {
+        let (commands, _) = mpsc::unbounded_channel();
+        let filter = ClaimFilter {
+            names: vec![name.to_owned()],
+            modules: vec![],
+        };
+        StreamEntry::new(caller, format!("worker-{name}"), filter, commands)
+    }
+
+    /// How many jobs each stream of a plan is dealt.
+    fn counts(plan: &ClaimPlan) -> Vec<usize> {
+        let mut counts = vec![0; plan.streams.len()];
+        for owner in &plan.owners {
+            counts[*owner as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn demand_counts_streams_not_units_of_capacity() {
+        let mut registry = Registry::new(limits());
+        let caller = Uuid::now_v7();
+        for _ in 0..50 {
+            registry
+                .register(Uuid::now_v7(), entry(caller, "idle"), 10_000)
+                .unwrap();
+        }
+        let demand = registry.demand(CLAIM_BATCH);
+        assert_eq!(demand.len(), 1, "one group");
+        let (_, plan) = &demand[0];
+        // 500,000 units advertised; one batch offered, over 50 streams.
+        assert_eq!(plan.owners.len(), CLAIM_BATCH);
+        assert_eq!(plan.streams.len(), 50);
+        let counts = counts(plan);
+        let (min, max) = (counts.iter().min(), counts.iter().max());
+        assert!(max.unwrap() - min.unwrap() <= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn a_short_supply_is_dealt_in_turns_and_each_stream_within_its_room() {
+        let mut registry = Registry::new(limits());
+        let caller = Uuid::now_v7();
+        let small = Uuid::now_v7();
+        let large = Uuid::now_v7();
+        registry.register(small, entry(caller, "x"), 2).unwrap();
+        registry.register(large, entry(caller, "x"), 5).unwrap();
+        registry
+            .register(Uuid::now_v7(), entry(caller, "y"), 3)
+            .unwrap();
+        let demand = registry.demand(100);
+        assert_eq!(demand.len(), 2, "one plan per group");
+        let (_, x) = demand
+            .iter()
+            .find(|(filter, _)| filter.names == ["x"])
+            .unwrap();
+        // 2 + 5 units, dealt one each per round while both have room.
+        assert_eq!(x.owners.len(), 7);
+        assert_eq!(x.owners[..4], [0, 1, 0, 1]);
+        let by_stream: HashMap<Uuid, usize> = x
+            .streams
+            .iter()
+            .map(|slot| slot.stream)
+            .zip(counts(x))
+            .collect();
+        assert_eq!(by_stream[&small], 2);
+        assert_eq!(by_stream[&large], 5);
+        // Once a job was leased, the next claim starts with another stream.
+        let first = |registry: &mut Registry| {
+            let demand = registry.demand(1);
+            let (_, plan) = demand.iter().find(|(f, _)| f.names == ["x"]).unwrap();
+            plan.streams[0].stream
+        };
+        let one = first(&mut registry);
+        assert_eq!(first(&mut registry), one, "nothing leased, same turn");
+        registry.turn += 1;
+        let two = first(&mut registry);
+        assert_ne!(one, two, "the first stream rotates");
+    }
+
+    #[test]
+    fn caps_bound_streams_per_caller_and_capacity() {
+        let mut registry = Registry::new(StreamLimits {
+            work_streams_per_caller: 2,
+            capacity_per_stream: 5,
+            capacity_per_replica: 12,
+            ..StreamLimits::default()
+        });
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let first = Uuid::now_v7();
+        assert_eq!(registry.register(first, entry(alice, "a"), 100), Ok(5));
+        // Credit is bounded by the per-stream cap.
+        assert!(!registry.add_credit(first, 100));
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(alice, "a"), 5),
+            Ok(5)
+        );
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(alice, "a"), 1),
+            Err(Admission::StreamsPerCaller(2))
+        );
+        assert_eq!(registry.register(Uuid::now_v7(), entry(bob, "b"), 5), Ok(2));
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(bob, "b"), 1),
+            Err(Admission::CapacityPerReplica(12))
+        );
+        // Leaving gives the room back.
+        registry.unregister(first);
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(alice, "a"), 3),
+            Ok(3)
+        );
+        let demand = registry.demand(CLAIM_BATCH);
+        let total: usize = demand.iter().map(|(_, plan)| plan.owners.len()).sum();
+        assert_eq!(total, 10);
     }
 }

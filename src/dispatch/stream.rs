@@ -1,10 +1,15 @@
-//! One Work stream: the handshake, credits, heartbeats, reports, the
-//! periodic re-check of the caller, and the end, whichever way it comes.
+//! One Work stream: credits, heartbeats, reports, the periodic re-check of
+//! the caller, and the end, whichever way it comes (the hello and the
+//! registration are in [`super::handshake`]).
 //!
-//! The session is one task owning the stream's outgoing half; everything
-//! else reaches it through its command channel. Its registration is a guard:
-//! when the task ends for any reason (the worker left, its connection died,
-//! the task panicked), the guard takes back the leases the stream held.
+//! The session is one task; everything else reaches it through its command
+//! channel. It never waits on its worker: what it sends is queued in its
+//! [`Outbox`], so it keeps re-checking its caller while the worker does not
+//! read, and a worker that leaves a message untaken longer than the send
+//! timeout is cut off, its leases handed back at once. Its registration is a
+//! guard: when the task ends for any reason (the worker left, its
+//! connection died, the task panicked), the guard takes back the leases the
+//! stream held.
 
 use std::{
     sync::Arc,
@@ -12,47 +17,36 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt as _};
-use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use uuid::Uuid;
 
 use super::{
     Shared,
-    registry::{MAX_CAPACITY, StreamCommand, StreamEntry},
+    handshake::{self, HELLO_TIMEOUT, Registration, Withdrawn},
+    outbox::{self, Outbox},
+    registry::StreamCommand,
     reports::PendingReport,
+    work_messages::{
+        cancellation, completion_report, failure_report, lease_message, message, parse_lease,
+    },
 };
 use crate::{
     api::{
         jobs::{duration_message, job_message},
-        json::{struct_to_json, value_to_json},
         timestamp,
     },
     domain::{
         Actor,
-        audit::{AuditAction, AuditEvent},
-        jobs::{
-            events::{Revocation, RevokeCause},
-            leases::{Report, ReportKind, failure_error},
-        },
-        validate,
+        jobs::leases::{Report, ReportKind},
     },
     error::AppError,
     proto::automation_v1::{
         self as pb, work_request::Kind as Inbound, work_response::Kind as Outbound,
     },
-    store::jobs::{ClaimFilter, LeaseRef},
+    store::jobs::LeaseRef,
 };
 
-/// How long a new stream may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages queued towards a worker that is not reading; beyond it the
-/// session waits (and so stops reading the worker's messages).
-const OUTBOUND_BUFFER: usize = 64;
-
-/// The server's half of a Work stream.
-pub type ResponseStream = ReceiverStream<Result<pb::WorkResponse, Status>>;
+pub use outbox::ResponseStream;
 
 /// Opens a session; its task runs until the stream ends.
 pub fn open(
@@ -60,146 +54,75 @@ pub fn open(
     actor: Actor,
     inbound: impl Stream<Item = Result<pb::WorkRequest, Status>> + Send + Unpin + 'static,
 ) -> ResponseStream {
-    let (out, response) = mpsc::channel(OUTBOUND_BUFFER);
+    let (outbox, response) = outbox::channel();
     tokio::spawn(async move {
+        let _ends = EndsStream(outbox.clone());
         let mut inbound = inbound;
-        if let Err(status) = serve(shared, actor, &mut inbound, &out).await {
-            let _ = out.send(Err(status)).await;
-        }
+        let ended = serve(shared, actor, &mut inbound, &outbox).await;
+        outbox.finish(ended.err());
     });
-    ReceiverStream::new(response)
+    response
 }
 
-/// What the worker said in `hello`, checked.
-struct Hello {
-    worker_id: String,
-    filter: ClaimFilter,
-    capacity: usize,
-}
+/// Ends the stream if the session's task ends without saying how (a
+/// panic), so that the worker is not left waiting.
+struct EndsStream(Arc<Outbox>);
 
-fn decode_hello(hello: pb::WorkerHello, stream: Uuid) -> Result<Hello, AppError> {
-    let worker_id = if hello.worker_id.trim().is_empty() {
-        format!("worker-{stream}")
-    } else {
-        validate::text("hello.worker_id", &hello.worker_id)?
-    };
-    let capacity = usize::try_from(hello.max_concurrency)
-        .ok()
-        .filter(|c| (1..=MAX_CAPACITY).contains(c))
-        .ok_or_else(|| {
-            AppError::invalid(
-                "hello.max_concurrency",
-                format!("must be within 1..{MAX_CAPACITY}"),
-            )
-        })?;
-    let mut filter = ClaimFilter::default();
-    for (index, name) in hello.job_names.iter().enumerate() {
-        filter.names.push(validate::job_name(
-            &format!("hello.job_names[{index}]"),
-            name,
-        )?);
-    }
-    for (index, name) in hello.module_names.iter().enumerate() {
-        filter.modules.push(validate::module_name(
-            &format!("hello.module_names[{index}]"),
-            name,
-        )?);
-    }
-    filter.names.sort();
-    filter.names.dedup();
-    filter.modules.sort();
-    filter.modules.dedup();
-    Ok(Hello {
-        worker_id,
-        filter,
-        capacity,
-    })
-}
-
-fn parse_lease(
-    field: &str,
-    lease: Option<pb::JobLeaseRef>,
-    stream: Uuid,
-) -> Result<LeaseRef, AppError> {
-    let lease = lease.ok_or_else(|| AppError::invalid(field, "is required"))?;
-    Ok(LeaseRef {
-        job: validate::id(&format!("{field}.job_id"), &lease.job_id)?,
-        attempt: lease.attempt,
-        stream,
-    })
-}
-
-fn lease_message(lease: &LeaseRef) -> pb::JobLeaseRef {
-    pb::JobLeaseRef {
-        job_id: lease.job.to_string(),
-        attempt: lease.attempt,
-    }
-}
-
-fn message(kind: Outbound) -> Result<pb::WorkResponse, Status> {
-    Ok(pb::WorkResponse { kind: Some(kind) })
-}
-
-/// The registration of a stream; dropping it unregisters the stream and
-/// takes back the leases it still held (the worker is gone: each job goes
-/// back to the queue, or fails if that was its last attempt).
-struct Registration {
-    shared: Arc<Shared>,
-    id: Uuid,
-    actor: Actor,
-    worker_id: String,
-    opened: Instant,
-    /// Why the stream ended, for the audit row.
-    ending: &'static str,
-}
-
-impl Drop for Registration {
+impl Drop for EndsStream {
     fn drop(&mut self) {
-        let held = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unregister(self.id);
-        let shared = self.shared.clone();
-        let stream = self.id;
-        let client = self.actor.client.clone();
-        let event = AuditEvent::success(
-            AuditAction::WorkerDisconnected,
-            Some(self.actor.caller.user_id),
-            format!("work-streams/{stream}"),
-        )
-        .with_details(json!({
-            "worker_id": self.worker_id,
-            "ended": self.ending,
-            "leases_taken_back": held.len(),
-            "seconds": self.opened.elapsed().as_secs(),
-        }));
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            if !held.is_empty() {
-                match shared.leases.lose(stream, &held).await {
-                    Ok(_) => shared.wake.notify_one(),
-                    // The reaper takes them when they expire.
-                    Err(error) => shared.note_db_failure(&error),
-                }
-            }
-            if let Err(error) = shared.audit.record_now(&client, &event).await {
-                tracing::warn!(%error, "could not audit the end of a work stream");
-            }
-        });
+        self.0
+            .finish(Some(Status::internal("the session ended unexpectedly")));
     }
+}
+
+/// The messages a worker may send: `rate` a second sustained, twice that
+/// in a burst (a token bucket).
+struct InboundBudget {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl InboundBudget {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: 2.0 * rate,
+            at: Instant::now(),
+        }
+    }
+
+    /// Spends one message; false past the budget.
+    fn spend(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// How the leases a stream sent its worker go back when the server ends
+/// the stream (those never sent always go back as never leased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SentLeases {
+    /// Not a failure: the server ended the stream for its own reasons.
+    HandBack,
+    /// As when a stream drops: the worker failed its side.
+    Lose,
 }
 
 /// The running session of one stream.
 struct Session<'a> {
     shared: &'a Arc<Shared>,
     registration: Registration,
-    commands: mpsc::UnboundedSender<StreamCommand>,
-    out: &'a mpsc::Sender<Result<pb::WorkResponse, Status>>,
     last_heartbeat: Option<Instant>,
+    inbound_budget: InboundBudget,
     /// Set once the server drains.
     drain_deadline: Option<Instant>,
 }
@@ -208,7 +131,7 @@ async fn serve(
     shared: Arc<Shared>,
     actor: Actor,
     inbound: &mut (impl Stream<Item = Result<pb::WorkRequest, Status>> + Unpin),
-    out: &mpsc::Sender<Result<pb::WorkResponse, Status>>,
+    outbox: &Arc<Outbox>,
 ) -> Result<(), Status> {
     let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
         Err(_) => {
@@ -228,65 +151,22 @@ async fn serve(
         return Err(AppError::invalid("hello", "the first message must be hello").into());
     };
     let id = Uuid::now_v7();
-    let hello = decode_hello(hello, id)?;
-    let (commands, mut command_rx) = mpsc::unbounded_channel();
-    let registered = shared
-        .registry
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .register(
-            id,
-            StreamEntry {
-                worker_id: hello.worker_id.clone(),
-                filter: hello.filter.clone(),
-                capacity: hello.capacity,
-                held: Default::default(),
-                accepting: true,
-                commands: commands.clone(),
-            },
-        );
-    if registered.is_none() {
-        return Err(
-            AppError::Draining("the server is shutting down; connect to another".into()).into(),
-        );
-    }
-    let event = AuditEvent::success(
-        AuditAction::WorkerConnected,
-        Some(actor.caller.user_id),
-        format!("work-streams/{id}"),
-    )
-    .with_details(json!({
-        "worker_id": hello.worker_id,
-        "max_concurrency": hello.capacity,
-        "job_names": hello.filter.names,
-        "module_names": hello.filter.modules,
-    }));
-    if let Err(error) = shared.audit.record_now(&actor.client, &event).await {
-        tracing::warn!(%error, "could not audit a new work stream");
-    }
+    let hello = handshake::decode_hello(hello, id)?;
+    let (registration, granted) = handshake::admit(&shared, actor, &hello, id, outbox.clone())?;
+    handshake::audit_connected(&registration, &hello, granted).await;
+    let settings = shared.settings;
     let mut session = Session {
         shared: &shared,
-        registration: Registration {
-            shared: shared.clone(),
-            id,
-            actor,
-            worker_id: hello.worker_id,
-            opened: Instant::now(),
-            ending: "the worker closed the stream",
-        },
-        commands,
-        out,
+        registration,
         last_heartbeat: None,
+        inbound_budget: InboundBudget::new(settings.streams.inbound_messages_per_sec),
         drain_deadline: None,
     };
-    let settings = shared.settings;
-    session
-        .send(Outbound::Welcome(pb::WorkerWelcome {
-            session_id: id.to_string(),
-            lease_duration: Some(duration_message(settings.lease)),
-            heartbeat_interval: Some(duration_message(settings.heartbeat_interval())),
-        }))
-        .await?;
+    session.push(Outbound::Welcome(pb::WorkerWelcome {
+        session_id: id.to_string(),
+        lease_duration: Some(duration_message(settings.lease)),
+        heartbeat_interval: Some(duration_message(settings.heartbeat_interval())),
+    }));
     shared.wake.notify_one();
     let draining = shared
         .registry
@@ -294,14 +174,13 @@ async fn serve(
         .unwrap_or_else(|e| e.into_inner())
         .drain_deadline();
     if let Some((deadline, wall)) = draining {
-        session
-            .on_command(StreamCommand::Drain {
-                deadline,
-                wall_deadline: wall,
-            })
-            .await?;
+        session.on_command(StreamCommand::Drain {
+            deadline,
+            wall_deadline: wall,
+        });
     }
 
+    let stall_timeout = settings.stalled_send_timeout();
     let mut recheck =
         tokio::time::interval(settings.heartbeat_interval().max(Duration::from_millis(50)));
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,15 +189,36 @@ async fn serve(
         let drain_wait = session
             .drain_deadline
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        let stall_wait = outbox
+            .waiting_since()
+            .map(|since| (since + stall_timeout).saturating_duration_since(Instant::now()));
+        // Past a full buffer, the worker's messages wait: each may call for
+        // an answer, and the worker is not taking answers.
+        let reading = outbox.has_room();
         tokio::select! {
             biased;
-            command = command_rx.recv() => {
+            command = session.registration.commands.recv() => {
                 if let Some(command) = command {
-                    session.on_command(command).await?;
+                    session.on_command(command);
                 }
             }
-            message = inbound.next() => match message {
-                Some(Ok(message)) => session.on_message(message).await?,
+            message = inbound.next(), if reading => match message {
+                Some(Ok(message)) => {
+                    if !session.inbound_budget.spend() {
+                        session.registration.ending = "the worker sent too many messages";
+                        let rate = settings.streams.inbound_messages_per_sec;
+                        return Err(AppError::LimitExceeded {
+                            limit: "WORK_INBOUND_MESSAGES_PER_SEC",
+                            message: format!(
+                                "the worker sent more than {rate} messages a second on this \
+                                 stream"
+                            ),
+                            retry_after: Duration::from_secs(1),
+                        }
+                        .into());
+                    }
+                    session.on_message(message).await?
+                }
                 // A message the codec refused (out of bounds, not protobuf).
                 Some(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
                     session.registration.ending = "the worker sent an invalid message";
@@ -332,8 +232,17 @@ async fn serve(
             },
             _ = recheck.tick() => session.recheck_caller().await?,
             () = sleep_or_forever(drain_wait) => return session.end_draining().await,
-            () = out.closed() => {
-                session.registration.ending = "the worker stopped reading the stream";
+            () = sleep_or_forever(stall_wait) => {
+                if outbox
+                    .waiting_since()
+                    .is_some_and(|since| since.elapsed() >= stall_timeout)
+                {
+                    return session.end_stalled(stall_timeout).await;
+                }
+            }
+            () = outbox.room(), if !reading => {}
+            () = outbox.gone() => {
+                session.registration.ending = "the worker's connection went away";
                 return Ok(());
             }
         }
@@ -355,26 +264,26 @@ impl Session<'_> {
         self.registration.id
     }
 
-    async fn send(&self, kind: Outbound) -> Result<(), Status> {
-        self.out
-            .send(message(kind))
-            .await
-            .map_err(|_| Status::cancelled("the worker went away"))
+    /// Queues a message for the worker (never waits).
+    fn push(&self, kind: Outbound) {
+        self.registration.outbox.push(message(kind));
     }
 
-    async fn on_command(&mut self, command: StreamCommand) -> Result<(), Status> {
+    fn on_command(&mut self, command: StreamCommand) {
         match command {
             StreamCommand::Assign(job) => {
-                let attempt = job.attempts;
+                let (id, attempt) = (job.id, job.attempts);
                 let lease_expire_time = job.lease_expires_at.map(timestamp);
-                self.send(Outbound::Assignment(pb::JobAssignment {
+                let assignment = message(Outbound::Assignment(pb::JobAssignment {
                     job: Some(job_message(*job)),
                     attempt,
                     lease_expire_time,
-                }))
-                .await
+                }));
+                self.registration
+                    .outbox
+                    .push_assignment(assignment, id, attempt);
             }
-            StreamCommand::Revoke(revocation) => self.send(cancellation(&revocation)).await,
+            StreamCommand::Revoke(revocation) => self.push(cancellation(&revocation)),
             StreamCommand::Settled { lease, outcome } => {
                 let held = self
                     .shared
@@ -385,12 +294,11 @@ impl Session<'_> {
                 if held {
                     self.shared.wake.notify_one();
                 }
-                self.send(Outbound::Ack(pb::ReportAck {
+                self.push(Outbound::Ack(pb::ReportAck {
                     lease: Some(lease_message(&lease)),
                     accepted: outcome.accepted,
                     reason: outcome.reason,
-                }))
-                .await
+                }));
             }
             StreamCommand::Drain {
                 deadline,
@@ -398,16 +306,16 @@ impl Session<'_> {
             } => {
                 self.drain_deadline = Some(deadline);
                 let deadline = chrono::DateTime::<chrono::Utc>::from(wall_deadline).naive_utc();
-                self.send(Outbound::Drain(pb::ServerDrain {
+                self.push(Outbound::Drain(pb::ServerDrain {
                     deadline: Some(timestamp(deadline)),
-                }))
-                .await
+                }));
             }
         }
     }
 
     async fn on_message(&mut self, message: pb::WorkRequest) -> Result<(), Status> {
         let stream = self.id();
+        let max = self.shared.settings.payload_max_bytes;
         match message.kind {
             None => Err(AppError::invalid("kind", "the message carries nothing").into()),
             Some(Inbound::Hello(_)) => Err(AppError::invalid("hello", "was already sent").into()),
@@ -416,69 +324,26 @@ impl Session<'_> {
                     .ok()
                     .filter(|c| *c >= 1)
                     .ok_or_else(|| AppError::invalid("credit.credits", "must be at least 1"))?;
-                if let Some(entry) = self
+                // Within the caps: more is not an error, just not granted.
+                let grew = self
                     .shared
                     .registry
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(stream)
-                {
-                    entry.capacity = entry.capacity.saturating_add(credits).min(MAX_CAPACITY);
+                    .add_credit(stream, credits);
+                if grew {
+                    self.shared.wake.notify_one();
                 }
-                self.shared.wake.notify_one();
                 Ok(())
             }
             Some(Inbound::Heartbeat(heartbeat)) => self.heartbeat(heartbeat).await,
             Some(Inbound::Completion(completion)) => {
-                let lease = parse_lease("completion.lease", completion.lease, stream)?;
-                let result = completion
-                    .result
-                    .map(value_to_json)
-                    .unwrap_or(serde_json::Value::Null);
-                let max = self.shared.settings.payload_max_bytes;
-                let kind = match validate::json_document("completion.result", &result, max) {
-                    Ok(()) => ReportKind::Completed(result),
-                    // An unstorable result fails the attempt rather than
-                    // leaving the job leased forever.
-                    Err(refusal) => ReportKind::Failed {
-                        error: failure_error(
-                            &format!("the worker's result was refused: {refusal}"),
-                            serde_json::Value::Null,
-                            lease.attempt,
-                            false,
-                        ),
-                        permanent: false,
-                    },
-                };
+                let (lease, kind) = completion_report(completion, stream, max)?;
                 self.submit(lease, kind).await
             }
             Some(Inbound::Failure(failure)) => {
-                let lease = parse_lease("failure.lease", failure.lease, stream)?;
-                let max = self.shared.settings.payload_max_bytes;
-                let details = failure
-                    .details
-                    .map(struct_to_json)
-                    .unwrap_or(serde_json::Value::Null);
-                let mut error =
-                    failure_error(&failure.message, details, lease.attempt, failure.permanent);
-                if validate::json_document("failure", &error, max).is_err() {
-                    // Keep the message, drop what cannot be stored.
-                    let message: String = failure.message.replace('\0', "");
-                    error = failure_error(
-                        &message,
-                        json!({ "dropped": "details too large or not storable" }),
-                        lease.attempt,
-                        failure.permanent,
-                    );
-                }
-                self.submit(
-                    lease,
-                    ReportKind::Failed {
-                        error,
-                        permanent: failure.permanent,
-                    },
-                )
-                .await
+                let (lease, kind) = failure_report(failure, stream, max)?;
+                self.submit(lease, kind).await
             }
             Some(Inbound::Release(release)) => {
                 let lease = parse_lease("release.lease", release.lease, stream)?;
@@ -512,7 +377,7 @@ impl Session<'_> {
             Ok(()) => {
                 let pending = PendingReport {
                     report: Report { lease, kind },
-                    reply: self.commands.clone(),
+                    reply: self.registration.reply_to.clone(),
                 };
                 if self.shared.reports.send(pending).is_err() {
                     return Err(AppError::Draining("the server is shutting down".into()).into());
@@ -520,12 +385,12 @@ impl Session<'_> {
                 Ok(())
             }
             Err(refusal) => {
-                self.send(Outbound::Ack(pb::ReportAck {
+                self.push(Outbound::Ack(pb::ReportAck {
                     lease: Some(lease_message(&lease)),
                     accepted: false,
                     reason: refusal.reason(&lease),
-                }))
-                .await
+                }));
+                Ok(())
             }
         }
     }
@@ -607,7 +472,9 @@ impl Session<'_> {
             return Ok(());
         };
         self.registration.ending = "the caller lost access";
-        self.hand_back_all().await;
+        self.give_back(SentLeases::HandBack).await;
+        // Nothing else queued matters to a caller that lost access.
+        self.registration.outbox.discard();
         Err(refusal.into())
     }
 
@@ -627,68 +494,54 @@ impl Session<'_> {
     /// not counted as a failure, and the worker is told to reconnect.
     async fn end_draining(&mut self) -> Result<(), Status> {
         self.registration.ending = "the server drained";
-        self.hand_back_all().await;
+        self.give_back(SentLeases::HandBack).await;
         Err(
             AppError::Draining("the server is shutting down; reconnect (to another server)".into())
                 .into(),
         )
     }
 
-    /// Hands back every lease the stream holds that no report is settling.
-    async fn hand_back_all(&mut self) {
-        let stream = self.id();
-        let leases: Vec<LeaseRef> = {
-            let mut registry = self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let Some(entry) = registry.get_mut(stream) else {
-                return;
-            };
-            let leases = entry
-                .held
-                .iter()
-                .filter(|(_, held)| !held.reporting)
-                .map(|(job, held)| LeaseRef {
-                    job: *job,
-                    attempt: held.attempt,
-                    stream,
-                })
-                .collect();
-            entry.held.retain(|_, held| held.reporting);
-            entry.accepting = false;
-            leases
-        };
-        if let Err(error) = self.shared.leases.hand_back(&leases, false).await {
-            // The guard cannot find them any more; the reaper will.
-            self.shared.note_db_failure(&error);
+    /// Ends a stream whose worker took nothing for `waited`: what was never
+    /// sent goes back as never leased, what was sent as from a dropped
+    /// stream, and what is queued is dropped.
+    async fn end_stalled(&mut self, waited: Duration) -> Result<(), Status> {
+        self.registration.ending = "the worker stopped reading the stream";
+        self.give_back(SentLeases::Lose).await;
+        self.registration.outbox.discard();
+        Err(AppError::LimitExceeded {
+            limit: "STREAM_SEND_TIMEOUT_MS",
+            message: format!(
+                "the worker read nothing for {} ms; its jobs were handed back",
+                waited.as_millis()
+            ),
+            retry_after: Duration::from_secs(1),
+        }
+        .into())
+    }
+
+    /// Unregisters the stream (nothing more is leased to it) and gives back
+    /// every lease it holds that no report is settling, before the worker
+    /// hears that the stream ended.
+    async fn give_back(&mut self, sent: SentLeases) {
+        let Withdrawn {
+            undelivered,
+            delivered,
+        } = self.registration.withdraw();
+        let leases = &self.shared.leases;
+        let mut outcomes = vec![leases.hand_back(&undelivered, true).await];
+        outcomes.push(match sent {
+            SentLeases::HandBack => leases.hand_back(&delivered, false).await,
+            SentLeases::Lose => {
+                let jobs: Vec<Uuid> = delivered.iter().map(|lease| lease.job).collect();
+                leases.lose(self.id(), &jobs).await
+            }
+        });
+        for outcome in outcomes {
+            if let Err(error) = outcome {
+                // The guard cannot find them any more; the reaper will.
+                self.shared.note_db_failure(&error);
+            }
         }
         self.shared.wake.notify_one();
     }
-}
-
-fn cancellation(revocation: &Revocation) -> Outbound {
-    let (cause, reason) = match revocation.cause {
-        RevokeCause::Cancelled => (
-            pb::CancellationCause::Cancelled,
-            "the job was cancelled; its result will be refused",
-        ),
-        RevokeCause::LeaseLost => (
-            pb::CancellationCause::LeaseLost,
-            "the lease ended (no heartbeat in time); the job may run elsewhere",
-        ),
-        RevokeCause::ModuleRemoved => (
-            pb::CancellationCause::ModuleRemoved,
-            "the job's module is being removed",
-        ),
-    };
-    Outbound::Cancellation(pb::JobCancellation {
-        lease: Some(pb::JobLeaseRef {
-            job_id: revocation.job.to_string(),
-            attempt: revocation.attempt,
-        }),
-        reason: reason.into(),
-        cause: cause.into(),
-    })
 }

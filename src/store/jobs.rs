@@ -237,13 +237,24 @@ pub struct ClaimFilter {
     pub modules: Vec<String>,
 }
 
-/// One free slot of a Work stream, filled by [`claim`].
+/// A Work stream a claim may lease jobs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
     /// The stream.
     pub stream: Uuid,
     /// The worker's name, recorded on the job.
     pub worker_id: String,
+}
+
+/// Who the jobs of one [`claim`] go to: the n-th job claimed (in dispatch
+/// order) goes to `streams[owners[n]]`. Its size is what the claim leases
+/// (at most `owners.len()` jobs), never what the streams advertise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimPlan {
+    /// The streams offered jobs, each once.
+    pub streams: Vec<Slot>,
+    /// For each job to claim, the index in `streams` of its stream.
+    pub owners: Vec<i32>,
 }
 
 /// Session settings of the connection that claims: they pin the claim's
@@ -258,21 +269,22 @@ pub struct Slot {
 pub const CLAIM_SESSION_SETTINGS: &str =
     "SET enable_sort = off; SET enable_bitmapscan = off; SET enable_seqscan = off; SET jit = off";
 
-/// Leases up to one runnable job per slot, in dispatch order (priority
-/// first, then schedule, then id), skipping rows other replicas are claiming
-/// right now, and only jobs whose module is ENABLED (or, for lifecycle hook
-/// jobs, in the transition the hook carries out). The n-th job goes to the
-/// n-th slot. Each lease is a new attempt. One statement, atomic on its own:
+/// Leases up to `plan.owners.len()` runnable jobs, in dispatch order
+/// (priority first, then schedule, then id), skipping rows other replicas
+/// are claiming right now, and only jobs whose module is ENABLED (or, for
+/// lifecycle hook jobs, in the transition the hook carries out). The n-th
+/// job goes to the stream `plan.owners[n]` names. Each lease is a new
+/// attempt. One statement, atomic on its own:
 /// it also announces the claimed jobs as changed (`c` notifications of at
 /// most 200 ids), so a claim is one round trip. Run it on a connection with
 /// [`CLAIM_SESSION_SETTINGS`].
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     filter: &ClaimFilter,
-    slots: &[Slot],
+    plan: &ClaimPlan,
     lease: std::time::Duration,
 ) -> QueryResult<Vec<JobRow>> {
-    if slots.is_empty() {
+    if plan.owners.is_empty() {
         return Ok(Vec::new());
     }
     diesel::sql_query(format!(
@@ -297,9 +309,14 @@ pub async fn claim(
                SELECT id, row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS slot
                FROM candidates
            ),
+           streams AS (
+               SELECT w.stream, w.worker, w.idx
+               FROM unnest($4::uuid[], $5::text[]) WITH ORDINALITY AS w(stream, worker, idx)
+           ),
            slots AS (
-               SELECT s.stream, s.worker, s.slot
-               FROM unnest($4::uuid[], $5::text[]) WITH ORDINALITY AS s(stream, worker, slot)
+               SELECT streams.stream, streams.worker, s.slot
+               FROM unnest($8::int[]) WITH ORDINALITY AS s(owner, slot)
+               JOIN streams ON streams.idx = s.owner + 1
            ),
            claimed AS (
                UPDATE jobs
@@ -320,16 +337,17 @@ pub async fn claim(
     ))
     .bind::<Array<Text>, _>(&filter.names)
     .bind::<Array<Text>, _>(&filter.modules)
-    .bind::<BigInt, _>(slots.len() as i64)
-    .bind::<Array<SqlUuid>, _>(slots.iter().map(|s| s.stream).collect::<Vec<_>>())
+    .bind::<BigInt, _>(plan.owners.len() as i64)
+    .bind::<Array<SqlUuid>, _>(plan.streams.iter().map(|s| s.stream).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(
-        slots
+        plan.streams
             .iter()
-            .map(|s| s.worker_id.clone())
+            .map(|s| s.worker_id.as_str())
             .collect::<Vec<_>>(),
     )
     .bind::<Interval, _>(interval(lease))
     .bind::<Text, _>(CHANNEL)
+    .bind::<Array<Integer>, _>(&plan.owners)
     .load(conn)
     .await
 }

@@ -22,8 +22,8 @@ use crate::{
     domain::modules::{self, hooks::HookOutcome},
     error::AppError,
     store::jobs::{
-        self as rows, ClaimFilter, ExtendedLease, JobRow, JobStatus, LeaseRef, LostLease, Settled,
-        Slot,
+        self as rows, ClaimFilter, ClaimPlan, ExtendedLease, JobRow, JobStatus, LeaseRef,
+        LostLease, Settled,
     },
 };
 
@@ -92,17 +92,17 @@ impl Leases {
         &self.settings
     }
 
-    /// Leases one runnable job per slot (fewer when fewer are runnable), on
-    /// the dispatcher's own claiming connection: one statement, which also
-    /// announces the claimed jobs as changed.
+    /// Leases up to one runnable job per entry of `plan.owners` (fewer when
+    /// fewer are runnable), on the dispatcher's own claiming connection: one
+    /// statement, which also announces the claimed jobs as changed.
     pub async fn claim(
         &self,
         conn: &mut diesel_async::AsyncPgConnection,
         filter: &ClaimFilter,
-        slots: &[Slot],
+        plan: &ClaimPlan,
     ) -> Result<Vec<JobRow>, AppError> {
         let started = std::time::Instant::now();
-        let jobs = rows::claim(conn, filter, slots, self.settings.lease).await?;
+        let jobs = rows::claim(conn, filter, plan, self.settings.lease).await?;
         tracing::trace!(
             db.operation = "jobs.claim",
             duration_us = started.elapsed().as_micros() as u64,
