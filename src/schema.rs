@@ -197,7 +197,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    module_job_types (name, module_id) {
+        name -> Varchar,
+        #[sql_name = "moduleId"]
+        module_id -> Uuid,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(module_job_types -> modules (module_id));
 diesel::joinable!(user_roles -> users (user_id));
 diesel::joinable!(user_roles -> roles (role_id));
 diesel::joinable!(sessions -> users (user_id));
@@ -241,4 +250,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     session_spent_tokens,
     login_throttles,
     api_keys,
+    module_job_types,
 );

@@ -888,8 +888,14 @@ async fn running_module_code_needs_modules_execute() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("modules:execute"), "{status:?}");
+    // Leaving module_name out changes nothing: the name is the module's.
+    let status = jobs
+        .create_job(authed(&writer, new_job("plain.run", json!({}))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     // A job of no module needs only jobs:write.
-    jobs.create_job(authed(&writer, new_job("plain.run", json!({}))))
+    jobs.create_job(authed(&writer, new_job("unowned.run", json!({}))))
         .await
         .unwrap();
     let status = enable(&app, &writer, "hooked").await.unwrap_err();

@@ -6,6 +6,13 @@ use uuid::Uuid;
 
 use crate::{auth::policy::validate_permission, error::AppError};
 
+/// Attempts a job gets when neither the request nor its module says.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+/// Most attempts a job may ask for.
+pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
+/// The range of job priorities.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+
 /// A required UUID field.
 pub fn id(field: &str, value: &str) -> Result<Uuid, AppError> {
     if value.is_empty() {
@@ -147,14 +154,7 @@ pub fn job_name(field: &str, name: &str) -> Result<String, AppError> {
 /// A module name: kebab-case, 1 to 64 lowercase letters and digits in
 /// words joined by single `-`, starting with a letter.
 pub fn module_name(field: &str, name: &str) -> Result<String, AppError> {
-    let ok = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && !name.contains("--")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
+    if is_module_name(name) {
         Ok(name.to_owned())
     } else {
         Err(AppError::invalid(
@@ -163,6 +163,26 @@ pub fn module_name(field: &str, name: &str) -> Result<String, AppError> {
              starting with a letter, at most 64 characters",
         ))
     }
+}
+
+/// Whether `name` is a well-formed module name (see [`module_name`]).
+pub fn is_module_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && !name.contains("--")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The namespace of a job name: the part before its first `.` when that is
+/// a module name (`backup` of `backup.run`). A job whose namespace names a
+/// registered module is that module's job.
+pub fn job_namespace(job: &str) -> Option<&str> {
+    job.split_once('.')
+        .map(|(namespace, _)| namespace)
+        .filter(|namespace| is_module_name(namespace))
 }
 
 /// Free-form JSON a client or worker sends: at most `max_bytes` when
@@ -218,6 +238,11 @@ mod tests {
         assert!(module_name("m", "backup-runner").is_ok());
         for bad in ["Backup", "backup--x", "-x", "x-", "1x", "x_y", ""] {
             assert!(module_name("m", bad).is_err(), "{bad}");
+        }
+        assert_eq!(job_namespace("backup.run"), Some("backup"));
+        assert_eq!(job_namespace("backup-runner.a.b"), Some("backup-runner"));
+        for plain in ["backup", "Backup.run", ".run", "a_b.run", "x/y.run"] {
+            assert_eq!(job_namespace(plain), None, "{plain}");
         }
     }
 

@@ -101,8 +101,9 @@ fn interval(duration: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Inserts jobs in one statement. A job whose idempotency key another job
-/// already holds is not inserted; the rows returned are the inserted ones.
+/// Inserts jobs in one statement. A job whose idempotency key a job of the
+/// same creator already holds is not inserted (keys are scoped to their
+/// creator); the rows returned are the inserted ones.
 pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult<Vec<JobRow>> {
     if new.is_empty() {
         return Ok(Vec::new());
@@ -117,7 +118,8 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
                        $7::timestamp[], $8::text[], $9::uuid[], $10::text[])
                 AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook)
-           ON CONFLICT ("idempotencyKey") WHERE "idempotencyKey" IS NOT NULL DO NOTHING
+           ON CONFLICT ("createdBy", "idempotencyKey") WHERE "idempotencyKey" IS NOT NULL
+           DO NOTHING
            RETURNING {JOB_COLUMNS}"#
     ))
     .bind::<Array<SqlUuid>, _>(new.iter().map(|j| j.id).collect::<Vec<_>>())
@@ -142,12 +144,15 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
     .await
 }
 
-/// The jobs holding these idempotency keys.
+/// The jobs of `creator` holding these idempotency keys (another caller's
+/// job holding the same key is never found).
 pub async fn find_by_keys(
     conn: &mut AsyncPgConnection,
+    creator: Uuid,
     keys: &[String],
 ) -> QueryResult<Vec<JobRow>> {
     jobs::table
+        .filter(jobs::created_by.eq(creator))
         .filter(jobs::idempotency_key.eq_any(keys))
         .select(JobRow::as_select())
         .load(conn)
@@ -739,6 +744,39 @@ pub async fn cancel_jobs_of_module(
            RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder"#,
     )
     .bind::<Text, _>(module)
+    .load(conn)
+    .await
+}
+
+/// Cancels the pending and running jobs, other than lifecycle hooks and
+/// other than `module`'s own, whose name now belongs to `module`: its
+/// namespace (`<module>.…`) or one of `job_names`, which it declares. They
+/// were created before the module took the name, without its rules, and
+/// must not run as its jobs. Returns them with the streams holding the
+/// running ones, which must be told.
+pub async fn cancel_jobs_taken_by(
+    conn: &mut AsyncPgConnection,
+    module: &str,
+    job_names: &[String],
+    reason: &str,
+) -> QueryResult<Vec<CancelledJob>> {
+    diesel::sql_query(
+        r#"WITH doomed AS (
+               SELECT id, "leasedBy" AS holder FROM jobs
+               WHERE status IN ('PENDING', 'RUNNING') AND hook IS NULL
+                 AND "moduleName" IS DISTINCT FROM $1
+                 AND (left(name, length($1) + 1) = $1 || '.' OR name = ANY($2))
+               ORDER BY id
+               FOR UPDATE)
+           UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               error = jsonb_build_object('message', $3::text, 'cause', 'module_took_name'),
+               "updatedAt" = LOCALTIMESTAMP
+           FROM doomed WHERE jobs.id = doomed.id
+           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder"#,
+    )
+    .bind::<Text, _>(module)
+    .bind::<Array<Text>, _>(job_names)
+    .bind::<Text, _>(reason)
     .load(conn)
     .await
 }

@@ -6,7 +6,7 @@
 pub mod events;
 pub mod leases;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::NaiveDateTime;
 use diesel_async::AsyncPgConnection;
@@ -18,7 +18,12 @@ use self::events::{QueueChanges, Revocation, RevokeCause};
 use super::{
     Actor, Page,
     audit::{AuditAction, AuditEvent, AuditTrail},
-    modules::{self, hooks::HookOutcome, manifest::Manifest},
+    modules::{
+        self,
+        cache::ManifestCache,
+        hooks::HookOutcome,
+        owners::{self, Owner, Owners},
+    },
     validate,
 };
 use crate::{
@@ -26,17 +31,15 @@ use crate::{
     error::AppError,
     store::{
         jobs::{self as rows, JobFilter, JobRow, JobStatus, NewJob},
-        modules::{self as modules_store, ModuleStatus},
+        modules::ModuleStatus,
         pagination::{Cursor, PageRequest},
     },
 };
 
-/// Attempts a job gets when neither the request nor its module says.
-pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
-/// Most attempts a job may ask for.
-pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
-/// The range of priorities.
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+// The bounds of a job's fields live with the other shapes of input, where a
+// module's manifest (whose job declarations carry the same fields) reads
+// them too.
+pub use super::validate::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, PRIORITY_RANGE};
 /// Most jobs one BatchCreateJobs creates.
 pub const MAX_BATCH: usize = 1000;
 
@@ -204,6 +207,8 @@ pub struct Jobs {
     /// Wakes this replica's dispatch at once after a local enqueue (other
     /// replicas hear the NOTIFY).
     wake: Arc<Notify>,
+    /// Parsed manifests of the modules jobs are created for, per version.
+    manifests: Arc<ManifestCache>,
 }
 
 impl Jobs {
@@ -213,6 +218,7 @@ impl Jobs {
             pool,
             settings,
             wake,
+            manifests: Arc::new(ManifestCache::new()),
         }
     }
 
@@ -260,9 +266,13 @@ impl Jobs {
     ) -> Result<Vec<JobRow>, AppError> {
         let batch = action == AuditAction::BatchCreateJobs;
         let prefix = |index: usize| request_prefix(batch, index);
+        let creator = actor.caller.user_id;
         let jobs = db::transaction(&self.pool, "jobs.create", async |conn| {
+            owners::lock_for_create(conn).await?;
             // A repeated create returns the job its key names even if the
             // module changed state since: the module is not asked again.
+            // Keys are the caller's own: another caller's job holding the
+            // same key is neither returned nor in the way.
             let keys: Vec<String> = specs
                 .iter()
                 .filter_map(|spec| spec.idempotency_key.clone())
@@ -270,47 +280,39 @@ impl Jobs {
             let held = if keys.is_empty() {
                 Vec::new()
             } else {
-                rows::find_by_keys(conn, &keys).await?
+                rows::find_by_keys(conn, creator, &keys).await?
             };
+            // Every module the jobs may belong to, read (and share-locked)
+            // once: a batch of a thousand jobs of one module costs one query.
+            let names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+            let named: Vec<&str> = specs
+                .iter()
+                .filter_map(|spec| spec.module_name.as_deref())
+                .collect();
+            let owners = Owners::read(conn, &self.manifests, &names, &named).await?;
             let mut new = Vec::with_capacity(specs.len());
-            let mut modules_read = HashMap::new();
             for (index, spec) in specs.iter().enumerate() {
                 let repeated = spec.idempotency_key.is_some()
                     && held
                         .iter()
                         .any(|job| job.idempotency_key == spec.idempotency_key);
-                let defaults = match &spec.module_name {
-                    Some(_) if repeated => {
-                        ensure_may_execute(actor)?;
-                        ModuleDefaults {
-                            priority: spec.priority,
-                            max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-                        }
-                    }
-                    Some(module) => {
-                        module_defaults(conn, actor, module, spec, &prefix(index), &mut modules_read)
-                            .await?
-                    }
-                    None => ModuleDefaults {
-                        priority: spec.priority,
-                        max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-                    },
-                };
+                let (module, defaults) =
+                    job_module(actor, &owners, spec, &prefix(index), repeated)?;
                 new.push(NewJob {
                     id: Uuid::now_v7(),
                     name: spec.name.clone(),
-                    module_name: spec.module_name.clone(),
+                    module_name: module.map(|m| m.name.clone()),
                     priority: defaults.priority,
                     payload: spec.payload.clone(),
                     max_attempts: defaults.max_attempts,
                     scheduled_at: spec.schedule_at,
                     idempotency_key: spec.idempotency_key.clone(),
-                    created_by: Some(actor.caller.user_id),
+                    created_by: Some(creator),
                     hook: None,
                 });
             }
             let inserted = rows::insert(conn, &new).await?;
-            let jobs = resolve_idempotent(conn, &new, inserted, batch).await?;
+            let jobs = resolve_idempotent(conn, creator, &new, inserted, batch).await?;
             let fresh: Vec<&JobRow> = jobs
                 .iter()
                 .filter(|job| new.iter().any(|n| n.id == job.id))
@@ -421,6 +423,7 @@ impl Jobs {
     /// budget.
     pub async fn retry(&self, actor: &Actor, id: Uuid) -> Result<JobRow, AppError> {
         let job = db::transaction(&self.pool, "jobs.retry", async |conn| {
+            owners::lock_for_create(conn).await?;
             let job = rows::find_for_update(conn, id)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
@@ -437,11 +440,40 @@ impl Jobs {
                     job.module_name.as_deref().unwrap_or_default()
                 )));
             }
+            let named: Vec<&str> = job.module_name.as_deref().into_iter().collect();
+            let owners = Owners::read(conn, &self.manifests, &[&job.name], &named).await?;
+            // A module registered (or declaring the name) after the job was
+            // created took the job back; it cannot come back as a job of
+            // another module, or of none, that the module's workers take.
+            let belongs = owners.of(&job.name);
+            if !belongs.is_empty()
+                && !belongs
+                    .iter()
+                    .any(|owner| Some(&owner.name) == job.module_name.as_ref())
+            {
+                return Err(AppError::FailedPrecondition(format!(
+                    "job {id} is named '{}', which belongs to module {} now: create it again as \
+                     that module's job",
+                    job.name, belongs[0].name
+                )));
+            }
+            if let Some(owner) = belongs
+                .iter()
+                .find(|o| o.types.hook_of(&job.name).is_some())
+            {
+                return Err(AppError::FailedPrecondition(format!(
+                    "job {id} is named '{}', which is a hook of module {} now: hook jobs are \
+                     created only by the module's lifecycle",
+                    job.name, owner.name
+                )));
+            }
             if let Some(module) = &job.module_name {
                 ensure_may_execute(actor)?;
-                let gate = ensure_module_enabled(conn, module, "id").await?;
-                let manifest = Manifest::from_stored(gate.manifest);
-                if !manifest.jobs.is_empty() && manifest.job(&job.name).is_none() {
+                let owner = owners
+                    .named(module)
+                    .ok_or_else(|| AppError::NotFound(format!("module {module} (id)")))?;
+                ensure_enabled(owner)?;
+                if !owner.types.is_empty() && owner.types.job(&job.name).is_none() {
                     return Err(AppError::FailedPrecondition(format!(
                         "module {module} no longer declares job type '{}'",
                         job.name
@@ -484,38 +516,53 @@ struct ModuleDefaults {
     max_attempts: i32,
 }
 
-/// For a job of `module`: the module must be ENABLED, the caller must hold
-/// `modules:execute`, and the job type must be one the manifest declares
-/// (when it declares any). The request's priority (when not 0) and attempts
-/// win over the manifest's defaults for the type, which win over the global
-/// ones. Each module is read (and share-locked) once per create: `read`
-/// keeps the manifests of those already read, so a batch of a thousand
-/// jobs of one module costs one query, not a thousand.
-async fn module_defaults(
-    conn: &mut AsyncPgConnection,
+/// The module a job is created for, and what it gets from the module's
+/// manifest. A job of a module (see [`owners`]: by its name, whatever the
+/// request says) needs `modules:execute`, an ENABLED module and a job type
+/// the manifest declares (when it declares any); hook job types are
+/// refused. The request's priority (when not 0) and attempts win over the
+/// manifest's defaults for the type, which win over the global ones. A
+/// `repeated` request (its key names a job of the caller's) is checked for
+/// the permission only: it writes nothing.
+fn job_module<'a>(
     actor: &Actor,
-    module: &str,
+    owners: &'a Owners,
     spec: &JobSpec,
     prefix: &str,
-    read: &mut HashMap<String, Manifest>,
-) -> Result<ModuleDefaults, AppError> {
+    repeated: bool,
+) -> Result<(Option<&'a Owner>, ModuleDefaults), AppError> {
+    let module = owners.module_of(
+        &spec.name,
+        spec.module_name.as_deref(),
+        &format!("{prefix}name"),
+        &format!("{prefix}module_name"),
+    )?;
+    let plain = ModuleDefaults {
+        priority: spec.priority,
+        max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+    };
+    let Some(module) = module else {
+        return Ok((None, plain));
+    };
     ensure_may_execute(actor)?;
-    if !read.contains_key(module) {
-        let gate = ensure_module_enabled(conn, module, &format!("{prefix}module_name")).await?;
-        read.insert(module.to_owned(), Manifest::from_stored(gate.manifest));
+    if repeated {
+        return Ok((Some(module), plain));
     }
-    let manifest = &read[module];
-    let declaration = if manifest.jobs.is_empty() {
+    ensure_enabled(module)?;
+    let declaration = if module.types.is_empty() {
         None
     } else {
-        Some(manifest.job(&spec.name).ok_or_else(|| {
+        Some(module.types.job(&spec.name).ok_or_else(|| {
             AppError::invalid(
                 format!("{prefix}name"),
-                format!("module {module} declares no job type '{}'", spec.name),
+                format!(
+                    "module {} declares no job type '{}'",
+                    module.name, spec.name
+                ),
             )
         })?)
     };
-    Ok(ModuleDefaults {
+    let defaults = ModuleDefaults {
         priority: match spec.priority {
             0 => declaration.and_then(|d| d.priority).unwrap_or(0),
             priority => priority,
@@ -524,7 +571,8 @@ async fn module_defaults(
             .max_attempts
             .or(declaration.and_then(|d| d.max_attempts))
             .unwrap_or(DEFAULT_MAX_ATTEMPTS),
-    })
+    };
+    Ok((Some(module), defaults))
 }
 
 /// Jobs of a module run its code: creating, cancelling (which may undo a
@@ -540,29 +588,25 @@ fn ensure_may_execute(actor: &Actor) -> Result<(), AppError> {
     )))
 }
 
-/// The module's gate, refusing unless it is ENABLED.
-async fn ensure_module_enabled(
-    conn: &mut AsyncPgConnection,
-    module: &str,
-    field: &str,
-) -> Result<modules_store::ModuleGate, AppError> {
-    let gate = modules_store::gate(conn, module)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("module {module} ({field})")))?;
-    if gate.status != ModuleStatus::Enabled {
+/// Refuses unless the module is ENABLED.
+fn ensure_enabled(module: &Owner) -> Result<(), AppError> {
+    if module.status != ModuleStatus::Enabled {
         return Err(AppError::FailedPrecondition(format!(
-            "module {module} is {}: jobs can be created only while it is ENABLED",
-            gate.status.label()
+            "module {} is {}: jobs can be created only while it is ENABLED",
+            module.name,
+            module.status.label()
         )));
     }
-    Ok(gate)
+    Ok(())
 }
 
 /// The jobs of a create, in request order: the inserted rows, and for
-/// requests whose idempotency key a job already held, that job (refusing a
-/// key reused for a different job).
+/// requests whose idempotency key a job of the same creator already held,
+/// that job (refusing a key reused for a different job; the refusal names
+/// the caller's own job, nobody else's).
 async fn resolve_idempotent(
     conn: &mut AsyncPgConnection,
+    creator: Uuid,
     new: &[NewJob],
     inserted: Vec<JobRow>,
     batch: bool,
@@ -575,7 +619,7 @@ async fn resolve_idempotent(
     let existing = if missing_keys.is_empty() {
         Vec::new()
     } else {
-        rows::find_by_keys(conn, &missing_keys).await?
+        rows::find_by_keys(conn, creator, &missing_keys).await?
     };
     let mut jobs = Vec::with_capacity(new.len());
     for (index, request) in new.iter().enumerate() {

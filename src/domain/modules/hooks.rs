@@ -17,10 +17,8 @@ use crate::{
     auth::client::ClientInfo,
     domain::{
         audit::{AuditAction, AuditEvent, AuditTrail},
-        jobs::{
-            DEFAULT_MAX_ATTEMPTS,
-            events::{QueueChanges, Revocation, RevokeCause},
-        },
+        jobs::events::{QueueChanges, Revocation, RevokeCause},
+        validate::DEFAULT_MAX_ATTEMPTS,
     },
     error::AppError,
     store::{
@@ -275,6 +273,11 @@ async fn settle_one(
             let after = rows::compare_and_set(conn, module.id, module.status, &changes).await?;
             if let Some(after) = &after {
                 hold_jobs_unless_enabled(conn, after).await?;
+                if module.status == ModuleStatus::Updating {
+                    // The job types of both manifests were the module's
+                    // while the hook ran; now only the kept one's are.
+                    super::owners::settle_declared(conn, after.id, &after.manifest).await?;
+                }
             }
             after
         }

@@ -1,15 +1,18 @@
 //! A module's manifest: free-form JSON whose `jobs` and `hooks` keys the
 //! control plane reads and checks; every other key is kept as it is.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
-use crate::{
-    domain::{jobs, validate},
-    error::AppError,
-};
+use crate::{domain::validate, error::AppError};
 
 /// Largest manifest, as JSON.
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+/// Most job types a manifest may declare. Every create reads the
+/// declarations of its job's module (from a cache) and registration checks
+/// each against every other module's, so they are bounded like any input.
+pub const MAX_JOB_TYPES: usize = 1000;
 
 /// The transitions a hook can carry out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,47 +51,134 @@ pub struct JobDeclaration {
     pub max_attempts: Option<i32>,
 }
 
-/// A checked manifest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Manifest {
-    /// The manifest as given.
-    pub raw: Value,
-    /// The job types it declares (empty: any).
-    pub jobs: Vec<JobDeclaration>,
+/// What the control plane reads of a manifest: the job types it declares
+/// (looked up by name in constant time, so a batch against a large manifest
+/// stays linear) and which of them carry out its hooks. The manifest cache
+/// shares it between creates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobTypes {
+    declared: Vec<JobDeclaration>,
+    index: HashMap<String, usize>,
     install: Option<String>,
     update: Option<String>,
     remove: Option<String>,
 }
 
+impl JobTypes {
+    /// Whether it declares no job type (then the module takes any).
+    pub fn is_empty(&self) -> bool {
+        self.declared.is_empty()
+    }
+
+    /// How many job types it declares.
+    pub fn len(&self) -> usize {
+        self.declared.len()
+    }
+
+    /// The declared job types' names, in the manifest's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.declared.iter().map(|j| j.name.as_str())
+    }
+
+    /// The declaration of job type `name`.
+    pub fn job(&self, name: &str) -> Option<&JobDeclaration> {
+        self.index.get(name).map(|&at| &self.declared[at])
+    }
+
+    /// The job type that carries out `kind`, if the manifest declares one.
+    pub fn hook(&self, kind: HookKind) -> Option<&JobDeclaration> {
+        let job = match kind {
+            HookKind::Install => self.install.as_deref(),
+            HookKind::Update => self.update.as_deref(),
+            HookKind::Remove => self.remove.as_deref(),
+        }?;
+        self.job(job)
+    }
+
+    /// The hook job type `name` carries out, if it is one: such jobs are
+    /// created by the module's lifecycle alone.
+    pub fn hook_of(&self, name: &str) -> Option<HookKind> {
+        [HookKind::Install, HookKind::Update, HookKind::Remove]
+            .into_iter()
+            .find(|kind| self.hook(*kind).is_some_and(|j| j.name == name))
+    }
+
+    /// Whether `other` declares the same hooks.
+    pub fn same_hooks(&self, other: &JobTypes) -> bool {
+        (&self.install, &self.update, &self.remove)
+            == (&other.install, &other.update, &other.remove)
+    }
+}
+
+/// A checked manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The manifest as given.
+    pub raw: Value,
+    /// What it declares.
+    pub types: JobTypes,
+}
+
 impl Manifest {
     /// Checks a manifest sent by a client; errors name the field under
-    /// `field` (`manifest`, `module.manifest`).
+    /// `field` (`manifest`, `module.manifest`). It declares at most
+    /// [`MAX_JOB_TYPES`] job types.
     pub fn parse(field: &str, raw: Value) -> Result<Self, AppError> {
         if !raw.is_object() {
             return Err(AppError::invalid(field, "must be a JSON object"));
         }
         validate::json_document(field, &raw, MAX_MANIFEST_BYTES)?;
-        Self::read(field, raw)
+        if let Some(Value::Array(items)) = raw.get("jobs")
+            && items.len() > MAX_JOB_TYPES
+        {
+            return Err(AppError::invalid(
+                format!("{field}.jobs"),
+                format!(
+                    "declares {} job types; at most {MAX_JOB_TYPES} are accepted",
+                    items.len()
+                ),
+            ));
+        }
+        let types = JobTypes::read(field, &raw)?;
+        Ok(Self { raw, types })
     }
 
     /// Reads a stored manifest, which was checked when it was stored (or
     /// written by the platform's existing backend: then anything the checks
-    /// would refuse is ignored rather than blocking the module).
+    /// would refuse is ignored rather than blocking the module, and a stored
+    /// manifest is not held to [`MAX_JOB_TYPES`]).
     pub fn from_stored(raw: Value) -> Self {
-        Self::read("manifest", raw.clone()).unwrap_or(Self {
-            raw,
-            jobs: Vec::new(),
-            install: None,
-            update: None,
-            remove: None,
-        })
+        let types = JobTypes::read("manifest", &raw).unwrap_or_default();
+        Self { raw, types }
     }
 
-    fn read(field: &str, raw: Value) -> Result<Self, AppError> {
-        let mut jobs = Vec::new();
+    /// The job type that carries out `kind`, if the manifest declares one.
+    pub fn hook(&self, kind: HookKind) -> Option<&JobDeclaration> {
+        self.types.hook(kind)
+    }
+
+    /// Whether `other` declares the same hooks (changing them changes what
+    /// code a transition runs, which needs `modules:execute`).
+    pub fn same_hooks(&self, other: &Manifest) -> bool {
+        self.types.same_hooks(&other.types)
+    }
+
+    /// The declaration of job type `name`.
+    pub fn job(&self, name: &str) -> Option<&JobDeclaration> {
+        self.types.job(name)
+    }
+}
+
+impl JobTypes {
+    /// Reads `jobs` and `hooks` of `raw`, in time linear in the
+    /// declarations.
+    fn read(field: &str, raw: &Value) -> Result<Self, AppError> {
+        let mut types = Self::default();
         match raw.get("jobs") {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
+                types.declared.reserve(items.len());
+                types.index.reserve(items.len());
                 for (index, item) in items.iter().enumerate() {
                     let at = format!("{field}.jobs[{index}]");
                     let name = item
@@ -96,7 +186,7 @@ impl Manifest {
                         .and_then(Value::as_str)
                         .ok_or_else(|| AppError::invalid(format!("{at}.name"), "is required"))?;
                     let name = validate::job_name(&format!("{at}.name"), name)?;
-                    if jobs.iter().any(|j: &JobDeclaration| j.name == name) {
+                    if types.index.contains_key(&name) {
                         return Err(AppError::invalid(
                             format!("{at}.name"),
                             format!("declares '{name}' twice"),
@@ -126,11 +216,15 @@ impl Manifest {
                                     )
                                 }),
                         };
-                    jobs.push(JobDeclaration {
-                        priority: integer("priority", jobs::PRIORITY_RANGE)?,
-                        max_attempts: integer("max_attempts", 1..=jobs::MAX_ATTEMPTS_LIMIT)?,
+                    let declaration = JobDeclaration {
+                        priority: integer("priority", validate::PRIORITY_RANGE)?,
+                        max_attempts: integer("max_attempts", 1..=validate::MAX_ATTEMPTS_LIMIT)?,
                         name,
-                    });
+                    };
+                    types
+                        .index
+                        .insert(declaration.name.clone(), types.declared.len());
+                    types.declared.push(declaration);
                 }
             }
             Some(_) => {
@@ -140,34 +234,27 @@ impl Manifest {
                 ));
             }
         }
-        let mut manifest = Self {
-            raw,
-            jobs,
-            install: None,
-            update: None,
-            remove: None,
-        };
-        match manifest.raw.get("hooks").cloned() {
+        match raw.get("hooks") {
             None | Some(Value::Null) => {}
             Some(Value::Object(hooks)) => {
                 for (key, value) in hooks {
                     let at = format!("{field}.hooks.{key}");
-                    let kind = HookKind::from_key(&key).ok_or_else(|| {
+                    let kind = HookKind::from_key(key).ok_or_else(|| {
                         AppError::invalid(&at, "is not a hook: expected install, update or remove")
                     })?;
                     let job = value
                         .as_str()
                         .ok_or_else(|| AppError::invalid(&at, "must name a job type"))?;
-                    if !manifest.jobs.iter().any(|j| j.name == job) {
+                    if types.job(job).is_none() {
                         return Err(AppError::invalid(
                             &at,
                             format!("names '{job}', which {field}.jobs does not declare"),
                         ));
                     }
                     let slot = match kind {
-                        HookKind::Install => &mut manifest.install,
-                        HookKind::Update => &mut manifest.update,
-                        HookKind::Remove => &mut manifest.remove,
+                        HookKind::Install => &mut types.install,
+                        HookKind::Update => &mut types.update,
+                        HookKind::Remove => &mut types.remove,
                     };
                     *slot = Some(job.to_owned());
                 }
@@ -179,29 +266,7 @@ impl Manifest {
                 ));
             }
         }
-        Ok(manifest)
-    }
-
-    /// The job type that carries out `kind`, if the manifest declares one.
-    pub fn hook(&self, kind: HookKind) -> Option<&JobDeclaration> {
-        let job = match kind {
-            HookKind::Install => self.install.as_deref(),
-            HookKind::Update => self.update.as_deref(),
-            HookKind::Remove => self.remove.as_deref(),
-        }?;
-        self.job(job)
-    }
-
-    /// Whether `other` declares the same hooks (changing them changes what
-    /// code a transition runs, which needs `modules:execute`).
-    pub fn same_hooks(&self, other: &Manifest) -> bool {
-        (&self.install, &self.update, &self.remove)
-            == (&other.install, &other.update, &other.remove)
-    }
-
-    /// The declaration of job type `name`.
-    pub fn job(&self, name: &str) -> Option<&JobDeclaration> {
-        self.jobs.iter().find(|j| j.name == name)
+        Ok(types)
     }
 }
 
@@ -274,5 +339,48 @@ mod tests {
             let error = Manifest::parse("manifest", raw).unwrap_err();
             assert!(error.to_string().starts_with(field), "{field}: {error}");
         }
+    }
+
+    #[test]
+    fn declarations_are_bounded_for_clients_not_for_stored_manifests() {
+        let jobs = |n: usize| -> Vec<Value> {
+            (0..n).map(|i| json!({"name": format!("m.t{i}")})).collect()
+        };
+        let error =
+            Manifest::parse("manifest", json!({"jobs": jobs(MAX_JOB_TYPES + 1)})).unwrap_err();
+        assert!(error.to_string().starts_with("manifest.jobs:"), "{error}");
+        let manifest = Manifest::parse("manifest", json!({"jobs": jobs(MAX_JOB_TYPES)})).unwrap();
+        assert_eq!(manifest.types.len(), MAX_JOB_TYPES);
+        // One written by another backend, over the bound, is still read
+        // whole (refusing it would widen the module to any job type).
+        let stored = Manifest::from_stored(json!({"jobs": jobs(14_000)}));
+        assert_eq!(stored.types.len(), 14_000);
+        assert!(stored.job("m.t13999").is_some());
+        assert!(stored.job("m.t14000").is_none());
+        let twice = json!({"jobs": [{"name": "a"}, {"name": "b"}, {"name": "a"}]});
+        let error = Manifest::parse("manifest", twice).unwrap_err();
+        assert!(
+            error.to_string().starts_with("manifest.jobs[2].name:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn hook_job_types_are_known_by_name() {
+        let manifest = Manifest::parse(
+            "manifest",
+            json!({
+                "jobs": [{"name": "b.install"}, {"name": "b.run"}, {"name": "b.drop"}],
+                "hooks": {"install": "b.install", "remove": "b.drop"},
+            }),
+        )
+        .unwrap();
+        assert_eq!(manifest.types.hook_of("b.install"), Some(HookKind::Install));
+        assert_eq!(manifest.types.hook_of("b.drop"), Some(HookKind::Remove));
+        assert_eq!(manifest.types.hook_of("b.run"), None);
+        assert_eq!(
+            manifest.types.names().collect::<Vec<_>>(),
+            ["b.install", "b.run", "b.drop"]
+        );
     }
 }

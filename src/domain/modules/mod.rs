@@ -5,9 +5,11 @@
 //! row. Hook jobs settle the transition they carry out in [`hooks`], inside
 //! the transaction that settles the job.
 
+pub mod cache;
 pub mod hooks;
 pub mod lifecycle;
 pub mod manifest;
+pub mod owners;
 
 use std::sync::Arc;
 
@@ -82,7 +84,9 @@ impl Modules {
         Self { pool, wake }
     }
 
-    /// Registers a module; it starts REGISTERED.
+    /// Registers a module; it starts REGISTERED. Its namespace and the job
+    /// types its manifest declares become its own (refused if another module
+    /// owns one); jobs that held those names are taken back.
     pub async fn register(&self, actor: &Actor, new: Registration) -> Result<ModuleRow, AppError> {
         let name = validate::module_name("name", &new.name)?;
         let version = parse_version("version", &new.version)?;
@@ -91,6 +95,7 @@ impl Modules {
         let description = validate::text("description", &new.description)?;
         let manifest = Manifest::parse("manifest", new.manifest)?;
         db::transaction(&self.pool, "modules.register", async |conn| {
+            rows::lock_job_names(conn, true).await?;
             let now = store::now();
             let module = rows::insert(
                 conn,
@@ -107,6 +112,8 @@ impl Modules {
                 },
             )
             .await?;
+            let taken_back =
+                owners::claim(conn, &module, &manifest.types, "manifest", true, false).await?;
             record(
                 conn,
                 actor,
@@ -114,7 +121,8 @@ impl Modules {
                 &module,
                 json!({
                     "version": module.version,
-                    "job_types": manifest.jobs.len(),
+                    "job_types": manifest.types.len(),
+                    "cancelled_jobs": taken_back,
                 }),
             )
             .await?;
@@ -181,6 +189,10 @@ impl Modules {
             .map(|raw| Manifest::parse("module.manifest", raw))
             .transpose()?;
         let module = db::transaction(&self.pool, "modules.update", async |conn| {
+            if new_manifest.is_some() {
+                // Before the row lock, as creates take it.
+                rows::lock_job_names(conn, true).await?;
+            }
             let module = lock(conn, &key).await?;
             let mut changes = ModuleChanges {
                 display_name: display_name.clone(),
@@ -255,6 +267,14 @@ impl Modules {
                 },
             )
             .await?;
+            let mut taken_back = 0;
+            if let Some(manifest) = &new_manifest {
+                let field = "module.manifest";
+                let keep_previous = updated.status == ModuleStatus::Updating;
+                taken_back =
+                    owners::claim(conn, &updated, &manifest.types, field, false, keep_previous)
+                        .await?;
+            }
             announce(conn, &updated, false).await?;
             record(
                 conn,
@@ -264,6 +284,7 @@ impl Modules {
                 json!({
                     "version": { "from": module.version, "to": updated.version },
                     "manifest_changed": new_manifest.is_some(),
+                    "cancelled_jobs": taken_back,
                     "status": updated.status.label(),
                     "hook_job": job,
                 }),
