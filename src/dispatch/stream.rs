@@ -107,16 +107,6 @@ impl InboundBudget {
     }
 }
 
-/// How the leases a stream sent its worker go back when the server ends
-/// the stream (those never sent always go back as never leased).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SentLeases {
-    /// Not a failure: the server ended the stream for its own reasons.
-    HandBack,
-    /// As when a stream drops: the worker failed its side.
-    Lose,
-}
-
 /// The running session of one stream.
 struct Session<'a> {
     shared: &'a Arc<Shared>,
@@ -472,7 +462,7 @@ impl Session<'_> {
             return Ok(());
         };
         self.registration.ending = "the caller lost access";
-        self.give_back(SentLeases::HandBack).await;
+        self.give_back().await;
         // Nothing else queued matters to a caller that lost access.
         self.registration.outbox.discard();
         Err(refusal.into())
@@ -494,7 +484,7 @@ impl Session<'_> {
     /// not counted as a failure, and the worker is told to reconnect.
     async fn end_draining(&mut self) -> Result<(), Status> {
         self.registration.ending = "the server drained";
-        self.give_back(SentLeases::HandBack).await;
+        self.give_back().await;
         Err(
             AppError::Draining("the server is shutting down; reconnect (to another server)".into())
                 .into(),
@@ -502,11 +492,13 @@ impl Session<'_> {
     }
 
     /// Ends a stream whose worker took nothing for `waited`: what was never
-    /// sent goes back as never leased, what was sent as from a dropped
-    /// stream, and what is queued is dropped.
+    /// sent goes back as never leased, what was sent goes back unfinished
+    /// without costing an attempt (a worker that stops reading may never
+    /// have received it: the bytes can sit in its connection's buffers), and
+    /// what is queued is dropped.
     async fn end_stalled(&mut self, waited: Duration) -> Result<(), Status> {
         self.registration.ending = "the worker stopped reading the stream";
-        self.give_back(SentLeases::Lose).await;
+        self.give_back().await;
         self.registration.outbox.discard();
         Err(AppError::LimitExceeded {
             limit: "STREAM_SEND_TIMEOUT_MS",
@@ -521,21 +513,19 @@ impl Session<'_> {
 
     /// Unregisters the stream (nothing more is leased to it) and gives back
     /// every lease it holds that no report is settling, before the worker
-    /// hears that the stream ended.
-    async fn give_back(&mut self, sent: SentLeases) {
+    /// hears that the stream ended. The server ended the stream, not the
+    /// worker's failure: nothing costs an attempt (what was never sent goes
+    /// back as never leased, what was sent as unfinished).
+    async fn give_back(&mut self) {
         let Withdrawn {
             undelivered,
             delivered,
         } = self.registration.withdraw();
         let leases = &self.shared.leases;
-        let mut outcomes = vec![leases.hand_back(&undelivered, true).await];
-        outcomes.push(match sent {
-            SentLeases::HandBack => leases.hand_back(&delivered, false).await,
-            SentLeases::Lose => {
-                let jobs: Vec<Uuid> = delivered.iter().map(|lease| lease.job).collect();
-                leases.lose(self.id(), &jobs).await
-            }
-        });
+        let outcomes = [
+            leases.hand_back(&undelivered, true).await,
+            leases.hand_back(&delivered, false).await,
+        ];
         for outcome in outcomes {
             if let Err(error) = outcome {
                 // The guard cannot find them any more; the reaper will.
