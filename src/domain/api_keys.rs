@@ -219,7 +219,10 @@ impl ApiKeys {
 }
 
 /// A key cannot mint, list or revoke keys: a leaked key must not be able to
-/// outlive its own revocation.
+/// copy itself into another key that survives its revocation. (What a key's
+/// permissions let it create — an account, with `users:write` — does outlive
+/// it; the README's API key section says so, and the audit trail names the
+/// key that made it.)
 fn refuse_keys(actor: &Actor) -> Result<(), AppError> {
     if actor.caller.api_key.is_some() {
         return Err(AppError::PermissionDenied(
