@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    Shared,
+    Shared, keepalive,
     outbox::Outbox,
     registry::{Admission, MAX_CAPACITY, StreamCommand, StreamEntry},
 };
@@ -128,12 +128,13 @@ pub fn admit(
     outbox: Arc<Outbox>,
 ) -> Result<(Registration, usize), AppError> {
     let (commands, commands_rx) = mpsc::unbounded_channel();
-    let entry = StreamEntry::new(
+    let mut entry = StreamEntry::new(
         actor.caller.user_id,
         hello.worker_id.clone(),
         hello.filter.clone(),
         commands.clone(),
     );
+    entry.outbox = Some(outbox.clone());
     let admitted = shared
         .registry
         .lock()
@@ -265,21 +266,13 @@ impl Drop for Registration {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let _entered = runtime.enter();
+        // Tried again while the database is away: left to the reaper, each
+        // would cost its job an attempt, the undelivered ones included.
+        keepalive::hand_back_in_background(&shared, withdrawn.undelivered, true);
+        let jobs: Vec<Uuid> = withdrawn.delivered.iter().map(|l| l.job).collect();
+        keepalive::lose_in_background(&shared, stream, jobs);
         runtime.spawn(async move {
-            if !withdrawn.undelivered.is_empty() {
-                match shared.leases.hand_back(&withdrawn.undelivered, true).await {
-                    Ok(_) => shared.wake.notify_one(),
-                    // The reaper takes them when they expire.
-                    Err(error) => shared.note_db_failure(&error),
-                }
-            }
-            if !withdrawn.delivered.is_empty() {
-                let jobs: Vec<Uuid> = withdrawn.delivered.iter().map(|l| l.job).collect();
-                match shared.leases.lose(stream, &jobs).await {
-                    Ok(_) => shared.wake.notify_one(),
-                    Err(error) => shared.note_db_failure(&error),
-                }
-            }
             shared
                 .audit
                 .record_sampled(format!("work-close|{caller}"), &client, &event)

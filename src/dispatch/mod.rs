@@ -10,6 +10,7 @@
 
 mod follow;
 mod handshake;
+mod keepalive;
 mod listener;
 mod outbox;
 mod registry;
@@ -223,6 +224,7 @@ impl Dispatcher {
         let mut handles = vec![
             tokio::spawn(claim_loop(shared.clone(), parts.database_url.clone())),
             tokio::spawn(reaper(shared.clone())),
+            tokio::spawn(keepalive::run(shared.clone())),
             tokio::spawn(listener::run(shared.clone(), parts.database_url)),
         ];
         for _ in 0..REPORT_WRITERS {
@@ -339,6 +341,8 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
     };
     let mut next_due: Option<Instant> = None;
     let mut failures = 0u32;
+    // Set when a claim failed: it may have committed all the same.
+    let mut unsure = false;
     loop {
         let poll = shared.settings.poll_interval;
         let wait = next_due
@@ -351,9 +355,16 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
                 shared.schedule_changed.store(true, std::sync::atomic::Ordering::Release);
             }
         }
+        if unsure {
+            match keepalive::give_back_unknown_leases(&shared).await {
+                Ok(_) => unsure = false,
+                Err(error) => shared.note_db_failure(&error),
+            }
+        }
         match claim_rounds(&shared, &mut claimer).await {
             Ok(()) => failures = 0,
             Err(error) => {
+                unsure = true;
                 shared.note_db_failure(&error);
                 failures += 1;
                 let pause = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
@@ -439,7 +450,7 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 /// left for it. Each claim leases at most [`CLAIM_BATCH`] jobs for one group
 /// of streams, so a round costs what it leases, not what streams advertise;
 /// a group that came back short is not asked again in this call.
-async fn claim_rounds(shared: &Shared, claimer: &mut Claimer) -> Result<(), AppError> {
+async fn claim_rounds(shared: &Arc<Shared>, claimer: &mut Claimer) -> Result<(), AppError> {
     let mut dry: std::collections::HashSet<ClaimFilter> = std::collections::HashSet::new();
     loop {
         let demand = shared
@@ -457,10 +468,9 @@ async fn claim_rounds(shared: &Shared, claimer: &mut Claimer) -> Result<(), AppE
             if jobs.len() < plan.owners.len() {
                 dry.insert(filter);
             }
+            // Leased to a stream that left meanwhile: never sent.
             let orphans = shared.deliver(jobs);
-            if !orphans.is_empty() {
-                shared.leases.hand_back(&orphans, true).await?;
-            }
+            keepalive::hand_back_in_background(shared, orphans, true);
         }
         if !claimed_any {
             return Ok(());

@@ -84,6 +84,14 @@ pub fn channel() -> (Arc<Outbox>, ResponseStream) {
     (outbox, response)
 }
 
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queued", &self.state().queue.len())
+            .finish()
+    }
+}
+
 impl Outbox {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -150,6 +158,15 @@ impl Outbox {
             None => true,
         });
         withdrawn
+    }
+
+    /// The assignments the transport has not taken yet: job → attempt.
+    pub fn queued_assignments(&self) -> HashMap<Uuid, i32> {
+        self.state()
+            .queue
+            .iter()
+            .filter_map(|queued| queued.lease)
+            .collect()
     }
 
     /// Drops everything queued (its worker is not reading it).

@@ -61,6 +61,8 @@ pub struct Held {
     pub attempt: i32,
     /// A report on it is being settled.
     pub reporting: bool,
+    /// When it was leased to the stream.
+    pub since: Instant,
 }
 
 /// One connected Work stream.
@@ -77,6 +79,10 @@ pub struct StreamEntry {
     /// False once the worker said it drains.
     pub accepting: bool,
     pub commands: mpsc::UnboundedSender<StreamCommand>,
+    /// What its session has queued for the worker: assignments still there
+    /// were never sent, and their leases are kept alive however long they
+    /// wait (see [`Registry::kept_by_server`]).
+    pub outbox: Option<std::sync::Arc<super::outbox::Outbox>>,
 }
 
 impl StreamEntry {
@@ -96,6 +102,7 @@ impl StreamEntry {
             held: HashMap::new(),
             accepting: true,
             commands,
+            outbox: None,
         }
     }
 
@@ -340,11 +347,60 @@ impl Registry {
             Held {
                 attempt: job.attempts,
                 reporting: false,
+                since: Instant::now(),
             },
         );
         tell(&entry.commands, StreamCommand::Assign(Box::new(job)));
         self.turn = self.turn.wrapping_add(1);
         true
+    }
+
+    /// The leases the server keeps alive itself, since the worker cannot
+    /// be asked to (see [`super::keepalive`]): those being reported, those
+    /// whose assignment still waits in the stream's outbox, and those
+    /// leased less than `window` ago (on their way to the worker, or just
+    /// arrived).
+    pub fn kept_by_server(&self, window: std::time::Duration) -> Vec<LeaseRef> {
+        let mut kept = Vec::new();
+        for (stream, entry) in &self.streams {
+            let queued = entry
+                .outbox
+                .as_ref()
+                .map(|outbox| outbox.queued_assignments())
+                .unwrap_or_default();
+            kept.extend(
+                entry
+                    .held
+                    .iter()
+                    .filter(|(job, held)| {
+                        held.reporting
+                            || held.since.elapsed() < window
+                            || queued.get(*job) == Some(&held.attempt)
+                    })
+                    .map(|(job, held)| LeaseRef {
+                        job: *job,
+                        attempt: held.attempt,
+                        stream: *stream,
+                    }),
+            );
+        }
+        kept
+    }
+
+    /// The streams connected here.
+    pub fn stream_ids(&self) -> Vec<Uuid> {
+        self.streams.keys().copied().collect()
+    }
+
+    /// Whether the streams here account for `lease`: its stream knows it
+    /// holds it, or its stream is gone (whose guard gives its leases back).
+    pub fn accounts_for(&self, lease: &LeaseRef) -> bool {
+        self.streams.get(&lease.stream).is_none_or(|entry| {
+            entry
+                .held
+                .get(&lease.job)
+                .is_some_and(|h| h.attempt == lease.attempt)
+        })
     }
 
     /// Marks a lease as being reported; refuses a report the stream cannot

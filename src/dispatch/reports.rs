@@ -4,13 +4,16 @@
 //! acknowledges each report to its stream. While one batch commits, the next
 //! gathers, so the batch size follows the load.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Shared, registry::StreamCommand, tell};
 use crate::{
-    domain::jobs::leases::{Report, ReportOutcome},
+    domain::jobs::leases::{Report, ReportOutcome, is_transient},
     error::AppError,
 };
 
@@ -64,28 +67,42 @@ pub async fn run_writer(
     }
 }
 
-/// Settles a batch, retrying while the database is unavailable (the
-/// reports are not acknowledged meanwhile, so nothing is lost). A batch the
+/// How long the writers keep trying, once the server stops, to settle
+/// what was reported while the database is away.
+const STOPPING_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Settles a batch, retrying while the database is unavailable or the
+/// batch collided with a concurrent change (the reports are not
+/// acknowledged meanwhile, so nothing is lost). Tries come at most
+/// [`Leases::retry_pause_cap`](crate::domain::jobs::leases::Leases::retry_pause_cap)
+/// apart, so that once the database is back the batch lands before the
+/// reaper may take the leases it settles: a report that waited on the
+/// database must not cost its job the attempt it completed. A batch the
 /// database refuses for another reason is settled report by report, so one
 /// bad report cannot hold up the others.
 async fn settle_with_retry(shared: &Shared, batch: Vec<PendingReport>, stopping: bool) {
     let reports: Vec<Report> = batch.iter().map(|p| p.report.clone()).collect();
-    let mut pause = Duration::from_millis(50);
+    let mut pause = Duration::from_millis(20);
+    let give_up_at = stopping.then(|| Instant::now() + STOPPING_PATIENCE);
     loop {
         match shared.leases.settle(&reports).await {
             Ok(outcomes) => {
                 acknowledge(&batch, outcomes);
                 return;
             }
-            Err(error @ AppError::Unavailable(_)) => {
-                shared.note_db_failure(&error);
-                if stopping && shared.shutdown.is_cancelled() && pause > Duration::from_secs(2) {
+            Err(error) if is_transient(&error) => {
+                if matches!(error, AppError::Unavailable(_)) {
+                    shared.note_db_failure(&error);
+                } else {
+                    tracing::debug!(%error, reports = batch.len(), "a report batch collided; trying again");
+                }
+                if give_up_at.is_some_and(|at| Instant::now() >= at) {
                     // The server is going away and the database with it: the
                     // leases come back when they expire.
                     return;
                 }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
+                pause = (pause * 2).min(shared.leases.retry_pause_cap());
             }
             Err(error) if batch.len() > 1 => {
                 tracing::warn!(%error, reports = batch.len(), "settling a batch failed; settling one by one");

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::{
     Shared,
     handshake::{self, HELLO_TIMEOUT, Registration, Withdrawn},
+    keepalive,
     outbox::{self, Outbox},
     registry::StreamCommand,
     reports::PendingReport,
@@ -522,14 +523,12 @@ impl Session<'_> {
             delivered,
         } = self.registration.withdraw();
         let leases = &self.shared.leases;
-        let outcomes = [
-            leases.hand_back(&undelivered, true).await,
-            leases.hand_back(&delivered, false).await,
-        ];
-        for outcome in outcomes {
-            if let Err(error) = outcome {
-                // The guard cannot find them any more; the reaper will.
+        for (leases_back, unsent) in [(undelivered, true), (delivered, false)] {
+            if let Err(error) = leases.hand_back(&leases_back, unsent).await {
+                // Not left to the reaper, which would charge an attempt:
+                // tried again in the background until the database is back.
                 self.shared.note_db_failure(&error);
+                keepalive::hand_back_in_background(self.shared, leases_back, unsent);
             }
         }
         self.shared.wake.notify_one();

@@ -477,7 +477,9 @@ pub async fn fail(
 /// attempt is not a failure: `maxAttempts` grows by one, so a release or a
 /// drain never uses up the job's budget (attempt numbers still never
 /// repeat). `undelivered` leases (claimed for a stream that closed before it
-/// got them) give their attempt number back instead.
+/// got them) give their attempt number back instead. Rows are locked in id
+/// order, like every statement that takes leases, so that two of them
+/// never wait on each other in a cycle.
 pub async fn hand_back(
     conn: &mut AsyncPgConnection,
     leases: &[LeaseRef],
@@ -487,12 +489,22 @@ pub async fn hand_back(
         return Ok(Vec::new());
     }
     diesel::sql_query(format!(
-        r#"UPDATE jobs
+        r#"WITH r AS (
+               SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
+           ),
+           locked AS (
+               SELECT jobs.id FROM jobs JOIN r ON jobs.id = r.id
+               WHERE jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
+                 AND jobs.status = 'RUNNING'
+               ORDER BY jobs.id
+               FOR UPDATE OF jobs
+           )
+           UPDATE jobs
            SET status = 'PENDING', attempts = jobs.attempts - $4::int,
                "maxAttempts" = jobs."maxAttempts" + 1 - $4::int,
                held = {HELD_UNLESS_ENABLED},
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
-           FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
+           FROM r JOIN locked ON locked.id = r.id
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
              AND jobs.status = 'RUNNING'
            RETURNING {SETTLED_COLUMNS}"#
@@ -545,7 +557,7 @@ const LOST_COLUMNS: &str = r#"jobs.id, jobs.attempts AS attempt, lost.holder,
     jobs.status::text AS status, jobs.hook, jobs."moduleName" AS module_name, jobs.error"#;
 
 /// Takes the leases `jobs` of a stream that closed or was cut off (those it
-/// still holds).
+/// still holds), locking them in id order.
 pub async fn lose_leases_of(
     conn: &mut AsyncPgConnection,
     stream: Uuid,
@@ -559,6 +571,7 @@ pub async fn lose_leases_of(
         r#"WITH lost AS (
                SELECT id, "leasedBy" AS holder FROM jobs
                WHERE status = 'RUNNING' AND "leasedBy" = $2 AND id = ANY($3)
+               ORDER BY id
                FOR UPDATE
            )
            UPDATE jobs SET {LOSE_LEASE}, held = {HELD_UNLESS_ENABLED}
@@ -608,20 +621,35 @@ pub struct ExtendedLease {
     pub lease_expires_at: NaiveDateTime,
 }
 
+/// A lease's new end: `$2` from the moment the row is written, not from
+/// when the statement began (`LOCALTIMESTAMP`): a heartbeat that waited
+/// on a lock or a slow database still grants a whole lease.
+const LEASE_FROM_NOW: &str = "(clock_timestamp() AT TIME ZONE 'UTC') + $2";
+
 /// Extends the leases a stream still holds (all of them, or those of
-/// `only`); returns the ones extended.
+/// `only`), never shortening one; returns the ones extended. Rows are locked in id order first:
+/// a heartbeat runs beside report batches settling some of the same rows,
+/// and two statements locking shared rows in different orders deadlock
+/// (PostgreSQL then waits `deadlock_timeout`, a second, and aborts one).
 pub async fn extend_leases(
     conn: &mut AsyncPgConnection,
     stream: Uuid,
     only: Option<&[Uuid]>,
     lease: std::time::Duration,
 ) -> QueryResult<Vec<ExtendedLease>> {
-    diesel::sql_query(
-        r#"UPDATE jobs SET "leaseExpiresAt" = LOCALTIMESTAMP + $2
-           WHERE status = 'RUNNING' AND "leasedBy" = $1
-             AND ($3::uuid[] IS NULL OR id = ANY($3))
-           RETURNING id, attempts, "leaseExpiresAt" AS lease_expires_at"#,
-    )
+    diesel::sql_query(format!(
+        r#"WITH locked AS (
+               SELECT id FROM jobs
+               WHERE status = 'RUNNING' AND "leasedBy" = $1
+                 AND ($3::uuid[] IS NULL OR id = ANY($3))
+               ORDER BY id
+               FOR UPDATE
+           )
+           UPDATE jobs SET "leaseExpiresAt" = GREATEST("leaseExpiresAt", {LEASE_FROM_NOW})
+           FROM locked
+           WHERE jobs.id = locked.id AND jobs.status = 'RUNNING' AND jobs."leasedBy" = $1
+           RETURNING jobs.id, jobs.attempts, jobs."leaseExpiresAt" AS lease_expires_at"#
+    ))
     .bind::<SqlUuid, _>(stream)
     .bind::<Interval, _>(interval(lease))
     .bind::<Nullable<Array<SqlUuid>>, _>(only.map(<[Uuid]>::to_vec))
@@ -779,4 +807,93 @@ pub async fn cancel_jobs_taken_by(
     .bind::<Text, _>(reason)
     .load(conn)
     .await
+}
+
+/// Locks the rows of `ids` in id order until the transaction ends. A
+/// transaction that changes leases in several statements (a report batch:
+/// completions, then failures, then releases) takes every row it may touch
+/// first, in the one order every lease statement uses, so it never holds
+/// one row while waiting for another that a heartbeat or a hand-back holds.
+pub async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::sql_query(r#"SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"#)
+        .bind::<Array<SqlUuid>, _>(ids)
+        .execute(conn)
+        .await
+}
+
+/// Extends exactly these leases (job, attempt and holding stream) where
+/// they still stand, never shortening one; returns those extended. The
+/// server keeps alive this way the leases its worker cannot be asked to:
+/// assignments still on their way to the worker, and leases whose report
+/// the server holds and is settling. Rows are locked in id order.
+pub async fn extend_exact(
+    conn: &mut AsyncPgConnection,
+    leases: &[LeaseRef],
+    lease: std::time::Duration,
+) -> QueryResult<Vec<ExtendedLease>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"WITH r AS (
+               SELECT * FROM unnest($1::uuid[], $3::int[], $4::uuid[]) AS r(id, attempt, stream)
+           ),
+           locked AS (
+               SELECT jobs.id FROM jobs JOIN r ON jobs.id = r.id
+               WHERE jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
+                 AND jobs.status = 'RUNNING'
+               ORDER BY jobs.id
+               FOR UPDATE OF jobs
+           )
+           UPDATE jobs SET "leaseExpiresAt" = GREATEST("leaseExpiresAt", {LEASE_FROM_NOW})
+           FROM r JOIN locked ON locked.id = r.id
+           WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
+             AND jobs.status = 'RUNNING'
+           RETURNING jobs.id, jobs.attempts, jobs."leaseExpiresAt" AS lease_expires_at"#
+    ))
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
+    .bind::<Interval, _>(interval(lease))
+    .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.stream).collect::<Vec<_>>())
+    .load(conn)
+    .await
+}
+
+/// The leases held by jobs running on `streams` (a replica's connected
+/// streams): after a claim whose answer was lost, the dispatcher compares
+/// them with what its streams know they hold, and hands back the others.
+pub async fn leases_held_by(
+    conn: &mut AsyncPgConnection,
+    streams: &[Uuid],
+) -> QueryResult<Vec<LeaseRef>> {
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = Integer)]
+        attempts: i32,
+        #[diesel(sql_type = SqlUuid)]
+        stream: Uuid,
+    }
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held: Vec<Held> = diesel::sql_query(
+        r#"SELECT id, attempts, "leasedBy" AS stream FROM jobs
+           WHERE status = 'RUNNING' AND "leasedBy" = ANY($1)"#,
+    )
+    .bind::<Array<SqlUuid>, _>(streams)
+    .load(conn)
+    .await?;
+    Ok(held
+        .into_iter()
+        .map(|h| LeaseRef {
+            job: h.id,
+            attempt: h.attempts,
+            stream: h.stream,
+        })
+        .collect())
 }

@@ -45,6 +45,9 @@ pub struct TestOptions {
     /// Connect the server to its database through a [`proxy::DbProxy`]
     /// that the test can cut.
     pub through_proxy: bool,
+    /// Latency the proxy adds in each direction (a database on another
+    /// host); a non-zero latency implies the proxy.
+    pub db_latency: Duration,
     /// Acquire timeout of the pool.
     pub acquire_timeout: Duration,
     /// Auth settings.
@@ -62,6 +65,7 @@ impl Default for TestOptions {
     fn default() -> Self {
         Self {
             through_proxy: false,
+            db_latency: Duration::ZERO,
             acquire_timeout: Duration::from_secs(10),
             auth: AuthArgs {
                 jwt_secret: None,
@@ -161,10 +165,14 @@ impl TestApp {
 
     async fn serve_on(db: Arc<TestDatabase>, options: TestOptions) -> Self {
         let check_pool = pool(&db.url(), Duration::from_secs(10));
-        let (url, proxy) = if options.through_proxy {
+        let (url, proxy) = if options.through_proxy || !options.db_latency.is_zero() {
             let mut url = url::Url::parse(&db.url()).expect("database URL");
             let target = format!("127.0.0.1:{}", url.port().expect("port"));
-            let proxy = proxy::DbProxy::start(target.parse().expect("address")).await;
+            let proxy = proxy::DbProxy::start_with_latency(
+                target.parse().expect("address"),
+                options.db_latency,
+            )
+            .await;
             url.set_port(Some(proxy.addr.port())).expect("port");
             (url.to_string(), Some(proxy))
         } else {

@@ -26,6 +26,12 @@ pub struct DbProxy {
 impl DbProxy {
     /// Proxies to `target`.
     pub async fn start(target: SocketAddr) -> Self {
+        Self::start_with_latency(target, std::time::Duration::ZERO).await
+    }
+
+    /// Proxies to `target`, each byte arriving `latency` late in either
+    /// direction (a database on another host, or a slow one).
+    pub async fn start_with_latency(target: SocketAddr, latency: std::time::Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let up = Arc::new(AtomicBool::new(true));
@@ -45,8 +51,18 @@ impl DbProxy {
                             return;
                         };
                         let mut client = client;
+                        if latency.is_zero() {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = cut_rx.changed() => {}
+                            }
+                            return;
+                        }
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            () = delayed(client_read, server_write, latency) => {}
+                            () = delayed(server_read, client_write, latency) => {}
                             _ = cut_rx.changed() => {}
                         }
                     });
@@ -71,6 +87,39 @@ impl DbProxy {
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+}
+
+/// Moves bytes from `from` to `to`, each chunk `latency` after it was read.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let due = tokio::time::Instant::now() + latency;
+                    if tx.send((due, buffer[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(reader, writer);
 }
 
 impl Drop for DbProxy {

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
@@ -133,7 +134,12 @@ impl Leases {
                 ReportKind::Released => released.push(report.lease),
             }
         }
+        let ids: Vec<Uuid> = reports.iter().map(|report| report.lease.job).collect();
         let settled: Vec<Settled> = db::transaction(&self.pool, "jobs.settle", async |conn| {
+            // Every row of the batch at once, in id order (see
+            // `rows::lock_in_order`): then a batch never deadlocks with a
+            // heartbeat or with the other writer's batch.
+            rows::lock_in_order(conn, &ids).await?;
             let mut settled = rows::complete(conn, &completed.0, &completed.1).await?;
             settled.extend(rows::fail(conn, &failed.0, &failed.1, &failed.2, backoff).await?);
             settled.extend(rows::hand_back(conn, &released, false).await?);
@@ -182,17 +188,114 @@ impl Leases {
             .collect())
     }
 
-    /// Extends the leases `stream` holds (all, or those of `only`).
+    /// Extends the leases `stream` holds (all, or those of `only`). A
+    /// collision with a concurrent change is tried again at once, a few
+    /// times: a heartbeat that does not land costs the worker its leases.
     pub async fn extend(
         &self,
         stream: Uuid,
         only: Option<&[Uuid]>,
     ) -> Result<Vec<ExtendedLease>, AppError> {
         let lease = self.settings.lease;
-        db::with_connection(&self.pool, "jobs.heartbeat", async |conn| {
-            Ok(rows::extend_leases(conn, stream, only, lease).await?)
+        let mut tries = 0;
+        loop {
+            let extended = db::with_connection(&self.pool, "jobs.heartbeat", async |conn| {
+                Ok(rows::extend_leases(conn, stream, only, lease).await?)
+            })
+            .await;
+            match extended {
+                Err(AppError::Aborted(_)) if tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Keeps alive exactly these leases (see [`rows::extend_exact`]): the
+    /// ones a stream holds that its worker cannot be asked to heartbeat,
+    /// because the worker has not received them yet or has already
+    /// reported them. Returns those that still stood.
+    pub async fn keep_alive(&self, leases: &[LeaseRef]) -> Result<Vec<ExtendedLease>, AppError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease = self.settings.lease;
+        db::with_connection(&self.pool, "jobs.keep_alive", async |conn| {
+            Ok(rows::extend_exact(conn, leases, lease).await?)
         })
         .await
+    }
+
+    /// The leases the database says `streams` hold (see
+    /// [`rows::leases_held_by`]).
+    pub async fn held_by(&self, streams: &[Uuid]) -> Result<Vec<LeaseRef>, AppError> {
+        db::with_connection(&self.pool, "jobs.held_by", async |conn| {
+            Ok(rows::leases_held_by(conn, streams).await?)
+        })
+        .await
+    }
+
+    /// The longest pause between two tries of a write that the database
+    /// could not take for now (away, or a collision): a quarter of the
+    /// heartbeat interval, within 50 ms..1 s. Short, so that once the
+    /// database is back the write lands well before the reaper looks at
+    /// expired leases again (it waits one and a half heartbeat intervals
+    /// after the last failure), and so never takes a lease whose report or
+    /// hand-back was only waiting for the database.
+    pub fn retry_pause_cap(&self) -> Duration {
+        (self.settings.heartbeat_interval() / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// [`Self::hand_back`], tried again while the database is away or the
+    /// write collides, until it lands or `stop` is cancelled (the server is
+    /// going away: the reaper takes the leases when they expire). Left to
+    /// the reaper, a hand-back would cost each job an attempt it never
+    /// used. `on_failure` hears every failed try.
+    pub async fn hand_back_retrying(
+        &self,
+        leases: &[LeaseRef],
+        undelivered: bool,
+        stop: &CancellationToken,
+        on_failure: &(dyn Fn(&AppError) + Send + Sync),
+    ) -> Result<usize, AppError> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.hand_back(leases, undelivered).await {
+                Err(error) if is_transient(&error) && !stop.is_cancelled() => {
+                    on_failure(&error);
+                    tokio::select! {
+                        () = stop.cancelled() => return Err(error),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(self.retry_pause_cap());
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Self::lose`], tried again like [`Self::hand_back_retrying`].
+    pub async fn lose_retrying(
+        &self,
+        stream: Uuid,
+        jobs: &[Uuid],
+        stop: &CancellationToken,
+        on_failure: &(dyn Fn(&AppError) + Send + Sync),
+    ) -> Result<usize, AppError> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.lose(stream, jobs).await {
+                Err(error) if is_transient(&error) && !stop.is_cancelled() => {
+                    on_failure(&error);
+                    tokio::select! {
+                        () = stop.cancelled() => return Err(error),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(self.retry_pause_cap());
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Hands leases back unfinished (a draining server, a stream ending on
@@ -269,6 +372,13 @@ impl Leases {
         })
         .await
     }
+}
+
+/// Whether a failed write may succeed when tried again unchanged: the
+/// database was away (or too slow), or the write collided with a
+/// concurrent one (a deadlock or a serialization failure).
+pub fn is_transient(error: &AppError) -> bool {
+    matches!(error, AppError::Unavailable(_) | AppError::Aborted(_))
 }
 
 async fn announce_lost(
