@@ -1,6 +1,6 @@
 //! The LISTEN connection: one per replica, outside the pool, for as long as
 //! the replica runs. It reconnects with backoff, and after every (re)connect
-//! the dispatcher looks for work and every watcher re-reads its job, since
+//! the dispatcher looks for work and each watched record is read again, since
 //! notifications sent while it was away are lost. A quiet connection is
 //! probed once per poll interval, so a dead one is noticed.
 

@@ -13,6 +13,7 @@ mod handshake;
 mod keepalive;
 mod listener;
 mod outbox;
+mod rechecks;
 mod registry;
 mod reports;
 mod stream;
@@ -105,22 +106,21 @@ impl Shared {
     /// Re-checks the caller of an open stream: `Ok` while it may go on,
     /// the refusal once its session or key ended or it lost `permission`.
     /// A database failure is no verdict on the caller: it is noted and the
-    /// stream goes on until the next check.
+    /// stream goes on until the next check. All streams of one session (or
+    /// API key) share the checks: the verdict is at most half a heartbeat
+    /// interval old (see [`rechecks`]).
     pub async fn recheck(
         &self,
         caller: &crate::auth::caller::Caller,
         permission: &str,
     ) -> Result<(), AppError> {
-        match self.sessions.recheck(caller).await {
-            Ok(current) if current.holds(permission) => Ok(()),
-            Ok(_) => Err(AppError::PermissionDenied(format!(
-                "the caller no longer holds {permission}"
-            ))),
-            Err(error @ AppError::Unauthenticated(_)) => Err(error),
-            Err(error) => {
+        match self.watchers.rechecks.check(caller, &self.sessions).await {
+            rechecks::Outcome::Verdict(verdict) => verdict.allows(permission),
+            rechecks::Outcome::Failed(Some(error)) => {
                 self.note_db_failure(&error);
                 Ok(())
             }
+            rechecks::Outcome::Failed(None) => Ok(()),
         }
     }
 
@@ -214,7 +214,7 @@ impl Dispatcher {
             registry: Mutex::new(Registry::new(settings.streams)),
             wake: parts.wake,
             schedule_changed: std::sync::atomic::AtomicBool::new(true),
-            watchers: Watchers::default(),
+            watchers: Watchers::new(&settings),
             reports: reports_tx,
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
@@ -251,34 +251,30 @@ impl Dispatcher {
     }
 
     /// Serves one WatchJob stream (NOT_FOUND before it starts when the job
-    /// does not exist).
+    /// does not exist; LIMIT_EXCEEDED past the caller's or the replica's
+    /// watches).
     pub async fn watch_job(
         &self,
         actor: crate::domain::Actor,
         id: Uuid,
     ) -> Result<WatchJobStream, AppError> {
-        let subscription = self.shared.watchers.subscribe(id);
-        let job = self.shared.jobs.get(id).await?;
-        Ok(follow::open(self.shared.clone(), actor, subscription, job))
+        let slot = self.shared.watchers.admit(&actor.caller)?;
+        follow::open::<JobRow>(&self.shared, actor, slot, id).await
     }
 
-    /// Serves one WatchModule stream; `key` is an id or a name.
+    /// Serves one WatchModule stream; `key` is an id or a name (a name is
+    /// resolved first: the module's follower reads it by id).
     pub async fn watch_module(
         &self,
         actor: crate::domain::Actor,
         key: &str,
     ) -> Result<WatchModuleStream, AppError> {
-        let module = self.shared.modules.get(key).await?;
-        let subscription = self.shared.watchers.subscribe(module.id);
-        // Read again: a change between the first read and the subscription
-        // would otherwise be missed.
-        let module = self.shared.modules.get(&module.id.to_string()).await?;
-        Ok(follow::open(
-            self.shared.clone(),
-            actor,
-            subscription,
-            module,
-        ))
+        let slot = self.shared.watchers.admit(&actor.caller)?;
+        let id = match key.parse::<Uuid>() {
+            Ok(id) => id,
+            Err(_) => self.shared.modules.get(key).await?.id,
+        };
+        follow::open::<crate::store::modules::ModuleRow>(&self.shared, actor, slot, id).await
     }
 
     /// Starts draining (the server is shutting down): nothing new is
