@@ -443,6 +443,11 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
             "synchronous_commit=off",
             "-c",
             "full_page_writes=off",
+            // A test's database is dropped WITH (FORCE) while the test's
+            // last tasks may still be logging in; a connection stuck in
+            // authentication would hold the drop for the default minute.
+            "-c",
+            "authentication_timeout=5s",
         ]);
     }
     die_with_parent(&mut command);
