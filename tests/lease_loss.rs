@@ -582,3 +582,63 @@ async fn leases_of_a_worker_gone_while_the_database_was_away_come_back_with_it()
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_costs_no_attempt() {
+    let app = TestApp::spawn_with(TestOptions {
+        through_proxy: true,
+        acquire_timeout: Duration::from_millis(500),
+        ..TestOptions::default()
+    })
+    .await;
+    let token = app.admin_token().await;
+    // Not runnable for an hour: no claim takes it meanwhile.
+    let mut request = new_job("lost.claim", json!({}));
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    request.schedule_time = Some(prost_types::Timestamp {
+        seconds: in_an_hour as i64,
+        nanos: 0,
+    });
+    let job = app.create_job(&token, request).await;
+    let mut worker = app.worker(2).await;
+    let stream: uuid::Uuid = worker.welcome.session_id.parse().expect("stream id");
+    // What a claim leaves whose answer never came back (its connection
+    // died after the commit): the job leased to a stream that knows
+    // nothing of it, for an hour.
+    {
+        let mut conn = app.pool.get().await.expect("connection");
+        let changed = diesel::sql_query(
+            r#"UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1,
+                   "leasedBy" = $1, "workerId" = 'test-worker', "startedAt" = LOCALTIMESTAMP,
+                   "leaseExpiresAt" = LOCALTIMESTAMP + interval '1 hour',
+                   "scheduledAt" = LOCALTIMESTAMP
+               WHERE id = $2"#,
+        )
+        .bind::<diesel::sql_types::Uuid, _>(stream)
+        .bind::<diesel::sql_types::Uuid, _>(job.id.parse::<uuid::Uuid>().expect("job id"))
+        .execute(&mut conn)
+        .await
+        .expect("lease behind the server's back");
+        assert_eq!(changed, 1);
+    }
+    // The server's next claim fails: the database is away while the
+    // stream has room.
+    let proxy = app.proxy.as_ref().expect("proxy");
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    proxy.restore();
+    // The job goes back as never leased and reaches the worker as its
+    // first attempt, not an hour later as its second.
+    let assignment = worker.assignment().await;
+    assert_eq!(
+        assignment.job.as_ref().expect("job").id,
+        job.id,
+        "the job no stream knew of"
+    );
+    assert_eq!(assignment.attempt, 1, "the lost claim cost no attempt");
+    app.stop().await;
+}
