@@ -260,6 +260,7 @@ fn main() {
                 &[
                     ("WORK_STREAMS_PER_CALLER", "100000".into()),
                     ("WORK_CAPACITY_PER_STREAM", "10000".into()),
+                    ("WORK_CAPACITY_PER_CALLER", "10000000".into()),
                     ("WORK_CAPACITY_PER_REPLICA", "10000000".into()),
                     ("WATCHES_PER_CALLER", "1000000".into()),
                     ("WATCHES_PER_REPLICA", "1000000".into()),

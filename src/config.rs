@@ -138,6 +138,15 @@ pub struct ServeArgs {
     #[arg(long, env = "JOB_BATCH_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
     pub job_batch_max_bytes: u64,
+    /// Memory that requests carrying JSON documents (CreateJob,
+    /// BatchCreateJobs, RegisterModule, UpdateModule, large Work reports)
+    /// may hold at once on this replica, in bytes, as estimated from each
+    /// message before it is decoded; more waits up to 5 s, then is answered
+    /// RESOURCE_EXHAUSTED. The default holds one CreateJob of the costliest
+    /// 1 MiB payload (~400 MiB).
+    #[arg(long, env = "REQUEST_MEMORY_BUDGET_BYTES", default_value_t = 512 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(16_777_216..=1_099_511_627_776))]
+    pub request_memory_budget_bytes: u64,
     /// The job queue.
     #[command(flatten)]
     pub jobs: JobArgs,
@@ -175,15 +184,19 @@ pub struct JobArgs {
     pub job_poll_interval_ms: u64,
     /// Work streams one caller (an account; its API keys count as it) may
     /// hold open on one replica.
-    #[arg(long, env = "WORK_STREAMS_PER_CALLER", default_value_t = 64,
+    #[arg(long, env = "WORK_STREAMS_PER_CALLER", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub work_streams_per_caller: u64,
     /// Jobs one Work stream may hold at once, whatever it asks for.
     #[arg(long, env = "WORK_CAPACITY_PER_STREAM", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub work_capacity_per_stream: u64,
+    /// Jobs all Work streams of one caller may hold at once on one replica.
+    #[arg(long, env = "WORK_CAPACITY_PER_CALLER", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub work_capacity_per_caller: u64,
     /// Jobs all Work streams of one replica may hold at once.
-    #[arg(long, env = "WORK_CAPACITY_PER_REPLICA", default_value_t = 20_000,
+    #[arg(long, env = "WORK_CAPACITY_PER_REPLICA", default_value_t = 50_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub work_capacity_per_replica: u64,
     /// WatchJob and WatchModule streams one caller may hold open on one
@@ -220,6 +233,7 @@ impl JobArgs {
             streams: crate::domain::jobs::StreamLimits {
                 work_streams_per_caller: self.work_streams_per_caller as usize,
                 capacity_per_stream: self.work_capacity_per_stream as usize,
+                capacity_per_caller: self.work_capacity_per_caller as usize,
                 capacity_per_replica: self.work_capacity_per_replica as usize,
                 watches_per_caller: self.watches_per_caller as usize,
                 watches_per_replica: self.watches_per_replica as usize,

@@ -435,9 +435,41 @@ async fn stream_caps_refuse_with_the_limit_named() {
 }
 
 #[tokio::test]
+async fn one_caller_cannot_take_the_whole_replica() {
+    let mut options = TestOptions::default();
+    options.jobs.streams.capacity_per_stream = 5;
+    options.jobs.streams.capacity_per_caller = 8;
+    options.jobs.streams.capacity_per_replica = 100;
+    let app = TestApp::spawn_with(options).await;
+    let channel = app.channel().await;
+    let (_, greedy) = account(&app, "greedy", &["jobs:execute"]).await;
+    let (_, honest) = account(&app, "honest", &["jobs:execute"]).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            TestWorker::connect(channel.clone(), &greedy, hello(5))
+                .await
+                .expect("within the caller's share"),
+        );
+    }
+    // 5 + 3 of its 8: nothing left for this caller, plenty for others.
+    let status = TestWorker::connect(channel.clone(), &greedy, hello(5))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(limit_of(&status), "WORK_CAPACITY_PER_CALLER");
+    TestWorker::connect(channel.clone(), &honest, hello(5))
+        .await
+        .expect("another caller still gets in");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn idle_high_capacity_streams_leave_an_honest_worker_served() {
     let mut options = TestOptions::default();
     options.jobs.streams.capacity_per_stream = 10_000;
+    options.jobs.streams.capacity_per_caller = 1_000_000;
     options.jobs.streams.capacity_per_replica = 1_000_000;
     let app = TestApp::spawn_with(options).await;
     let admin = app.admin_token().await;

@@ -151,6 +151,14 @@ pub fn admit(
             ),
             retry_after: RETRY_AFTER,
         },
+        Admission::CapacityPerCaller(limit) => AppError::LimitExceeded {
+            limit: "WORK_CAPACITY_PER_CALLER",
+            message: format!(
+                "this caller's Work streams on this server hold all the capacity it may have \
+                 ({limit} jobs)"
+            ),
+            retry_after: RETRY_AFTER,
+        },
         Admission::CapacityPerReplica(limit) => AppError::LimitExceeded {
             limit: "WORK_CAPACITY_PER_REPLICA",
             message: format!(

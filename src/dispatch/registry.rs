@@ -121,8 +121,8 @@ pub struct Registry {
     /// By id: a time-ordered UUID, so in order of arrival.
     streams: BTreeMap<Uuid, StreamEntry>,
     limits: StreamLimits,
-    /// Streams open per caller.
-    per_caller: HashMap<Uuid, usize>,
+    /// What each caller holds open.
+    per_caller: HashMap<Uuid, CallerShare>,
     /// Capacity granted to all streams together.
     granted: usize,
     /// Set once the server drains: nothing new is leased.
@@ -133,6 +133,13 @@ pub struct Registry {
     turn: usize,
 }
 
+/// The streams and capacity one caller holds on this replica.
+#[derive(Debug, Default, Clone, Copy)]
+struct CallerShare {
+    streams: usize,
+    capacity: usize,
+}
+
 /// Why a stream is not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -140,6 +147,8 @@ pub enum Admission {
     Draining,
     /// The caller holds `limit` streams already.
     StreamsPerCaller(usize),
+    /// The caller's streams hold `limit` capacity already.
+    CapacityPerCaller(usize),
     /// The streams of this replica hold `limit` capacity already.
     CapacityPerReplica(usize),
 }
@@ -188,9 +197,11 @@ impl Registry {
     }
 
     /// Adds a stream asking to hold `asked` jobs at once; returns what it
-    /// is granted: `asked`, at most the per-stream cap and what the replica
-    /// has left. Refused when the server drains, when its caller holds as
-    /// many streams as it may, or when the replica has no capacity left.
+    /// is granted: `asked`, at most the per-stream cap and what its caller
+    /// and the replica have left. Refused when the server drains, when its
+    /// caller holds as many streams or as much capacity as it may, or when
+    /// the replica has no capacity left. The per-caller capacity is what
+    /// keeps one caller from taking the whole replica's.
     pub fn register(
         &mut self,
         id: Uuid,
@@ -201,17 +212,31 @@ impl Registry {
             return Err(Admission::Draining);
         }
         let limits = self.limits;
-        let open = self.per_caller.get(&entry.caller).copied().unwrap_or(0);
-        if open >= limits.work_streams_per_caller {
+        let share = self
+            .per_caller
+            .get(&entry.caller)
+            .copied()
+            .unwrap_or_default();
+        if share.streams >= limits.work_streams_per_caller {
             return Err(Admission::StreamsPerCaller(limits.work_streams_per_caller));
+        }
+        let caller_left = limits.capacity_per_caller.saturating_sub(share.capacity);
+        if caller_left == 0 {
+            return Err(Admission::CapacityPerCaller(limits.capacity_per_caller));
         }
         let left = limits.capacity_per_replica.saturating_sub(self.granted);
         if left == 0 {
             return Err(Admission::CapacityPerReplica(limits.capacity_per_replica));
         }
-        let capacity = asked.min(limits.capacity_per_stream).min(left).max(1);
+        let capacity = asked
+            .min(limits.capacity_per_stream)
+            .min(caller_left)
+            .min(left)
+            .max(1);
         entry.capacity = capacity;
-        *self.per_caller.entry(entry.caller).or_default() += 1;
+        let share = self.per_caller.entry(entry.caller).or_default();
+        share.streams += 1;
+        share.capacity += capacity;
         self.granted += capacity;
         self.streams.insert(id, entry);
         Ok(capacity)
@@ -224,9 +249,10 @@ impl Registry {
             return Vec::new();
         };
         self.granted = self.granted.saturating_sub(entry.capacity);
-        if let Some(open) = self.per_caller.get_mut(&entry.caller) {
-            *open -= 1;
-            if *open == 0 {
+        if let Some(share) = self.per_caller.get_mut(&entry.caller) {
+            share.streams -= 1;
+            share.capacity = share.capacity.saturating_sub(entry.capacity);
+            if share.streams == 0 {
                 self.per_caller.remove(&entry.caller);
             }
         }
@@ -239,19 +265,27 @@ impl Registry {
     }
 
     /// Adds `credits` to a stream's capacity, within the per-stream cap and
-    /// what the replica has left; true when it grew.
+    /// what its caller and the replica have left; true when it grew.
     pub fn add_credit(&mut self, id: Uuid, credits: usize) -> bool {
-        let left = self
-            .limits
-            .capacity_per_replica
-            .saturating_sub(self.granted);
-        let per_stream = self.limits.capacity_per_stream;
+        let limits = self.limits;
+        let left = limits.capacity_per_replica.saturating_sub(self.granted);
         let Some(entry) = self.streams.get_mut(&id) else {
             return false;
         };
-        let wanted = entry.capacity.saturating_add(credits).min(per_stream);
-        let extra = wanted.saturating_sub(entry.capacity).min(left);
+        let Some(share) = self.per_caller.get_mut(&entry.caller) else {
+            return false;
+        };
+        let caller_left = limits.capacity_per_caller.saturating_sub(share.capacity);
+        let wanted = entry
+            .capacity
+            .saturating_add(credits)
+            .min(limits.capacity_per_stream);
+        let extra = wanted
+            .saturating_sub(entry.capacity)
+            .min(left)
+            .min(caller_left);
         entry.capacity += extra;
+        share.capacity += extra;
         self.granted += extra;
         extra > 0
     }
@@ -535,6 +569,7 @@ mod tests {
         StreamLimits {
             work_streams_per_caller: 100,
             capacity_per_stream: 10_000,
+            capacity_per_caller: 10_000_000,
             capacity_per_replica: 10_000_000,
             ..StreamLimits::default()
         }
@@ -624,6 +659,7 @@ mod tests {
         let mut registry = Registry::new(StreamLimits {
             work_streams_per_caller: 2,
             capacity_per_stream: 5,
+            capacity_per_caller: 100,
             capacity_per_replica: 12,
             ..StreamLimits::default()
         });
@@ -654,5 +690,40 @@ mod tests {
         let demand = registry.demand(CLAIM_BATCH);
         let total: usize = demand.iter().map(|(_, plan)| plan.owners.len()).sum();
         assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn one_caller_cannot_take_the_whole_replica() {
+        let mut registry = Registry::new(StreamLimits {
+            work_streams_per_caller: 10,
+            capacity_per_stream: 5,
+            capacity_per_caller: 8,
+            capacity_per_replica: 12,
+            ..StreamLimits::default()
+        });
+        let (hostile, honest) = (Uuid::now_v7(), Uuid::now_v7());
+        let first = Uuid::now_v7();
+        assert_eq!(registry.register(first, entry(hostile, "h"), 5), Ok(5));
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(hostile, "h"), 5),
+            Ok(3)
+        );
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(hostile, "h"), 5),
+            Err(Admission::CapacityPerCaller(8))
+        );
+        // Credits stay within the caller's share too.
+        assert!(!registry.add_credit(first, 5));
+        // What the hostile caller could not take is left for others.
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(honest, "o"), 5),
+            Ok(4)
+        );
+        // Leaving gives the caller's share back.
+        registry.unregister(first);
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(hostile, "h"), 5),
+            Ok(5)
+        );
     }
 }

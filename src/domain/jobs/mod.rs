@@ -73,6 +73,9 @@ pub struct StreamLimits {
     /// Jobs one Work stream may hold at once, whatever its hello and
     /// credits ask for.
     pub capacity_per_stream: usize,
+    /// Jobs all Work streams of one caller may hold at once on this
+    /// replica, so that one caller cannot take the replica's whole capacity.
+    pub capacity_per_caller: usize,
     /// Jobs all Work streams of this replica may hold at once, summed over
     /// what they advertise; a stream asking beyond it gets what is left.
     pub capacity_per_replica: usize,
@@ -93,9 +96,10 @@ pub struct StreamLimits {
 impl Default for StreamLimits {
     fn default() -> Self {
         Self {
-            work_streams_per_caller: 64,
+            work_streams_per_caller: 256,
             capacity_per_stream: 1_000,
-            capacity_per_replica: 20_000,
+            capacity_per_caller: 10_000,
+            capacity_per_replica: 50_000,
             watches_per_caller: 100,
             watches_per_replica: 10_000,
             send_timeout: Duration::from_secs(5),
