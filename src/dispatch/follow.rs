@@ -24,6 +24,7 @@ use std::{
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use futures_util::{Stream, stream};
@@ -219,19 +220,23 @@ async fn run_follower<T: Followed>(shared: Arc<Shared>, start: FollowerStart<T>)
         }
     };
     publish.send_replace(Snapshot::Current(Arc::new(record.clone())));
-    let mut reread = tokio::time::interval(shared.settings.poll_interval);
-    reread.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    reread.tick().await;
+    // Every change is announced (and every follower re-reads after the
+    // LISTEN connection comes back), so the safety re-read is slow: with
+    // thousands of followed records it must not become a steady load. A
+    // failed read is retried at the poll interval.
+    let safety = safety_reread(shared.settings.poll_interval, id);
+    let mut next_read = tokio::time::Instant::now() + safety;
     while !record.settled() {
         tokio::select! {
             () = changed.notified() => {}
-            _ = reread.tick() => {}
+            () = tokio::time::sleep_until(next_read) => {}
             () = stop.cancelled() => return,
             () = shared.shutdown.cancelled() => return,
         }
         let Some(now) = read().await else {
             return;
         };
+        next_read = tokio::time::Instant::now() + safety;
         match now {
             Ok(Some(now)) => {
                 if now != record {
@@ -243,11 +248,19 @@ async fn run_follower<T: Followed>(shared: Arc<Shared>, start: FollowerStart<T>)
                 publish.send_replace(Snapshot::Gone(Arc::new(record)));
                 return;
             }
-            // The database is away: the next notification or the slow
-            // re-read tries again.
-            Err(_) => {}
+            // The database is away: try again soon.
+            Err(_) => next_read = tokio::time::Instant::now() + shared.settings.poll_interval,
         }
     }
+}
+
+/// How often a followed record is re-read with no notification: a dozen
+/// poll intervals, at least a minute, spread by the record's id so that
+/// followers started together do not read together.
+fn safety_reread(poll_interval: Duration, id: Uuid) -> Duration {
+    let base = (poll_interval * 12).max(Duration::from_secs(60));
+    let spread = u64::from(id.as_u128() as u16) % 1000;
+    base + base.mul_f64(spread as f64 / 4000.0)
 }
 
 async fn reload<T: Followed>(shared: &Shared, id: Uuid) -> Result<Option<T>, AppError> {
