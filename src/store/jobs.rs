@@ -271,8 +271,12 @@ pub struct ClaimPlan {
 /// cost then looks enormous, which would make PostgreSQL compile it with
 /// JIT, for hundreds of milliseconds: JIT is off too.) Only the dedicated
 /// claiming connection runs with them.
-pub const CLAIM_SESSION_SETTINGS: &str =
-    "SET enable_sort = off; SET enable_bitmapscan = off; SET enable_seqscan = off; SET jit = off";
+///
+/// The statement timeout is below the dispatcher's own wait for a claim
+/// (10 s): a claim the dispatcher gave up on is cancelled by the server
+/// rather than committing later, unseen, with leases no stream knows of.
+pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitmapscan = off; \
+     SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'";
 
 /// Leases up to `plan.owners.len()` runnable jobs, in dispatch order
 /// (priority first, then schedule, then id), skipping rows other replicas
