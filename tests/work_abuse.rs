@@ -5,6 +5,10 @@
 //! beside an honest worker.
 
 mod common;
+#[path = "work_abuse/heartbeats.rs"]
+mod heartbeats;
+#[path = "work_abuse/module_jobs.rs"]
+mod module_jobs;
 
 use std::{collections::HashSet, time::Duration};
 

@@ -18,10 +18,11 @@ use super::{
     registry::{Admission, MAX_CAPACITY, StreamCommand, StreamEntry},
 };
 use crate::{
+    auth::caller::Caller,
     domain::{
         Actor,
         audit::{AuditAction, AuditEvent},
-        validate,
+        modules, validate,
     },
     error::AppError,
     proto::automation_v1 as pb,
@@ -48,7 +49,25 @@ pub struct Hello {
 
 /// Checks a hello. A `max_concurrency` beyond [`MAX_CAPACITY`] is invalid;
 /// within it, what the stream gets is bounded by the caps at registration.
-pub fn decode_hello(hello: pb::WorkerHello, stream: Uuid) -> Result<Hello, AppError> {
+///
+/// A module's jobs (its hook jobs included) run the module's code, which
+/// takes `modules:execute` as well: a caller without it is given only jobs
+/// of no module, whatever names it asks for (an empty filter means any
+/// job, and a job's name is not enough to tell whose it is), and asking
+/// for modules by name is refused.
+pub fn decode_hello(
+    hello: pb::WorkerHello,
+    stream: Uuid,
+    caller: &Caller,
+) -> Result<Hello, AppError> {
+    let runs_modules = caller.holds(modules::EXECUTE);
+    if !runs_modules && !hello.module_names.is_empty() {
+        return Err(AppError::PermissionDenied(format!(
+            "hello.module_names asks for the jobs of modules, which run their code: this needs \
+             {} as well",
+            modules::EXECUTE
+        )));
+    }
     let worker_id = if hello.worker_id.trim().is_empty() {
         format!("worker-{stream}")
     } else {
@@ -63,7 +82,10 @@ pub fn decode_hello(hello: pb::WorkerHello, stream: Uuid) -> Result<Hello, AppEr
                 format!("must be within 1..{MAX_CAPACITY}"),
             )
         })?;
-    let mut filter = ClaimFilter::default();
+    let mut filter = ClaimFilter {
+        plain_only: !runs_modules,
+        ..ClaimFilter::default()
+    };
     for (index, name) in hello.job_names.iter().enumerate() {
         filter.names.push(validate::job_name(
             &format!("hello.job_names[{index}]"),

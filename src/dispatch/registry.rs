@@ -580,6 +580,7 @@ mod tests {
         let filter = ClaimFilter {
             names: vec![name.to_owned()],
             modules: vec![],
+            plain_only: false,
         };
         StreamEntry::new(caller, format!("worker-{name}"), filter, commands)
     }

@@ -12,6 +12,7 @@
 //! stream held.
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -39,6 +40,7 @@ use crate::{
     domain::{
         Actor,
         jobs::leases::{Report, ReportKind},
+        modules,
     },
     error::AppError,
     proto::automation_v1::{
@@ -113,9 +115,17 @@ struct Session<'a> {
     shared: &'a Arc<Shared>,
     registration: Registration,
     last_heartbeat: Option<Instant>,
+    /// Leases named by heartbeats that came within the minimum gap of the
+    /// last one written (an SDK may heartbeat each job on its own): written
+    /// with the next one, or once the gap has passed. Only leases the
+    /// stream holds, so never more than its capacity.
+    pending_beat: HashSet<(Uuid, i32)>,
     inbound_budget: InboundBudget,
     /// Set once the server drains.
     drain_deadline: Option<Instant>,
+    /// Whether the stream is given modules' jobs (its caller held
+    /// `modules:execute` at hello): it must keep holding it.
+    module_jobs: bool,
 }
 
 async fn serve(
@@ -142,7 +152,8 @@ async fn serve(
         return Err(AppError::invalid("hello", "the first message must be hello").into());
     };
     let id = Uuid::now_v7();
-    let hello = handshake::decode_hello(hello, id)?;
+    let hello = handshake::decode_hello(hello, id, &actor.caller)?;
+    let module_jobs = !hello.filter.plain_only;
     let (registration, granted) = handshake::admit(&shared, actor, &hello, id, outbox.clone())?;
     handshake::audit_connected(&registration, &hello, granted).await;
     let settings = shared.settings;
@@ -150,8 +161,10 @@ async fn serve(
         shared: &shared,
         registration,
         last_heartbeat: None,
+        pending_beat: HashSet::new(),
         inbound_budget: InboundBudget::new(settings.streams.inbound_messages_per_sec),
         drain_deadline: None,
+        module_jobs,
     };
     session.push(Outbound::Welcome(pb::WorkerWelcome {
         session_id: id.to_string(),
@@ -186,6 +199,12 @@ async fn serve(
         // Past a full buffer, the worker's messages wait: each may call for
         // an answer, and the worker is not taking answers.
         let reading = outbox.has_room();
+        let beat_wait = session
+            .pending_beat_due()
+            .map(|due| due.saturating_duration_since(Instant::now()));
+        // Biased, the worker's messages last: a worker that always has one
+        // ready must not starve the rarely ready branches (a re-check that
+        // ends a revoked caller, the stall and drain deadlines).
         tokio::select! {
             biased;
             command = session.registration.commands.recv() => {
@@ -193,7 +212,23 @@ async fn serve(
                     session.on_command(command);
                 }
             }
-            message = inbound.next(), if reading => match message {
+            _ = recheck.tick() => session.recheck_caller().await?,
+            () = sleep_or_forever(drain_wait) => return session.end_draining().await,
+            () = sleep_or_forever(stall_wait) => {
+                if outbox
+                    .waiting_since()
+                    .is_some_and(|since| since.elapsed() >= stall_timeout)
+                {
+                    return session.end_stalled(stall_timeout).await;
+                }
+            }
+            () = sleep_or_forever(beat_wait) => session.flush_pending_beat().await?,
+            () = outbox.room(), if !reading => {}
+            () = outbox.gone() => {
+                session.registration.ending = "the worker's connection went away";
+                return Ok(());
+            }
+                    message = inbound.next(), if reading => match message {
                 Some(Ok(message)) => {
                     if !session.inbound_budget.spend() {
                         session.registration.ending = "the worker sent too many messages";
@@ -221,21 +256,6 @@ async fn serve(
                 }
                 None => return Ok(()),
             },
-            _ = recheck.tick() => session.recheck_caller().await?,
-            () = sleep_or_forever(drain_wait) => return session.end_draining().await,
-            () = sleep_or_forever(stall_wait) => {
-                if outbox
-                    .waiting_since()
-                    .is_some_and(|since| since.elapsed() >= stall_timeout)
-                {
-                    return session.end_stalled(stall_timeout).await;
-                }
-            }
-            () = outbox.room(), if !reading => {}
-            () = outbox.gone() => {
-                session.registration.ending = "the worker's connection went away";
-                return Ok(());
-            }
         }
         if session.drained() {
             return session.end_draining().await;
@@ -389,19 +409,69 @@ impl Session<'_> {
     /// Extends the leases the stream holds (those named, or all); leases it
     /// lost meanwhile are answered with a cancellation. Heartbeats closer
     /// together than a quarter of the interval are not written again.
+    /// An empty heartbeat (all leases) within the gap is a no-op; leases
+    /// named within it are kept for the next one written (see
+    /// [`Session::pending_beat`]), not dropped.
     async fn heartbeat(&mut self, heartbeat: pb::WorkerHeartbeat) -> Result<(), Status> {
-        let min_gap = self.shared.settings.heartbeat_interval() / 4;
-        if self.last_heartbeat.is_some_and(|at| at.elapsed() < min_gap) {
-            return Ok(());
-        }
         let stream = self.id();
         // Sets, not lists: a heartbeat may name every one of 10,000 leases,
         // and it is matched while the registry is locked.
-        let mut named = std::collections::HashSet::with_capacity(heartbeat.jobs.len());
+        let mut named = HashSet::with_capacity(heartbeat.jobs.len());
         for (index, lease) in heartbeat.jobs.into_iter().enumerate() {
             let lease = parse_lease(&format!("heartbeat.jobs[{index}]"), Some(lease), stream)?;
             named.insert((lease.job, lease.attempt));
         }
+        if self.heartbeat_due().is_some_and(|due| Instant::now() < due) {
+            if !named.is_empty() {
+                let mut registry = self
+                    .shared
+                    .registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(entry) = registry.get_mut(stream) {
+                    self.pending_beat
+                        .extend(named.into_iter().filter(|(job, attempt)| {
+                            entry.held.get(job).is_some_and(|h| h.attempt == *attempt)
+                        }));
+                }
+            }
+            return Ok(());
+        }
+        if named.is_empty() {
+            // All of them: those pending too.
+            self.pending_beat.clear();
+        } else {
+            named.extend(self.pending_beat.drain());
+        }
+        self.write_heartbeat(named).await
+    }
+
+    /// When the next heartbeat may be written (none yet: now).
+    fn heartbeat_due(&self) -> Option<Instant> {
+        let min_gap = self.shared.settings.heartbeat_interval() / 4;
+        self.last_heartbeat.map(|at| at + min_gap)
+    }
+
+    /// When the leases kept from heartbeats within the gap are written.
+    fn pending_beat_due(&self) -> Option<Instant> {
+        if self.pending_beat.is_empty() {
+            return None;
+        }
+        Some(self.heartbeat_due().unwrap_or_else(Instant::now))
+    }
+
+    /// Writes the leases kept from heartbeats within the gap.
+    async fn flush_pending_beat(&mut self) -> Result<(), Status> {
+        let named = std::mem::take(&mut self.pending_beat);
+        if named.is_empty() {
+            return Ok(());
+        }
+        self.write_heartbeat(named).await
+    }
+
+    /// Extends the leases named (all when none are) that the stream holds.
+    async fn write_heartbeat(&mut self, named: HashSet<(Uuid, i32)>) -> Result<(), Status> {
+        let stream = self.id();
         // Only what the stream holds now, and only those named if any were.
         let checked: Vec<(Uuid, i32)> = {
             let mut registry = self
@@ -426,9 +496,8 @@ impl Session<'_> {
         let ids: Vec<Uuid> = checked.iter().map(|(job, _)| *job).collect();
         match self.shared.leases.extend(stream, Some(&ids)).await {
             Ok(extended) => {
-                let checked_set: std::collections::HashSet<(Uuid, i32)> =
-                    checked.iter().copied().collect();
-                let still: std::collections::HashSet<Uuid> = extended
+                let checked_set: HashSet<(Uuid, i32)> = checked.iter().copied().collect();
+                let still: HashSet<Uuid> = extended
                     .iter()
                     .filter(|e| checked_set.contains(&(e.id, e.attempts)))
                     .map(|e| e.id)
@@ -455,11 +524,17 @@ impl Session<'_> {
     }
 
     /// Checks that the caller may still work: the session live, the account
-    /// active, `jobs:execute` still held. The access token may have expired
-    /// meanwhile; the session is what counts.
+    /// active, `jobs:execute` still held, and `modules:execute` too when
+    /// the stream is given modules' jobs (both questions share one verdict
+    /// per caller, so the second costs nothing). The access token may have
+    /// expired meanwhile; the session is what counts.
     async fn recheck_caller(&mut self) -> Result<(), Status> {
         let caller = &self.registration.actor.caller;
-        let Err(refusal) = self.shared.recheck(caller, "jobs:execute").await else {
+        let mut verdict = self.shared.recheck(caller, "jobs:execute").await;
+        if verdict.is_ok() && self.module_jobs {
+            verdict = self.shared.recheck(caller, modules::EXECUTE).await;
+        }
+        let Err(refusal) = verdict else {
             return Ok(());
         };
         self.registration.ending = "the caller lost access";
