@@ -177,6 +177,15 @@ pub struct JobArgs {
     /// Longest retry delay, in seconds.
     #[arg(long, env = "JOB_RETRY_CAP_SECS", default_value_t = 3_600)]
     pub job_retry_cap_secs: u64,
+    /// Delay after a job's first hand-back (a worker's release, a drain),
+    /// in milliseconds; it doubles with each further one.
+    #[arg(long, env = "JOB_RELEASE_DELAY_BASE_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub job_release_delay_base_ms: u64,
+    /// Longest delay after a hand-back, in milliseconds.
+    #[arg(long, env = "JOB_RELEASE_DELAY_CAP_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub job_release_delay_cap_ms: u64,
     /// How often dispatch looks for work without being told, in
     /// milliseconds (a safety net: notifications wake it at once).
     #[arg(long, env = "JOB_POLL_INTERVAL_MS", default_value_t = 5_000,
@@ -229,6 +238,8 @@ impl JobArgs {
             payload_max_bytes: self.job_payload_max_bytes as usize,
             retry_base: Duration::from_millis(self.job_retry_base_ms),
             retry_cap: Duration::from_secs(self.job_retry_cap_secs),
+            release_delay_base: Duration::from_millis(self.job_release_delay_base_ms),
+            release_delay_cap: Duration::from_millis(self.job_release_delay_cap_ms),
             poll_interval: Duration::from_millis(self.job_poll_interval_ms),
             streams: crate::domain::jobs::StreamLimits {
                 work_streams_per_caller: self.work_streams_per_caller as usize,

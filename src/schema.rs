@@ -156,6 +156,8 @@ diesel::table! {
         attempt_budget -> Nullable<Int4>,
         hook -> Nullable<Varchar>,
         held -> Bool,
+        #[sql_name = "freeReturns"]
+        free_returns -> Int4,
     }
 }
 

@@ -2,7 +2,9 @@
 //! over real gRPC: a module's job is its module's whatever the request says
 //! (or leaves out), hook job names belong to the lifecycle alone, a module
 //! registered over existing jobs takes its names back, idempotency keys
-//! belong to their caller, and manifests are bounded.
+//! belong to their caller, manifests are bounded, batches naming the same
+//! keys in different orders never deadlock, and cancelling a hook job needs
+//! the permission of the call that started its transition.
 
 mod common;
 
@@ -704,5 +706,135 @@ async fn creates_racing_a_registration_leave_nothing_unchecked() {
             .await
             .unwrap();
     assert_eq!(unchecked, 0);
+    app.stop().await;
+}
+
+/// Two batches of one caller naming the same new keys in opposite orders
+/// ({a, b} and {b, a}), sent at once, many times: each batch waits on the
+/// key the other is inserting, so inserted in request order they would
+/// deadlock (one aborted after a second). Both must succeed, and both must
+/// name the same job for each key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_naming_the_same_keys_in_opposite_orders_never_deadlock() {
+    let app = TestApp::spawn().await;
+    let (_, alice) = account(&app, "alice", &["jobs:write", "jobs:read"]).await;
+    let keyed = |key: String| pb::CreateJobRequest {
+        idempotency_key: key.clone(),
+        ..new_job("report.build", json!({"key": key}))
+    };
+    for round in 0..30 {
+        let (a, b) = (format!("r{round}-a"), format!("r{round}-b"));
+        let forward = vec![keyed(a.clone()), keyed(b.clone())];
+        let backward = vec![keyed(b.clone()), keyed(a.clone())];
+        let (first, second) = tokio::join!(
+            create_batch(&app, &alice, forward),
+            create_batch(&app, &alice, backward)
+        );
+        let first = first.unwrap_or_else(|s| panic!("round {round}: {s:?}"));
+        let second = second.unwrap_or_else(|s| panic!("round {round}: {s:?}"));
+        assert_eq!(first[0].id, second[1].id, "round {round}: key a");
+        assert_eq!(first[1].id, second[0].id, "round {round}: key b");
+        assert_eq!(first[0].idempotency_key, a);
+        assert_eq!(first[1].idempotency_key, b);
+    }
+    app.stop().await;
+}
+
+async fn module_now(app: &TestApp, token: &str, name: &str) -> pb::Module {
+    modules(app.channel().await)
+        .get_module(authed(token, pb::GetModuleRequest { id: name.into() }))
+        .await
+        .expect("get module")
+        .into_inner()
+        .module
+        .expect("module")
+}
+
+async fn cancel(app: &TestApp, token: &str, id: &str) -> Result<pb::Job, Status> {
+    JobServiceClient::new(app.channel().await)
+        .cancel_job(authed(token, pb::CancelJobRequest { id: id.into() }))
+        .await
+        .map(|r| r.into_inner().job.expect("job"))
+}
+
+/// Cancelling a hook job undoes its module's transition, so it needs the
+/// permission of the call that started it: an attacker holding `jobs:write`
+/// and `modules:execute` (enough for a module's jobs) cannot roll back a
+/// DeleteModule (`modules:delete`) or an install (`modules:write`).
+#[tokio::test]
+async fn cancelling_a_hook_job_needs_the_permission_of_its_transition() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let manifest = json!({
+        "jobs": [{"name": "vault.install"}, {"name": "vault.remove"}],
+        "hooks": {"install": "vault.install", "remove": "vault.remove"},
+    });
+    register(&app, &admin, "vault", manifest).await.unwrap();
+    let (_, attacker) = account(
+        &app,
+        "mallory",
+        &["jobs:write", "jobs:read", "modules:execute", "modules:read"],
+    )
+    .await;
+    let (_, writer) = account(
+        &app,
+        "writer",
+        &["jobs:write", "modules:execute", "modules:write"],
+    )
+    .await;
+
+    // An install (EnableModule: modules:write) in progress.
+    let installing = enable(&app, &admin, "vault").await;
+    assert_eq!(installing.status(), pb::ModuleStatus::Installing);
+    let status = cancel(&app, &attacker, &installing.hook_job_id)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("modules:write"), "{status:?}");
+    let module = module_now(&app, &attacker, "vault").await;
+    assert_eq!(module.status(), pb::ModuleStatus::Installing);
+    // Let the install finish.
+    let mut hooks = worker_for(&app, &["vault.install", "vault.remove"]).await;
+    let hook = hooks.assignment().await;
+    assert_eq!(job_id(&hook), installing.hook_job_id);
+    hooks.complete(&hook, json!({})).await;
+    assert!(hooks.ack().await.accepted);
+    drop(hooks);
+    assert_eq!(
+        module_now(&app, &admin, "vault").await.status(),
+        pb::ModuleStatus::Enabled
+    );
+
+    // A removal (DeleteModule: modules:delete) in progress: neither the
+    // attacker nor a caller holding modules:write may roll it back.
+    let removing = modules(app.channel().await)
+        .delete_module(authed(
+            &admin,
+            pb::DeleteModuleRequest { id: "vault".into() },
+        ))
+        .await
+        .expect("delete")
+        .into_inner()
+        .module
+        .expect("module");
+    assert_eq!(removing.status(), pb::ModuleStatus::Removing);
+    for token in [&attacker, &writer] {
+        let status = cancel(&app, token, &removing.hook_job_id)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("modules:delete"), "{status:?}");
+    }
+    assert_eq!(
+        module_now(&app, &attacker, "vault").await.status(),
+        pb::ModuleStatus::Removing
+    );
+    // The admin (who may delete) still can.
+    let cancelled = cancel(&app, &admin, &removing.hook_job_id).await.unwrap();
+    assert_eq!(cancelled.status(), pb::JobStatus::Cancelled);
+    assert_eq!(
+        module_now(&app, &admin, "vault").await.status(),
+        pb::ModuleStatus::Enabled
+    );
     app.stop().await;
 }

@@ -7,6 +7,9 @@
 //! milliseconds of its arrival), thousands of jobs enqueued first. Without a
 //! fault nothing may be lost; with the database cut mid-drain for longer
 //! than a lease, nothing may fail.
+//!
+//! The other side of that bargain: a worker that hands back everything it
+//! gets cannot keep a job alive, or the queue spinning, for free.
 
 mod common;
 
@@ -640,5 +643,115 @@ async fn a_claim_whose_answer_was_lost_costs_no_attempt() {
         "the job no stream knew of"
     );
     assert_eq!(assignment.attempt, 1, "the lost claim cost no attempt");
+    app.stop().await;
+}
+
+/// A job's row as a hand-back left it.
+#[derive(diesel::QueryableByName, Debug)]
+struct Returned {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    free_returns: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Jsonb>)]
+    error: Option<serde_json::Value>,
+}
+
+/// A broken (or hostile) worker releasing the same job every time it gets
+/// it: the first `FREE_RETURNS` releases are free, each put off by a
+/// growing delay (never runnable again at once: no claim/release hot
+/// loop); after them every release spends an attempt, and the job ends
+/// FAILED, saying why, once its budget is spent.
+#[tokio::test]
+async fn a_job_released_over_and_over_ends_failed() {
+    use automation_control_plane::domain::jobs::FREE_RETURNS;
+    const MAX_ATTEMPTS: i32 = 2;
+    let mut options = TestOptions::default();
+    options.jobs.release_delay_base = Duration::from_millis(1);
+    options.jobs.release_delay_cap = Duration::from_millis(40);
+    let app = TestApp::spawn_with(options).await;
+    let token = app.admin_token().await;
+    let job = app
+        .create_job(
+            &token,
+            pb::CreateJobRequest {
+                max_attempts: MAX_ATTEMPTS,
+                ..new_job("release.loop", json!({}))
+            },
+        )
+        .await;
+    let id: uuid::Uuid = job.id.parse().expect("job id");
+    let mut worker = app.worker(1).await;
+    // Microseconds of a database timestamp.
+    let micros = |t: &Option<prost_types::Timestamp>| {
+        let t = t.as_ref().expect("timestamp");
+        t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000
+    };
+    let mut releases = 0;
+    let mut previous_start = None;
+    let last = loop {
+        let assignment = worker.assignment().await;
+        let leased = assignment.job.as_ref().expect("job");
+        assert_eq!(leased.id, job.id);
+        assert_eq!(assignment.attempt, releases + 1, "attempt numbers go up");
+        // Spaced: the release after the previous attempt started put the
+        // job off by base · 2^(earlier releases), capped; and no claim takes
+        // it before then. (Both read on the database's clock.)
+        let (scheduled, started) = (micros(&leased.schedule_time), micros(&leased.start_time));
+        assert!(started >= scheduled, "claimed before its schedule");
+        if let Some(previous) = previous_start {
+            let delay_ms = (1i64 << (releases - 1).min(40)).min(40);
+            assert!(
+                scheduled - previous >= delay_ms * 1_000,
+                "release {releases} put the job off by less than {delay_ms} ms"
+            );
+        }
+        previous_start = Some(started);
+        worker
+            .send(Out::Release(pb::JobRelease {
+                lease: Some(common::worker::lease_of(&assignment)),
+                reason: "not today".into(),
+            }))
+            .await;
+        assert!(worker.ack().await.accepted, "release {releases}");
+        let mut conn = app.pool.get().await.expect("connection");
+        let row: Returned = diesel::sql_query(
+            r#"SELECT status::text AS status, "freeReturns" AS free_returns, error
+               FROM jobs WHERE id = $1"#,
+        )
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .get_result(&mut conn)
+        .await
+        .expect("job row");
+        releases += 1;
+        assert_eq!(row.free_returns, releases);
+        if row.status == "FAILED" {
+            break row;
+        }
+        // Back in the queue (or already claimed again).
+        assert!(
+            matches!(row.status.as_str(), "PENDING" | "RUNNING"),
+            "release {releases}: {row:?}"
+        );
+        // Free ones leave no error; charged ones say why.
+        assert_eq!(row.error.is_some(), releases > FREE_RETURNS, "{row:?}");
+    };
+    assert_eq!(
+        releases,
+        FREE_RETURNS + MAX_ATTEMPTS,
+        "the free returns, then one per attempt of the budget"
+    );
+    let error = last.error.expect("the failure's error");
+    assert_eq!(error["cause"], "handed_back_too_often", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("handed back"),
+        "{error}"
+    );
+    let seen = app.job(&token, &job.id).await;
+    assert_eq!(seen.status(), pb::JobStatus::Failed);
+    worker.silent_for(Duration::from_millis(300)).await;
     app.stop().await;
 }

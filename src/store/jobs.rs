@@ -104,6 +104,13 @@ fn interval(duration: std::time::Duration) -> PgInterval {
 /// Inserts jobs in one statement. A job whose idempotency key a job of the
 /// same creator already holds is not inserted (keys are scoped to their
 /// creator); the rows returned are the inserted ones.
+///
+/// Rows go in in key order, whatever the request's order: an insert waits
+/// on a key another transaction is inserting, so two batches of one caller
+/// naming the same keys in different orders ({a, b} and {b, a}) would each
+/// hold one key while waiting for the other, a deadlock PostgreSQL breaks
+/// only after a second by aborting one. The rows returned are matched to
+/// the requests by id, never by position.
 pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult<Vec<JobRow>> {
     if new.is_empty() {
         return Ok(Vec::new());
@@ -118,6 +125,7 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
                        $7::timestamp[], $8::text[], $9::uuid[], $10::text[])
                 AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook)
+           ORDER BY n.creator, n.key, n.id
            ON CONFLICT ("createdBy", "idempotencyKey") WHERE "idempotencyKey" IS NOT NULL
            DO NOTHING
            RETURNING {JOB_COLUMNS}"#
@@ -240,10 +248,6 @@ pub struct ClaimFilter {
     pub names: Vec<String>,
     /// Module names; empty means any.
     pub modules: Vec<String>,
-    /// Only jobs of no module: the workers' caller does not hold
-    /// `modules:execute`, so a module's jobs (its hooks included) are not
-    /// theirs to run, whatever the names say.
-    pub plain_only: bool,
 }
 
 /// A Work stream a claim may lease jobs to.
@@ -307,7 +311,6 @@ pub async fn claim(
                WHERE j.status = 'PENDING' AND NOT j.held AND j."scheduledAt" <= LOCALTIMESTAMP
                  AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
                  AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
-                 AND (NOT $9 OR j."moduleName" IS NULL)
                  AND (j."moduleName" IS NULL OR EXISTS (
                        SELECT 1 FROM modules m
                        WHERE m.name = j."moduleName"
@@ -362,7 +365,6 @@ pub async fn claim(
     .bind::<Interval, _>(interval(lease))
     .bind::<Text, _>(CHANNEL)
     .bind::<Array<Integer>, _>(&plan.owners)
-    .bind::<Bool, _>(filter.plain_only)
     .load(conn)
     .await
 }
@@ -483,21 +485,42 @@ pub async fn fail(
     .await
 }
 
-/// Hands leases back unfinished: the jobs return to PENDING at once and the
-/// attempt is not a failure: `maxAttempts` grows by one, so a release or a
-/// drain never uses up the job's budget (attempt numbers still never
-/// repeat). `undelivered` leases (claimed for a stream that closed before it
-/// got them) give their attempt number back instead. Rows are locked in id
-/// order, like every statement that takes leases, so that two of them
-/// never wait on each other in a cycle.
+/// What a hand-back costs. A job may be handed back unfinished `free`
+/// times (since it was created or last retried) without spending its attempt
+/// budget; past that, each hand-back spends the attempt like a failure (the
+/// job FAILED once the budget is spent), so a worker that releases
+/// everything it gets cannot keep a job alive forever. Every delivered
+/// hand-back also puts the job off by `base · 2^(earlier hand-backs)`, at
+/// most `cap`, so a release loop cannot spin claim after claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReturnRule {
+    pub free: i32,
+    pub base: std::time::Duration,
+    pub cap: std::time::Duration,
+}
+
+/// Hands leases back unfinished. A delivered lease (the worker had it:
+/// released, drained, cut off) goes back to PENDING after the growing delay
+/// of [`ReturnRule`], free while the job's free returns last (`maxAttempts`
+/// grows by one, so the attempt number is used but not the budget), charged
+/// like a failure after that (FAILED on the last attempt, with an error
+/// saying why). `undelivered` leases (claimed for a stream that closed
+/// before it got them) give their attempt number back instead, free and
+/// runnable at once. Rows are locked in id order, like every statement that
+/// takes leases, so that two of them never wait on each other in a cycle.
 pub async fn hand_back(
     conn: &mut AsyncPgConnection,
     leases: &[LeaseRef],
     undelivered: bool,
+    rule: ReturnRule,
 ) -> QueryResult<Vec<Settled>> {
     if leases.is_empty() {
         return Ok(Vec::new());
     }
+    // `charged`: delivered, and the free returns are used up; `spent`:
+    // charged, and that was the last attempt.
+    let charged = r#"($4::int = 0 AND jobs."freeReturns" >= $5::int)"#;
+    let spent = format!(r#"({charged} AND jobs.attempts >= jobs."maxAttempts")"#);
     diesel::sql_query(format!(
         r#"WITH r AS (
                SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
@@ -510,8 +533,23 @@ pub async fn hand_back(
                FOR UPDATE OF jobs
            )
            UPDATE jobs
-           SET status = 'PENDING', attempts = jobs.attempts - $4::int,
-               "maxAttempts" = jobs."maxAttempts" + 1 - $4::int,
+           SET status = CASE WHEN {spent} THEN 'FAILED'::"JobStatus"
+                             ELSE 'PENDING'::"JobStatus" END,
+               "failedAt" = CASE WHEN {spent} THEN LOCALTIMESTAMP ELSE jobs."failedAt" END,
+               attempts = jobs.attempts - $4::int,
+               "maxAttempts" = CASE WHEN $4::int = 1 OR {charged} THEN jobs."maxAttempts"
+                                    ELSE jobs."maxAttempts" + 1 END,
+               "freeReturns" = jobs."freeReturns" + 1 - $4::int,
+               "scheduledAt" = CASE WHEN $4::int = 1 OR {spent} THEN jobs."scheduledAt"
+                                    ELSE LOCALTIMESTAMP + make_interval(secs =>
+                                        LEAST($7::float8, $6::float8
+                                              * power(2::float8, LEAST(jobs."freeReturns", 62))))
+                               END,
+               error = CASE WHEN {charged}
+                            THEN jsonb_build_object('message', $8::text,
+                                                    'attempt', jobs.attempts,
+                                                    'cause', 'handed_back_too_often')
+                            ELSE jobs.error END,
                held = {HELD_UNLESS_ENABLED},
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
            FROM r JOIN locked ON locked.id = r.id
@@ -523,6 +561,13 @@ pub async fn hand_back(
     .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
     .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.stream).collect::<Vec<_>>())
     .bind::<Integer, _>(i32::from(undelivered))
+    .bind::<Integer, _>(rule.free)
+    .bind::<diesel::sql_types::Double, _>(rule.base.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(rule.cap.as_secs_f64())
+    .bind::<Text, _>(format!(
+        "handed back unfinished more than {} times: each further hand-back spends an attempt",
+        rule.free
+    ))
     .load(conn)
     .await
 }
@@ -685,10 +730,10 @@ pub async fn set_status(
 }
 
 /// Puts a locked FAILED or CANCELLED job back in the queue, now, with a
-/// fresh attempt budget.
+/// fresh attempt budget and its free hand-backs restored.
 pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<JobRow> {
     diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = 'PENDING', held = false,
+        r#"UPDATE jobs SET status = 'PENDING', held = false, "freeReturns" = 0,
                "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
                "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP

@@ -117,6 +117,7 @@ impl Leases {
     /// the order of `reports`.
     pub async fn settle(&self, reports: &[Report]) -> Result<Vec<ReportOutcome>, AppError> {
         let backoff = self.settings.backoff();
+        let rule = self.settings.return_rule();
         let mut completed = (Vec::new(), Vec::new());
         let mut failed = (Vec::new(), Vec::new(), Vec::new());
         let mut released = Vec::new();
@@ -142,14 +143,13 @@ impl Leases {
             rows::lock_in_order(conn, &ids).await?;
             let mut settled = rows::complete(conn, &completed.0, &completed.1).await?;
             settled.extend(rows::fail(conn, &failed.0, &failed.1, &failed.2, backoff).await?);
-            settled.extend(rows::hand_back(conn, &released, false).await?);
+            settled.extend(rows::hand_back(conn, &released, false, rule).await?);
             let mut changes = QueueChanges::default();
             for job in &settled {
                 let status = JobStatus::from_label(&job.status).unwrap_or(JobStatus::Pending);
-                // A released job is runnable now; a failed one after its
-                // backoff.
-                let released_now = released.iter().any(|l| l.job == job.id);
-                changes.note(job.id, status, released_now);
+                // A released job is runnable after its short delay, a
+                // failed one after its backoff: the schedule changed.
+                changes.note(job.id, status, false);
             }
             changes.announce(conn).await?;
             let hooks: Vec<HookOutcome> = settled
@@ -300,7 +300,8 @@ impl Leases {
 
     /// Hands leases back unfinished (a draining server, a stream ending on
     /// the server's side, jobs claimed for a stream that closed before it got
-    /// them): PENDING at once, not a failure.
+    /// them): see [`rows::hand_back`] for what that costs. Undelivered ones
+    /// are PENDING at once and free.
     pub async fn hand_back(
         &self,
         leases: &[LeaseRef],
@@ -309,13 +310,25 @@ impl Leases {
         if leases.is_empty() {
             return Ok(0);
         }
+        let rule = self.settings.return_rule();
         db::transaction(&self.pool, "jobs.hand_back", async |conn| {
-            let settled = rows::hand_back(conn, leases, undelivered).await?;
+            let settled = rows::hand_back(conn, leases, undelivered, rule).await?;
             let mut changes = QueueChanges::default();
             for job in &settled {
-                changes.note(job.id, JobStatus::Pending, true);
+                let status = JobStatus::from_label(&job.status).unwrap_or(JobStatus::Pending);
+                changes.note(job.id, status, undelivered);
             }
             changes.announce(conn).await?;
+            // A hand-back past the free ones may fail a hook job for good,
+            // which ends its module's transition.
+            let hooks: Vec<HookOutcome> = settled
+                .iter()
+                .filter_map(|job| {
+                    let status = JobStatus::from_label(&job.status)?;
+                    HookOutcome::of(job.id, job.hook.as_deref(), status, job.error.clone())
+                })
+                .collect();
+            modules::hooks::settle(conn, &hooks).await?;
             Ok(settled.len())
         })
         .await

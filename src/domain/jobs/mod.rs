@@ -42,6 +42,10 @@ use crate::{
 pub use super::validate::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, PRIORITY_RANGE};
 /// Most jobs one BatchCreateJobs creates.
 pub const MAX_BATCH: usize = 1000;
+/// Times a job may be handed back unfinished (a worker's release, a drain,
+/// a stream cut off) since it was created or last retried without spending
+/// an attempt; past them each hand-back spends one like a failure.
+pub const FREE_RETURNS: i32 = 10;
 
 /// How the queue is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,11 @@ pub struct JobSettings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_cap: Duration,
+    /// Delay after a job's first hand-back (release, drain); doubles with
+    /// each further one, so a release loop cannot spin.
+    pub release_delay_base: Duration,
+    /// Longest delay after a hand-back.
+    pub release_delay_cap: Duration,
     /// How often dispatch looks for work even without a notification.
     pub poll_interval: Duration,
     /// What streams may hold open on one replica.
@@ -131,6 +140,14 @@ impl JobSettings {
             cap: self.retry_cap,
         }
     }
+
+    pub(crate) fn return_rule(&self) -> rows::ReturnRule {
+        rows::ReturnRule {
+            free: FREE_RETURNS,
+            base: self.release_delay_base,
+            cap: self.release_delay_cap,
+        }
+    }
 }
 
 impl Default for JobSettings {
@@ -140,6 +157,8 @@ impl Default for JobSettings {
             payload_max_bytes: 1024 * 1024,
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(3600),
+            release_delay_base: Duration::from_millis(100),
+            release_delay_cap: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             streams: StreamLimits::default(),
         }
@@ -390,6 +409,9 @@ impl Jobs {
             if job.module_name.is_some() {
                 ensure_may_execute(actor)?;
             }
+            if let Some(hook) = &job.hook {
+                ensure_may_undo(actor, hook)?;
+            }
             if job.status.is_terminal() {
                 return Err(AppError::FailedPrecondition(format!(
                     "job {id} is {}: only PENDING or RUNNING jobs can be cancelled",
@@ -589,6 +611,27 @@ fn ensure_may_execute(actor: &Actor) -> Result<(), AppError> {
     Err(AppError::PermissionDenied(format!(
         "jobs of a module run its code: this needs {} as well as jobs:write",
         modules::EXECUTE
+    )))
+}
+
+/// Cancelling a module's hook job undoes the transition the hook carries
+/// out (an install, an update, a removal): it needs the permission of the
+/// call that started that transition, or `jobs:write` and `modules:execute`
+/// would be enough to roll back a DeleteModule or an UpdateModule.
+fn ensure_may_undo(actor: &Actor, hook: &str) -> Result<(), AppError> {
+    // As the access options of ModuleService (modules.proto) say.
+    let (needed, call) = match hook {
+        "install" => ("modules:write", "EnableModule"),
+        "update" => ("modules:write", "UpdateModule"),
+        // `remove`, and anything unknown: the strictest.
+        _ => ("modules:delete", "DeleteModule"),
+    };
+    if actor.caller.holds(needed) {
+        return Ok(());
+    }
+    Err(AppError::PermissionDenied(format!(
+        "this job is a module's {hook} hook: cancelling it undoes the {call} that started it, \
+         which needs {needed}"
     )))
 }
 
