@@ -9,6 +9,8 @@ mod common;
 mod heartbeats;
 #[path = "work_abuse/module_jobs.rs"]
 mod module_jobs;
+#[path = "work_abuse/stalled_transports.rs"]
+mod stalled_transports;
 
 use std::{collections::HashSet, time::Duration};
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{
     Shared, keepalive,
     outbox::Outbox,
-    registry::{Admission, MAX_CAPACITY, StreamCommand, StreamEntry},
+    registry::{Admission, MAX_CAPACITY, StreamCommand, StreamEntry, StreamSlot},
 };
 use crate::{
     auth::caller::Caller,
@@ -162,6 +162,9 @@ pub fn admit(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .register(id, entry, hello.capacity);
+    if admitted.is_ok() {
+        outbox.hold_slot(StreamSlot::new(shared, actor.caller.user_id));
+    }
     let granted = admitted.map_err(|refusal| match refusal {
         Admission::Draining => {
             AppError::Draining("the server is shutting down; connect to another".into())

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
+use super::registry::StreamSlot;
 use crate::proto::automation_v1 as pb;
 
 /// A message waiting for the transport; an assignment names its lease.
@@ -59,6 +60,10 @@ pub struct Outbox {
     gone: CancellationToken,
     /// Rung when the transport takes the queue below [`ROOM`].
     room: Notify,
+    /// The stream's place among its caller's streams, once admitted: the
+    /// outbox outlives both halves (the session's and the transport's), so
+    /// the place is held until both are gone.
+    slot: Mutex<Option<StreamSlot>>,
 }
 
 /// The server's half of a Work stream, as tonic sends it.
@@ -77,6 +82,7 @@ pub fn channel() -> (Arc<Outbox>, ResponseStream) {
         }),
         gone: CancellationToken::new(),
         room: Notify::new(),
+        slot: Mutex::new(None),
     });
     let response = ResponseStream {
         outbox: outbox.clone(),
@@ -95,6 +101,12 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds the stream's place among its caller's streams until both
+    /// halves of the stream are gone.
+    pub fn hold_slot(&self, slot: StreamSlot) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
     }
 
     /// Queues a message (dropped once the stream ends).

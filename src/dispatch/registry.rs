@@ -10,13 +10,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::{Arc, Weak},
     time::{Instant, SystemTime},
 };
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::tell;
+use super::{Shared, tell};
 use crate::{
     domain::jobs::{
         StreamLimits,
@@ -115,6 +116,40 @@ impl StreamEntry {
     }
 }
 
+/// A stream's place among its caller's streams (and among the replica's
+/// open Work transports), held by its outbox: released when both the
+/// session and the transport's half are gone. The session ends first when
+/// its worker stalls, but hyper keeps the transport's half (and whatever
+/// it buffered) until the worker reads or resets: a worker that stalls and
+/// reconnects must not pile up streams past the per-caller cap.
+#[derive(Debug)]
+pub struct StreamSlot {
+    shared: Weak<Shared>,
+    caller: Uuid,
+}
+
+impl StreamSlot {
+    /// The place of a stream `register` admitted for `caller`.
+    pub fn new(shared: &Arc<Shared>, caller: Uuid) -> Self {
+        Self {
+            shared: Arc::downgrade(shared),
+            caller,
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release_slot(self.caller);
+        }
+    }
+}
+
 /// The streams of this replica.
 #[derive(Debug)]
 pub struct Registry {
@@ -125,6 +160,8 @@ pub struct Registry {
     per_caller: HashMap<Uuid, CallerShare>,
     /// Capacity granted to all streams together.
     granted: usize,
+    /// Work streams whose transport is still open, registered or not.
+    transports: usize,
     /// Set once the server drains: nothing new is leased.
     draining: Option<(Instant, SystemTime)>,
     /// Rotates which stream is offered jobs first: it moves on by one per
@@ -136,6 +173,7 @@ pub struct Registry {
 /// The streams and capacity one caller holds on this replica.
 #[derive(Debug, Default, Clone, Copy)]
 struct CallerShare {
+    /// Streams whose transport is still open (see [`StreamSlot`]).
     streams: usize,
     capacity: usize,
 }
@@ -190,6 +228,7 @@ impl Registry {
             streams: BTreeMap::new(),
             limits,
             per_caller: HashMap::new(),
+            transports: 0,
             granted: 0,
             draining: None,
             turn: 0,
@@ -238,21 +277,44 @@ impl Registry {
         share.streams += 1;
         share.capacity += capacity;
         self.granted += capacity;
+        self.transports += 1;
         self.streams.insert(id, entry);
         Ok(capacity)
     }
 
+    /// Gives back the place a stream took among its caller's streams, once
+    /// both its session and its transport are gone.
+    pub fn release_slot(&mut self, caller: Uuid) {
+        self.transports = self.transports.saturating_sub(1);
+        if let Some(share) = self.per_caller.get_mut(&caller) {
+            share.streams = share.streams.saturating_sub(1);
+            if share.streams == 0 && share.capacity == 0 {
+                self.per_caller.remove(&caller);
+            }
+        }
+    }
+
+    /// Work streams of this replica whose transport is still open.
+    #[cfg(test)]
+    pub fn open_transports(&self) -> usize {
+        self.transports
+    }
+
     /// Removes a stream; returns the leases (job, attempt) it held that no
-    /// report is settling (those are the session's to give back).
+    /// report is settling (those are the session's to give back). Its
+    /// capacity is free again; its place among its caller's streams is not
+    /// until its transport is gone too ([`Self::release_slot`]).
     pub fn unregister(&mut self, id: Uuid) -> Vec<(Uuid, i32)> {
+        // The entry's outbox is not the last handle (the registration,
+        // which calls this, holds one): its slot is not released, and the
+        // registry not locked again, here.
         let Some(entry) = self.streams.remove(&id) else {
             return Vec::new();
         };
         self.granted = self.granted.saturating_sub(entry.capacity);
         if let Some(share) = self.per_caller.get_mut(&entry.caller) {
-            share.streams -= 1;
             share.capacity = share.capacity.saturating_sub(entry.capacity);
-            if share.streams == 0 {
+            if share.streams == 0 && share.capacity == 0 {
                 self.per_caller.remove(&entry.caller);
             }
         }
@@ -682,8 +744,15 @@ mod tests {
             registry.register(Uuid::now_v7(), entry(bob, "b"), 1),
             Err(Admission::CapacityPerReplica(12))
         );
-        // Leaving gives the room back.
+        // Leaving gives the room back, once the transport is gone too.
         registry.unregister(first);
+        assert_eq!(
+            registry.register(Uuid::now_v7(), entry(alice, "a"), 3),
+            Err(Admission::StreamsPerCaller(2))
+        );
+        assert_eq!(registry.open_transports(), 3);
+        registry.release_slot(alice);
+        assert_eq!(registry.open_transports(), 2);
         assert_eq!(
             registry.register(Uuid::now_v7(), entry(alice, "a"), 3),
             Ok(3)
@@ -722,6 +791,7 @@ mod tests {
         );
         // Leaving gives the caller's share back.
         registry.unregister(first);
+        registry.release_slot(hostile);
         assert_eq!(
             registry.register(Uuid::now_v7(), entry(hostile, "h"), 5),
             Ok(5)
