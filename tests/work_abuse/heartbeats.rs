@@ -5,14 +5,63 @@
 use std::time::Duration;
 
 use automation_control_plane::proto::automation_v1::{self as pb, work_request::Kind as Out};
+use bytes::{BufMut as _, Bytes};
+use prost::Message as _;
 use serde_json::json;
-use tonic::Code;
-
-use crate::common::{
-    TestApp, TestOptions, account, authed, new_job,
-    worker::{lease_of, open_raw},
+use tonic::{
+    Code, Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
 };
+
+use crate::common::{TestApp, TestOptions, account, authed, new_job, worker::lease_of};
 use crate::{hello_message, read_to_end};
+
+/// Sends pre-encoded messages: a client whose every message costs the
+/// server far more than it costs the client, so that the session always
+/// has one ready.
+#[derive(Debug, Clone, Copy, Default)]
+struct Raw;
+
+struct RawEncoder;
+
+struct ResponseDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for ResponseDecoder {
+    type Item = pb::WorkResponse;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<pb::WorkResponse>, Status> {
+        pb::WorkResponse::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = pb::WorkResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
 
 /// A worker that always has a message ready (well within the inbound
 /// rate) cannot keep the session from noticing that its key was revoked.
@@ -38,15 +87,33 @@ async fn a_busy_worker_with_a_revoked_key_is_still_cut_off() {
         .await
         .expect("key")
         .into_inner();
-    let (tx, mut rx) = open_raw(app.channel().await, &key.secret, hello_message(1))
+    // Heartbeats naming a thousand leases (none of them held): cheap to
+    // send again and again, each one work for the server to read.
+    let heartbeat = pb::WorkRequest {
+        kind: Some(Out::Heartbeat(pb::WorkerHeartbeat {
+            jobs: (0..1_000)
+                .map(|_| pb::JobLeaseRef {
+                    job_id: uuid::Uuid::now_v7().to_string(),
+                    attempt: 1,
+                })
+                .collect(),
+        })),
+    };
+    let heartbeat = Bytes::from(heartbeat.encode_to_vec());
+    let first = Bytes::from(hello_message(1).encode_to_vec());
+    let messages =
+        futures::stream::iter(std::iter::once(first).chain(std::iter::repeat(heartbeat)));
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.expect("ready");
+    let mut rx = grpc
+        .streaming(
+            authed(&key.secret, messages),
+            PathAndQuery::from_static("/automation.v1.JobService/Work"),
+            Raw,
+        )
         .await
-        .expect("the call opens");
-    let flooding = tokio::spawn(async move {
-        let heartbeat = pb::WorkRequest {
-            kind: Some(Out::Heartbeat(pb::WorkerHeartbeat { jobs: vec![] })),
-        };
-        while tx.send(heartbeat.clone()).await.is_ok() {}
-    });
+        .expect("the call opens")
+        .into_inner();
     tokio::time::sleep(Duration::from_millis(500)).await;
     keys.revoke_api_key(authed(
         &bot,
@@ -58,7 +125,6 @@ async fn a_busy_worker_with_a_revoked_key_is_still_cut_off() {
     .expect("revoke");
     let (_, status) = read_to_end(&mut rx).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    flooding.abort();
     app.stop().await;
 }
 
