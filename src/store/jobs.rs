@@ -248,6 +248,10 @@ pub struct ClaimFilter {
     pub names: Vec<String>,
     /// Module names; empty means any.
     pub modules: Vec<String>,
+    /// Only jobs of no module: the workers' caller does not hold
+    /// `modules:execute`, so a module's jobs (its hooks included) are not
+    /// theirs to run, whatever the names say.
+    pub plain_only: bool,
 }
 
 /// A Work stream a claim may lease jobs to.
@@ -311,6 +315,7 @@ pub async fn claim(
                WHERE j.status = 'PENDING' AND NOT j.held AND j."scheduledAt" <= LOCALTIMESTAMP
                  AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
                  AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
+                 AND (NOT $9 OR j."moduleName" IS NULL)
                  AND (j."moduleName" IS NULL OR EXISTS (
                        SELECT 1 FROM modules m
                        WHERE m.name = j."moduleName"
@@ -365,6 +370,7 @@ pub async fn claim(
     .bind::<Interval, _>(interval(lease))
     .bind::<Text, _>(CHANNEL)
     .bind::<Array<Integer>, _>(&plan.owners)
+    .bind::<Bool, _>(filter.plain_only)
     .load(conn)
     .await
 }
