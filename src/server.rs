@@ -12,7 +12,11 @@ use tonic::{
 use crate::{
     api::{
         self,
-        codec::message_caps::{CapSettings, MessageCapLayer, MessageCaps},
+        codec::{
+            budget::{BudgetSettings, RequestBudget},
+            inspect::worst_create_job_cost,
+            message_caps::{CapSettings, MessageCapLayer, MessageCaps},
+        },
     },
     auth::{
         AuthSettings,
@@ -68,6 +72,9 @@ pub struct ServerOptions {
     /// Largest BatchCreateJobs message (`JOB_BATCH_MAX_BYTES`): a batch is
     /// bounded in total, not as 1,000 payloads at their limit.
     pub batch_max_bytes: usize,
+    /// The memory that requests carrying JSON documents may hold at once
+    /// (`REQUEST_MEMORY_BUDGET_BYTES`; see [`api::codec::budget`]).
+    pub request_budget: BudgetSettings,
 }
 
 impl Default for ServerOptions {
@@ -79,6 +86,7 @@ impl Default for ServerOptions {
             keepalive_timeout: Duration::from_secs(5),
             max_message_bytes: 16 * 1024 * 1024,
             batch_max_bytes: 8 * 1024 * 1024,
+            request_budget: BudgetSettings::default(),
         }
     }
 }
@@ -174,13 +182,25 @@ pub async fn serve(
         );
     }
 
+    let budget = RequestBudget::new(options.request_budget);
+    let worst = worst_create_job_cost(state.jobs.payload_max_bytes);
+    if worst > budget.max_cost() {
+        tracing::warn!(
+            request_memory_budget_bytes = options.request_budget.total_bytes,
+            job_payload_max_bytes = state.jobs.payload_max_bytes,
+            worst_create_job_bytes = worst,
+            "REQUEST_MEMORY_BUDGET_BYTES cannot hold a CreateJob whose payload is \
+             JOB_PAYLOAD_MAX_BYTES of one-key objects; such payloads will be refused"
+        );
+    }
+
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .layer(AuthLayer::new(authorizer))
-        .layer(MessageCapLayer::new(caps.clone()))
+        .layer(MessageCapLayer::new(caps.clone(), budget))
         .add_service(health_service)
         .add_service(reflection.v1())
         .add_service(reflection.v1alpha())

@@ -3,15 +3,22 @@
 //! buffered or decoded. A message over it answers INVALID_ARGUMENT with
 //! reason MESSAGE_TOO_LARGE naming the setting; a legal request at the
 //! limit, in its worst encoding, is accepted; a batch is bounded by its own
-//! budget.
+//! budget. Under the cap, a payload too large as JSON is refused from its
+//! bytes, before any tree of it is built, and the memory that large requests
+//! hold at once is bounded by REQUEST_MEMORY_BUDGET_BYTES.
 
 mod common;
 
+use std::time::Duration;
+
 use automation_control_plane::{
-    api::codec::message_caps::{ENVELOPE_BYTES, HEARTBEAT_MAX_BYTES, struct_wire_bound},
+    api::codec::{
+        budget::BudgetSettings,
+        message_caps::{ENVELOPE_BYTES, HEARTBEAT_MAX_BYTES, struct_wire_bound},
+    },
     proto::automation_v1 as pb,
 };
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use common::{JobServiceClient, TestApp, TestOptions, authed, new_job};
 use prost::Message as _;
 use tonic::{
@@ -302,5 +309,204 @@ async fn a_worker_message_over_its_cap_ends_the_stream_with_the_reason() {
     assert_eq!(why, "MESSAGE_TOO_LARGE", "{status:?}");
     assert_eq!(metadata["limit"], "JOB_PAYLOAD_MAX_BYTES");
     assert_eq!(metadata["max_bytes"], cap.to_string());
+    app.stop().await;
+}
+
+/// A payload of `count` one-key objects: `{"a":[{"k":0},…]}`, 8 bytes of
+/// JSON and 20 of protobuf each, and a tree node apiece once decoded.
+fn objects(count: usize) -> serde_json::Value {
+    serde_json::json!({ "a": vec![serde_json::json!({"k": 0}); count] })
+}
+
+#[tokio::test]
+async fn a_payload_too_large_as_json_is_refused_by_name_before_it_is_decoded() {
+    let app = spawn().await;
+    let token = app.admin_token().await;
+    // Under the message cap, over twice the JSON limit: decoding it would
+    // build some 40,000 tree nodes before the JSON check could refuse it.
+    let request = new_job("objects.many", objects(20_000));
+    let mut body = request.encode_to_vec();
+    assert!(body.len() < CREATE_JOB_CAP);
+    // Then bytes that are not protobuf. Decoding would have failed on them
+    // (MALFORMED_MESSAGE) after building the tree; the refusal names the
+    // payload instead, so it came from the look at the bytes, before any
+    // decoding.
+    body.extend_from_slice(&[0xff; 16]);
+    let status = refused(
+        app.channel().await,
+        &token,
+        "/automation.v1.JobService/CreateJob",
+        body,
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (why, metadata) = reason(&status);
+    assert_eq!(why, "INVALID_FIELD", "{status:?}");
+    assert_eq!(metadata["field"], "payload");
+    assert_eq!(
+        status.message(),
+        format!("payload: is 160007 bytes as JSON; at most {PAYLOAD_MAX} are accepted")
+    );
+
+    // In a batch, the job is named.
+    let batch = pb::BatchCreateJobsRequest {
+        requests: vec![
+            new_job("objects.few", objects(10)),
+            new_job("objects.many", objects(20_000)),
+        ],
+    };
+    let status = JobServiceClient::new(app.channel().await)
+        .batch_create_jobs(authed(&token, batch))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("requests[1].payload: is 160007 bytes as JSON"),
+        "{status:?}"
+    );
+
+    // The same objects within the limit are taken, and stored as sent.
+    let job = app
+        .create_job(&token, new_job("objects.fit", objects(8_000)))
+        .await;
+    let sent = new_job("objects.fit", objects(8_000)).payload;
+    assert_eq!(job.payload, sent, "stored as sent");
+    app.stop().await;
+}
+
+/// A request body fed by the test, frame by frame.
+struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Fed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|data| data.map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+/// Starts a CreateJob whose message claims `len` bytes and sends only the
+/// length prefix; the call stays open until the returned sender is dropped.
+fn stalled_create_job(channel: Channel, token: &str, len: u32) -> tokio::sync::mpsc::Sender<Bytes> {
+    use tower::ServiceExt as _;
+    let (feed, fed) = tokio::sync::mpsc::channel(4);
+    let mut prefix = vec![0];
+    prefix.extend_from_slice(&len.to_be_bytes());
+    feed.try_send(Bytes::from(prefix))
+        .expect("room for the prefix");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/automation.v1.JobService/CreateJob")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(tonic::body::Body::new(Fed(fed)))
+        .expect("request");
+    tokio::spawn(async move {
+        let _ = channel.oneshot(request).await;
+    });
+    feed
+}
+
+fn tiny_budget() -> BudgetSettings {
+    BudgetSettings {
+        // An eighth (128 KiB) to receive messages, the rest to handle them.
+        total_bytes: 1024 * 1024,
+        wait: Duration::from_millis(200),
+        receive_timeout: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn the_request_budget_refuses_with_limit_exceeded_when_it_is_spent() {
+    let mut options = TestOptions::default();
+    options.jobs.payload_max_bytes = PAYLOAD_MAX;
+    options.server.request_budget = tiny_budget();
+    let app = TestApp::spawn_with(options).await;
+    let token = app.admin_token().await;
+    // A legal job of 60 KiB: it needs room to be received.
+    let job = || {
+        new_job(
+            "budget.text",
+            serde_json::json!({ "s": "x".repeat(60 * 1024) }),
+        )
+    };
+    app.create_job(&token, job()).await;
+
+    // A caller announces 120 KiB and stalls: the room to receive it is kept
+    // for it, and the next large request finds none in time.
+    let stalled = stalled_create_job(app.channel().await, &token, 120 * 1024);
+    let mut client = JobServiceClient::new(app.channel().await);
+    let mut status = None;
+    for _ in 0..100 {
+        match client.create_job(authed(&token, job())).await {
+            // The stalled call's reservation is not in place yet.
+            Ok(_) => tokio::task::yield_now().await,
+            Err(refusal) => {
+                status = Some(refusal);
+                break;
+            }
+        }
+    }
+    let status = status.expect("refused once the budget is spent");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let (why, metadata) = reason(&status);
+    assert_eq!(why, "LIMIT_EXCEEDED", "{status:?}");
+    assert_eq!(metadata["limit"], "REQUEST_MEMORY_BUDGET_BYTES");
+    assert!(metadata.contains_key("retry_after_ms"), "{metadata:?}");
+
+    // Small requests of other methods are not held up.
+    JobServiceClient::new(app.channel().await)
+        .list_jobs(authed(&token, pb::ListJobsRequest::default()))
+        .await
+        .expect("a small call");
+
+    // The stalled call ends: its room comes back, and large requests work
+    // again.
+    drop(stalled);
+    let mut created = false;
+    for _ in 0..100 {
+        if client.create_job(authed(&token, job())).await.is_ok() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(created, "the budget came back");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_could_never_fit_the_budget_is_refused_at_once() {
+    let mut options = TestOptions::default();
+    options.jobs.payload_max_bytes = PAYLOAD_MAX;
+    options.server.request_budget = tiny_budget();
+    let app = TestApp::spawn_with(options).await;
+    let token = app.admin_token().await;
+    // Within the JSON limit (56 KB), but 7,000 objects take tens of MB to
+    // decode and handle: more than this server's whole budget.
+    let status = JobServiceClient::new(app.channel().await)
+        .create_job(authed(&token, new_job("objects.costly", objects(7_000))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (why, metadata) = reason(&status);
+    assert_eq!(why, "INVALID_FIELD", "{status:?}");
+    assert_eq!(metadata["field"], "payload");
+    assert!(
+        status.message().contains("REQUEST_MEMORY_BUDGET_BYTES"),
+        "{status:?}"
+    );
+    // What fits is taken.
+    app.create_job(&token, new_job("objects.cheap", objects(50)))
+        .await;
     app.stop().await;
 }

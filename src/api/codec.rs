@@ -13,8 +13,17 @@
 //!
 //! Before either, [`message_caps`] refuses a message longer than its
 //! method's cap from its length prefix, so that no oversized message is
-//! buffered or decoded at all.
+//! buffered or decoded at all; and the messages that carry JSON documents
+//! are looked at on the wire first ([`inspect`]: a document too large as
+//! JSON is refused by name without a tree being built) and decoded only when
+//! the replica's request budget has room for what they will cost
+//! ([`budget`]).
 
+pub mod body;
+pub mod budget;
+pub mod cap;
+pub mod inspect;
+pub mod json_wire;
 pub mod message_caps;
 
 use std::marker::PhantomData;

@@ -17,20 +17,30 @@
 //!
 //! `GRPC_MAX_MESSAGE_BYTES` bounds them all from outside. A refusal is
 //! INVALID_ARGUMENT with reason `MESSAGE_TOO_LARGE` (see
-//! [`AppError::MessageTooLarge`]), on unary calls and streams alike.
+//! [`crate::error::AppError::MessageTooLarge`]), on unary calls and streams
+//! alike.
+//!
+//! Under its cap, a message with a JSON document can still cost a hundred
+//! times its bytes once decoded; the layer therefore also walks those
+//! messages before they are decoded and holds them to the request budget
+//! ([`super::body`], [`super::budget`]).
 
 use std::{
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
-use tonic::{Status, body::Body};
+use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::{domain::modules::manifest::MAX_MANIFEST_BYTES, error::AppError};
+pub use super::cap::MessageCap;
+use super::{
+    body::{Check, CheckedBody},
+    budget::{Hold, HoldingBody, RequestBudget},
+    inspect::{JsonLimits, Shape},
+};
+use crate::domain::modules::manifest::MAX_MANIFEST_BYTES;
 
 /// The largest protobuf encoding of a JSON document of `json_bytes` bytes,
 /// as `google.protobuf.Struct`/`Value`.
@@ -72,50 +82,6 @@ pub const HEARTBEAT_MAX_BYTES: usize = 10_000 * (2 + 2 + 64 + 1 + 10) + 16;
 /// Largest failure `message` a worker may send (its declared `max_bytes`).
 const FAILURE_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// The cap of one method: its largest message, and the setting it follows
-/// from, named in refusals so that an operator knows what to raise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MessageCap {
-    /// Largest message, in bytes (the gRPC length prefix).
-    pub max_bytes: usize,
-    /// The setting's environment variable, when one sets the cap.
-    pub limit: Option<&'static str>,
-}
-
-impl MessageCap {
-    fn fixed(max_bytes: usize) -> Self {
-        Self {
-            max_bytes,
-            limit: None,
-        }
-    }
-
-    fn set_by(limit: &'static str, max_bytes: usize) -> Self {
-        Self {
-            max_bytes,
-            limit: Some(limit),
-        }
-    }
-
-    /// This cap, or the outer bound when that is smaller.
-    fn within(self, outer: usize) -> Self {
-        if self.max_bytes <= outer {
-            self
-        } else {
-            Self::set_by("GRPC_MAX_MESSAGE_BYTES", outer)
-        }
-    }
-
-    fn refusal(self, size: usize) -> Status {
-        AppError::MessageTooLarge {
-            size,
-            max_bytes: self.max_bytes,
-            limit: self.limit,
-        }
-        .into()
-    }
-}
-
 /// What the caps are derived from.
 #[derive(Debug, Clone, Copy)]
 pub struct CapSettings {
@@ -135,6 +101,8 @@ pub struct MessageCaps {
     work: MessageCap,
     manifest: MessageCap,
     small: MessageCap,
+    /// `JOB_PAYLOAD_MAX_BYTES`, for the look at each payload.
+    payload_max_bytes: usize,
 }
 
 const PACKAGE_PREFIX: &str = "/automation.v1.";
@@ -163,6 +131,7 @@ impl MessageCaps {
             ),
             manifest: MessageCap::fixed(struct_wire_bound(MAX_MANIFEST_BYTES) + ENVELOPE_BYTES),
             small: MessageCap::fixed(SMALL_MESSAGE_BYTES),
+            payload_max_bytes: settings.payload_max_bytes,
         };
         Self {
             create_job: caps.create_job.within(outer),
@@ -170,6 +139,7 @@ impl MessageCaps {
             work: caps.work.within(outer),
             manifest: caps.manifest.within(outer),
             small: caps.small.within(outer),
+            payload_max_bytes: caps.payload_max_bytes,
         }
     }
 
@@ -208,17 +178,25 @@ impl MessageCaps {
     }
 }
 
-/// Puts every `automation.v1` request body behind its method's cap.
+/// Puts every `automation.v1` request body behind its method's cap, and the
+/// messages that carry JSON documents behind their look and the request
+/// budget (see [`super::body`]).
 #[derive(Debug, Clone)]
 pub struct MessageCapLayer {
     caps: Arc<MessageCaps>,
+    budget: RequestBudget,
+    limits: JsonLimits,
 }
 
 impl MessageCapLayer {
-    /// A layer enforcing `caps`.
-    pub fn new(caps: MessageCaps) -> Self {
+    /// A layer enforcing `caps`, spending `budget`.
+    pub fn new(caps: MessageCaps, budget: RequestBudget) -> Self {
         Self {
+            limits: JsonLimits {
+                payload_max_bytes: caps.payload_max_bytes,
+            },
             caps: Arc::new(caps),
+            budget,
         }
     }
 }
@@ -229,7 +207,7 @@ impl<S> Layer<S> for MessageCapLayer {
     fn layer(&self, inner: S) -> Self::Service {
         MessageCapService {
             inner,
-            caps: self.caps.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -238,142 +216,59 @@ impl<S> Layer<S> for MessageCapLayer {
 #[derive(Debug, Clone)]
 pub struct MessageCapService<S> {
     inner: S,
-    caps: Arc<MessageCaps>,
+    layer: MessageCapLayer,
 }
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S> Service<http::Request<Body>> for MessageCapService<S>
 where
-    S: Service<http::Request<Body>>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let request = match self.caps.for_path(request.uri().path()) {
-            Some(cap) => request.map(|body| Body::new(CappedBody::new(body, cap))),
-            None => request,
+        let path = request.uri().path();
+        let Some(cap) = self.layer.caps.for_path(path) else {
+            return Box::pin(self.inner.call(request));
         };
-        self.inner.call(request)
+        let check = shape_of(path).map(|shape| Check {
+            shape,
+            limits: self.layer.limits,
+            budget: self.layer.budget.clone(),
+            hold: (shape != Shape::Work).then(Hold::default),
+        });
+        let hold = check.as_ref().and_then(|check| check.hold.clone());
+        let request = request.map(|body| Body::new(CheckedBody::new(body, cap, check)));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            // The call's shares stay taken until its response is sent.
+            Ok(match hold {
+                Some(hold) => response.map(|body| Body::new(HoldingBody::new(body, hold))),
+                None => response,
+            })
+        })
     }
 }
 
-/// A request body that reads each gRPC message's 5-byte prefix (a
-/// compression flag and a big-endian length) as it passes and ends the body
-/// with a refusal at the first message over the cap. The data before that
-/// message (whole earlier messages of a stream) still goes through; the
-/// oversized message's bytes never do, so nothing buffers them.
-#[derive(Debug)]
-struct CappedBody {
-    inner: Body,
-    cap: MessageCap,
-    /// The prefix being read, possibly split across data frames.
-    prefix: [u8; 5],
-    prefix_read: usize,
-    /// Bytes of the current message still to pass.
-    message_left: usize,
-    /// A refusal to report after the data before it.
-    refusal: Option<Status>,
-    ended: bool,
-}
-
-impl CappedBody {
-    fn new(inner: Body, cap: MessageCap) -> Self {
-        Self {
-            inner,
-            cap,
-            prefix: [0; 5],
-            prefix_read: 0,
-            message_left: 0,
-            refusal: None,
-            ended: false,
-        }
-    }
-
-    /// Follows the framing through `data`. On an oversized message: where
-    /// its prefix starts in `data` (0 when it began in an earlier frame),
-    /// and the refusal.
-    fn scan(&mut self, data: &[u8]) -> Result<(), (usize, Status)> {
-        let mut at = 0;
-        while at < data.len() {
-            if self.message_left > 0 {
-                let step = self.message_left.min(data.len() - at);
-                self.message_left -= step;
-                at += step;
-                continue;
-            }
-            let prefix_start = if self.prefix_read == 0 { at } else { 0 };
-            let step = (self.prefix.len() - self.prefix_read).min(data.len() - at);
-            self.prefix[self.prefix_read..self.prefix_read + step]
-                .copy_from_slice(&data[at..at + step]);
-            self.prefix_read += step;
-            at += step;
-            if self.prefix_read == self.prefix.len() {
-                self.prefix_read = 0;
-                let [_, a, b, c, d] = self.prefix;
-                let len = u32::from_be_bytes([a, b, c, d]) as usize;
-                if len > self.cap.max_bytes {
-                    return Err((prefix_start, self.cap.refusal(len)));
-                }
-                self.message_left = len;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl http_body::Body for CappedBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = &mut *self;
-        if let Some(refusal) = this.refusal.take() {
-            this.ended = true;
-            return Poll::Ready(Some(Err(refusal)));
-        }
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            other => return Poll::Ready(other),
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-        };
-        match this.scan(&data) {
-            Ok(()) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            Err((0, refusal)) => {
-                this.ended = true;
-                Poll::Ready(Some(Err(refusal)))
-            }
-            Err((before, refusal)) => {
-                this.refusal = Some(refusal);
-                Poll::Ready(Some(Ok(Frame::data(data.slice(..before)))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || (self.refusal.is_none() && self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.ended || self.refusal.is_some() {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
-        }
-    }
+/// The documents a method's messages carry, if any.
+fn shape_of(path: &str) -> Option<Shape> {
+    Some(match path {
+        CREATE_JOB => Shape::CreateJob,
+        BATCH_CREATE_JOBS => Shape::BatchCreateJobs,
+        REGISTER_MODULE => Shape::RegisterModule,
+        UPDATE_MODULE => Shape::UpdateModule,
+        WORK => Shape::Work,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -384,74 +279,6 @@ mod tests {
     use crate::{
         api::json::json_to_struct, auth::policy::METHOD_ACCESS, proto::automation_v1 as pb,
     };
-
-    fn framed(len: u32) -> Vec<u8> {
-        let mut message = vec![0];
-        message.extend_from_slice(&len.to_be_bytes());
-        message.extend(std::iter::repeat_n(7u8, len as usize));
-        message
-    }
-
-    /// Data frames, one per chunk.
-    struct Chunks(std::collections::VecDeque<Bytes>);
-
-    impl http_body::Body for Chunks {
-        type Data = Bytes;
-        type Error = Status;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
-        }
-    }
-
-    /// Feeds `chunks` through a body capped at `max_bytes`; what came out and
-    /// how it ended.
-    async fn through(chunks: Vec<Vec<u8>>, max_bytes: usize) -> (Vec<u8>, Option<Status>) {
-        let inner = Body::new(Chunks(chunks.into_iter().map(Bytes::from).collect()));
-        let mut body = CappedBody::new(inner, MessageCap::fixed(max_bytes));
-        let mut out = Vec::new();
-        loop {
-            let frame =
-                std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx))
-                    .await;
-            match frame {
-                Some(Ok(frame)) => out.extend_from_slice(&frame.into_data().unwrap()),
-                Some(Err(status)) => return (out, Some(status)),
-                None => return (out, None),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn messages_within_the_cap_pass_whole_however_they_are_split() {
-        let stream: Vec<u8> = [framed(10), framed(0), framed(100)].concat();
-        for split in [1, 2, 3, 4, 5, 6, 7, 50, stream.len()] {
-            let chunks: Vec<Vec<u8>> = stream.chunks(split).map(<[u8]>::to_vec).collect();
-            let (out, refusal) = through(chunks, 100).await;
-            assert!(refusal.is_none(), "split {split}: {refusal:?}");
-            assert_eq!(out, stream, "split {split}");
-        }
-    }
-
-    #[tokio::test]
-    async fn an_oversized_message_ends_the_body_after_the_ones_before_it() {
-        let good = framed(10);
-        let stream: Vec<u8> = [good.clone(), framed(101)].concat();
-        for split in [1, 3, 12, 15, 16, stream.len()] {
-            let chunks: Vec<Vec<u8>> = stream.chunks(split).map(<[u8]>::to_vec).collect();
-            let (out, refusal) = through(chunks, 100).await;
-            let refusal = refusal.expect("refused");
-            assert_eq!(refusal.code(), tonic::Code::InvalidArgument);
-            assert!(refusal.message().contains("101 bytes"), "{refusal:?}");
-            // Everything before the oversized message's prefix went through,
-            // and at most the part of its prefix that shared a frame with it.
-            assert!(out.starts_with(&good), "split {split}");
-            assert!(out.len() < good.len() + 5, "split {split}: {}", out.len());
-        }
-    }
 
     #[test]
     fn the_cap_of_a_payload_holds_its_worst_encoding() {
