@@ -289,6 +289,35 @@ async fn a_heartbeat_flood_ends_the_stream() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_fast_honest_worker_is_not_taken_for_a_flood() {
+    let mut options = TestOptions::default();
+    options.jobs.streams.inbound_messages_per_sec = 20;
+    let app = TestApp::spawn_with(options).await;
+    let token = app.admin_token().await;
+    let ids = enqueue(&app, &token, "fast.worker", 300).await;
+    // 300 completions as fast as it can: far past 20 a second (and the
+    // burst of 40), all reports of leases it holds.
+    let mut worker = app.worker(300).await;
+    assert_eq!(run_all(&mut worker, 300).await, ids);
+    // Refused reports do count: a flood of them ends the stream.
+    let lease = pb::JobLeaseRef {
+        job_id: ids.iter().next().expect("a job").clone(),
+        attempt: 1,
+    };
+    let status = loop {
+        worker.complete_lease(lease.clone(), json!(1)).await;
+        match worker.next().await {
+            Ok(Some(In::Ack(ack))) => assert!(!ack.accepted, "{ack:?}"),
+            Ok(other) => panic!("expected refusals, got {other:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(limit_of(&status), "WORK_INBOUND_MESSAGES_PER_SEC");
+    app.stop().await;
+}
+
 #[derive(diesel::QueryableByName)]
 struct AuditRow {
     #[diesel(sql_type = diesel::sql_types::Text)]

@@ -202,18 +202,12 @@ async fn serve(
             }
                     message = inbound.next(), if reading => match message {
                 Some(Ok(message)) => {
-                    if !session.inbound_budget.spend() {
-                        session.registration.ending = "the worker sent too many messages";
-                        let rate = settings.streams.inbound_messages_per_sec;
-                        return Err(AppError::LimitExceeded {
-                            limit: "WORK_INBOUND_MESSAGES_PER_SEC",
-                            message: format!(
-                                "the worker sent more than {rate} messages a second on this \
-                                 stream"
-                            ),
-                            retry_after: Duration::from_secs(1),
-                        }
-                        .into());
+                    // A report of a lease the stream holds is work done, and
+                    // bounded by the leases it was given: only the rest
+                    // (heartbeats, credits, refused reports) spends the
+                    // budget, so a fast honest worker is never cut off.
+                    if !is_report(&message) {
+                        session.spend_inbound()?;
                     }
                     session.on_message(message).await?
                 }
@@ -233,6 +227,14 @@ async fn serve(
             return session.end_draining().await;
         }
     }
+}
+
+/// Whether a message reports on a lease (completion, failure, release).
+fn is_report(message: &pb::WorkRequest) -> bool {
+    matches!(
+        message.kind,
+        Some(Inbound::Completion(_) | Inbound::Failure(_) | Inbound::Release(_))
+    )
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {
@@ -349,6 +351,25 @@ impl Session<'_> {
 
     /// Hands a report to the writers, or refuses it at once when the stream
     /// does not hold that lease.
+    /// Spends one message of the stream's inbound budget; past it the
+    /// stream ends.
+    fn spend_inbound(&mut self) -> Result<(), Status> {
+        if self.inbound_budget.spend() {
+            return Ok(());
+        }
+        self.registration.ending = "the worker sent too many messages";
+        let rate = self.shared.settings.streams.inbound_messages_per_sec;
+        Err(AppError::LimitExceeded {
+            limit: "WORK_INBOUND_MESSAGES_PER_SEC",
+            message: format!(
+                "the worker sent more than {rate} messages a second on this stream (reports of \
+                 held leases aside)"
+            ),
+            retry_after: Duration::from_secs(1),
+        }
+        .into())
+    }
+
     async fn submit(&mut self, lease: LeaseRef, kind: ReportKind) -> Result<(), Status> {
         let started = self
             .shared
@@ -368,6 +389,7 @@ impl Session<'_> {
                 Ok(())
             }
             Err(refusal) => {
+                self.spend_inbound()?;
                 self.push(Outbound::Ack(pb::ReportAck {
                     lease: Some(lease_message(&lease)),
                     accepted: false,
