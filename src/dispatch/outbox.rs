@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::registry::StreamSlot;
 use crate::proto::automation_v1 as pb;
 
 /// A message waiting for the transport; an assignment names its lease.
@@ -60,10 +59,11 @@ pub struct Outbox {
     gone: CancellationToken,
     /// Rung when the transport takes the queue below [`ROOM`].
     room: Notify,
-    /// The stream's place among its caller's streams, once admitted: the
-    /// outbox outlives both halves (the session's and the transport's), so
-    /// the place is held until both are gone.
-    slot: Mutex<Option<StreamSlot>>,
+    /// What must live as long as the stream's transport (its place among
+    /// its caller's streams, once admitted): the outbox outlives both halves
+    /// (the session's and the transport's), so it is held until both are
+    /// gone. Type-erased: the outbox knows nothing of the registry.
+    slot: Mutex<Option<Box<dyn Send>>>,
 }
 
 /// The server's half of a Work stream, as tonic sends it.
@@ -103,10 +103,10 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Holds the stream's place among its caller's streams until both
-    /// halves of the stream are gone.
-    pub fn hold_slot(&self, slot: StreamSlot) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+    /// Holds `slot` (the stream's place among its caller's streams) until
+    /// both halves of the stream are gone.
+    pub fn hold_slot(&self, slot: impl Send + 'static) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(slot));
     }
 
     /// Queues a message (dropped once the stream ends).
