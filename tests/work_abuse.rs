@@ -489,6 +489,9 @@ async fn one_caller_cannot_take_the_whole_replica() {
                 .expect("within the caller's share"),
         );
     }
+    // The welcome tells each stream what it was granted.
+    let grants: Vec<i32> = held.iter().map(|w| w.welcome.granted_concurrency).collect();
+    assert_eq!(grants, [5, 3]);
     // 5 + 3 of its 8: nothing left for this caller, plenty for others.
     let status = TestWorker::connect(channel.clone(), &greedy, hello(5))
         .await

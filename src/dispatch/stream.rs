@@ -142,6 +142,7 @@ async fn serve(
         session_id: id.to_string(),
         lease_duration: Some(duration_message(settings.lease)),
         heartbeat_interval: Some(duration_message(settings.heartbeat_interval())),
+        granted_concurrency: i32::try_from(granted).unwrap_or(i32::MAX),
     }));
     shared.wake.notify_one();
     let draining = shared
