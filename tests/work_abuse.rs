@@ -19,7 +19,7 @@ use automation_control_plane::proto::automation_v1::{
 };
 use common::{
     JobServiceClient, TestApp, TestOptions, account, authed, new_job,
-    worker::{PATIENCE, TestWorker, hello, open_raw},
+    worker::{PATIENCE, TestWorker, hello, json_value, open_raw},
 };
 use diesel_async::RunQueryDsl as _;
 use serde_json::json;
@@ -305,8 +305,18 @@ async fn a_fast_honest_worker_is_not_taken_for_a_flood() {
         job_id: ids.iter().next().expect("a job").clone(),
         attempt: 1,
     };
+    let mut sending = true;
     let status = loop {
-        worker.complete_lease(lease.clone(), json!(1)).await;
+        if sending {
+            // The server may end the stream while acks are still queued
+            // for us: then stop sending and read to the end.
+            sending = worker
+                .try_send(Out::Completion(pb::JobCompletion {
+                    lease: Some(lease.clone()),
+                    result: Some(json_value(json!(1))),
+                }))
+                .await;
+        }
         match worker.next().await {
             // Acks of the last real completions may still be on their way;
             // then the refusals.

@@ -73,6 +73,14 @@ impl TestWorker {
         Ok(Self { tx, rx, welcome })
     }
 
+    /// Sends one message; false when the server already ended the stream.
+    pub async fn try_send(&self, kind: Out) -> bool {
+        self.tx
+            .send(pb::WorkRequest { kind: Some(kind) })
+            .await
+            .is_ok()
+    }
+
     /// Sends one message.
     pub async fn send(&self, kind: Out) {
         self.tx
