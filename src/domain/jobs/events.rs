@@ -67,6 +67,22 @@ pub struct QueueChanges {
 }
 
 impl QueueChanges {
+    /// Notes cancelled jobs, telling the streams that held the running ones
+    /// why (`cause`).
+    pub fn note_cancelled(&mut self, cancelled: &[rows::CancelledJob], cause: RevokeCause) {
+        for job in cancelled {
+            self.changed.push(job.id);
+            if let Some(stream) = job.holder {
+                self.revoked.push(Revocation {
+                    stream,
+                    job: job.id,
+                    attempt: job.attempt,
+                    cause,
+                });
+            }
+        }
+    }
+
     /// Notes that job `id` is now in `status`, runnable at once or not.
     pub fn note(&mut self, id: Uuid, status: JobStatus, runnable_now: bool) {
         self.changed.push(id);

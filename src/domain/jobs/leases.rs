@@ -258,20 +258,8 @@ impl Leases {
         stop: &CancellationToken,
         on_failure: &(dyn Fn(&AppError) + Send + Sync),
     ) -> Result<usize, AppError> {
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match self.hand_back(leases, undelivered).await {
-                Err(error) if is_transient(&error) && !stop.is_cancelled() => {
-                    on_failure(&error);
-                    tokio::select! {
-                        () = stop.cancelled() => return Err(error),
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(self.retry_pause_cap());
-                }
-                other => return other,
-            }
-        }
+        self.retrying(stop, on_failure, || self.hand_back(leases, undelivered))
+            .await
     }
 
     /// [`Self::lose`], tried again like [`Self::hand_back_retrying`].
@@ -282,9 +270,25 @@ impl Leases {
         stop: &CancellationToken,
         on_failure: &(dyn Fn(&AppError) + Send + Sync),
     ) -> Result<usize, AppError> {
+        self.retrying(stop, on_failure, || self.lose(stream, jobs))
+            .await
+    }
+
+    /// Runs `attempt` until it lands, fails for good, or `stop` is
+    /// cancelled; transient failures wait a doubling pause between tries.
+    async fn retrying<F, Fut>(
+        &self,
+        stop: &CancellationToken,
+        on_failure: &(dyn Fn(&AppError) + Send + Sync),
+        attempt: F,
+    ) -> Result<usize, AppError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<usize, AppError>>,
+    {
         let mut pause = Duration::from_millis(20);
         loop {
-            match self.lose(stream, jobs).await {
+            match attempt().await {
                 Err(error) if is_transient(&error) && !stop.is_cancelled() => {
                     on_failure(&error);
                     tokio::select! {

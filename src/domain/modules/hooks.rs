@@ -17,7 +17,7 @@ use crate::{
     auth::client::ClientInfo,
     domain::{
         audit::{AuditAction, AuditEvent, AuditTrail},
-        jobs::events::{QueueChanges, Revocation, RevokeCause},
+        jobs::events::{QueueChanges, RevokeCause},
         validate::DEFAULT_MAX_ATTEMPTS,
     },
     error::AppError,
@@ -128,17 +128,7 @@ pub(super) async fn cancel_jobs_of(
 ) -> Result<usize, AppError> {
     let cancelled = job_rows::cancel_jobs_of_module(conn, module).await?;
     let mut changes = QueueChanges::default();
-    for job in &cancelled {
-        changes.changed.push(job.id);
-        if let Some(stream) = job.holder {
-            changes.revoked.push(Revocation {
-                stream,
-                job: job.id,
-                attempt: job.attempt,
-                cause: RevokeCause::ModuleRemoved,
-            });
-        }
-    }
+    changes.note_cancelled(&cancelled, RevokeCause::ModuleRemoved);
     changes.announce(conn).await?;
     Ok(cancelled.len())
 }

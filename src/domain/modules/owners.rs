@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     domain::{
-        jobs::events::{QueueChanges, Revocation, RevokeCause},
+        jobs::events::{QueueChanges, RevokeCause},
         validate,
     },
     error::AppError,
@@ -310,17 +310,7 @@ async fn take_back(
         return Ok(0);
     }
     let mut changes = QueueChanges::default();
-    for job in &cancelled {
-        changes.changed.push(job.id);
-        if let Some(stream) = job.holder {
-            changes.revoked.push(Revocation {
-                stream,
-                job: job.id,
-                attempt: job.attempt,
-                cause: RevokeCause::Cancelled,
-            });
-        }
-    }
+    changes.note_cancelled(&cancelled, RevokeCause::Cancelled);
     changes.announce(conn).await?;
     Ok(cancelled.len())
 }
