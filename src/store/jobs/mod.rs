@@ -1,0 +1,395 @@
+//! The `jobs` table: the queue. Every time here is the database's clock
+//! (`LOCALTIMESTAMP`, UTC on our connections), so that replicas agree on
+//! schedules and leases. Batched statements take arrays and `unnest` them:
+//! one round trip for many jobs.
+
+use chrono::NaiveDateTime;
+use diesel::{
+    data_types::PgInterval,
+    prelude::*,
+    sql_types::{Array, Bool, Integer, Jsonb, Nullable, Text, Timestamp, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::schema::{jobs, sql_types};
+
+mod leases;
+pub use leases::*;
+
+/// The notification channel of the queue. Payloads: `w` (runnable work now),
+/// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
+/// `x <stream> <job> <attempt> <cause>` (a lease was taken away).
+pub const CHANNEL: &str = "automation_jobs";
+
+super::pg_enum! {
+    /// A job's state, as the seed's `"JobStatus"` enum.
+    JobStatus => sql_types::JobStatus {
+        Pending = "PENDING",
+        Running = "RUNNING",
+        Completed = "COMPLETED",
+        Failed = "FAILED",
+        Cancelled = "CANCELLED",
+    }
+}
+
+impl JobStatus {
+    /// Whether the job will never change again by itself.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A `jobs` row.
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = jobs, check_for_backend(diesel::pg::Pg))]
+pub struct JobRow {
+    pub id: Uuid,
+    pub name: String,
+    pub module_name: Option<String>,
+    pub status: JobStatus,
+    pub priority: i32,
+    pub payload: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub scheduled_at: NaiveDateTime,
+    pub started_at: Option<NaiveDateTime>,
+    pub completed_at: Option<NaiveDateTime>,
+    pub failed_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub leased_by: Option<Uuid>,
+    pub lease_expires_at: Option<NaiveDateTime>,
+    pub worker_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_by: Option<Uuid>,
+    pub attempt_budget: Option<i32>,
+    pub hook: Option<String>,
+}
+
+/// A job to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub name: String,
+    pub module_name: Option<String>,
+    pub priority: i32,
+    pub payload: serde_json::Value,
+    pub max_attempts: i32,
+    /// `None`: now, in the database's clock.
+    pub scheduled_at: Option<NaiveDateTime>,
+    pub idempotency_key: Option<String>,
+    pub created_by: Option<Uuid>,
+    /// For module lifecycle jobs: `install`, `update` or `remove`.
+    pub hook: Option<String>,
+}
+
+/// Every column of a job under its Rust name, for raw statements returning
+/// [`JobRow`]s (which are read by name).
+const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_name, jobs.status,
+    jobs.priority, jobs.payload, jobs.result, jobs.error, jobs.attempts,
+    jobs."maxAttempts" AS max_attempts, jobs."scheduledAt" AS scheduled_at,
+    jobs."startedAt" AS started_at, jobs."completedAt" AS completed_at,
+    jobs."failedAt" AS failed_at, jobs."createdAt" AS created_at,
+    jobs."updatedAt" AS updated_at, jobs."leasedBy" AS leased_by,
+    jobs."leaseExpiresAt" AS lease_expires_at, jobs."workerId" AS worker_id,
+    jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
+    jobs."attemptBudget" AS attempt_budget, jobs.hook"#;
+
+fn interval(duration: std::time::Duration) -> PgInterval {
+    PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Inserts jobs in one statement. A job whose idempotency key a job of the
+/// same creator already holds is not inserted (keys are scoped to their
+/// creator); the rows returned are the inserted ones.
+///
+/// Rows go in in key order, whatever the request's order: an insert waits
+/// on a key another transaction is inserting, so two batches of one caller
+/// naming the same keys in different orders ({a, b} and {b, a}) would each
+/// hold one key while waiting for the other, a deadlock PostgreSQL breaks
+/// only after a second by aborting one. The rows returned are matched to
+/// the requests by id, never by position.
+pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult<Vec<JobRow>> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts,
+               "maxAttempts", "attemptBudget", "scheduledAt", "createdAt", "updatedAt",
+               "idempotencyKey", "createdBy", hook)
+           SELECT n.id, n.name, n.module, 'PENDING', n.priority, n.payload, 0, n.max, n.max,
+                  COALESCE(n.scheduled, LOCALTIMESTAMP), LOCALTIMESTAMP, LOCALTIMESTAMP,
+                  n.key, n.creator, n.hook
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
+                       $7::timestamp[], $8::text[], $9::uuid[], $10::text[])
+                AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook)
+           ORDER BY n.creator, n.key, n.id
+           ON CONFLICT ("createdBy", "idempotencyKey") WHERE "idempotencyKey" IS NOT NULL
+           DO NOTHING
+           RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<Array<SqlUuid>, _>(new.iter().map(|j| j.id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(new.iter().map(|j| j.name.clone()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        new.iter()
+            .map(|j| j.module_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Integer>, _>(new.iter().map(|j| j.priority).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(new.iter().map(|j| j.payload.clone()).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(new.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamp>>, _>(new.iter().map(|j| j.scheduled_at).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        new.iter()
+            .map(|j| j.idempotency_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<SqlUuid>>, _>(new.iter().map(|j| j.created_by).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(new.iter().map(|j| j.hook.clone()).collect::<Vec<_>>())
+    .load(conn)
+    .await
+}
+
+/// The jobs of `creator` holding these idempotency keys (another caller's
+/// job holding the same key is never found).
+pub async fn find_by_keys(
+    conn: &mut AsyncPgConnection,
+    creator: Uuid,
+    keys: &[String],
+) -> QueryResult<Vec<JobRow>> {
+    jobs::table
+        .filter(jobs::created_by.eq(creator))
+        .filter(jobs::idempotency_key.eq_any(keys))
+        .select(JobRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// One job.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<JobRow>> {
+    jobs::table
+        .find(id)
+        .select(JobRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// One job, locked until the transaction ends.
+pub async fn find_for_update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<JobRow>> {
+    jobs::table
+        .find(id)
+        .select(JobRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Filters of [`list`]; they combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub module_name: Option<String>,
+    pub name: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<NaiveDateTime>,
+    /// Created before.
+    pub created_until: Option<NaiveDateTime>,
+    /// Continue before this (createdAt, id): the list runs newest first.
+    pub before: Option<(NaiveDateTime, Uuid)>,
+}
+
+/// Jobs newest first.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    filter: &JobFilter,
+    limit: i64,
+) -> QueryResult<Vec<JobRow>> {
+    let mut query = jobs::table.select(JobRow::as_select()).into_boxed();
+    if let Some(status) = filter.status {
+        query = query.filter(jobs::status.eq(status));
+    }
+    if let Some(module) = &filter.module_name {
+        query = query.filter(jobs::module_name.eq(module.clone()));
+    }
+    if let Some(name) = &filter.name {
+        query = query.filter(jobs::name.eq(name.clone()));
+    }
+    if let Some(from) = filter.created_from {
+        query = query.filter(jobs::created_at.ge(from));
+    }
+    if let Some(until) = filter.created_until {
+        query = query.filter(jobs::created_at.lt(until));
+    }
+    if let Some((time, id)) = filter.before {
+        query = query.filter(
+            jobs::created_at
+                .lt(time)
+                .or(jobs::created_at.eq(time).and(jobs::id.lt(id))),
+        );
+    }
+    query
+        .order((jobs::created_at.desc(), jobs::id.desc()))
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Sets a locked job's state; returns the row after.
+pub async fn set_status(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    status: JobStatus,
+) -> QueryResult<JobRow> {
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET status = $2::"JobStatus", "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               "updatedAt" = LOCALTIMESTAMP
+           WHERE id = $1 RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<SqlUuid, _>(id)
+    .bind::<Text, _>(status.label())
+    .get_result(conn)
+    .await
+}
+
+/// Puts a locked FAILED or CANCELLED job back in the queue, now, with a
+/// fresh attempt budget and its free hand-backs restored.
+pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<JobRow> {
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET status = 'PENDING', held = false, "freeReturns" = 0,
+               "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
+               "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
+               "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
+           WHERE id = $1 RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<SqlUuid, _>(id)
+    .get_result(conn)
+    .await
+}
+
+#[derive(QueryableByName)]
+struct NextRun {
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    next: Option<NaiveDateTime>,
+    #[diesel(sql_type = Timestamp)]
+    now: NaiveDateTime,
+}
+
+/// How long until the earliest pending job that is not runnable yet becomes
+/// runnable; `None` when there is none.
+pub async fn time_to_next_scheduled(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<Option<std::time::Duration>> {
+    let row: NextRun = diesel::sql_query(
+        r#"SELECT (SELECT min("scheduledAt") FROM jobs
+                   WHERE status = 'PENDING' AND NOT held AND "scheduledAt" > LOCALTIMESTAMP) AS next,
+                  LOCALTIMESTAMP AS now"#,
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row
+        .next
+        .map(|next| (next - row.now).to_std().unwrap_or_default()))
+}
+
+/// Sends `payload` on the queue's channel when the transaction commits.
+pub async fn notify(conn: &mut AsyncPgConnection, payload: &str) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(CHANNEL)
+        .bind::<Text, _>(payload)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Holds (or releases) the pending jobs of `module` other than its hooks:
+/// held jobs leave the dispatch index until their module is ENABLED again.
+pub async fn hold_jobs_of_module(
+    conn: &mut AsyncPgConnection,
+    module: &str,
+    held: bool,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        r#"UPDATE jobs SET held = $2
+           WHERE "moduleName" = $1 AND status = 'PENDING' AND hook IS NULL AND held <> $2"#,
+    )
+    .bind::<Text, _>(module)
+    .bind::<Bool, _>(held)
+    .execute(conn)
+    .await
+}
+
+/// A job cancelled because its module is being removed.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct CancelledJob {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    /// The stream that held it, when it was running.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub holder: Option<Uuid>,
+}
+
+/// Cancels the pending and running jobs of `module` other than its
+/// lifecycle hooks (it is being removed); returns them with the streams
+/// that held the running ones, which must be told.
+pub async fn cancel_jobs_of_module(
+    conn: &mut AsyncPgConnection,
+    module: &str,
+) -> QueryResult<Vec<CancelledJob>> {
+    diesel::sql_query(
+        r#"WITH doomed AS (
+               SELECT id, "leasedBy" AS holder FROM jobs
+               WHERE "moduleName" = $1 AND hook IS NULL AND status IN ('PENDING', 'RUNNING')
+               ORDER BY id
+               FOR UPDATE)
+           UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               "updatedAt" = LOCALTIMESTAMP
+           FROM doomed WHERE jobs.id = doomed.id
+           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder"#,
+    )
+    .bind::<Text, _>(module)
+    .load(conn)
+    .await
+}
+
+/// Cancels the pending and running jobs, other than lifecycle hooks and
+/// other than `module`'s own, whose name now belongs to `module`: its
+/// namespace (`<module>.…`) or one of `job_names`, which it declares. They
+/// were created before the module took the name, without its rules, and
+/// must not run as its jobs. Returns them with the streams holding the
+/// running ones, which must be told.
+pub async fn cancel_jobs_taken_by(
+    conn: &mut AsyncPgConnection,
+    module: &str,
+    job_names: &[String],
+    reason: &str,
+) -> QueryResult<Vec<CancelledJob>> {
+    diesel::sql_query(
+        r#"WITH doomed AS (
+               SELECT id, "leasedBy" AS holder FROM jobs
+               WHERE status IN ('PENDING', 'RUNNING') AND hook IS NULL
+                 AND "moduleName" IS DISTINCT FROM $1
+                 AND (left(name, length($1) + 1) = $1 || '.' OR name = ANY($2))
+               ORDER BY id
+               FOR UPDATE)
+           UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               error = jsonb_build_object('message', $3::text, 'cause', 'module_took_name'),
+               "updatedAt" = LOCALTIMESTAMP
+           FROM doomed WHERE jobs.id = doomed.id
+           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder"#,
+    )
+    .bind::<Text, _>(module)
+    .bind::<Array<Text>, _>(job_names)
+    .bind::<Text, _>(reason)
+    .load(conn)
+    .await
+}
