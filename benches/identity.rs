@@ -7,7 +7,12 @@
 //!
 //! Run: `cargo bench --bench identity`. Results go in BENCHMARKS.md.
 
-#[path = "../tests/common/mod.rs"]
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "a bench uses a part of the tests' harness"
+)]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

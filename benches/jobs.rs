@@ -14,7 +14,12 @@
 //! Run: `cargo bench --bench jobs` (BENCH_JOBS=20000 for a shorter run).
 //! Results go in BENCHMARKS.md.
 
-#[path = "../tests/common/mod.rs"]
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "a bench uses a part of the tests' harness"
+)]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 
 mod support;

@@ -11,7 +11,7 @@
 //! The other side of that bargain: a worker that hands back everything it
 //! gets cannot keep a job alive, or the queue spinning, for free.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::{HashMap, HashSet},

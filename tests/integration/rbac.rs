@@ -1,7 +1,7 @@
 //! The authorization layer: a matrix over every declared RPC, and attacks on
 //! access tokens.
 
-mod common;
+use crate::common;
 
 use automation_control_plane::{
     auth::{

@@ -1,5 +1,4 @@
 //! The test harness: a real server over loopback on a database of its own.
-#![allow(dead_code)]
 
 pub mod cluster;
 pub mod proxy;
@@ -24,7 +23,6 @@ use tonic::{
 };
 
 pub use cluster::{TestDatabase, TestServer};
-#[allow(unused_imports)]
 pub use pb::{
     audit_service_client::AuditServiceClient, auth_service_client::AuthServiceClient,
     job_service_client::JobServiceClient, module_service_client::ModuleServiceClient,

@@ -2,7 +2,7 @@
 //! attempt, a release never spends the failure budget, and the retry delay
 //! stays finite however many attempts a job has had.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

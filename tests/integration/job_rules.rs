@@ -6,7 +6,7 @@
 //! keys in different orders never deadlock, and cancelling a hook job needs
 //! the permission of the call that started its transition.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! failures reported once, cancellation reaching the handler, a revoked key
 //! stopping the worker, and a drain on shutdown that finishes held jobs.
 
-mod common;
+use crate::common;
 
 use std::{sync::Arc, time::Duration};
 

@@ -14,8 +14,8 @@ use tonic::{
     codegen::http::uri::PathAndQuery,
 };
 
+use super::{hello_message, read_to_end};
 use crate::common::{TestApp, TestOptions, account, authed, new_job, worker::lease_of};
-use crate::{hello_message, read_to_end};
 
 /// Sends pre-encoded messages: a client whose every message costs the
 /// server far more than it costs the client, so that the session always

@@ -6,7 +6,7 @@
 //! path, the bcrypt queue is bounded, sessions have an absolute lifetime,
 //! and the audit trail keeps no pasted secrets and no session ids.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

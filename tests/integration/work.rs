@@ -2,7 +2,7 @@
 //! tonic client): handshake, credits, fencing, leases, heartbeats,
 //! cancellation, retries, and the stream's own lifetime.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

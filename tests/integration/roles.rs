@@ -1,7 +1,7 @@
 //! RoleService end to end, with the guards against escalation and against
 //! losing the last admin.
 
-mod common;
+use crate::common;
 
 use automation_control_plane::proto::automation_v1 as pb;
 use common::{

@@ -4,7 +4,7 @@
 //! bound, and a 300 KB value, over real gRPC. Each answer is INVALID_ARGUMENT
 //! naming the field; nothing is INTERNAL and no row is written.
 
-mod common;
+use crate::common;
 
 use std::marker::PhantomData;
 

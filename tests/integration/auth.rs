@@ -1,7 +1,7 @@
 //! AuthService end to end: login, refresh rotation and reuse, logout,
 //! password changes, sessions and brute-force throttling.
 
-mod common;
+use crate::common;
 
 use automation_control_plane::{proto::automation_v1 as pb, seed::ADMIN_EMAIL};
 use common::{ADMIN_PASSWORD, AuditServiceClient, AuthServiceClient, TestApp, authed};

@@ -4,7 +4,7 @@
 //! may act on another account, or change, remove or unassign a role, only if
 //! it holds every permission the target holds.
 
-mod common;
+use crate::common;
 
 use automation_control_plane::{auth::policy::grants, proto::automation_v1 as pb};
 use common::{RoleServiceClient, TestApp, UserServiceClient, account, authed, mask, role};

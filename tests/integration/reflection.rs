@@ -4,7 +4,7 @@
 //! once per stream, and unknown names get a NOT_FOUND answer without ending
 //! the stream.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -4,9 +4,16 @@
 //! watchers of one job cost one follower's reads, and all of a caller's
 //! streams share one re-check of it.
 //!
-//! The counters read here (`Watchers::stats`) are the process's, so the tests
-//! of this file run one at a time.
+//! The counters read here (`Watchers::stats`) are the process's, so these
+//! tests have a binary of their own (no other test's streams count) and run
+//! one at a time.
 
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "this binary uses a part of the shared harness"
+)]
+#[path = "integration/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! an open Work stream; a key cannot manage keys, sessions or passwords;
 //! keys of other accounts follow the rule for acting on accounts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

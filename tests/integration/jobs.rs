@@ -1,6 +1,6 @@
 //! The job queue over real gRPC with a worker written from the proto.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

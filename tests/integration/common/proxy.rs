@@ -24,11 +24,6 @@ pub struct DbProxy {
 }
 
 impl DbProxy {
-    /// Proxies to `target`.
-    pub async fn start(target: SocketAddr) -> Self {
-        Self::start_with_latency(target, std::time::Duration::ZERO).await
-    }
-
     /// Proxies to `target`, each byte arriving `latency` late in either
     /// direction (a database on another host, or a slow one).
     pub async fn start_with_latency(target: SocketAddr, latency: std::time::Duration) -> Self {

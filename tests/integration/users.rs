@@ -1,7 +1,7 @@
 //! UserService end to end: create, read, list, update with masks, reset
 //! passwords and delete, with bad input named field by field.
 
-mod common;
+use crate::common;
 
 use automation_control_plane::proto::automation_v1 as pb;
 use common::{AuthServiceClient, TestApp, UserServiceClient, authed, mask, new_user};

@@ -3,7 +3,7 @@
 //! grpcurl (`.ci/run`) and sets `REQUIRE_EXAMPLES=1`, so there they cannot be
 //! skipped; on a machine without grpcurl or jq they are skipped, loudly.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

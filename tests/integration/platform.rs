@@ -1,7 +1,7 @@
 //! The foundation, end to end: schema, migrations, seeding, health,
 //! reflection and the command line.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeSet, os::unix::fs::PermissionsExt as _, process::Command, time::Duration,
@@ -81,7 +81,7 @@ fn shown(differences: &[Difference]) -> String {
 
 /// Migration 1, run as plain SQL: what the platform's existing backend
 /// created, with no record of our migrations.
-const SEED_SQL: &str = include_str!("../migrations/00000000000001_seed_schema/up.sql");
+const SEED_SQL: &str = include_str!("../../migrations/00000000000001_seed_schema/up.sql");
 
 /// Prisma's own bookkeeping, as Prisma Migrate creates it, with one applied
 /// migration.

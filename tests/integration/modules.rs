@@ -3,7 +3,7 @@
 //! worker on the Work stream (succeeding, failing, cancelled), the race of
 //! concurrent transitions, and what disable and delete do to jobs.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! database, a replica killed with SIGKILL, a replica draining, the
 //! database cut and back, a worker host vanishing without closing TCP.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

@@ -7,7 +7,7 @@
 //! bytes, before any tree of it is built, and the memory that large requests
 //! hold at once is bounded by REQUEST_MEMORY_BUDGET_BYTES.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,12 +4,9 @@
 //! and capacity than the caps allow, and many idle high-capacity streams
 //! beside an honest worker.
 
-mod common;
-#[path = "work_abuse/heartbeats.rs"]
+use crate::common;
 mod heartbeats;
-#[path = "work_abuse/module_jobs.rs"]
 mod module_jobs;
-#[path = "work_abuse/stalled_transports.rs"]
 mod stalled_transports;
 
 use std::{collections::HashSet, time::Duration};

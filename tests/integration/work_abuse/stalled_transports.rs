@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tonic::Code;
 
+use super::{enqueue, hello_message, limit_of, narrow_channel, until_none_running};
 use crate::common::{
     TestApp, TestOptions, account,
     worker::{TestWorker, hello, open_raw},
 };
-use crate::{enqueue, hello_message, limit_of, narrow_channel, until_none_running};
 
 #[tokio::test]
 async fn a_worker_that_stalls_and_reconnects_cannot_pile_up_streams() {

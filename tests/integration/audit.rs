@@ -1,7 +1,7 @@
 //! AuditService end to end: denials and failures recorded with the caller,
 //! filters and paging.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

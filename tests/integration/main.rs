@@ -1,0 +1,31 @@
+//! The integration tests: one binary, one module per area, one throwaway
+//! PostgreSQL cluster shared by all (each test gets a database of its own,
+//! cloned from a migrated template). `tests/watch_counters.rs` is the one
+//! other binary: its tests read counters of the whole process.
+
+mod common;
+
+mod api_keys;
+mod audit;
+mod auth;
+mod escalation;
+mod examples;
+mod fencing;
+mod job_rules;
+mod jobs;
+mod lease_loss;
+mod limits;
+mod lockout;
+mod message_caps;
+mod modules;
+mod platform;
+mod rbac;
+mod reflection;
+mod replicas;
+mod restart;
+mod roles;
+mod server_process;
+mod users;
+mod work;
+mod work_abuse;
+mod worker_sdk;
