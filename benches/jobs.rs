@@ -9,7 +9,10 @@
 //! - idle latency: one idle worker; from CreateJob returning to the worker
 //!   receiving the job;
 //! - the same throughput with 1,000,000 finished jobs already in the table;
-//! - the server's resident memory after each run.
+//! - the server's resident memory after each run;
+//! - beside the empty-table drain, graphile-worker's drain of as many jobs
+//!   on the same PostgreSQL (batched mode, and default mode on a tenth of
+//!   them), with the ratio: the reference measured in the same run.
 //!
 //! Run: `cargo bench --bench jobs` (BENCH_JOBS=20000 for a shorter run).
 //! Results go in BENCHMARKS.md.
@@ -22,6 +25,8 @@
 #[path = "../tests/integration/common/mod.rs"]
 mod common;
 
+#[path = "support/graphile.rs"]
+mod graphile;
 mod support;
 
 use std::time::Instant;
@@ -29,22 +34,33 @@ use std::time::Instant;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use support::{Bench, drain, enqueue, latency, start};
 
-async fn throughput(bench: &Bench, token: &str, count: usize, label: &str) {
+async fn throughput(bench: &Bench, token: &str, count: usize, label: &str) -> f64 {
     let enqueued = enqueue(bench, token, count).await;
     println!(
         "{label}: enqueued {count} jobs in {:.2} s ({:.0} jobs/s, batches of 1,000)",
         enqueued.as_secs_f64(),
         count as f64 / enqueued.as_secs_f64()
     );
-    for (workers, concurrency) in [(4, 128)] {
-        let rate = drain(bench, token, count, workers, concurrency).await;
-        let (rss, peak) = bench.memory();
-        println!(
-            "{label}: drained by {workers} workers x {concurrency}: {rate:.0} jobs/s end to end; \
-             server RSS {rss:.0} MiB (peak {peak:.0} MiB)"
-        );
-        if workers == 4 {
-            break;
+    let (workers, concurrency) = (4, 128);
+    let rate = drain(bench, token, count, workers, concurrency).await;
+    let (rss, peak) = bench.memory();
+    println!(
+        "{label}: drained by {workers} workers x {concurrency}: {rate:.0} jobs/s end to end; \
+         server RSS {rss:.0} MiB (peak {peak:.0} MiB)"
+    );
+    rate
+}
+
+/// graphile-worker on the same PostgreSQL, and our rate as a ratio of it.
+async fn reference(bench: &Bench, count: usize, ours: f64) {
+    for (mode, jobs) in [("batched", count), ("default", count / 10)] {
+        match graphile::drain(bench, jobs, mode).await {
+            Ok(rate) => println!(
+                "graphile-worker {mode} mode, {jobs} jobs: {rate:.0} jobs/s; \
+                 this server's drain is {:.2}x that",
+                ours / rate
+            ),
+            Err(why) => println!("graphile-worker {mode} mode: skipped ({why})"),
         }
     }
 }
@@ -93,7 +109,8 @@ fn main() {
         if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
             return;
         }
-        throughput(&bench, &token, count, "empty table").await;
+        let ours = throughput(&bench, &token, count, "empty table").await;
+        reference(&bench, count, ours).await;
         add_finished_jobs(&bench, 1_000_000).await;
         throughput(&bench, &token, count, "1,000,000 finished jobs").await;
         println!("idle latency, {}", latency(&bench, &token, 1000).await);

@@ -132,6 +132,13 @@ pub async fn start(server_env: &[(&str, String)]) -> Bench {
 }
 
 impl Bench {
+    /// Another database on the bench's PostgreSQL, for a reference system
+    /// measured on the same server in the same run.
+    pub async fn other_database(&self, name: &str) -> String {
+        self._cluster.ensure_database(name).await.expect("database");
+        self._cluster.url(name)
+    }
+
     /// A new connection to the server.
     pub async fn channel(&self) -> Channel {
         for _ in 0..300 {
