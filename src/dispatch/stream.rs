@@ -28,15 +28,8 @@ use super::{
     outbox::{self, Outbox},
     registry::StreamCommand,
     reports::PendingReport,
-    work_messages::{
-        cancellation, completion_report, failure_report, lease_message, message, parse_lease,
-    },
 };
 use crate::{
-    api::{
-        jobs::{duration_message, job_message},
-        timestamp,
-    },
     domain::{
         Actor,
         jobs::leases::{Report, ReportKind},
@@ -47,6 +40,13 @@ use crate::{
         self as pb, work_request::Kind as Inbound, work_response::Kind as Outbound,
     },
     store::jobs::LeaseRef,
+    wire::{
+        jobs::job_message,
+        time::{duration_message, timestamp},
+        work::{
+            cancellation, completion_report, failure_report, lease_message, message, parse_lease,
+        },
+    },
 };
 
 pub use outbox::ResponseStream;
