@@ -8,19 +8,28 @@
 //! forever); failure details that cannot be stored are dropped and the
 //! message kept.
 
+use std::time::SystemTime;
+
 use serde_json::json;
 use uuid::Uuid;
 
-use super::json::{struct_to_json, value_to_json};
+use super::{
+    jobs::job_message,
+    json::{struct_to_json, value_to_json},
+    time::{duration_message, timestamp},
+};
 use crate::{
     domain::{
         events::{Revocation, RevokeCause},
-        jobs::leases::{ReportKind, failure_error},
+        jobs::{
+            JobSettings,
+            leases::{ReportKind, failure_error},
+        },
         validate,
     },
     error::AppError,
     proto::automation_v1::{self as pb, work_response::Kind as Outbound},
-    store::jobs::LeaseRef,
+    store::jobs::{JobRow, LeaseRef},
 };
 
 /// The lease a report names, held by `stream`.
@@ -48,6 +57,46 @@ pub fn lease_message(lease: &LeaseRef) -> pb::JobLeaseRef {
 /// One message to the worker.
 pub fn message(kind: Outbound) -> pb::WorkResponse {
     pb::WorkResponse { kind: Some(kind) }
+}
+
+/// The first message of a stream: its id, the lease and heartbeat rhythm,
+/// and how many jobs it was granted at once.
+pub fn welcome(session: Uuid, settings: &JobSettings, granted: usize) -> Outbound {
+    Outbound::Welcome(pb::WorkerWelcome {
+        session_id: session.to_string(),
+        lease_duration: Some(duration_message(settings.lease)),
+        heartbeat_interval: Some(duration_message(settings.heartbeat_interval())),
+        granted_concurrency: i32::try_from(granted).unwrap_or(i32::MAX),
+    })
+}
+
+/// A job leased to the stream, with the attempt its reports must quote.
+pub fn assignment(job: JobRow) -> pb::WorkResponse {
+    let attempt = job.attempts;
+    let lease_expire_time = job.lease_expires_at.map(timestamp);
+    message(Outbound::Assignment(pb::JobAssignment {
+        job: Some(job_message(job)),
+        attempt,
+        lease_expire_time,
+    }))
+}
+
+/// The answer to a report on `lease`.
+pub fn ack(lease: &LeaseRef, accepted: bool, reason: String) -> Outbound {
+    Outbound::Ack(pb::ReportAck {
+        lease: Some(lease_message(lease)),
+        accepted,
+        reason,
+    })
+}
+
+/// The server drains: the worker finishes (or hands back) what it holds by
+/// `deadline`.
+pub fn drain(deadline: SystemTime) -> Outbound {
+    let deadline = chrono::DateTime::<chrono::Utc>::from(deadline).naive_utc();
+    Outbound::Drain(pb::ServerDrain {
+        deadline: Some(timestamp(deadline)),
+    })
 }
 
 /// A completion, as a report. A result that cannot be stored fails the
