@@ -1,12 +1,15 @@
 //! Command line and environment. Every flag has an environment variable of the
 //! same meaning; units are in the names (`_ms`, `_secs`).
+//!
+//! Architecture invariant: configuration is at the bottom of the layers. It
+//! parses flags into plain values and imports nothing of the crate; the
+//! layer that owns a settings type builds it from these arguments (e.g.
+//! `JobSettings::from_args`, `AuthSettings` in `auth`).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-
-use crate::auth::client::TrustedProxies;
 
 /// The control plane of the automation platform.
 #[derive(Debug, Parser)]
@@ -230,31 +233,6 @@ pub struct JobArgs {
     pub work_inbound_messages_per_sec: u32,
 }
 
-impl JobArgs {
-    /// The queue's settings.
-    pub fn settings(&self) -> crate::domain::jobs::JobSettings {
-        crate::domain::jobs::JobSettings {
-            lease: Duration::from_secs(self.job_lease_secs),
-            payload_max_bytes: self.job_payload_max_bytes as usize,
-            retry_base: Duration::from_millis(self.job_retry_base_ms),
-            retry_cap: Duration::from_secs(self.job_retry_cap_secs),
-            release_delay_base: Duration::from_millis(self.job_release_delay_base_ms),
-            release_delay_cap: Duration::from_millis(self.job_release_delay_cap_ms),
-            poll_interval: Duration::from_millis(self.job_poll_interval_ms),
-            streams: crate::domain::jobs::StreamLimits {
-                work_streams_per_caller: self.work_streams_per_caller as usize,
-                capacity_per_stream: self.work_capacity_per_stream as usize,
-                capacity_per_caller: self.work_capacity_per_caller as usize,
-                capacity_per_replica: self.work_capacity_per_replica as usize,
-                watches_per_caller: self.watches_per_caller as usize,
-                watches_per_replica: self.watches_per_replica as usize,
-                send_timeout: Duration::from_millis(self.stream_send_timeout_ms),
-                inbound_messages_per_sec: self.work_inbound_messages_per_sec,
-            },
-        }
-    }
-}
-
 /// `migrate`.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
@@ -343,6 +321,40 @@ pub struct AuthArgs {
     /// addresses or CIDR ranges (`10.0.0.0/8,fd00::/8`). Others' headers are
     /// ignored and the peer address is used.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',',
-          value_parser = TrustedProxies::parse_entry)]
+          value_parser = proxy_entry)]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Parses one `TRUSTED_PROXIES` entry: `10.0.0.0/8`, `fd00::/8`, `10.0.0.2`
+/// or `::1` (an address is the range of that one address; IPv4-mapped IPv6
+/// addresses count as IPv4).
+pub fn proxy_entry(text: &str) -> Result<IpNet, String> {
+    use std::{net::IpAddr, str::FromStr as _};
+    let text = text.trim();
+    IpNet::from_str(text)
+        .map(|net| net.trunc())
+        .or_else(|_| IpAddr::from_str(text).map(|ip| IpNet::from(ip.to_canonical())))
+        .map_err(|_| format!("'{text}' is neither an IP address nor a CIDR range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_entries_are_ranges_or_addresses() {
+        assert_eq!(
+            proxy_entry(" 10.1.2.3/8 ").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(proxy_entry("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(
+            proxy_entry("::ffff:10.0.0.2").unwrap().to_string(),
+            "10.0.0.2/32"
+        );
+        assert_eq!(
+            proxy_entry("proxy").unwrap_err(),
+            "'proxy' is neither an IP address nor a CIDR range"
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! The control plane of the automation platform: a gRPC service that owns
 //! identity, the module registry and the job queue, all kept in PostgreSQL.
 //!
-//! Data flows one way: `api` (transport) → `domain` (rules and
-//! transactions) → `store` (the only SQL) → PostgreSQL. `auth` holds
-//! credentials and the layer that checks every call.
+//! Data flows one way: `api` (gRPC handlers) and `dispatch` (the Work and
+//! Watch streams) → `wire` (protobuf ⇄ domain) → `domain` (rules and
+//! transactions) → `store` (the only SQL) → `db` → PostgreSQL. `auth`
+//! (credentials, permissions) and `config` sit below the domain. No module
+//! names one above it.
 
 pub mod api;
 pub mod auth;
@@ -20,6 +22,7 @@ pub mod schema;
 pub mod seed;
 pub mod server;
 pub mod store;
+pub mod wire;
 /// A worker SDK: run this control plane's jobs from Rust (feature `worker`,
 /// on by default).
 #[cfg(feature = "worker")]

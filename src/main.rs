@@ -12,9 +12,10 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use automation_control_plane::{
     AppError,
     api::codec::budget::BudgetSettings,
-    auth::{AuthSettings, passwords::PasswordHasher},
+    auth::{AuthSettings, passwords::PasswordHasher, tokens},
     config::{Cli, Command, DatabaseArgs, HealthArgs, MigrateArgs, SeedArgs, ServeArgs},
     db::{self, PoolSettings, migrations, source::DatabaseSource},
+    domain::jobs::JobSettings,
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
     store::users,
@@ -154,9 +155,11 @@ async fn serve(db_args: &DatabaseArgs, args: ServeArgs) -> Result<(), AppError> 
         (Some(secret), _) => secret.clone(),
         (None, None) => {
             let data_dir = db_args.data_dir.clone();
-            tokio::task::spawn_blocking(move || db::source::development_jwt_secret(&data_dir))
-                .await
-                .map_err(|e| AppError::internal(e.to_string()))??
+            tokio::task::spawn_blocking(move || {
+                db::source::development_jwt_secret(&data_dir, tokens::MIN_SECRET_BYTES)
+            })
+            .await
+            .map_err(|e| AppError::internal(e.to_string()))??
         }
         (None, Some(_)) => {
             return Err(AppError::Config(
@@ -200,7 +203,7 @@ async fn serve_on(
         pool,
         database_url: source.url.clone(),
         auth: Arc::new(auth),
-        jobs: args.jobs.settings(),
+        jobs: JobSettings::from_args(&args.jobs),
     };
     let address = listener
         .local_addr()

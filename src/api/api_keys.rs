@@ -3,14 +3,15 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{actor_of, naive_time, timestamp};
+use super::actor_of;
 use crate::{
-    domain::{
-        api_keys::{ApiKeys, NewApiKey},
-        validate,
-    },
+    domain::api_keys::ApiKeys,
     proto::automation_v1::{self as pb, api_key_service_server::ApiKeyService},
-    store::{api_keys::ApiKeyRow, models::permission_list, pagination::PageRequest},
+    store::pagination::PageRequest,
+    wire::{
+        self,
+        api_keys::{key_message, new_api_key, optional_user},
+    },
 };
 
 /// Handlers of `automation.v1.ApiKeyService`.
@@ -26,28 +27,6 @@ impl ApiKeyApi {
     }
 }
 
-/// The wire `ApiKey` of a row (never its hash).
-fn key_message(row: ApiKeyRow) -> pb::ApiKey {
-    pb::ApiKey {
-        id: row.id.to_string(),
-        user_id: row.user_id.to_string(),
-        name: row.name,
-        permissions: permission_list(&row.permissions),
-        expire_time: row.expires_at.map(timestamp),
-        revoke_time: row.revoked_at.map(timestamp),
-        create_time: Some(timestamp(row.created_at)),
-        creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
-    }
-}
-
-fn optional_user(field: &str, value: &str) -> Result<Option<uuid::Uuid>, crate::error::AppError> {
-    if value.is_empty() {
-        Ok(None)
-    } else {
-        validate::id(field, value).map(Some)
-    }
-}
-
 #[tonic::async_trait]
 impl ApiKeyService for ApiKeyApi {
     async fn create_api_key(
@@ -55,17 +34,7 @@ impl ApiKeyService for ApiKeyApi {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let actor = actor_of(&request)?;
-        let request = request.into_inner();
-        let new = NewApiKey {
-            user_id: optional_user("user_id", &request.user_id)?,
-            name: request.name,
-            permissions: request.permissions,
-            expires_at: request
-                .expire_time
-                .as_ref()
-                .map(|t| naive_time("expire_time", t))
-                .transpose()?,
-        };
+        let new = new_api_key(request.into_inner())?;
         let (key, secret) = self.keys.create(&actor, new).await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(key_message(key)),
@@ -93,7 +62,7 @@ impl ApiKeyService for ApiKeyApi {
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let actor = actor_of(&request)?;
-        let id = validate::id("id", &request.get_ref().id)?;
+        let id = wire::id("id", &request.get_ref().id)?;
         let key = self.keys.revoke(&actor, id).await?;
         Ok(Response::new(pb::RevokeApiKeyResponse {
             api_key: Some(key_message(key)),

@@ -3,14 +3,17 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{actor_of, timestamp, user_message};
+use super::actor_of;
 use crate::{
     auth::caller::client_of,
-    domain::{
-        sessions::{IssuedTokens, Sessions},
-        validate,
-    },
+    domain::sessions::Sessions,
     proto::automation_v1::{self as pb, auth_service_server::AuthService},
+    wire::{
+        self,
+        sessions::{TOKEN_TYPE, expires_in, session_message},
+        time::timestamp,
+        users::user_message,
+    },
 };
 
 /// Handlers of `automation.v1.AuthService`.
@@ -24,14 +27,6 @@ impl AuthApi {
     pub fn new(sessions: Sessions) -> Self {
         Self { sessions }
     }
-}
-
-fn token_type() -> String {
-    "Bearer".into()
-}
-
-fn expires_in(tokens: &IssuedTokens) -> i64 {
-    tokens.access_ttl.as_secs() as i64
 }
 
 #[tonic::async_trait]
@@ -48,7 +43,7 @@ impl AuthService for AuthApi {
             .await?;
         Ok(Response::new(pb::LoginResponse {
             expires_in: expires_in(&tokens),
-            token_type: token_type(),
+            token_type: TOKEN_TYPE.into(),
             refresh_expire_time: Some(timestamp(tokens.refresh_expires_at)),
             user: tokens.account.map(user_message),
             access_token: tokens.access_token,
@@ -67,7 +62,7 @@ impl AuthService for AuthApi {
             .await?;
         Ok(Response::new(pb::RefreshResponse {
             expires_in: expires_in(&tokens),
-            token_type: token_type(),
+            token_type: TOKEN_TYPE.into(),
             refresh_expire_time: Some(timestamp(tokens.refresh_expires_at)),
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
@@ -110,17 +105,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let sessions = self.sessions.list(&actor_of(&request)?).await?;
         Ok(Response::new(pb::ListSessionsResponse {
-            sessions: sessions
-                .into_iter()
-                .map(|info| pb::Session {
-                    current: info.current,
-                    id: info.session.id.to_string(),
-                    user_agent: info.session.user_agent,
-                    ip_address: info.session.ip_address,
-                    create_time: Some(timestamp(info.session.created_at)),
-                    expire_time: Some(timestamp(info.session.expires_at)),
-                })
-                .collect(),
+            sessions: sessions.into_iter().map(session_message).collect(),
         }))
     }
 
@@ -129,7 +114,7 @@ impl AuthService for AuthApi {
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
         let actor = actor_of(&request)?;
-        let id = validate::id("id", &request.get_ref().id)?;
+        let id = wire::id("id", &request.get_ref().id)?;
         self.sessions.revoke(&actor, id).await?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }

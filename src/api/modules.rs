@@ -3,20 +3,13 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    actor_of,
-    json::{json_to_struct, struct_to_json},
-    mask_paths, timestamp,
-};
+use super::actor_of;
 use crate::{
     dispatch::Dispatcher,
-    domain::modules::{ModuleUpdate, Modules, Registration, Removal},
-    error::AppError,
+    domain::modules::{Modules, Removal},
     proto::automation_v1::{self as pb, module_service_server::ModuleService},
-    store::{
-        modules::{ModuleRow, ModuleStatus},
-        pagination::PageRequest,
-    },
+    store::pagination::PageRequest,
+    wire::modules::{module_message, module_update, registration, status_filter},
 };
 
 /// Handlers of `automation.v1.ModuleService`.
@@ -37,77 +30,6 @@ impl ModuleApi {
     }
 }
 
-fn status_message(status: ModuleStatus) -> pb::ModuleStatus {
-    match status {
-        ModuleStatus::Registered => pb::ModuleStatus::Registered,
-        ModuleStatus::Installing => pb::ModuleStatus::Installing,
-        ModuleStatus::Enabled => pb::ModuleStatus::Enabled,
-        ModuleStatus::Disabled => pb::ModuleStatus::Disabled,
-        ModuleStatus::Updating => pb::ModuleStatus::Updating,
-        ModuleStatus::Removing => pb::ModuleStatus::Removing,
-    }
-}
-
-/// The wire `Module` of a row.
-pub(crate) fn module_message(row: ModuleRow) -> pb::Module {
-    pb::Module {
-        id: row.id.to_string(),
-        name: row.name,
-        version: row.version,
-        display_name: row.display_name,
-        description: row.description,
-        status: status_message(row.status).into(),
-        manifest: Some(json_to_struct(row.manifest)),
-        install_time: row.installed_at.map(timestamp),
-        enable_time: row.enabled_at.map(timestamp),
-        disable_time: row.disabled_at.map(timestamp),
-        create_time: Some(timestamp(row.created_at)),
-        update_time: Some(timestamp(row.updated_at)),
-        last_error: row.last_error.map(json_to_struct),
-        hook_job_id: row.hook_job_id.map(|id| id.to_string()).unwrap_or_default(),
-    }
-}
-
-fn decode_status(status: i32) -> Result<Option<ModuleStatus>, AppError> {
-    Ok(match pb::ModuleStatus::try_from(status) {
-        Ok(pb::ModuleStatus::Unspecified) => None,
-        Ok(pb::ModuleStatus::Registered) => Some(ModuleStatus::Registered),
-        Ok(pb::ModuleStatus::Installing) => Some(ModuleStatus::Installing),
-        Ok(pb::ModuleStatus::Enabled) => Some(ModuleStatus::Enabled),
-        Ok(pb::ModuleStatus::Disabled) => Some(ModuleStatus::Disabled),
-        Ok(pb::ModuleStatus::Updating) => Some(ModuleStatus::Updating),
-        Ok(pb::ModuleStatus::Removing) => Some(ModuleStatus::Removing),
-        Err(_) => return Err(AppError::invalid("status", "is not a ModuleStatus")),
-    })
-}
-
-fn decode_update(request: pb::UpdateModuleRequest) -> Result<(String, ModuleUpdate), AppError> {
-    let paths: Vec<String> = mask_paths(
-        request.update_mask.as_ref(),
-        &["display_name", "description", "version", "manifest"],
-    )?
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
-    let module = request
-        .module
-        .ok_or_else(|| AppError::invalid("module", "is required"))?;
-    let wants = |field: &str| paths.iter().any(|p| p == field);
-    let update = ModuleUpdate {
-        display_name: wants("display_name").then(|| module.display_name.clone()),
-        description: wants("description").then(|| module.description.clone()),
-        version: wants("version").then(|| module.version.clone()),
-        manifest: wants("manifest").then(|| {
-            module
-                .manifest
-                .clone()
-                .map(struct_to_json)
-                .unwrap_or_else(|| serde_json::json!({}))
-        }),
-    };
-    Ok((module.id, update))
-}
-
 #[tonic::async_trait]
 impl ModuleService for ModuleApi {
     async fn register_module(
@@ -115,22 +37,9 @@ impl ModuleService for ModuleApi {
         request: Request<pb::RegisterModuleRequest>,
     ) -> Result<Response<pb::RegisterModuleResponse>, Status> {
         let actor = actor_of(&request)?;
-        let request = request.into_inner();
         let module = self
             .modules
-            .register(
-                &actor,
-                Registration {
-                    name: request.name,
-                    version: request.version,
-                    display_name: request.display_name,
-                    description: request.description,
-                    manifest: request
-                        .manifest
-                        .map(struct_to_json)
-                        .unwrap_or_else(|| serde_json::json!({})),
-                },
-            )
+            .register(&actor, registration(request.into_inner()))
             .await?;
         Ok(Response::new(pb::RegisterModuleResponse {
             module: Some(module_message(module)),
@@ -152,7 +61,7 @@ impl ModuleService for ModuleApi {
         request: Request<pb::ListModulesRequest>,
     ) -> Result<Response<pb::ListModulesResponse>, Status> {
         let request = request.into_inner();
-        let status = decode_status(request.status)?;
+        let status = status_filter(request.status)?;
         let page = PageRequest::parse(request.page_size, &request.page_token)?;
         let page = self.modules.list(status, page).await?;
         Ok(Response::new(pb::ListModulesResponse {
@@ -166,7 +75,7 @@ impl ModuleService for ModuleApi {
         request: Request<pb::UpdateModuleRequest>,
     ) -> Result<Response<pb::UpdateModuleResponse>, Status> {
         let actor = actor_of(&request)?;
-        let (key, update) = decode_update(request.into_inner())?;
+        let (key, update) = module_update(request.into_inner())?;
         let module = self.modules.update(&actor, &key, update).await?;
         Ok(Response::new(pb::UpdateModuleResponse {
             module: Some(module_message(module)),

@@ -2,15 +2,15 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{actor_of, mask_paths, role_message, timestamp};
+use super::actor_of;
 use crate::{
-    domain::{
-        roles::{Assignment, NewRoleSpec, RoleUpdate, Roles},
-        validate,
-    },
-    error::AppError,
+    domain::roles::Roles,
     proto::automation_v1::{self as pb, role_service_server::RoleService},
     store::pagination::PageRequest,
+    wire::{
+        self,
+        roles::{assignment_message, new_role, role_key, role_message, role_update},
+    },
 };
 
 /// Handlers of `automation.v1.RoleService`.
@@ -26,54 +26,6 @@ impl RoleApi {
     }
 }
 
-fn assignment_message(assignment: Assignment) -> pb::RoleAssignment {
-    pb::RoleAssignment {
-        assign_time: Some(timestamp(assignment.assignment.assigned_at)),
-        assigned_by: assignment
-            .assignment
-            .assigned_by
-            .map(|id| id.to_string())
-            .unwrap_or_default(),
-        role: Some(role_message(assignment.role)),
-    }
-}
-
-fn decode_update(request: pb::UpdateRoleRequest) -> Result<(uuid::Uuid, RoleUpdate), AppError> {
-    let paths = mask_paths(
-        request.update_mask.as_ref(),
-        &["name", "description", "permissions"],
-    )?;
-    let role = request
-        .role
-        .as_ref()
-        .ok_or_else(|| AppError::invalid("role", "is required"))?;
-    let id = validate::id("role.id", &role.id)?;
-    let mut update = RoleUpdate {
-        fields: paths.iter().map(|p| p.to_string()).collect(),
-        ..RoleUpdate::default()
-    };
-    for path in paths {
-        match path {
-            "name" => update.name = Some(validate::role_name("role.name", &role.name)?),
-            "description" => {
-                update.description = Some(validate::text("role.description", &role.description)?)
-            }
-            _ => {
-                update.permissions = Some(validate::permissions(
-                    "role.permissions",
-                    &role.permissions,
-                )?)
-            }
-        }
-    }
-    Ok((id, update))
-}
-
-/// A role reference: an id or a name.
-fn role_key<'a>(field: &str, key: &'a str) -> Result<&'a str, AppError> {
-    validate::required(field, key)
-}
-
 #[tonic::async_trait]
 impl RoleService for RoleApi {
     async fn create_role(
@@ -81,13 +33,10 @@ impl RoleService for RoleApi {
         request: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::CreateRoleResponse>, Status> {
         let actor = actor_of(&request)?;
-        let body = request.into_inner();
-        let spec = NewRoleSpec {
-            name: validate::role_name("name", &body.name)?,
-            description: validate::text("description", &body.description)?,
-            permissions: validate::permissions("permissions", &body.permissions)?,
-        };
-        let role = self.roles.create(&actor, spec).await?;
+        let role = self
+            .roles
+            .create(&actor, new_role(request.into_inner()))
+            .await?;
         Ok(Response::new(pb::CreateRoleResponse {
             role: Some(role_message(role)),
         }))
@@ -124,7 +73,7 @@ impl RoleService for RoleApi {
         request: Request<pb::UpdateRoleRequest>,
     ) -> Result<Response<pb::UpdateRoleResponse>, Status> {
         let actor = actor_of(&request)?;
-        let (id, update) = decode_update(request.into_inner())?;
+        let (id, update) = role_update(request.into_inner())?;
         let role = self.roles.update(&actor, id, update).await?;
         Ok(Response::new(pb::UpdateRoleResponse {
             role: Some(role_message(role)),
@@ -136,7 +85,7 @@ impl RoleService for RoleApi {
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
         let actor = actor_of(&request)?;
-        let id = validate::id("id", &request.get_ref().id)?;
+        let id = wire::id("id", &request.get_ref().id)?;
         self.roles.delete(&actor, id).await?;
         Ok(Response::new(pb::DeleteRoleResponse {}))
     }
@@ -147,7 +96,7 @@ impl RoleService for RoleApi {
     ) -> Result<Response<pb::AssignRoleResponse>, Status> {
         let actor = actor_of(&request)?;
         let body = request.get_ref();
-        let user_id = validate::id("user_id", &body.user_id)?;
+        let user_id = wire::id("user_id", &body.user_id)?;
         let assignment = self
             .roles
             .assign(&actor, user_id, role_key("role", &body.role)?)
@@ -163,7 +112,7 @@ impl RoleService for RoleApi {
     ) -> Result<Response<pb::UnassignRoleResponse>, Status> {
         let actor = actor_of(&request)?;
         let body = request.get_ref();
-        let user_id = validate::id("user_id", &body.user_id)?;
+        let user_id = wire::id("user_id", &body.user_id)?;
         self.roles
             .unassign(&actor, user_id, role_key("role", &body.role)?)
             .await?;
@@ -174,7 +123,7 @@ impl RoleService for RoleApi {
         &self,
         request: Request<pb::ListUserRolesRequest>,
     ) -> Result<Response<pb::ListUserRolesResponse>, Status> {
-        let user_id = validate::id("user_id", &request.get_ref().user_id)?;
+        let user_id = wire::id("user_id", &request.get_ref().user_id)?;
         let assignments = self.roles.of_user(user_id).await?;
         Ok(Response::new(pb::ListUserRolesResponse {
             assignments: assignments.into_iter().map(assignment_message).collect(),

@@ -68,12 +68,13 @@ impl DatabaseSource {
 }
 
 /// The development JWT secret kept in the data directory, created on first
-/// use, so tokens survive restarts of the embedded setup.
-pub fn development_jwt_secret(data_dir: &Path) -> Result<String, AppError> {
+/// use, so tokens survive restarts of the embedded setup. A kept secret
+/// shorter than `min_bytes` (what the token signer requires) is replaced.
+pub fn development_jwt_secret(data_dir: &Path, min_bytes: usize) -> Result<String, AppError> {
     let path = data_dir.join("jwt-secret");
     if let Ok(secret) = std::fs::read_to_string(&path) {
         let secret = secret.trim().to_owned();
-        if secret.len() >= crate::auth::tokens::MIN_SECRET_BYTES {
+        if secret.len() >= min_bytes {
             return Ok(secret);
         }
     }

@@ -38,11 +38,11 @@ use super::{
     watch::{FollowerStart, Kind, Membership, RECORD_READS, Snapshot, WatchSlot},
 };
 use crate::{
-    api::{jobs::job_message, modules::module_message},
     domain::{Actor, modules::lifecycle},
     error::AppError,
     proto::automation_v1 as pb,
     store::{jobs::JobRow, modules::ModuleRow},
+    wire::{jobs::job_message, modules::module_message},
 };
 
 /// The server's half of a watch stream (see the module's documentation).

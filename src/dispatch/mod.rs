@@ -18,7 +18,6 @@ mod registry;
 mod reports;
 mod stream;
 mod watch;
-mod work_messages;
 
 use std::{
     sync::{Arc, Mutex},
@@ -44,11 +43,8 @@ use crate::{
     db,
     domain::{
         audit::AuditTrail,
-        jobs::{
-            JobSettings, Jobs,
-            events::{QueueEvent, Revocation},
-            leases::Leases,
-        },
+        events::{QueueEvent, Revocation},
+        jobs::{JobSettings, Jobs, leases::Leases},
         modules::Modules,
         sessions::Sessions,
     },

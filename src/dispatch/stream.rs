@@ -28,15 +28,8 @@ use super::{
     outbox::{self, Outbox},
     registry::StreamCommand,
     reports::PendingReport,
-    work_messages::{
-        cancellation, completion_report, failure_report, lease_message, message, parse_lease,
-    },
 };
 use crate::{
-    api::{
-        jobs::{duration_message, job_message},
-        timestamp,
-    },
     domain::{
         Actor,
         jobs::leases::{Report, ReportKind},
@@ -47,6 +40,7 @@ use crate::{
         self as pb, work_request::Kind as Inbound, work_response::Kind as Outbound,
     },
     store::jobs::LeaseRef,
+    wire::work::{self, cancellation, completion_report, failure_report, message, parse_lease},
 };
 
 pub use outbox::ResponseStream;
@@ -138,12 +132,7 @@ async fn serve(
         drain_deadline: None,
         module_jobs,
     };
-    session.push(Outbound::Welcome(pb::WorkerWelcome {
-        session_id: id.to_string(),
-        lease_duration: Some(duration_message(settings.lease)),
-        heartbeat_interval: Some(duration_message(settings.heartbeat_interval())),
-        granted_concurrency: i32::try_from(granted).unwrap_or(i32::MAX),
-    }));
+    session.push(work::welcome(id, &settings, granted));
     shared.wake.notify_one();
     let draining = shared
         .registry
@@ -259,12 +248,7 @@ impl Session<'_> {
         match command {
             StreamCommand::Assign(job) => {
                 let (id, attempt) = (job.id, job.attempts);
-                let lease_expire_time = job.lease_expires_at.map(timestamp);
-                let assignment = message(Outbound::Assignment(pb::JobAssignment {
-                    job: Some(job_message(*job)),
-                    attempt,
-                    lease_expire_time,
-                }));
+                let assignment = work::assignment(*job);
                 self.registration
                     .outbox
                     .push_assignment(assignment, id, attempt);
@@ -280,21 +264,14 @@ impl Session<'_> {
                 if held {
                     self.shared.wake.notify_one();
                 }
-                self.push(Outbound::Ack(pb::ReportAck {
-                    lease: Some(lease_message(&lease)),
-                    accepted: outcome.accepted,
-                    reason: outcome.reason,
-                }));
+                self.push(work::ack(&lease, outcome.accepted, outcome.reason));
             }
             StreamCommand::Drain {
                 deadline,
                 wall_deadline,
             } => {
                 self.drain_deadline = Some(deadline);
-                let deadline = chrono::DateTime::<chrono::Utc>::from(wall_deadline).naive_utc();
-                self.push(Outbound::Drain(pb::ServerDrain {
-                    deadline: Some(timestamp(deadline)),
-                }));
+                self.push(work::drain(wall_deadline));
             }
         }
     }
@@ -391,11 +368,7 @@ impl Session<'_> {
             }
             Err(refusal) => {
                 self.spend_inbound()?;
-                self.push(Outbound::Ack(pb::ReportAck {
-                    lease: Some(lease_message(&lease)),
-                    accepted: false,
-                    reason: refusal.reason(&lease),
-                }));
+                self.push(work::ack(&lease, false, refusal.reason(&lease)));
                 Ok(())
             }
         }

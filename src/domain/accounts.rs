@@ -15,6 +15,7 @@ use super::{
     audit::{AuditAction, AuditEvent, AuditTrail},
     authority::{ensure_covers, ensure_may_grant, ensure_not_last_admin, serialize_admin_changes},
     throttle::LoginThrottle,
+    validate,
 };
 use crate::{
     auth::passwords::PasswordHasher,
@@ -40,8 +41,8 @@ pub struct Account {
     pub permissions: Vec<String>,
 }
 
-/// A new account, its fields validated. Its `Debug` leaves the password
-/// out.
+/// A new account, as CreateUser asks for it; [`NewAccount::validated`]
+/// checks its shapes. Its `Debug` leaves the password out.
 #[derive(Clone)]
 pub struct NewAccount {
     pub email: String,
@@ -64,7 +65,8 @@ impl std::fmt::Debug for NewAccount {
     }
 }
 
-/// Changes to an account, its fields validated; `None` leaves one alone.
+/// Changes to an account, as UpdateUser asks for them (checked by
+/// [`AccountChanges::validated`]); `None` leaves one alone.
 #[derive(Debug, Clone, Default)]
 pub struct AccountChanges {
     pub email: Option<String>,
@@ -74,6 +76,68 @@ pub struct AccountChanges {
     pub is_active: Option<bool>,
     /// The names of the fields changed, for the audit trail.
     pub fields: Vec<String>,
+}
+
+impl NewAccount {
+    /// The account with its fields' shapes checked and normalized (trimmed;
+    /// a blank name is none), each named as CreateUser names it. The
+    /// password is checked apart, by the hasher's rules.
+    pub fn validated(self) -> Result<Self, AppError> {
+        let name = |field: &str, value: Option<String>| match value {
+            Some(value) => validate::personal_name(field, &value),
+            None => Ok(None),
+        };
+        Ok(Self {
+            email: validate::email("email", &self.email)?,
+            username: validate::username("username", &self.username)?,
+            first_name: name("first_name", self.first_name)?,
+            last_name: name("last_name", self.last_name)?,
+            ..self
+        })
+    }
+}
+
+impl AccountChanges {
+    /// The changes with their fields' shapes checked and normalized, each
+    /// named as UpdateUser names it (`user.email`), in the order `fields`
+    /// names them.
+    pub fn validated(mut self) -> Result<Self, AppError> {
+        let mut order = ["email", "username", "first_name", "last_name"];
+        order.sort_by_key(|f| {
+            self.fields
+                .iter()
+                .position(|p| p == f)
+                .unwrap_or(usize::MAX)
+        });
+        let name = |field: &str, value: &Option<String>| {
+            validate::personal_name(field, value.as_deref().unwrap_or_default())
+        };
+        for field in order {
+            match field {
+                "email" => {
+                    if let Some(email) = &self.email {
+                        self.email = Some(validate::email("user.email", email)?);
+                    }
+                }
+                "username" => {
+                    if let Some(username) = &self.username {
+                        self.username = Some(validate::username("user.username", username)?);
+                    }
+                }
+                "first_name" => {
+                    if let Some(first) = &self.first_name {
+                        self.first_name = Some(name("user.first_name", first)?);
+                    }
+                }
+                _ => {
+                    if let Some(last) = &self.last_name {
+                        self.last_name = Some(name("user.last_name", last)?);
+                    }
+                }
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// Filters of [`Accounts::list`].
@@ -106,6 +170,7 @@ impl Accounts {
     /// Creates an account holding `new.roles`; the caller must hold every
     /// permission of each.
     pub async fn create(&self, actor: &Actor, new: NewAccount) -> Result<Account, AppError> {
+        let new = new.validated()?;
         self.passwords.validate("password", &new.password)?;
         // Hashed with no connection held: bcrypt is slow on purpose.
         let hash = self.passwords.hash(&new.password).await?;
@@ -221,6 +286,7 @@ impl Accounts {
         id: Uuid,
         changes: AccountChanges,
     ) -> Result<Account, AppError> {
+        let changes = changes.validated()?;
         let deactivating = changes.is_active == Some(false);
         let user = db::transaction(&self.pool, "accounts.update", async |conn| {
             if deactivating {

@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod api_keys;
 pub mod audit;
 pub mod authority;
+pub mod events;
 pub mod jobs;
 pub mod modules;
 pub mod roles;

@@ -16,6 +16,7 @@ use super::{
         ADMIN_ROLE, ALL_PERMISSIONS, ensure_covers, ensure_may_grant, ensure_not_last_admin,
         serialize_admin_changes,
     },
+    validate,
 };
 use crate::{
     db::{self, DbPool},
@@ -29,7 +30,8 @@ use crate::{
     },
 };
 
-/// A new role, its fields validated.
+/// A new role, as CreateRole asks for it; [`NewRoleSpec::validated`] checks
+/// its shapes.
 #[derive(Debug, Clone)]
 pub struct NewRoleSpec {
     pub name: String,
@@ -37,7 +39,8 @@ pub struct NewRoleSpec {
     pub permissions: Vec<String>,
 }
 
-/// Changes to a role, validated; `None` leaves a field alone.
+/// Changes to a role, as UpdateRole asks for them (checked by
+/// [`RoleUpdate::validated`]); `None` leaves a field alone.
 #[derive(Debug, Clone, Default)]
 pub struct RoleUpdate {
     pub name: Option<String>,
@@ -45,6 +48,55 @@ pub struct RoleUpdate {
     pub permissions: Option<Vec<String>>,
     /// The names of the fields changed, for the audit trail.
     pub fields: Vec<String>,
+}
+
+impl NewRoleSpec {
+    /// The role with its fields' shapes checked and normalized (a trimmed
+    /// description, permissions without duplicates), each named as
+    /// CreateRole names it.
+    pub fn validated(self) -> Result<Self, AppError> {
+        Ok(Self {
+            name: validate::role_name("name", &self.name)?,
+            description: validate::text("description", &self.description)?,
+            permissions: validate::permissions("permissions", &self.permissions)?,
+        })
+    }
+}
+
+impl RoleUpdate {
+    /// The changes with their fields' shapes checked and normalized, each
+    /// named as UpdateRole names it (`role.name`), in the order `fields`
+    /// names them.
+    pub fn validated(mut self) -> Result<Self, AppError> {
+        let mut order = ["name", "description", "permissions"];
+        order.sort_by_key(|f| {
+            self.fields
+                .iter()
+                .position(|p| p == f)
+                .unwrap_or(usize::MAX)
+        });
+        for field in order {
+            match field {
+                "name" => {
+                    if let Some(name) = &self.name {
+                        self.name = Some(validate::role_name("role.name", name)?);
+                    }
+                }
+                "description" => {
+                    if let Some(description) = &self.description {
+                        self.description = Some(validate::text("role.description", description)?);
+                    }
+                }
+                _ => {
+                    if let Some(permissions) = &self.permissions {
+                        self.permissions =
+                            Some(validate::permissions("role.permissions", permissions)?);
+                    }
+                }
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// A role held by a user.
@@ -70,6 +122,7 @@ impl Roles {
 
     /// Creates a role; the caller must hold every permission it grants.
     pub async fn create(&self, actor: &Actor, spec: NewRoleSpec) -> Result<RoleRow, AppError> {
+        let spec = spec.validated()?;
         ensure_may_grant(&actor.caller, &spec.permissions)?;
         db::transaction(&self.pool, "roles.create", async |conn| {
             let now = store::now();
@@ -129,6 +182,7 @@ impl Roles {
         id: Uuid,
         update: RoleUpdate,
     ) -> Result<RoleRow, AppError> {
+        let update = update.validated()?;
         if let Some(permissions) = &update.permissions {
             ensure_may_grant(&actor.caller, permissions)?;
         }

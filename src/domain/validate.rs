@@ -264,4 +264,87 @@ mod tests {
             vec!["a:b".to_owned()]
         );
     }
+
+    // Users and roles check their shapes in the domain, as jobs and modules
+    // do: the types' `validated` name the fields as the requests do.
+
+    #[test]
+    fn a_new_account_is_checked_and_normalized() {
+        use crate::domain::accounts::NewAccount;
+        let new = NewAccount {
+            email: " a@b.example ".into(),
+            username: "al.ice".into(),
+            password: String::new(),
+            first_name: Some("  ".into()),
+            last_name: Some(" Lovelace ".into()),
+            roles: vec![],
+        };
+        let checked = new.clone().validated().unwrap();
+        assert_eq!(checked.email, "a@b.example");
+        assert_eq!(checked.first_name, None);
+        assert_eq!(checked.last_name.as_deref(), Some("Lovelace"));
+        let bad = NewAccount {
+            username: "x".into(),
+            ..new
+        };
+        assert_eq!(
+            bad.validated().unwrap_err().to_string(),
+            "username: must be 3 to 64 letters, digits, '.', '_' or '-'"
+        );
+    }
+
+    #[test]
+    fn account_changes_report_the_first_bad_field_the_mask_named() {
+        use crate::domain::accounts::AccountChanges;
+        let changes = AccountChanges {
+            email: Some("not an email".into()),
+            username: Some("x".into()),
+            fields: vec!["username".into(), "email".into()],
+            ..AccountChanges::default()
+        };
+        assert_eq!(
+            changes.validated().unwrap_err().to_string(),
+            "user.username: must be 3 to 64 letters, digits, '.', '_' or '-'"
+        );
+        let clear = AccountChanges {
+            first_name: Some(Some(" ".into())),
+            fields: vec!["first_name".into()],
+            ..AccountChanges::default()
+        };
+        assert_eq!(clear.validated().unwrap().first_name, Some(None));
+    }
+
+    #[test]
+    fn roles_are_checked_with_their_request_field_names() {
+        use crate::domain::roles::{NewRoleSpec, RoleUpdate};
+        let spec = NewRoleSpec {
+            name: "ops".into(),
+            description: " on call ".into(),
+            permissions: vec!["jobs:read".into(), "jobs:read".into()],
+        };
+        let checked = spec.validated().unwrap();
+        assert_eq!(checked.description, "on call");
+        assert_eq!(checked.permissions, ["jobs:read"]);
+        let update = RoleUpdate {
+            permissions: Some(vec![]),
+            fields: vec!["permissions".into()],
+            ..RoleUpdate::default()
+        };
+        assert_eq!(
+            update.validated().unwrap_err().to_string(),
+            "role.permissions: must name at least one permission"
+        );
+        let rename = RoleUpdate {
+            name: Some("Ops".into()),
+            fields: vec!["name".into()],
+            ..RoleUpdate::default()
+        };
+        assert!(
+            rename
+                .validated()
+                .unwrap_err()
+                .to_string()
+                .starts_with("role.name: ")
+        );
+    }
 }

@@ -207,7 +207,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::{api::json::json_to_struct, proto::automation_v1 as pb};
+    use crate::{proto::automation_v1 as pb, wire::json::json_to_struct};
 
     const LIMITS: JsonLimits = JsonLimits {
         payload_max_bytes: 1000,
@@ -291,7 +291,7 @@ mod tests {
         let report = pb::WorkRequest {
             kind: Some(pb::work_request::Kind::Completion(pb::JobCompletion {
                 lease: None,
-                result: Some(crate::api::json::json_to_value(objects(500))),
+                result: Some(crate::wire::json::json_to_value(objects(500))),
             })),
         };
         let seen = inspect(Shape::Work, &report.encode_to_vec(), LIMITS).unwrap();

@@ -13,7 +13,7 @@
 //! and recurses no deeper than prost does.
 //!
 //! The JSON length is the one the server measures after decoding
-//! (`serde_json` of the converted value, see `api::json`): exact for what
+//! (`serde_json` of the converted value, see `wire::json`): exact for what
 //! protobuf encoders write. A message that repeats a field which decoding
 //! would merge or overwrite (a map key twice, two `kind`s in one `Value`)
 //! counts each occurrence, as sent; no standard encoder writes those.
@@ -346,7 +346,7 @@ fn string_json_len(bytes: &[u8]) -> Result<usize, AppError> {
     Ok(bytes.len() + escapes + 2)
 }
 
-/// The length of a number as JSON, as `api::json` converts it: whole numbers
+/// The length of a number as JSON, as `wire::json` converts it: whole numbers
 /// within ±2^53 as integers, other finite ones as floats, the rest `null`.
 fn number_json_len(n: f64) -> usize {
     if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
@@ -381,7 +381,7 @@ mod tests {
     use prost_types::{ListValue, Struct, Value, value::Kind};
 
     use super::*;
-    use crate::api::json::{json_to_struct, struct_to_json};
+    use crate::wire::json::{json_to_struct, struct_to_json};
 
     fn json_len(value: &serde_json::Value) -> usize {
         serde_json::to_vec(value).unwrap().len()

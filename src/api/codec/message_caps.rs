@@ -277,7 +277,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        api::json::json_to_struct, auth::policy::METHOD_ACCESS, proto::automation_v1 as pb,
+        auth::policy::METHOD_ACCESS, proto::automation_v1 as pb, wire::json::json_to_struct,
     };
 
     #[test]

@@ -14,13 +14,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{
-    JobSettings,
-    events::{QueueChanges, Revocation, RevokeCause},
-};
+use super::JobSettings;
 use crate::{
     db::{self, DbPool},
-    domain::modules::{self, hooks::HookOutcome},
+    domain::{
+        events::{QueueChanges, Revocation, RevokeCause},
+        modules::{self, hooks::HookOutcome},
+    },
     error::AppError,
     store::jobs::{
         self as rows, ClaimFilter, ClaimPlan, ExtendedLease, JobRow, JobStatus, LeaseRef,

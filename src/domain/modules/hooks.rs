@@ -17,7 +17,7 @@ use crate::{
     auth::client::ClientInfo,
     domain::{
         audit::{AuditAction, AuditEvent, AuditTrail},
-        jobs::events::{QueueChanges, RevokeCause},
+        events::{QueueChanges, RevokeCause},
         validate::DEFAULT_MAX_ATTEMPTS,
     },
     error::AppError,

@@ -4,6 +4,12 @@
 //! enqueues, the jobs it cancels, the notifications it sends and its audit
 //! row. Hook jobs settle the transition they carry out in [`hooks`], inside
 //! the transaction that settles the job.
+//!
+//! Architecture invariant: the registry sits below the job queue
+//! ([`super::jobs`]) and never names it. It writes job rows (hook jobs, jobs
+//! cancelled with their module) through the store, tells other replicas
+//! through [`super::events`], and answers the queue's questions (who owns a
+//! job name: [`owners`]; what a finished hook job means: [`hooks::settle`]).
 
 pub mod cache;
 pub mod hooks;
@@ -25,7 +31,7 @@ use self::{
 use super::{
     Actor, Page,
     audit::{AuditAction, AuditEvent, AuditTrail},
-    jobs::events::QueueChanges,
+    events::QueueChanges,
     validate,
 };
 use crate::{

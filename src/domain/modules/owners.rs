@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     domain::{
-        jobs::events::{QueueChanges, RevokeCause},
+        events::{QueueChanges, RevokeCause},
         validate,
     },
     error::AppError,

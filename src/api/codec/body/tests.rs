@@ -114,7 +114,7 @@ fn report(result: serde_json::Value) -> pb::WorkRequest {
     pb::WorkRequest {
         kind: Some(pb::work_request::Kind::Completion(pb::JobCompletion {
             lease: None,
-            result: Some(crate::api::json::json_to_value(result)),
+            result: Some(crate::wire::json::json_to_value(result)),
         })),
     }
 }

@@ -2,6 +2,11 @@
 //! channel (delivered at commit, so never about something that rolled back):
 //! work to pick up, jobs that changed (for WatchJob), leases taken away (for
 //! the stream holding them, wherever it is connected).
+//!
+//! Architecture invariant: this sits below the job queue ([`super::jobs`])
+//! and the module registry ([`super::modules`]), which both send these
+//! notes (a module's removal cancels its jobs), and imports neither: so the
+//! registry never names the queue.
 
 use diesel_async::AsyncPgConnection;
 use uuid::Uuid;

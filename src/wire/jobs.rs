@@ -1,0 +1,214 @@
+//! `Job` messages and the requests of `JobService`: jobs and their states
+//! to the wire, create requests and list filters to the domain.
+
+use super::{
+    json::{json_to_struct, json_to_value, struct_to_json},
+    time::{optional_time, timestamp},
+};
+use crate::{
+    domain::jobs::JobSpec,
+    error::AppError,
+    proto::automation_v1 as pb,
+    store::jobs::{JobFilter, JobRow, JobStatus},
+};
+
+/// The wire state of a job.
+pub fn status_message(status: JobStatus) -> pb::JobStatus {
+    match status {
+        JobStatus::Pending => pb::JobStatus::Pending,
+        JobStatus::Running => pb::JobStatus::Running,
+        JobStatus::Completed => pb::JobStatus::Completed,
+        JobStatus::Failed => pb::JobStatus::Failed,
+        JobStatus::Cancelled => pb::JobStatus::Cancelled,
+    }
+}
+
+/// The wire `Job` of a row. The lease's end is shown only while the job
+/// runs (a finished job's row keeps the last one).
+pub fn job_message(row: JobRow) -> pb::Job {
+    let running = row.status == JobStatus::Running;
+    pb::Job {
+        id: row.id.to_string(),
+        name: row.name,
+        module_name: row.module_name.unwrap_or_default(),
+        status: status_message(row.status).into(),
+        priority: row.priority,
+        payload: Some(json_to_struct(row.payload)),
+        result: row.result.map(json_to_value),
+        error: row.error.map(json_to_struct),
+        attempts: row.attempts,
+        max_attempts: row.max_attempts,
+        schedule_time: Some(timestamp(row.scheduled_at)),
+        start_time: row.started_at.map(timestamp),
+        complete_time: row.completed_at.map(timestamp),
+        fail_time: row.failed_at.map(timestamp),
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
+        idempotency_key: row.idempotency_key.unwrap_or_default(),
+        worker_id: row.worker_id.unwrap_or_default(),
+        lease_expire_time: row.lease_expires_at.filter(|_| running).map(timestamp),
+        creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A `CreateJobRequest` as a spec (its shapes are checked by the queue,
+/// [`JobSpec::validate`]); `prefix` names it in a batch (`requests[3].`).
+/// Empty strings and 0 mean "not given"; an unset payload is `{}`.
+pub fn job_spec(request: pb::CreateJobRequest, prefix: &str) -> Result<JobSpec, AppError> {
+    Ok(JobSpec {
+        name: request.name,
+        module_name: (!request.module_name.is_empty()).then_some(request.module_name),
+        payload: request
+            .payload
+            .map(struct_to_json)
+            .unwrap_or_else(|| serde_json::json!({})),
+        priority: request.priority,
+        max_attempts: match request.max_attempts {
+            0 => None,
+            n => Some(n),
+        },
+        schedule_at: optional_time(
+            &format!("{prefix}schedule_time"),
+            request.schedule_time.as_ref(),
+        )?,
+        idempotency_key: (!request.idempotency_key.is_empty()).then_some(request.idempotency_key),
+    })
+}
+
+/// The state a list filters on; `UNSPECIFIED` is every state.
+fn status_filter(status: i32) -> Result<Option<JobStatus>, AppError> {
+    Ok(match pb::JobStatus::try_from(status) {
+        Ok(pb::JobStatus::Unspecified) => None,
+        Ok(pb::JobStatus::Pending) => Some(JobStatus::Pending),
+        Ok(pb::JobStatus::Running) => Some(JobStatus::Running),
+        Ok(pb::JobStatus::Completed) => Some(JobStatus::Completed),
+        Ok(pb::JobStatus::Failed) => Some(JobStatus::Failed),
+        Ok(pb::JobStatus::Cancelled) => Some(JobStatus::Cancelled),
+        Err(_) => return Err(AppError::invalid("status", "is not a JobStatus")),
+    })
+}
+
+/// The filters of a `ListJobsRequest` (its page is read apart).
+pub fn job_filter(request: &pb::ListJobsRequest) -> Result<JobFilter, AppError> {
+    let non_empty = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+    Ok(JobFilter {
+        status: status_filter(request.status)?,
+        module_name: non_empty(&request.module_name),
+        name: non_empty(&request.name),
+        created_from: optional_time("create_time_start", request.create_time_start.as_ref())?,
+        created_until: optional_time("create_time_end", request.create_time_end.as_ref())?,
+        before: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn row(status: JobStatus) -> JobRow {
+        let now = DateTime::from_timestamp(1_700_000_000, 0)
+            .unwrap()
+            .naive_utc();
+        JobRow {
+            id: Uuid::nil(),
+            name: "backup.run".into(),
+            module_name: None,
+            status,
+            priority: 0,
+            payload: serde_json::json!({"n": 1}),
+            result: Some(serde_json::json!(42)),
+            error: None,
+            attempts: 1,
+            max_attempts: 3,
+            scheduled_at: now,
+            started_at: Some(now),
+            completed_at: None,
+            failed_at: None,
+            created_at: now,
+            updated_at: now,
+            leased_by: None,
+            lease_expires_at: Some(now),
+            worker_id: None,
+            idempotency_key: None,
+            created_by: None,
+            attempt_budget: None,
+            hook: None,
+        }
+    }
+
+    #[test]
+    fn the_lease_end_is_shown_only_while_running() {
+        assert!(
+            job_message(row(JobStatus::Running))
+                .lease_expire_time
+                .is_some()
+        );
+        assert!(
+            job_message(row(JobStatus::Completed))
+                .lease_expire_time
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_result_that_is_no_object_stays_a_value() {
+        let message = job_message(row(JobStatus::Completed));
+        assert_eq!(
+            message.result.map(super::super::json::value_to_json),
+            Some(serde_json::json!(42))
+        );
+        assert_eq!(message.module_name, "");
+        assert_eq!(message.creator, "");
+    }
+
+    #[test]
+    fn empty_fields_of_a_create_request_mean_not_given() {
+        let spec = job_spec(
+            pb::CreateJobRequest {
+                name: "a".into(),
+                ..Default::default()
+            },
+            "",
+        )
+        .unwrap();
+        assert_eq!(spec.module_name, None);
+        assert_eq!(spec.max_attempts, None);
+        assert_eq!(spec.idempotency_key, None);
+        assert_eq!(spec.schedule_at, None);
+        assert_eq!(spec.payload, serde_json::json!({}));
+    }
+
+    #[test]
+    fn a_bad_schedule_time_in_a_batch_names_its_request() {
+        let request = pb::CreateJobRequest {
+            name: "a".into(),
+            schedule_time: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let error = job_spec(request, "requests[2].").unwrap_err();
+        assert!(
+            error.to_string().starts_with("requests[2].schedule_time: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_status_filter_is_refused() {
+        let request = pb::ListJobsRequest {
+            status: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            job_filter(&request).unwrap_err().to_string(),
+            "status: is not a JobStatus"
+        );
+        let all = pb::ListJobsRequest::default();
+        assert_eq!(job_filter(&all).unwrap().status, None);
+    }
+}
