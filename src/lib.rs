@@ -20,6 +20,7 @@ pub mod schema;
 pub mod seed;
 pub mod server;
 pub mod store;
+pub mod sync;
 /// A worker SDK: run this control plane's jobs from Rust (feature `worker`,
 /// on by default).
 #[cfg(feature = "worker")]
