@@ -442,13 +442,12 @@ impl Session<'_> {
         let ids: Vec<Uuid> = checked.iter().map(|(job, _)| *job).collect();
         match self.shared.leases.extend(stream, Some(&ids)).await {
             Ok(extended) => {
-                let checked_set: HashSet<(Uuid, i32)> = checked.iter().copied().collect();
-                let still: HashSet<Uuid> = extended
-                    .iter()
-                    .filter(|e| checked_set.contains(&(e.id, e.attempts)))
-                    .map(|e| e.id)
-                    .collect();
-                let lost = self.shared.registry().reconcile(stream, &checked, &still);
+                let extended: HashSet<(Uuid, i32)> =
+                    extended.iter().map(|e| (e.id, e.attempts)).collect();
+                let lost = self
+                    .shared
+                    .registry()
+                    .reconcile(stream, &checked, &extended);
                 if lost > 0 {
                     self.shared.wake.notify_one();
                 }

@@ -237,21 +237,22 @@ impl Registry {
         }
     }
 
-    /// The leases a heartbeat found gone: those the stream held (not being
-    /// reported) that are not among `still_held`. They are forgotten and
-    /// their stream told.
+    /// Matches a heartbeat's outcome: of the leases (job, attempt) it
+    /// `checked`, those the database did not extend (not among `extended`)
+    /// are gone, unless a report is settling them. They are forgotten and
+    /// their stream told; returns how many.
     pub fn reconcile(
         &mut self,
         stream: Uuid,
         checked: &[(Uuid, i32)],
-        still_held: &HashSet<Uuid>,
+        extended: &HashSet<(Uuid, i32)>,
     ) -> usize {
         let Some(entry) = self.streams.get_mut(&stream) else {
             return 0;
         };
         let mut lost = 0;
         for (job, attempt) in checked {
-            if still_held.contains(job) {
+            if extended.contains(&(*job, *attempt)) {
                 continue;
             }
             if let Some(held) = entry.held.get(job)
@@ -436,10 +437,11 @@ mod tests {
         assert_eq!(registry.to_extend(stream, &only), Some(vec![(kept.job, 1)]));
         assert_eq!(registry.to_extend(Uuid::now_v7(), &only), None);
 
-        // The database extended only `kept`: `lost` is gone; `reporting`
-        // is the report's to settle.
-        let still: HashSet<Uuid> = [kept.job].into_iter().collect();
-        assert_eq!(registry.reconcile(stream, &all, &still), 1);
+        // The database extended only `kept` (and, for another stream's
+        // lease, the same job at another attempt: not this one): `lost` is
+        // gone; `reporting` is the report's to settle.
+        let extended: HashSet<(Uuid, i32)> = [(kept.job, 1), (lost.job, 2)].into_iter().collect();
+        assert_eq!(registry.reconcile(stream, &all, &extended), 1);
         assert!(matches!(
             told.try_recv(),
             Ok(StreamCommand::Revoke(r)) if r.job == lost.job && r.cause == RevokeCause::LeaseLost
