@@ -59,11 +59,11 @@
 //! management runs on a blocking thread, beside diesel's migration harness.
 //!
 //! # Where things are
-//! - [`description`]: the types a schema is described with;
-//! - [`seed`]: [`SEED_SCHEMA`], the seed schema written down (data only);
-//! - [`live`]: reading a database's catalog ([`read_live_catalog`]);
-//! - [`diff`]: comparing the two ([`differences`]);
-//! - [`bookkeeping`]: the migration lock and diesel's table of applied
+//! - `description`: the types a schema is described with;
+//! - `seed`: [`SEED_SCHEMA`], the seed schema written down (data only);
+//! - `live`: reading a database's catalog ([`read_live_catalog`]);
+//! - `diff`: comparing the two ([`differences`]);
+//! - `bookkeeping`: the migration lock and diesel's table of applied
 //!   migrations.
 
 mod bookkeeping;

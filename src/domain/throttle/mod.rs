@@ -20,9 +20,9 @@
 //! takes, an attempt whose outcome was not recorded is given back when the
 //! guard drops.
 //!
-//! The limits and what they do to one counter are in [`policy`], the keys
-//! of an attempt in [`keys`], the counters of one attempt and the decision
-//! over them in [`counters`]; this file admits attempts and records their
+//! The limits and what they do to one counter are in `policy`, the keys
+//! of an attempt in `keys`, the counters of one attempt and the decision
+//! over them in `counters`; this file admits attempts and records their
 //! outcomes.
 
 mod counters;
