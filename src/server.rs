@@ -150,10 +150,7 @@ pub async fn serve(
     let (caps, budget) = message_limits(&state, &options);
 
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
-    let router = Server::builder()
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .http2_keepalive_interval(Some(options.keepalive_interval))
-        .http2_keepalive_timeout(Some(options.keepalive_timeout))
+    let router = transport(&options)
         .layer(AuthLayer::new(authorizer))
         .layer(MessageCapLayer::new(caps.clone(), budget))
         .add_service(health_service)
@@ -387,6 +384,15 @@ async fn run_until_shutdown(
             result
         }
     }
+}
+
+/// The HTTP/2 transport: streams per connection bounded, and every
+/// connection pinged so that a worker host that vanished is noticed.
+fn transport(options: &ServerOptions) -> Server {
+    Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
 }
 
 /// Accepted connections with Nagle off (small gRPC frames must not wait for
