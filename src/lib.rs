@@ -22,6 +22,7 @@ pub mod schema;
 pub mod seed;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod wire;
 /// A worker SDK: run this control plane's jobs from Rust (feature `worker`,
 /// on by default).

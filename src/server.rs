@@ -6,7 +6,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tonic::{
     server::NamedService,
-    transport::{Server, server::TcpIncoming},
+    transport::{
+        Server,
+        server::{Router, TcpIncoming},
+    },
 };
 
 use crate::{
@@ -115,28 +118,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
     state.auth.passwords.prepare().await?;
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    // One probe before serving, so that health answers for every service
-    // from the first call.
-    let mut database_health = health::DatabaseHealth::new(
-        reporter.clone(),
-        state.pool.clone(),
-        SERVICE_NAMES.to_vec(),
-        options
-            .health_check_interval
-            .max(Duration::from_millis(500)),
-    );
-    database_health.probe().await;
-    let monitor = tokio::spawn(database_health.run(options.health_check_interval));
-
-    let reflection = Reflection::new(&[
-        proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        // So that grpcurl (and any reflection client) can decode the
-        // google.rpc error details every error carries.
-        tonic_types::pb::FILE_DESCRIPTOR_SET,
-    ])
-    .map_err(|e| AppError::internal(format!("reflection: {e}")))?;
+    let (reporter, health_service, monitor) = start_health(&state, &options).await;
+    let reflection = reflection()?;
 
     let identity = Identity::new(&state.pool, &state.auth);
     let authorizer = Authorizer {
@@ -164,6 +147,91 @@ pub async fn serve(
         database_url: state.database_url.clone(),
     });
 
+    let (caps, budget) = message_limits(&state, &options);
+
+    let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let router = transport(&options)
+        .layer(AuthLayer::new(authorizer))
+        .layer(MessageCapLayer::new(caps.clone(), budget))
+        .add_service(health_service)
+        .add_service(reflection.v1())
+        .add_service(reflection.v1alpha());
+    let server = api_services(
+        router,
+        ApiParts {
+            identity: &identity,
+            jobs,
+            modules,
+            dispatcher: &dispatcher,
+            api_keys: ApiKeys::new(state.pool.clone()),
+        },
+        &caps,
+    )
+    .serve_with_incoming_shutdown(incoming(listener), async {
+        let _ = drain_started.await;
+    });
+    let result = run_until_shutdown(
+        server,
+        shutdown,
+        Drain {
+            signal: drain,
+            reporter: &reporter,
+            monitor: &monitor,
+            dispatcher: &dispatcher,
+            grace: options.shutdown_grace,
+        },
+    )
+    .await;
+    monitor.abort();
+    // Reports that arrived before the streams ended are settled before the
+    // pool goes away.
+    dispatcher.stop(dispatch_tasks).await;
+    background.cancel();
+    let _ = housekeeping.await;
+    result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
+}
+
+/// The health service, its reporter, and the task that keeps it in step
+/// with the database. One probe runs before serving, so that health answers
+/// for every service from the first call.
+async fn start_health(
+    state: &AppState,
+    options: &ServerOptions,
+) -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mut database_health = health::DatabaseHealth::new(
+        reporter.clone(),
+        state.pool.clone(),
+        SERVICE_NAMES.to_vec(),
+        options
+            .health_check_interval
+            .max(Duration::from_millis(500)),
+    );
+    database_health.probe().await;
+    let monitor = tokio::spawn(database_health.run(options.health_check_interval));
+    (reporter, health_service, monitor)
+}
+
+/// Reflection over this server's services, the health service, and the
+/// google.rpc error details every error carries (so that grpcurl, and any
+/// reflection client, can decode them).
+fn reflection() -> Result<Reflection, AppError> {
+    Reflection::new(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
+    ])
+    .map_err(|e| AppError::internal(format!("reflection: {e}")))
+}
+
+/// The limits every request is held to (each method's message cap, and the
+/// memory requests carrying JSON may hold at once), with a warning for each
+/// that refuses some requests the job settings allow.
+fn message_limits(state: &AppState, options: &ServerOptions) -> (MessageCaps, RequestBudget) {
     // Every message is held to its method's cap before it is buffered; the
     // library's per-service limit (the largest cap of the service) stays
     // behind it as a second line.
@@ -193,17 +261,29 @@ pub async fn serve(
              JOB_PAYLOAD_MAX_BYTES of one-key objects; such payloads will be refused"
         );
     }
+    (caps, budget)
+}
 
-    let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .http2_keepalive_interval(Some(options.keepalive_interval))
-        .http2_keepalive_timeout(Some(options.keepalive_timeout))
-        .layer(AuthLayer::new(authorizer))
-        .layer(MessageCapLayer::new(caps.clone(), budget))
-        .add_service(health_service)
-        .add_service(reflection.v1())
-        .add_service(reflection.v1alpha())
+/// What the `automation.v1` services are built from.
+struct ApiParts<'a> {
+    identity: &'a Identity,
+    jobs: Jobs,
+    modules: Modules,
+    dispatcher: &'a Dispatcher,
+    api_keys: ApiKeys,
+}
+
+/// Adds the `automation.v1` services to `router`, each with its decoding
+/// limit (the largest cap among its methods).
+fn api_services<L>(router: Router<L>, api: ApiParts<'_>, caps: &MessageCaps) -> Router<L> {
+    let ApiParts {
+        identity,
+        jobs,
+        modules,
+        dispatcher,
+        api_keys,
+    } = api;
+    router
         .add_service(
             pb::auth_service_server::AuthServiceServer::new(api::auth::AuthApi::new(
                 identity.sessions.clone(),
@@ -238,7 +318,7 @@ pub async fn serve(
         )
         .add_service(
             pb::api_key_service_server::ApiKeyServiceServer::new(api::api_keys::ApiKeyApi::new(
-                ApiKeys::new(state.pool.clone()),
+                api_keys,
             ))
             .max_decoding_message_size(caps.service_max("ApiKeyService")),
         )
@@ -248,20 +328,43 @@ pub async fn serve(
             ))
             .max_decoding_message_size(caps.service_max("AuditService")),
         )
-        .serve_with_incoming_shutdown(incoming(listener), async {
-            let _ = drain_started.await;
-        });
+}
+
+/// How the server drains once the shutdown signal comes.
+struct Drain<'a> {
+    /// Tells the transport to stop accepting connections.
+    signal: tokio::sync::oneshot::Sender<()>,
+    reporter: &'a tonic_health::server::HealthReporter,
+    monitor: &'a tokio::task::JoinHandle<()>,
+    dispatcher: &'a Dispatcher,
+    grace: Duration,
+}
+
+/// Runs `server` until it fails or `shutdown` completes, then drains: health
+/// says NOT_SERVING, workers are told to finish or release their jobs, and
+/// open calls get the grace period.
+async fn run_until_shutdown(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: impl Future<Output = ()>,
+    drain: Drain<'_>,
+) -> Result<(), tonic::transport::Error> {
+    let Drain {
+        signal,
+        reporter,
+        monitor,
+        dispatcher,
+        grace,
+    } = drain;
     tokio::pin!(server);
-    let result = tokio::select! {
+    tokio::select! {
         result = &mut server => result,
         () = shutdown => {
             // Load balancers stop sending work here; workers are told to
             // finish or release their jobs; new connections are refused; open
             // calls get the grace period, not forever.
             monitor.abort();
-            health::report_all(&reporter, SERVICE_NAMES, tonic_health::ServingStatus::NotServing).await;
-            let _ = drain.send(());
-            let grace = options.shutdown_grace;
+            health::report_all(reporter, SERVICE_NAMES, tonic_health::ServingStatus::NotServing).await;
+            let _ = signal.send(());
             let (result, ()) = tokio::join!(
                 async {
                     match tokio::time::timeout(grace, &mut server).await {
@@ -280,14 +383,16 @@ pub async fn serve(
             );
             result
         }
-    };
-    monitor.abort();
-    // Reports that arrived before the streams ended are settled before the
-    // pool goes away.
-    dispatcher.stop(dispatch_tasks).await;
-    background.cancel();
-    let _ = housekeeping.await;
-    result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
+    }
+}
+
+/// The HTTP/2 transport: streams per connection bounded, and every
+/// connection pinged so that a worker host that vanished is noticed.
+fn transport(options: &ServerOptions) -> Server {
+    Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
 }
 
 /// Accepted connections with Nagle off (small gRPC frames must not wait for

@@ -26,7 +26,7 @@ use crate::{
     },
     error::AppError,
     proto::automation_v1 as pb,
-    store::jobs::{ClaimFilter, LeaseRef},
+    store::jobs::ClaimFilter,
 };
 
 /// How long a new stream may take to say hello.
@@ -131,14 +131,8 @@ pub struct Registration {
     pub taken_back: usize,
 }
 
-/// What a stream held when it was unregistered.
-#[derive(Debug, Default)]
-pub struct Withdrawn {
-    /// Leased to it but never sent: not an attempt.
-    pub undelivered: Vec<LeaseRef>,
-    /// Sent (the transport took them): the worker may have them.
-    pub delivered: Vec<LeaseRef>,
-}
+/// What a stream held when it was unregistered (the registry sorts it).
+pub use super::registry::Withdrawn;
 
 /// Registers a stream within the caps; returns its registration and the
 /// capacity it was granted.
@@ -150,18 +144,14 @@ pub fn admit(
     outbox: Arc<Outbox>,
 ) -> Result<(Registration, usize), AppError> {
     let (commands, commands_rx) = mpsc::unbounded_channel();
-    let mut entry = StreamEntry::new(
+    let entry = StreamEntry::new(
         actor.caller.user_id,
         hello.worker_id.clone(),
         hello.filter.clone(),
         commands.clone(),
-    );
-    entry.outbox = Some(outbox.clone());
-    let admitted = shared
-        .registry
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .register(id, entry, hello.capacity);
+    )
+    .with_outbox(outbox.clone());
+    let admitted = shared.registry().register(id, entry, hello.capacity);
     if admitted.is_ok() {
         outbox.hold_slot(StreamSlot::new(shared, actor.caller.user_id));
     }
@@ -248,32 +238,15 @@ impl Registration {
     /// is settling) into never sent and sent. Assignments still queued, in
     /// the outbox or as commands, were never sent.
     pub fn withdraw(&mut self) -> Withdrawn {
-        let held = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unregister(self.id);
+        let held = self.shared.registry().unregister(self.id);
         let mut unsent = self.outbox.withdraw_assignments();
         while let Ok(command) = self.commands.try_recv() {
             if let StreamCommand::Assign(job) = command {
                 unsent.insert(job.id, job.attempts);
             }
         }
-        let mut withdrawn = Withdrawn::default();
-        for (job, attempt) in held {
-            let lease = LeaseRef {
-                job,
-                attempt,
-                stream: self.id,
-            };
-            if unsent.get(&job) == Some(&attempt) {
-                withdrawn.undelivered.push(lease);
-            } else {
-                withdrawn.delivered.push(lease);
-            }
-        }
-        self.taken_back += withdrawn.undelivered.len() + withdrawn.delivered.len();
+        let withdrawn = Withdrawn::sort(self.id, held, &unsent);
+        self.taken_back += withdrawn.len();
         withdrawn
     }
 }

@@ -33,11 +33,7 @@ pub async fn run(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let leases = shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .kept_by_server(window);
+        let leases = shared.registry().kept_by_server(window);
         if leases.is_empty() {
             continue;
         }
@@ -96,17 +92,13 @@ pub fn lose_in_background(shared: &Arc<Shared>, stream: Uuid, jobs: Vec<Uuid>) {
 /// get. Finds them and hands them back as never sent (they cost no
 /// attempt); returns how many.
 pub async fn give_back_unknown_leases(shared: &Arc<Shared>) -> Result<usize, AppError> {
-    let streams = shared
-        .registry
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .stream_ids();
+    let streams = shared.registry().stream_ids();
     if streams.is_empty() {
         return Ok(0);
     }
     let held = shared.leases.held_by(&streams).await?;
     let unknown: Vec<LeaseRef> = {
-        let registry = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = shared.registry();
         held.into_iter()
             .filter(|lease| !registry.accounts_for(lease))
             .collect()

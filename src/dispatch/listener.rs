@@ -10,7 +10,7 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use futures_util::StreamExt as _;
 
 use super::Shared;
-use crate::{domain::jobs::events::QueueEvent, store::jobs::CHANNEL};
+use crate::{domain::events::QueueEvent, store::jobs::CHANNEL};
 
 /// How long a probe of the connection may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

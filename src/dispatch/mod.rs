@@ -83,20 +83,14 @@ impl Shared {
     /// to be steady again before taking anyone's leases).
     pub fn note_db_failure(&self, error: &AppError) {
         tracing::warn!(%error, "a job dispatch operation failed on the database");
-        *self
-            .last_db_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *crate::sync::lock(&self.last_db_failure) = Some(Instant::now());
     }
 
     /// Whether the database has answered for long enough that every live
     /// stream has had a chance to heartbeat since it last failed.
     fn db_steady(&self) -> bool {
         let steady_after = self.settings.heartbeat_interval().mul_f32(1.5);
-        self.last_db_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none_or(|at| at.elapsed() >= steady_after)
+        crate::sync::lock(&self.last_db_failure).is_none_or(|at| at.elapsed() >= steady_after)
     }
 
     /// Re-checks the caller of an open stream: `Ok` while it may go on,
@@ -137,7 +131,7 @@ impl Shared {
     /// Tells the stream holding a lease that it is gone, if that stream is
     /// connected here.
     pub fn revoke(&self, revocation: Revocation) {
-        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self.registry();
         if registry.revoke(&revocation) {
             self.wake.notify_one();
         }
@@ -146,7 +140,7 @@ impl Shared {
     /// Registers freshly leased jobs with their streams and pushes them;
     /// returns the leases whose stream went away meanwhile.
     fn deliver(&self, jobs: Vec<JobRow>) -> Vec<LeaseRef> {
-        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self.registry();
         let mut orphans = Vec::new();
         for job in jobs {
             let lease = LeaseRef {
@@ -282,20 +276,11 @@ impl Dispatcher {
         let wall_deadline = std::time::SystemTime::now() + grace;
         self.shared.draining.cancel();
         {
-            let mut registry = self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut registry = self.shared.registry();
             registry.begin_drain(deadline, wall_deadline);
         }
         while Instant::now() < deadline {
-            let streams = self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .stream_count();
+            let streams = self.shared.registry().stream_count();
             if streams == 0 {
                 return;
             }
@@ -311,15 +296,6 @@ impl Dispatcher {
         for handle in tasks.handles {
             let _ = handle.await;
         }
-    }
-
-    /// Work streams connected here.
-    pub fn stream_count(&self) -> usize {
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stream_count()
     }
 }
 
@@ -445,11 +421,7 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 async fn claim_rounds(shared: &Arc<Shared>, claimer: &mut Claimer) -> Result<(), AppError> {
     let mut dry: std::collections::HashSet<ClaimFilter> = std::collections::HashSet::new();
     loop {
-        let demand = shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .demand(CLAIM_BATCH);
+        let demand = shared.registry().demand(CLAIM_BATCH);
         let mut claimed_any = false;
         for (filter, plan) in demand {
             if dry.contains(&filter) {

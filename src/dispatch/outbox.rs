@@ -100,13 +100,13 @@ impl std::fmt::Debug for Outbox {
 
 impl Outbox {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Holds `slot` (the stream's place among its caller's streams) until
     /// both halves of the stream are gone.
     pub fn hold_slot(&self, slot: impl Send + 'static) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(slot));
+        *crate::sync::lock(&self.slot) = Some(Box::new(slot));
     }
 
     /// Queues a message (dropped once the stream ends).

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Shared;
-use crate::{auth::caller::Caller, domain::sessions::Sessions, error::AppError};
+use crate::{auth::caller::Caller, domain::sessions::Sessions, error::AppError, sync::lock};
 
 /// Re-checks run by this process, for tests and benchmarks.
 pub(crate) static CALLER_RECHECKS: AtomicU64 = AtomicU64::new(0);
@@ -135,10 +135,6 @@ impl Entry {
             }
         })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Rechecks {

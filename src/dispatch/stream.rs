@@ -134,11 +134,7 @@ async fn serve(
     };
     session.push(work::welcome(id, &settings, granted));
     shared.wake.notify_one();
-    let draining = shared
-        .registry
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain_deadline();
+    let draining = shared.registry().drain_deadline();
     if let Some((deadline, wall)) = draining {
         session.on_command(StreamCommand::Drain {
             deadline,
@@ -255,12 +251,7 @@ impl Session<'_> {
             }
             StreamCommand::Revoke(revocation) => self.push(cancellation(&revocation)),
             StreamCommand::Settled { lease, outcome } => {
-                let held = self
-                    .shared
-                    .registry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .finish_report(&lease);
+                let held = self.shared.registry().finish_report(&lease);
                 if held {
                     self.shared.wake.notify_one();
                 }
@@ -288,12 +279,7 @@ impl Session<'_> {
                     .filter(|c| *c >= 1)
                     .ok_or_else(|| AppError::invalid("credit.credits", "must be at least 1"))?;
                 // Within the caps: more is not an error, just not granted.
-                let grew = self
-                    .shared
-                    .registry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .add_credit(stream, credits);
+                let grew = self.shared.registry().add_credit(stream, credits);
                 if grew {
                     self.shared.wake.notify_one();
                 }
@@ -313,15 +299,7 @@ impl Session<'_> {
                 self.submit(lease, ReportKind::Released).await
             }
             Some(Inbound::Drain(_)) => {
-                if let Some(entry) = self
-                    .shared
-                    .registry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(stream)
-                {
-                    entry.accepting = false;
-                }
+                self.shared.registry().stop_accepting(stream);
                 Ok(())
             }
         }
@@ -349,12 +327,7 @@ impl Session<'_> {
     }
 
     async fn submit(&mut self, lease: LeaseRef, kind: ReportKind) -> Result<(), Status> {
-        let started = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .start_report(&lease);
+        let started = self.shared.registry().start_report(&lease);
         match started {
             Ok(()) => {
                 let pending = PendingReport {
@@ -391,17 +364,8 @@ impl Session<'_> {
         }
         if self.heartbeat_due().is_some_and(|due| Instant::now() < due) {
             if !named.is_empty() {
-                let mut registry = self
-                    .shared
-                    .registry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(entry) = registry.get_mut(stream) {
-                    self.pending_beat
-                        .extend(named.into_iter().filter(|(job, attempt)| {
-                            entry.held.get(job).is_some_and(|h| h.attempt == *attempt)
-                        }));
-                }
+                self.shared.registry().retain_held(stream, &mut named);
+                self.pending_beat.extend(named);
             }
             return Ok(());
         }
@@ -441,21 +405,8 @@ impl Session<'_> {
     async fn write_heartbeat(&mut self, named: HashSet<(Uuid, i32)>) -> Result<(), Status> {
         let stream = self.id();
         // Only what the stream holds now, and only those named if any were.
-        let checked: Vec<(Uuid, i32)> = {
-            let mut registry = self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let Some(entry) = registry.get_mut(stream) else {
-                return Ok(());
-            };
-            entry
-                .held
-                .iter()
-                .filter(|(job, held)| named.is_empty() || named.contains(&(**job, held.attempt)))
-                .map(|(job, held)| (*job, held.attempt))
-                .collect()
+        let Some(checked) = self.shared.registry().to_extend(stream, &named) else {
+            return Ok(());
         };
         self.last_heartbeat = Some(Instant::now());
         if checked.is_empty() {
@@ -464,18 +415,12 @@ impl Session<'_> {
         let ids: Vec<Uuid> = checked.iter().map(|(job, _)| *job).collect();
         match self.shared.leases.extend(stream, Some(&ids)).await {
             Ok(extended) => {
-                let checked_set: HashSet<(Uuid, i32)> = checked.iter().copied().collect();
-                let still: HashSet<Uuid> = extended
-                    .iter()
-                    .filter(|e| checked_set.contains(&(e.id, e.attempts)))
-                    .map(|e| e.id)
-                    .collect();
+                let extended: HashSet<(Uuid, i32)> =
+                    extended.iter().map(|e| (e.id, e.attempts)).collect();
                 let lost = self
                     .shared
-                    .registry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .reconcile(stream, &checked, &still);
+                    .registry()
+                    .reconcile(stream, &checked, &extended);
                 if lost > 0 {
                     self.shared.wake.notify_one();
                 }
@@ -514,14 +459,7 @@ impl Session<'_> {
 
     /// Whether the server drains and the stream holds nothing any more.
     fn drained(&self) -> bool {
-        self.drain_deadline.is_some()
-            && self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(self.id())
-                .is_none_or(|entry| entry.held.is_empty())
+        self.drain_deadline.is_some() && self.shared.registry().holds_nothing(self.id())
     }
 
     /// Ends a draining stream: what it still holds goes back to the queue,

@@ -396,7 +396,7 @@ impl Sampler {
 
     /// True for the first event of `key` in its window (write it now).
     fn admit(&self, key: String, row: &AuditLogRow, now: Instant) -> bool {
-        let mut state = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = crate::sync::lock(&self.windows);
         if state
             .firsts_since
             .is_none_or(|since| now.duration_since(since) >= self.window)
@@ -443,7 +443,7 @@ impl Sampler {
     /// Summary rows of windows that ended with suppressed events; ended
     /// windows are forgotten.
     fn take_ended(&self, now: Instant, everything: bool) -> Vec<AuditLogRow> {
-        let mut state = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = crate::sync::lock(&self.windows);
         let mut summaries = std::mem::take(&mut state.ended);
         state.open.retain(|key, window| {
             let ended = everything || now.duration_since(window.started) >= self.window;

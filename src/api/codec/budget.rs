@@ -87,7 +87,7 @@ impl Pool {
     }
 
     fn try_take(self: &Arc<Self>, bytes: usize) -> Option<Lease> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = crate::sync::lock(&self.free);
         (*free >= bytes).then(|| {
             *free -= bytes;
             Lease {
@@ -117,7 +117,7 @@ impl Pool {
     }
 
     fn free(&self) -> usize {
-        *self.free.lock().unwrap_or_else(|e| e.into_inner())
+        *crate::sync::lock(&self.free)
     }
 }
 
@@ -130,7 +130,7 @@ pub struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        *self.pool.free.lock().unwrap_or_else(|e| e.into_inner()) += self.bytes;
+        *crate::sync::lock(&self.pool.free) += self.bytes;
         self.pool.released.notify_waiters();
     }
 }
@@ -230,7 +230,7 @@ pub struct Hold(Arc<Mutex<Vec<Lease>>>);
 impl Hold {
     /// Keeps `lease` until the call ends.
     pub fn keep(&self, lease: Lease) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(lease);
+        crate::sync::lock(&self.0).push(lease);
     }
 }
 

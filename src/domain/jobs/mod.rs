@@ -13,9 +13,6 @@
 pub mod leases;
 mod settings;
 
-/// The queue's notifications, at home below the queue and the registry
-/// (both send them); kept at this path for the dispatcher's registry.
-pub use super::events;
 pub use settings::{JobSettings, StreamLimits};
 
 use std::sync::Arc;

@@ -151,9 +151,7 @@ impl ManifestCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The cache holds no invariant a panic elsewhere could break halfway
         // that matters more than serving: take it back from a poisoned lock.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 }
 

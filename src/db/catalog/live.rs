@@ -1,0 +1,280 @@
+//! Reading a live database: what it holds of a described schema's tables
+//! and enum types, read through `pg_catalog` (see the module above for
+//! why).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use diesel::{
+    QueryResult, QueryableByName, RunQueryDsl as _,
+    connection::LoadConnection,
+    pg::Pg,
+    sql_query,
+    sql_types::{Array, Bool, Nullable, Text},
+};
+
+use super::description::{ReferentialAction, SchemaDescription};
+
+/// What a database holds of a described schema's tables and enum types.
+#[derive(Debug, Default, Clone)]
+pub struct LiveCatalog {
+    pub(super) tables: BTreeSet<String>,
+    /// Keyed by (table, column).
+    pub(super) columns: BTreeMap<(String, String), LiveColumn>,
+    /// Keyed by (table, constraint name).
+    pub(super) constraints: BTreeMap<(String, String), LiveConstraint>,
+    /// Keyed by (table, index name).
+    pub(super) indexes: BTreeMap<(String, String), LiveIndex>,
+    /// Labels by enum type name.
+    pub(super) enums: BTreeMap<String, Vec<String>>,
+}
+
+impl LiveCatalog {
+    /// Whether the database holds any of the schema's tables or enum types:
+    /// then it is not empty ground for migration 1, and must be compared.
+    pub fn holds_any_of(&self, schema: &SchemaDescription) -> bool {
+        schema.tables.iter().any(|t| self.tables.contains(t.name))
+            || schema.enums.iter().any(|e| self.enums.contains_key(e.name))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LiveColumn {
+    pub(super) data_type: String,
+    pub(super) nullable: bool,
+    pub(super) default: Option<String>,
+    /// `GENERATED … AS IDENTITY` or `GENERATED ALWAYS AS (…) STORED`.
+    pub(super) generated: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LiveConstraint {
+    /// `p` primary key, `f` foreign key, `u` unique, `c` check, `x` exclusion.
+    pub(super) kind: String,
+    pub(super) columns: Vec<String>,
+    pub(super) referenced_table: Option<String>,
+    pub(super) referenced_columns: Vec<String>,
+    pub(super) on_delete: Option<ReferentialAction>,
+    pub(super) on_update: Option<ReferentialAction>,
+    /// As `pg_get_constraintdef` prints it, for messages.
+    pub(super) definition: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LiveIndex {
+    pub(super) unique: bool,
+    pub(super) definition: String,
+}
+
+#[derive(QueryableByName)]
+struct NameRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct ColumnRow {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+    #[diesel(sql_type = Bool)]
+    nullable: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    default_value: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    generated: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct ConstraintRow {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    constraint_name: String,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Array<Text>)]
+    columns: Vec<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    referenced_table: Option<String>,
+    #[diesel(sql_type = Array<Text>)]
+    referenced_columns: Vec<String>,
+    #[diesel(sql_type = Text)]
+    on_delete: String,
+    #[diesel(sql_type = Text)]
+    on_update: String,
+    #[diesel(sql_type = Text)]
+    definition: String,
+}
+
+#[derive(QueryableByName)]
+struct IndexRow {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    index_name: String,
+    #[diesel(sql_type = Bool)]
+    is_unique: bool,
+    #[diesel(sql_type = Text)]
+    definition: String,
+}
+
+#[derive(QueryableByName)]
+struct EnumRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Array<Text>)]
+    labels: Vec<String>,
+}
+
+/// Ordinary and partitioned tables of the current schema among `$1`.
+const TABLES_SQL: &str = "
+    SELECT c.relname::text AS name
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema()
+      AND c.relkind IN ('r', 'p')
+      AND c.relname = ANY ($1)";
+
+/// Live columns of the tables `$1`. A generated column keeps its expression
+/// where defaults are kept, and an identity column has no default at all;
+/// both are read as their generation instead, since inserts treat them
+/// differently from a column with a default.
+const COLUMNS_SQL: &str = "
+    SELECT c.relname::text AS table_name,
+           a.attname::text AS column_name,
+           format_type(a.atttypid, a.atttypmod) AS data_type,
+           NOT a.attnotnull AS nullable,
+           CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS default_value,
+           CASE
+               WHEN a.attidentity = 'a' THEN 'GENERATED ALWAYS AS IDENTITY'
+               WHEN a.attidentity = 'd' THEN 'GENERATED BY DEFAULT AS IDENTITY'
+               WHEN a.attgenerated = 's'
+                   THEN 'GENERATED ALWAYS AS (' || pg_get_expr(d.adbin, d.adrelid) || ') STORED'
+           END AS generated
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE n.nspname = current_schema()
+      AND c.relkind IN ('r', 'p')
+      AND c.relname = ANY ($1)
+      AND a.attnum > 0
+      AND NOT a.attisdropped";
+
+/// Every constraint on the tables `$1` except NOT NULL (which PostgreSQL 15
+/// keeps on the column): primary and foreign keys with their columns in key
+/// order, and anything else with its definition.
+const CONSTRAINTS_SQL: &str = "
+    SELECT t.relname::text AS table_name,
+           k.conname::text AS constraint_name,
+           k.contype::text AS kind,
+           ARRAY(SELECT a.attname::text
+                 FROM unnest(k.conkey) WITH ORDINALITY AS key(attnum, position)
+                 JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = key.attnum
+                 ORDER BY key.position) AS columns,
+           r.relname::text AS referenced_table,
+           ARRAY(SELECT a.attname::text
+                 FROM unnest(k.confkey) WITH ORDINALITY AS key(attnum, position)
+                 JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = key.attnum
+                 ORDER BY key.position) AS referenced_columns,
+           k.confdeltype::text AS on_delete,
+           k.confupdtype::text AS on_update,
+           pg_get_constraintdef(k.oid) AS definition
+    FROM pg_constraint k
+    JOIN pg_class t ON t.oid = k.conrelid
+    JOIN pg_namespace n ON n.oid = t.relnamespace
+    LEFT JOIN pg_class r ON r.oid = k.confrelid
+    WHERE n.nspname = current_schema()
+      AND t.relname = ANY ($1)";
+
+/// Indexes on the tables `$1`, except those that back a primary key, unique
+/// or exclusion constraint (compared as constraints). The definition is what
+/// `pg_get_indexdef` prints after `USING`: method, keys, INCLUDE, WHERE.
+const INDEXES_SQL: &str = "
+    SELECT t.relname::text AS table_name,
+           i.relname::text AS index_name,
+           x.indisunique AS is_unique,
+           substring(pg_get_indexdef(x.indexrelid) FROM ' USING (.*)$') AS definition
+    FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid
+    JOIN pg_class t ON t.oid = x.indrelid
+    JOIN pg_namespace n ON n.oid = t.relnamespace
+    WHERE n.nspname = current_schema()
+      AND t.relname = ANY ($1)
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+                      WHERE k.conindid = x.indexrelid
+                        AND k.conrelid = x.indrelid
+                        AND k.contype IN ('p', 'u', 'x'))";
+
+/// Enum types of the current schema among `$1`, with labels in sort order.
+const ENUMS_SQL: &str = "
+    SELECT t.typname::text AS name,
+           ARRAY(SELECT e.enumlabel::text FROM pg_enum e
+                 WHERE e.enumtypid = t.oid
+                 ORDER BY e.enumsortorder) AS labels
+    FROM pg_type t
+    JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE n.nspname = current_schema()
+      AND t.typtype = 'e'
+      AND t.typname = ANY ($1)";
+
+/// Reads what the database holds of `schema`'s tables and enum types.
+///
+/// Synchronous: schema management runs on a blocking thread (diesel's
+/// migration harness is synchronous), so it reads on that same connection.
+pub fn read_live_catalog<C>(conn: &mut C, schema: &SchemaDescription) -> QueryResult<LiveCatalog>
+where
+    C: LoadConnection<Backend = Pg>,
+{
+    let tables = schema.table_names();
+    let in_tables = |sql: &'static str| sql_query(sql).bind::<Array<Text>, _>(tables.clone());
+
+    let mut live = LiveCatalog::default();
+    for row in in_tables(TABLES_SQL).load::<NameRow>(conn)? {
+        live.tables.insert(row.name);
+    }
+    for row in in_tables(COLUMNS_SQL).load::<ColumnRow>(conn)? {
+        live.columns.insert(
+            (row.table_name, row.column_name),
+            LiveColumn {
+                data_type: row.data_type,
+                nullable: row.nullable,
+                default: row.default_value,
+                generated: row.generated,
+            },
+        );
+    }
+    for row in in_tables(CONSTRAINTS_SQL).load::<ConstraintRow>(conn)? {
+        live.constraints.insert(
+            (row.table_name, row.constraint_name),
+            LiveConstraint {
+                kind: row.kind,
+                columns: row.columns,
+                referenced_table: row.referenced_table,
+                referenced_columns: row.referenced_columns,
+                on_delete: ReferentialAction::from_catalog_code(&row.on_delete),
+                on_update: ReferentialAction::from_catalog_code(&row.on_update),
+                definition: row.definition,
+            },
+        );
+    }
+    for row in in_tables(INDEXES_SQL).load::<IndexRow>(conn)? {
+        live.indexes.insert(
+            (row.table_name, row.index_name),
+            LiveIndex {
+                unique: row.is_unique,
+                definition: row.definition,
+            },
+        );
+    }
+    let enums = sql_query(ENUMS_SQL)
+        .bind::<Array<Text>, _>(schema.enum_names())
+        .load::<EnumRow>(conn)?;
+    for row in enums {
+        live.enums.insert(row.name, row.labels);
+    }
+    Ok(live)
+}
