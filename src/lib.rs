@@ -20,9 +20,5 @@ pub mod schema;
 pub mod seed;
 pub mod server;
 pub mod store;
-/// A worker SDK: run this control plane's jobs from Rust (feature `worker`,
-/// on by default).
-#[cfg(feature = "worker")]
-pub mod worker;
 
 pub use error::AppError;

@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status, transport::Channel};
 use uuid::Uuid;
 
-use super::{Job, JobError, JobResult, Worker};
-use crate::{
-    api::json::{json_to_struct, json_to_value, struct_to_json},
-    proto::automation_v1::{
+use crate::{Job, JobError, JobResult, Worker};
+use automation_protocol::{
+    automation_v1::{
         self as pb, job_service_client::JobServiceClient, work_request::Kind as Out,
         work_response::Kind as In,
     },
+    json::{json_to_struct, json_to_value, struct_to_json},
 };
 
 /// How a stream ended.
@@ -228,7 +228,7 @@ pub(super) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
 
 /// The job of an assignment and its handler; `None` for a type this worker
 /// has no handler for (never assigned: the hello names the types).
-fn job_of(worker: &Worker, assignment: pb::JobAssignment) -> Option<(Job, super::BoxedHandler)> {
+fn job_of(worker: &Worker, assignment: pb::JobAssignment) -> Option<(Job, crate::BoxedHandler)> {
     let job = assignment.job?;
     let handler = worker.handlers.get(&job.name)?.clone();
     let job = Job {

@@ -7,9 +7,9 @@
 //! it takes nothing new and finishes what it holds.
 //!
 //! ```no_run
-//! use automation_control_plane::worker::{JobError, Worker};
+//! use automation_worker::{JobError, Worker};
 //!
-//! # async fn run() -> Result<(), automation_control_plane::worker::WorkerError> {
+//! # async fn run() -> Result<(), automation_worker::WorkerError> {
 //! let worker = Worker::builder("http://127.0.0.1:50051", std::env::var("API_KEY").unwrap())
 //!     .concurrency(8)
 //!     .handle("backup.run", |job| async move {
@@ -124,7 +124,9 @@ pub enum WorkerError {
 /// How reconnection waits: `base · 2^n`, at most `cap`, with ±50 % jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first wait.
     pub base: Duration,
+    /// The longest wait.
     pub cap: Duration,
 }
 
