@@ -1,9 +1,11 @@
-//! Compiles the `automation.v1` contract without a system `protoc` and turns
-//! each RPC's `(automation.v1.access)` option into a table the server enforces.
-//! A method without an access option, or with one that grants nothing
-//! (`public: false`, an empty permission), fails the build: no RPC ships
-//! unguarded or guarded by a rule nobody meant. Likewise every string and
-//! repeated field a request can carry must declare `(automation.v1.limit)`.
+//! Turns the `automation.v1` contract, as the `automation-protocol` crate
+//! compiled it, into what only the server needs: gRPC servers whose codec
+//! checks every request (`crate::api::codec::CheckedCodec`), and two tables.
+//! Each RPC's `(automation.v1.access)` option becomes a row the server
+//! enforces; a method without an access option, or with one that grants
+//! nothing (`public: false`, an empty permission), fails the build: no RPC
+//! ships unguarded or guarded by a rule nobody meant. Likewise every string
+//! and repeated field a request can carry must declare `(automation.v1.limit)`.
 
 use std::{collections::BTreeSet, env, fmt::Write as _, fs, path::PathBuf};
 
@@ -12,50 +14,37 @@ use prost_reflect::{
     OneofDescriptor, Value,
 };
 
-const PROTO_ROOT: &str = "proto";
 const PACKAGE: &str = "automation.v1";
-const PROTO_FILES: &[&str] = &[
-    "automation/v1/options.proto",
-    "automation/v1/users.proto",
-    "automation/v1/auth.proto",
-    "automation/v1/roles.proto",
-    "automation/v1/modules.proto",
-    "automation/v1/jobs.proto",
-    "automation/v1/audit.proto",
-    "automation/v1/api_keys.proto",
-];
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+type BuildResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> BuildResult<()> {
+    // The protocol crate's build script names its encoded descriptor set
+    // (extension options intact) through cargo's `links` metadata: the tables
+    // describe exactly the types the server links.
+    let descriptor_path = env::var("DEP_AUTOMATION_PROTOCOL_DESCRIPTOR_SET")?;
+    println!("cargo:rerun-if-changed={descriptor_path}");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-
-    let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
-    compiler.include_source_info(true).include_imports(true);
-    compiler.open_files(PROTO_FILES)?;
-    // Encoded with extension options intact (the access rules and field
-    // limits), for reflection; the prost_types set below drops them and only
-    // feeds code generation.
-    fs::write(
-        out_dir.join("automation_v1_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
-    let descriptor_set = compiler.file_descriptor_set();
-    let pool = compiler.descriptor_pool();
+    let pool = DescriptorPool::decode(fs::read(&descriptor_path)?.as_slice())?;
     fs::write(out_dir.join("access_policies.rs"), access_table(&pool)?)?;
     fs::write(out_dir.join("field_limits.rs"), field_limits(&pool)?)?;
 
+    // Only the services: messages and clients are the protocol crate's.
     tonic_prost_build::configure()
-        .build_client(true)
+        .build_client(false)
         .build_server(true)
-        // Every message a server or client decodes is checked against the
-        // declared field limits before any handler sees it.
+        .extern_path(".automation.v1", "::automation_protocol::automation_v1")
+        // Every message a server decodes is checked against the declared
+        // field limits before any handler sees it.
         .codec_path("crate::api::codec::CheckedCodec")
-        .compile_fds(descriptor_set)?;
+        .compile_fds(tonic_prost_build::FileDescriptorSet {
+            file: pool.file_descriptor_protos().cloned().collect(),
+        })?;
     Ok(())
 }
 
 /// Renders `METHOD_ACCESS`: one `(grpc path, rule)` row per RPC.
-fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
+fn access_table(pool: &DescriptorPool) -> BuildResult<String> {
     let access = pool
         .get_extension_by_name("automation.v1.access")
         .ok_or("extension automation.v1.access is not defined")?;
@@ -85,7 +74,7 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
 /// that grant something on purpose pass: `public: false` or
 /// `authenticated: false` would otherwise read as "public"/"authenticated"
 /// (the oneof is set either way), and an empty permission names nothing.
-fn access_rule(path: &str, policy: &DynamicMessage) -> Result<String, Box<dyn std::error::Error>> {
+fn access_rule(path: &str, policy: &DynamicMessage) -> BuildResult<String> {
     let Some((field, value)) = policy.fields().next() else {
         return Err(format!("{path}: (automation.v1.access) names no rule").into());
     };
@@ -113,10 +102,26 @@ fn access_rule(path: &str, policy: &DynamicMessage) -> Result<String, Box<dyn st
 /// checks for messages a request can carry (every string and repeated field
 /// must declare `(automation.v1.limit)`, or the build fails), no-ops for the
 /// rest (responses), so that one codec serves every RPC.
-fn field_limits(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
+fn field_limits(pool: &DescriptorPool) -> BuildResult<String> {
     let limit = pool
         .get_extension_by_name("automation.v1.limit")
         .ok_or("extension automation.v1.limit is not defined")?;
+    let requests = request_messages(pool);
+    let mut code = String::new();
+    for message in pool.all_messages().filter(|m| m.package_name() == PACKAGE) {
+        let body = if requests.contains(message.full_name()) {
+            Some(message_checks(&message, &limit)?)
+        } else {
+            None
+        };
+        code.push_str(&check_limits_impl(&rust_path(&message), body.as_deref()));
+    }
+    Ok(code)
+}
+
+/// The full names of the package's messages a request can carry: every
+/// RPC's input and, transitively, the package's messages in their fields.
+fn request_messages(pool: &DescriptorPool) -> BTreeSet<String> {
     let mut reachable = BTreeSet::new();
     let mut queue: Vec<MessageDescriptor> = pool
         .services()
@@ -133,125 +138,129 @@ fn field_limits(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
             }
         }
     }
+    reachable
+}
 
-    let mut code = String::new();
-    for message in pool.all_messages().filter(|m| m.package_name() == PACKAGE) {
-        let rust_type = rust_path(&message);
-        if !reachable.contains(message.full_name()) {
-            writeln!(
-                code,
-                "impl CheckLimits for {rust_type} {{\n    fn check_limits(&self, _at: &str) -> Result<(), AppError> {{\n        Ok(())\n    }}\n}}\n"
-            )?;
+/// `impl CheckLimits` for one message: `body` holds the statements checking
+/// its fields; without one the impl checks nothing.
+fn check_limits_impl(rust_type: &str, body: Option<&str>) -> String {
+    match body {
+        None => format!(
+            "impl CheckLimits for {rust_type} {{\n    fn check_limits(&self, _at: &str) -> Result<(), AppError> {{\n        Ok(())\n    }}\n}}\n\n"
+        ),
+        Some(body) => format!(
+            "impl CheckLimits for {rust_type} {{\n    fn check_limits(&self, at: &str) -> Result<(), AppError> {{\n        let _ = at;\n{body}        Ok(())\n    }}\n}}\n\n"
+        ),
+    }
+}
+
+/// The statements checking every field of a request message: the plain
+/// fields in order, then one `match` per oneof.
+fn message_checks(message: &MessageDescriptor, limit: &ExtensionDescriptor) -> BuildResult<String> {
+    let mut body = String::new();
+    let mut oneofs: Vec<OneofDescriptor> = Vec::new();
+    for field in message.fields() {
+        let where_ = format!("{}.{}", message.full_name(), field.name());
+        let bounds = field_bound(&field, limit, &where_)?;
+        if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+            if !oneofs.iter().any(|o| o.full_name() == oneof.full_name()) {
+                oneofs.push(oneof);
+            }
             continue;
         }
-        let mut body = String::new();
-        let mut oneofs: Vec<OneofDescriptor> = Vec::new();
-        for field in message.fields() {
-            let where_ = format!("{}.{}", message.full_name(), field.name());
-            let bounds = field_bound(&field, &limit, &where_)?;
-            if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
-                if !oneofs.iter().any(|o| o.full_name() == oneof.full_name()) {
-                    oneofs.push(oneof);
-                }
-                continue;
-            }
-            let name = field.name();
-            let member = rust_field(name);
-            let optional = field.supports_presence() && !matches!(field.kind(), Kind::Message(_));
-            match (field.kind(), field.is_list()) {
-                (Kind::String, false) => {
-                    let check = format!("check_str(at, {name:?}, value, {})?;", bounds.text()?);
-                    if optional {
-                        writeln!(
-                            body,
-                            "        if let Some(value) = &self.{member} {{ {check} }}"
-                        )?;
-                    } else {
-                        writeln!(body, "        {{ let value = &self.{member}; {check} }}")?;
-                    }
-                }
-                (Kind::String, true) => {
-                    writeln!(
-                        body,
-                        "        check_items(at, {name:?}, self.{member}.len(), {})?;\n        for (index, value) in self.{member}.iter().enumerate() {{ check_str_item(at, {name:?}, index, value, {})?; }}",
-                        bounds.items()?,
-                        bounds.text()?
-                    )?;
-                }
-                (Kind::Message(inner), list) => {
-                    let quoted = format!("{name:?}");
-                    if list {
-                        writeln!(
-                            body,
-                            "        check_items(at, {name:?}, self.{member}.len(), {})?;",
-                            bounds.items()?
-                        )?;
-                        if let Some(check) =
-                            message_check(&inner, "value", "&item_path(at, NAME, index)")
-                        {
-                            let check = check.replace("NAME", &quoted);
-                            writeln!(
-                                body,
-                                "        for (index, value) in self.{member}.iter().enumerate() {{ {check} }}"
-                            )?;
-                        }
-                    } else if let Some(check) =
-                        message_check(&inner, "value", "&field_path(at, NAME)")
-                    {
-                        let check = check.replace("NAME", &quoted);
-                        writeln!(
-                            body,
-                            "        if let Some(value) = &self.{member} {{ {check} }}"
-                        )?;
-                    }
-                }
-                (_, true) => {
-                    writeln!(
-                        body,
-                        "        check_items(at, {name:?}, self.{member}.len(), {})?;",
-                        bounds.items()?
-                    )?;
-                }
-                (_, false) => {}
-            }
-        }
-        for oneof in oneofs {
-            let enum_path = format!("{}::{}", rust_module(&message), upper_camel(oneof.name()));
-            let mut arms = String::new();
-            for field in oneof.fields() {
-                let variant = upper_camel(field.name());
-                let name = field.name();
-                let where_ = format!("{}.{}", message.full_name(), name);
-                let check = match field.kind() {
-                    Kind::String => Some(format!(
-                        "check_str(at, {name:?}, value, {})?;",
-                        field_bound(&field, &limit, &where_)?.text()?
-                    )),
-                    Kind::Message(inner) => message_check(&inner, "value", "&field_path(at, NAME)")
-                        .map(|c| c.replace("NAME", &format!("{name:?}"))),
-                    _ => None,
-                };
-                if let Some(check) = check {
-                    writeln!(
-                        arms,
-                        "            Some({enum_path}::{variant}(value)) => {{ {check} }}"
-                    )?;
-                }
-            }
-            if !arms.is_empty() {
-                writeln!(
-                    body,
-                    "        match &self.{} {{\n{arms}            _ => {{}}\n        }}",
-                    rust_field(oneof.name())
-                )?;
-            }
-        }
-        writeln!(
-            code,
-            "impl CheckLimits for {rust_type} {{\n    fn check_limits(&self, at: &str) -> Result<(), AppError> {{\n        let _ = at;\n{body}        Ok(())\n    }}\n}}\n"
-        )?;
+        body.push_str(&field_check(&field, &bounds)?);
     }
-    Ok(code)
+    for oneof in oneofs {
+        body.push_str(&oneof_check(message, &oneof, limit)?);
+    }
+    Ok(body)
+}
+
+/// The statements checking one field outside a oneof: a string's length (if
+/// set, for an optional one), a repeated field's count and each of its
+/// elements, a message's own fields.
+fn field_check(field: &FieldDescriptor, bounds: &Bound) -> Result<String, String> {
+    let name = field.name();
+    let member = rust_field(name);
+    let quoted = format!("{name:?}");
+    let optional = field.supports_presence() && !matches!(field.kind(), Kind::Message(_));
+    Ok(match (field.kind(), field.is_list()) {
+        (Kind::String, false) => {
+            let check = format!("check_str(at, {quoted}, value, {})?;", bounds.text()?);
+            if optional {
+                format!("        if let Some(value) = &self.{member} {{ {check} }}\n")
+            } else {
+                format!("        {{ let value = &self.{member}; {check} }}\n")
+            }
+        }
+        (Kind::String, true) => format!(
+            "        check_items(at, {quoted}, self.{member}.len(), {})?;\n        for (index, value) in self.{member}.iter().enumerate() {{ check_str_item(at, {quoted}, index, value, {})?; }}\n",
+            bounds.items()?,
+            bounds.text()?
+        ),
+        (Kind::Message(inner), true) => {
+            let mut lines = format!(
+                "        check_items(at, {quoted}, self.{member}.len(), {})?;\n",
+                bounds.items()?
+            );
+            if let Some(check) = message_check(&inner, "value", "&item_path(at, NAME, index)") {
+                let check = check.replace("NAME", &quoted);
+                lines.push_str(&format!(
+                    "        for (index, value) in self.{member}.iter().enumerate() {{ {check} }}\n"
+                ));
+            }
+            lines
+        }
+        (Kind::Message(inner), false) => message_check(&inner, "value", "&field_path(at, NAME)")
+            .map(|check| {
+                let check = check.replace("NAME", &quoted);
+                format!("        if let Some(value) = &self.{member} {{ {check} }}\n")
+            })
+            .unwrap_or_default(),
+        (_, true) => format!(
+            "        check_items(at, {quoted}, self.{member}.len(), {})?;\n",
+            bounds.items()?
+        ),
+        (_, false) => String::new(),
+    })
+}
+
+/// A `match` checking whichever member of a oneof is set; nothing when no
+/// member has anything to check.
+fn oneof_check(
+    message: &MessageDescriptor,
+    oneof: &OneofDescriptor,
+    limit: &ExtensionDescriptor,
+) -> BuildResult<String> {
+    let enum_path = format!("{}::{}", rust_module(message), upper_camel(oneof.name()));
+    let mut arms = String::new();
+    for field in oneof.fields() {
+        let variant = upper_camel(field.name());
+        let name = field.name();
+        let where_ = format!("{}.{}", message.full_name(), name);
+        let check = match field.kind() {
+            Kind::String => Some(format!(
+                "check_str(at, {name:?}, value, {})?;",
+                field_bound(&field, limit, &where_)?.text()?
+            )),
+            Kind::Message(inner) => message_check(&inner, "value", "&field_path(at, NAME)")
+                .map(|c| c.replace("NAME", &format!("{name:?}"))),
+            _ => None,
+        };
+        if let Some(check) = check {
+            writeln!(
+                arms,
+                "            Some({enum_path}::{variant}(value)) => {{ {check} }}"
+            )?;
+        }
+    }
+    if arms.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!(
+        "        match &self.{} {{\n{arms}            _ => {{}}\n        }}\n",
+        rust_field(oneof.name())
+    ))
 }
 
 /// What `(automation.v1.limit)` says of one field.

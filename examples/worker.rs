@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use automation_control_plane::worker::{JobError, Worker};
+use automation_worker::{JobError, Worker};
 use serde_json::json;
 
 #[tokio::main]

@@ -24,9 +24,5 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod wire;
-/// A worker SDK: run this control plane's jobs from Rust (feature `worker`,
-/// on by default).
-#[cfg(feature = "worker")]
-pub mod worker;
 
 pub use error::AppError;

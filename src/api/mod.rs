@@ -15,12 +15,6 @@ pub mod modules;
 pub mod roles;
 pub mod users;
 
-/// Where the worker SDK (`crate::worker`) found the JSON conversions before
-/// they moved to [`crate::wire::json`]; goes when the SDK becomes a crate
-/// of its own.
-#[cfg(feature = "worker")]
-pub(crate) use crate::wire::json;
-
 use crate::{
     auth::caller::{caller_of, client_of},
     domain::Actor,

@@ -6,10 +6,8 @@ use crate::common;
 
 use std::{sync::Arc, time::Duration};
 
-use automation_control_plane::{
-    proto::automation_v1 as pb,
-    worker::{JobError, Worker, WorkerError},
-};
+use automation_control_plane::proto::automation_v1 as pb;
+use automation_worker::{JobError, Worker, WorkerError};
 use common::{JobServiceClient, TestApp, authed, new_job};
 use serde_json::json;
 use tokio::sync::{Notify, oneshot};

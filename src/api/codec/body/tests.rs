@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    api::{codec::budget::BudgetSettings, json::json_to_struct},
-    proto::automation_v1 as pb,
+    api::codec::budget::BudgetSettings, proto::automation_v1 as pb, wire::json::json_to_struct,
 };
 
 fn framed(len: u32) -> Vec<u8> {

@@ -7,9 +7,9 @@
 //! it takes nothing new and finishes what it holds.
 //!
 //! ```no_run
-//! use automation_control_plane::worker::{JobError, Worker};
+//! use automation_worker::{JobError, Worker};
 //!
-//! # async fn run() -> Result<(), automation_control_plane::worker::WorkerError> {
+//! # async fn run() -> Result<(), automation_worker::WorkerError> {
 //! let worker = Worker::builder("http://127.0.0.1:50051", std::env::var("API_KEY").unwrap())
 //!     .concurrency(8)
 //!     .handle("backup.run", |job| async move {
@@ -124,7 +124,9 @@ pub enum WorkerError {
 /// How reconnection waits: `base · 2^n`, at most `cap`, with ±50 % jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first wait.
     pub base: Duration,
+    /// The longest wait.
     pub cap: Duration,
 }
 
@@ -314,5 +316,36 @@ impl Worker {
                 run.await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_around_it() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        for (failures, nominal) in [(0, 100), (1, 200), (3, 800), (4, 1000), (40, 1000)] {
+            let nominal = Duration::from_millis(nominal);
+            for _ in 0..20 {
+                let delay = backoff.delay(failures);
+                assert!(
+                    delay >= nominal / 2 && delay <= nominal * 3 / 2,
+                    "{failures} failures: {delay:?} is not within ±50 % of {nominal:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_builder_keeps_at_least_one_slot() {
+        let worker = Worker::builder("http://127.0.0.1:1", "acp_x")
+            .concurrency(0)
+            .build();
+        assert_eq!(worker.concurrency, 1);
     }
 }
