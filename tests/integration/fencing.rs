@@ -133,3 +133,84 @@ async fn a_release_does_not_spend_the_failure_budget() {
     );
     app.stop().await;
 }
+
+/// The report writer settles a batch again when its connection died during
+/// COMMIT, not knowing whether the commit landed: a completion it already
+/// settled is acknowledged again, not refused (the worker would believe
+/// its result lost), while the same report quoting another stream, or
+/// another attempt, is still refused.
+#[tokio::test]
+async fn a_completion_settled_again_after_a_lost_commit_is_acknowledged() {
+    use automation_control_plane::{
+        domain::jobs::{
+            JobSettings,
+            leases::{Leases, Report, ReportKind},
+        },
+        store::jobs::LeaseRef,
+    };
+
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let job = app
+        .create_job(&admin, new_job("settled.twice", json!({})))
+        .await;
+    let stream = uuid::Uuid::now_v7();
+    // Leased to a stream of nobody's, behind the server's back, so that no
+    // live stream races the settlements below.
+    sql(
+        &app,
+        &format!(
+            r#"UPDATE jobs SET status = 'RUNNING', attempts = 1, "leasedBy" = '{stream}',
+                   "leaseExpiresAt" = LOCALTIMESTAMP + interval '1 hour'
+               WHERE id = '{}'"#,
+            job.id
+        ),
+    )
+    .await;
+    let leases = Leases::new(app.pool.clone(), JobSettings::default());
+    let lease = LeaseRef {
+        job: job.id.parse().unwrap(),
+        attempt: 1,
+        stream,
+    };
+    let report = |lease: LeaseRef, n: i64| Report {
+        lease,
+        kind: ReportKind::Completed(json!({ "n": n })),
+    };
+    let first = leases.settle(&[report(lease, 1)]).await.unwrap();
+    assert!(first[0].accepted, "{first:?}");
+    let again = leases.settle(&[report(lease, 2)]).await.unwrap();
+    assert!(again[0].accepted, "settled again: {again:?}");
+    let strangers = leases
+        .settle(&[
+            report(
+                LeaseRef {
+                    stream: uuid::Uuid::now_v7(),
+                    ..lease
+                },
+                3,
+            ),
+            report(
+                LeaseRef {
+                    attempt: 2,
+                    ..lease
+                },
+                4,
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        strangers.iter().all(|outcome| !outcome.accepted),
+        "{strangers:?}"
+    );
+    let done = app.job(&admin, &job.id).await;
+    assert_eq!(done.status(), pb::JobStatus::Completed);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(
+        done.result
+            .map(automation_control_plane::wire::json::value_to_json),
+        Some(json!({ "n": 1 })),
+        "the first settlement's result stays"
+    );
+}

@@ -163,13 +163,16 @@ impl Leases {
             Ok(settled)
         })
         .await?;
+        let resettled = self.already_completed(reports, &settled).await?;
         Ok(reports
             .iter()
             .map(|report| {
                 let lease = &report.lease;
-                if settled.iter().any(|s| {
-                    s.id == lease.job && s.attempt == lease.attempt && s.stream == lease.stream
-                }) {
+                if resettled.contains(&lease.job)
+                    || settled.iter().any(|s| {
+                        s.id == lease.job && s.attempt == lease.attempt && s.stream == lease.stream
+                    })
+                {
                     ReportOutcome {
                         accepted: true,
                         reason: String::new(),
@@ -186,6 +189,30 @@ impl Leases {
                 }
             })
             .collect())
+    }
+
+    /// The completions of `reports` that this batch did not settle because
+    /// they already were: the batch is being settled again after a commit
+    /// whose outcome was lost with its connection. Asked only when some
+    /// completion found no running lease, which is rare.
+    async fn already_completed(
+        &self,
+        reports: &[Report],
+        settled: &[Settled],
+    ) -> Result<Vec<Uuid>, AppError> {
+        let unsettled: Vec<LeaseRef> = reports
+            .iter()
+            .filter(|report| matches!(report.kind, ReportKind::Completed(_)))
+            .map(|report| report.lease)
+            .filter(|lease| !settled.iter().any(|s| s.id == lease.job))
+            .collect();
+        if unsettled.is_empty() {
+            return Ok(Vec::new());
+        }
+        db::with_connection(&self.pool, "jobs.already_completed", async |conn| {
+            Ok(rows::already_completed(conn, &unsettled).await?)
+        })
+        .await
     }
 
     /// Extends the leases `stream` holds (all, or those of `only`). A

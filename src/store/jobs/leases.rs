@@ -185,7 +185,8 @@ const SETTLED_COLUMNS: &str = r#"jobs.id, r.attempt, r.stream, jobs.status::text
     jobs.error"#;
 
 /// Completes the attempts whose lease is still what the report quotes; the
-/// rest change nothing.
+/// rest change nothing. The completing stream stays in `"leasedBy"` (see
+/// [`already_completed`]).
 pub async fn complete(
     conn: &mut AsyncPgConnection,
     leases: &[LeaseRef],
@@ -197,7 +198,7 @@ pub async fn complete(
     diesel::sql_query(format!(
         r#"UPDATE jobs
            SET status = 'COMPLETED', result = r.result, "completedAt" = LOCALTIMESTAMP,
-               "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
+               "leaseExpiresAt" = NULL, "updatedAt" = LOCALTIMESTAMP
            FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[])
                 AS r(id, attempt, stream, result)
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
@@ -210,6 +211,39 @@ pub async fn complete(
     .bind::<Array<Jsonb>, _>(results)
     .load(conn)
     .await
+}
+
+/// Of these leases, the attempts that are already COMPLETED by the stream
+/// that quotes them. [`complete`] leaves the completing stream in
+/// `"leasedBy"` (a finished row is never leased again, and every lease
+/// operation also asks for RUNNING), so that a report settled again after
+/// a commit whose outcome was lost with the connection is recognised as
+/// settled, not refused.
+pub async fn already_completed(
+    conn: &mut AsyncPgConnection,
+    leases: &[LeaseRef],
+) -> QueryResult<Vec<Uuid>> {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Id> = diesel::sql_query(
+        r#"SELECT jobs.id FROM jobs
+           JOIN unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
+             ON jobs.id = r.id
+           WHERE jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
+             AND jobs.status = 'COMPLETED'"#,
+    )
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.stream).collect::<Vec<_>>())
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.id).collect())
 }
 
 /// How long a failed attempt waits before the next one: `base · 2^(n-1)`,
