@@ -8,6 +8,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod authorization;
 pub mod codec;
 pub mod jobs;
 pub(crate) mod json;

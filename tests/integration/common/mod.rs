@@ -77,6 +77,7 @@ impl Default for TestOptions {
                 login_max_failures_per_ip: 1000,
                 login_lockout_secs: 30,
                 trusted_proxies: vec![],
+                caller_cache_size: 10_000,
             },
             passwords: PasswordArgs {
                 bcrypt_cost: 4,
