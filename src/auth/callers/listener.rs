@@ -59,8 +59,11 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Fences {
-    /// Whether the listener is connected now.
-    listening: bool,
+    /// Since when the listener has been connected (`None`: it is not).
+    /// Pings sent before it connected were not heard, so until it has
+    /// listened for [`FRESHNESS`] it does not know every replica that may
+    /// be serving.
+    listening_since: Option<Instant>,
     next: u64,
     waiting: HashMap<u64, Waiter>,
     /// When each other replica's last ping was heard.
@@ -127,28 +130,39 @@ impl CallerFeed {
     /// caller, before answering.
     pub async fn fence(&self) {
         let started = Instant::now();
+        let waited_out = (started + FRESHNESS).into();
+        // Until our listener has listened for FRESHNESS it may not have
+        // heard every replica that is serving (pings sent before it
+        // connected were not delivered to it). Waiting out the freshness
+        // window from our own start is always enough on its own: a replica
+        // that has not applied the change has stopped serving by then.
+        loop {
+            let since = self.fences().listening_since;
+            match since {
+                Some(since) if since.elapsed() >= FRESHNESS => break,
+                Some(since) if since + FRESHNESS < started + FRESHNESS => {
+                    tokio::time::sleep_until((since + FRESHNESS).into()).await;
+                }
+                _ => {
+                    tokio::time::sleep_until(waited_out).await;
+                    return;
+                }
+            }
+        }
         let (done, finished) = oneshot::channel();
-        let registered = {
+        let n = {
             let mut fences = self.fences();
-            fences.listening.then(|| {
-                let n = fences.next;
-                fences.next += 1;
-                fences.waiting.insert(
-                    n,
-                    Waiter {
-                        required: None,
-                        acked: HashSet::new(),
-                        done: Some(done),
-                    },
-                );
-                n
-            })
-        };
-        let Some(n) = registered else {
-            // Without our own listener we cannot learn who is alive;
-            // waiting out the freshness window is enough on its own.
-            tokio::time::sleep_until((started + FRESHNESS).into()).await;
-            return;
+            let n = fences.next;
+            fences.next += 1;
+            fences.waiting.insert(
+                n,
+                Waiter {
+                    required: None,
+                    acked: HashSet::new(),
+                    done: Some(done),
+                },
+            );
+            n
         };
         let payload = format!("fence:{}:{n}", self.inner.replica);
         let outcome = tokio::time::timeout(FENCE_TIMEOUT, async {
@@ -191,9 +205,9 @@ impl CallerFeed {
                     pause = Duration::from_millis(100);
                     reported = false;
                     self.inner.cache.connected();
-                    self.fences().listening = true;
+                    self.fences().listening_since = Some(Instant::now());
                     self.listen(&mut conn, &shutdown).await;
-                    self.fences().listening = false;
+                    self.fences().listening_since = None;
                     self.inner.cache.disconnected();
                 }
                 Err(error) => {
@@ -264,6 +278,7 @@ impl CallerFeed {
     /// anything.
     fn on_payload(&self, payload: &str, pings: &mut Pings) -> Option<String> {
         let me = self.inner.replica.as_str();
+        tracing::trace!(replica = me, payload, "caller change");
         let mut parts = payload.split(':');
         let (kind, first, second, third) = (parts.next(), parts.next(), parts.next(), parts.next());
         let id = || first.and_then(|id| Uuid::try_parse(id).ok());
