@@ -10,6 +10,7 @@ use tonic::{
 };
 
 use crate::{
+    api::authorization::{AuthLayer, Authorizer},
     api::{
         self,
         codec::{
@@ -18,7 +19,6 @@ use crate::{
             message_caps::{CapSettings, MessageCapLayer, MessageCaps},
         },
     },
-    api::authorization::{AuthLayer, Authorizer},
     auth::{
         AuthSettings,
         callers::{CallerCache, listener::CallerFeed},
@@ -147,9 +147,7 @@ pub async fn serve(
         CallerCache::new(state.auth.caller_cache_size),
         state.pool.clone(),
     );
-    identity.sessions = identity
-        .sessions
-        .with_caller_cache(callers.cache().clone());
+    identity.sessions = identity.sessions.with_caller_cache(callers.cache().clone());
     let caller_changes = tokio::spawn(
         callers
             .clone()

@@ -275,7 +275,9 @@ impl Authorizer {
                             Some(caller.user_id),
                             format!("api_keys/{key}"),
                         )
-                        .with_details(serde_json::json!({ "method": path.trim_start_matches('/') }));
+                        .with_details(
+                            serde_json::json!({ "method": path.trim_start_matches('/') }),
+                        );
                         self.audit
                             .record_sampled(format!("api_key|{key}"), &client, &event)
                             .await;
@@ -311,4 +313,44 @@ fn caller_hint(authorizer: &Authorizer, headers: &HeaderMap) -> Option<uuid::Uui
         .verify_token(token)
         .ok()
         .map(|s| s.user_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_identity_write_and_only_those_waits_for_the_replicas() {
+        let fenced: Vec<&str> = policy::METHOD_ACCESS
+            .iter()
+            .map(|(path, _)| *path)
+            .filter(|path| changes_callers(path))
+            .collect();
+        for path in [
+            "/automation.v1.AuthService/Logout",
+            "/automation.v1.AuthService/Refresh",
+            "/automation.v1.AuthService/ChangePassword",
+            "/automation.v1.AuthService/RevokeSession",
+            "/automation.v1.UserService/UpdateUser",
+            "/automation.v1.UserService/DeleteUser",
+            "/automation.v1.UserService/ResetUserPassword",
+            "/automation.v1.RoleService/UpdateRole",
+            "/automation.v1.RoleService/DeleteRole",
+            "/automation.v1.RoleService/AssignRole",
+            "/automation.v1.RoleService/UnassignRole",
+            "/automation.v1.ApiKeyService/RevokeApiKey",
+        ] {
+            assert!(fenced.contains(&path), "{path}");
+        }
+        for path in &fenced {
+            assert!(
+                !path.contains("/Get") && !path.contains("/List") && !path.ends_with("/Login"),
+                "{path}"
+            );
+            assert!(
+                !path.contains("JobService") && !path.contains("ModuleService"),
+                "{path}"
+            );
+        }
+    }
 }

@@ -384,13 +384,17 @@ impl Sessions {
     /// The caller's account.
     pub async fn current_account(&self, actor: &Actor) -> Result<Account, AppError> {
         let user_id = actor.caller.user_id;
-        db::with_connection(&self.pool, "sessions.current_user", async |conn| {
-            let user = users::find(conn, user_id)
-                .await?
-                .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
-            account_of(conn, user).await
+        let (user, roles, permissions) =
+            db::with_connection(&self.pool, "sessions.current_user", async |conn| {
+                Ok(users::find_with_grants(conn, user_id).await?)
+            })
+            .await?
+            .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
+        Ok(Account {
+            user,
+            roles,
+            permissions,
         })
-        .await
     }
 
     /// Changes the caller's password (the current one is checked, under the

@@ -2,7 +2,7 @@
 //! `2026-12-01-000008_caller_changes` announce, and the statements the
 //! replicas' caller caches speak on it (see `auth::callers`).
 
-use diesel::{sql_types::Text, QueryResult};
+use diesel::{QueryResult, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// The channel's name.

@@ -115,7 +115,8 @@ async fn logout_and_revoked_sessions_end_at_once_on_the_other_replica() {
             .logout(authed(&token, pb::LogoutRequest {}))
             .await
             .expect("logout");
-        pair.refused_on_b(&token, Code::Unauthenticated, round).await;
+        pair.refused_on_b(&token, Code::Unauthenticated, round)
+            .await;
 
         let (other, current) = (pair.login("walker").await, pair.login("walker").await);
         pair.warm(&other).await;
@@ -127,12 +128,18 @@ async fn logout_and_revoked_sessions_end_at_once_on_the_other_replica() {
             .sessions;
         for session in sessions.into_iter().filter(|s| !s.current) {
             AuthServiceClient::new(pair.a.channel().await)
-                .revoke_session(authed(&current, pb::RevokeSessionRequest { id: session.id }))
+                .revoke_session(authed(
+                    &current,
+                    pb::RevokeSessionRequest { id: session.id },
+                ))
                 .await
                 .expect("revoke");
         }
-        pair.refused_on_b(&other, Code::Unauthenticated, round).await;
-        pair.read(&pair.b, &current).await.expect("the kept session");
+        pair.refused_on_b(&other, Code::Unauthenticated, round)
+            .await;
+        pair.read(&pair.b, &current)
+            .await
+            .expect("the kept session");
     }
 }
 
@@ -144,7 +151,8 @@ async fn deactivation_and_password_resets_end_sessions_at_once_on_the_other_repl
         let token = pair.login("sleeper").await;
         pair.warm(&token).await;
         pair.set_active(&id, false).await;
-        pair.refused_on_b(&token, Code::Unauthenticated, round).await;
+        pair.refused_on_b(&token, Code::Unauthenticated, round)
+            .await;
         pair.set_active(&id, true).await;
 
         let token = pair.login("sleeper").await;
@@ -160,7 +168,8 @@ async fn deactivation_and_password_resets_end_sessions_at_once_on_the_other_repl
             ))
             .await
             .expect("reset");
-        pair.refused_on_b(&token, Code::Unauthenticated, round).await;
+        pair.refused_on_b(&token, Code::Unauthenticated, round)
+            .await;
     }
 }
 
@@ -176,7 +185,8 @@ async fn deleted_accounts_stop_at_once_on_the_other_replica() {
             .delete_user(authed(&pair.admin, pb::DeleteUserRequest { id }))
             .await
             .expect("delete");
-        pair.refused_on_b(&token, Code::Unauthenticated, round).await;
+        pair.refused_on_b(&token, Code::Unauthenticated, round)
+            .await;
     }
 }
 
@@ -203,7 +213,8 @@ async fn role_changes_and_assignments_apply_at_once_on_the_other_replica() {
     for round in 0..ROUNDS {
         pair.warm(&token).await;
         set_permissions(&pair, &role_id, &["jobs:read"]).await;
-        pair.refused_on_b(&token, Code::PermissionDenied, round).await;
+        pair.refused_on_b(&token, Code::PermissionDenied, round)
+            .await;
         set_permissions(&pair, &role_id, &["users:read", "jobs:read"]).await;
         pair.read(&pair.b, &token).await.expect("granted again");
 
@@ -219,7 +230,8 @@ async fn role_changes_and_assignments_apply_at_once_on_the_other_replica() {
             ))
             .await
             .expect("unassign");
-        pair.refused_on_b(&token, Code::PermissionDenied, round).await;
+        pair.refused_on_b(&token, Code::PermissionDenied, round)
+            .await;
         roles()
             .await
             .assign_role(authed(
@@ -316,7 +328,11 @@ async fn the_cache_serves_and_plain_sql_reaches_it() {
     eventually_refused(&pair, &token).await;
 
     // Plain SQL with the triggers on: seen within a short bound.
-    sql(&pair.a, &format!("UPDATE users SET \"isActive\" = true WHERE id = '{id}'")).await;
+    sql(
+        &pair.a,
+        &format!("UPDATE users SET \"isActive\" = true WHERE id = '{id}'"),
+    )
+    .await;
     let token = pair.login("hidden").await;
     pair.warm(&token).await;
     sql(

@@ -18,6 +18,17 @@
 //!   serving from a cache that missed the change has pinged within that
 //!   window, and its pings reached the writer before the fence, in commit
 //!   order).
+//!
+//! Why a writer may answer once those replicas acknowledged, or after
+//! [`FENCE_TIMEOUT`] in any case: a replica serves at time `t` only with the
+//! echo of a ping it sent after `t − FRESHNESS`. If that ping committed after
+//! the change, the replica applied the change before the echo (commit
+//! order). If it committed before the change, the writer heard it before its
+//! own fence, after `t − FRESHNESS` — so the replica is among those the
+//! writer waits for — unless `t` is within [`FRESHNESS`] of the change, which
+//! waiting out the timeout (never shorter) excludes. A writer whose own
+//! listener is younger than [`FRESHNESS`] (it missed earlier pings) just waits
+//! out the window.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -93,7 +104,9 @@ impl Fences {
             let Some(required) = &waiter.required else {
                 continue;
             };
-            if required.iter().all(|r| waiter.acked.contains(r) || !alive(r))
+            if required
+                .iter()
+                .all(|r| waiter.acked.contains(r) || !alive(r))
                 && let Some(done) = waiter.done.take()
             {
                 let _ = done.send(());
@@ -121,7 +134,10 @@ impl CallerFeed {
     }
 
     fn fences(&self) -> MutexGuard<'_, Fences> {
-        self.inner.fences.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Returns once every live replica has applied what was committed
@@ -300,7 +316,9 @@ impl CallerFeed {
                         self.inner.cache.echoed(sent);
                     }
                 } else {
-                    self.fences().peers.insert(replica.to_owned(), Instant::now());
+                    self.fences()
+                        .peers
+                        .insert(replica.to_owned(), Instant::now());
                 }
                 None
             }
@@ -380,13 +398,9 @@ impl Pings {
 }
 
 async fn connect(url: &str) -> Result<AsyncPgConnection, AppError> {
-    let mut conn = db::dedicated_connection(
-        url,
-        "control-plane caller changes",
-        "",
-        STATEMENT_TIMEOUT,
-    )
-    .await?;
+    let mut conn =
+        db::dedicated_connection(url, "control-plane caller changes", "", STATEMENT_TIMEOUT)
+            .await?;
     tokio::time::timeout(STATEMENT_TIMEOUT, caller_changes::listen(&mut conn))
         .await
         .map_err(|_| AppError::Unavailable(format!("timed out listening on {CHANNEL}")))??;

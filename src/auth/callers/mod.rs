@@ -164,9 +164,7 @@ impl CallerCache {
         }
         let ticket = Some(Ticket { epoch: state.epoch });
         match state.entries.get(&credential) {
-            Some(entry) if entry.expires_at.is_none_or(|at| at > now) => {
-                Lookup::Hit(entry.clone())
-            }
+            Some(entry) if entry.expires_at.is_none_or(|at| at > now) => Lookup::Hit(entry.clone()),
             Some(_) => {
                 state.entries.remove(&credential);
                 Lookup::Miss(ticket)
