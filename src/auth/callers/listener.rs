@@ -248,7 +248,11 @@ impl CallerFeed {
         loop {
             if Instant::now() >= next_ping {
                 let payload = pings.send(&self.inner.replica);
-                if let Err(error) = send(conn, &payload).await {
+                let sent = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    sent = send(conn, &payload) => sent,
+                };
+                if let Err(error) = sent {
                     tracing::warn!(%error, "caller change notifications connection failed");
                     return;
                 }
