@@ -323,6 +323,12 @@ pub struct AuthArgs {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',',
           value_parser = proxy_entry)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Most callers (sessions and API keys) each replica keeps resolved, so
+    /// that an authorized call needs no database read for its caller; 0
+    /// turns the cache off. Changes still apply on the next call on every
+    /// replica (see the README).
+    #[arg(long, env = "CALLER_CACHE_SIZE", default_value_t = 10_000)]
+    pub caller_cache_size: usize,
 }
 
 /// Parses one `TRUSTED_PROXIES` entry: `10.0.0.0/8`, `fd00::/8`, `10.0.0.2`

@@ -13,6 +13,7 @@ use tonic::{
 };
 
 use crate::{
+    api::authorization::{AuthLayer, Authorizer},
     api::{
         self,
         codec::{
@@ -23,7 +24,7 @@ use crate::{
     },
     auth::{
         AuthSettings,
-        layer::{AuthLayer, Authorizer},
+        callers::{CallerCache, listener::CallerFeed},
     },
     db::DbPool,
     dispatch::{DispatchParts, Dispatcher},
@@ -121,13 +122,26 @@ pub async fn serve(
     let (reporter, health_service, monitor) = start_health(&state, &options).await;
     let reflection = reflection()?;
 
-    let identity = Identity::new(&state.pool, &state.auth);
+    let mut identity = Identity::new(&state.pool, &state.auth);
+    let background = tokio_util::sync::CancellationToken::new();
+    // This replica's cache of callers, kept current by its own LISTEN
+    // connection (see auth::callers).
+    let callers = CallerFeed::new(
+        CallerCache::new(state.auth.caller_cache_size),
+        state.pool.clone(),
+    );
+    identity.sessions = identity.sessions.with_caller_cache(callers.cache().clone());
+    let caller_changes = tokio::spawn(
+        callers
+            .clone()
+            .run(state.database_url.clone(), background.clone()),
+    );
     let authorizer = Authorizer {
         sessions: identity.sessions.clone(),
         audit: identity.audit.clone(),
         trusted_proxies: state.auth.trusted_proxies.clone(),
+        callers,
     };
-    let background = tokio_util::sync::CancellationToken::new();
     let housekeeping = tokio::spawn(maintenance::run(
         identity.clone(),
         maintenance::INTERVAL,
@@ -188,6 +202,7 @@ pub async fn serve(
     dispatcher.stop(dispatch_tasks).await;
     background.cancel();
     let _ = housekeeping.await;
+    let _ = caller_changes.await;
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }
 

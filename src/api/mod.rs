@@ -9,6 +9,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod authorization;
 pub mod codec;
 pub mod jobs;
 pub mod modules;

@@ -1,20 +1,19 @@
 //! Authentication and authorization: password hashing, access tokens, the
-//! per-RPC permission table, the client's network identity and the layer
-//! that enforces it all.
+//! per-RPC permission table, the client's network identity, and the cache of
+//! resolved callers. (The tower layer that enforces it all is
+//! `api::authorization`: it needs the sessions and the audit trail, which
+//! sit above this module.)
 
 pub mod caller;
+pub mod callers;
 pub mod client;
-pub mod layer;
 pub mod passwords;
 pub mod policy;
 pub mod tokens;
 
 use std::time::Duration;
 
-use crate::{
-    config::{AuthArgs, PasswordArgs},
-    domain::throttle::{LoginLimits, ThrottlePolicy},
-};
+use crate::config::{AuthArgs, PasswordArgs};
 
 /// Everything the identity services need to know about their configuration.
 #[derive(Debug, Clone)]
@@ -27,10 +26,26 @@ pub struct AuthSettings {
     pub refresh_ttl: Duration,
     /// Longest a session lives, however often it is refreshed.
     pub session_max_lifetime: Duration,
-    /// Failed-login limits.
-    pub login_limits: LoginLimits,
+    /// Failed-login limits, as configured (the domain's throttle turns
+    /// them into its policies).
+    pub login_rules: LoginRules,
     /// Proxies whose `x-forwarded-for` is believed.
     pub trusted_proxies: client::TrustedProxies,
+    /// Most callers each replica keeps resolved (0: no cache).
+    pub caller_cache_size: usize,
+}
+
+/// Failed-login limits as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginRules {
+    /// Failures of one account from one client before a lock.
+    pub max_failures: i32,
+    /// Failures of one account from all clients before it is under attack.
+    pub max_failures_per_account: i32,
+    /// Failures from one client, whatever the account, before a lock.
+    pub max_failures_per_ip: i32,
+    /// The first lock; each further failure doubles it.
+    pub lockout: Duration,
 }
 
 impl AuthSettings {
@@ -40,14 +55,6 @@ impl AuthSettings {
         passwords: &PasswordArgs,
         jwt_secret: &str,
     ) -> Result<Self, crate::AppError> {
-        let lockout = Duration::from_secs(args.login_lockout_secs.max(1));
-        let window = Duration::from_secs(15 * 60);
-        let policy = |max_failures: i32| ThrottlePolicy {
-            max_failures: max_failures.max(1),
-            base_lockout: lockout,
-            max_lockout: window,
-            window,
-        };
         Ok(Self {
             tokens: tokens::TokenKeys::new(
                 jwt_secret.as_bytes(),
@@ -58,13 +65,14 @@ impl AuthSettings {
             passwords: passwords::PasswordHasher::from_args(passwords),
             refresh_ttl: Duration::from_secs(args.refresh_token_ttl_secs.max(1)),
             session_max_lifetime: Duration::from_secs(args.session_max_lifetime_secs.max(1)),
-            login_limits: LoginLimits {
-                per_client_and_account: policy(args.login_max_failures),
-                per_account: policy(args.login_max_failures_per_account),
-                per_client: policy(args.login_max_failures_per_ip),
-                per_network: policy(args.login_max_failures_per_ip.saturating_mul(16)),
+            login_rules: LoginRules {
+                max_failures: args.login_max_failures,
+                max_failures_per_account: args.login_max_failures_per_account,
+                max_failures_per_ip: args.login_max_failures_per_ip,
+                lockout: Duration::from_secs(args.login_lockout_secs.max(1)),
             },
             trusted_proxies: client::TrustedProxies::new(args.trusted_proxies.clone()),
+            caller_cache_size: args.caller_cache_size,
         })
     }
 }

@@ -15,7 +15,7 @@ use diesel::ConnectionResult;
 use diesel_async::{
     AsyncConnection, AsyncPgConnection, SimpleAsyncConnection as _,
     pooled_connection::{
-        AsyncDieselConnectionManager, ManagerConfig,
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
         deadpool::{Object, Pool},
     },
 };
@@ -57,6 +57,12 @@ pub fn build_pool(settings: &PoolSettings) -> Result<DbPool, AppError> {
         settings.statement_timeout.as_millis()
     );
     let mut config = ManagerConfig::default();
+    // No `SELECT 1` before each checkout (the default): it was a round trip
+    // per operation on every hot read. A connection that broke is known
+    // broken (diesel-async marks it) and is not handed out again; one that
+    // died silently fails its statement, which maps to UNAVAILABLE like an
+    // unreachable database.
+    config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
         let setup = session_setup.clone();
         let url = url.to_owned();

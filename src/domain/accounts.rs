@@ -235,13 +235,17 @@ impl Accounts {
 
     /// One account.
     pub async fn get(&self, id: Uuid) -> Result<Account, AppError> {
-        db::with_connection(&self.pool, "accounts.get", async |conn| {
-            let user = users::find(conn, id)
-                .await?
-                .ok_or_else(|| AppError::NotFound(format!("user {id}")))?;
-            account_of(conn, user).await
+        let (user, roles, permissions) =
+            db::with_connection(&self.pool, "accounts.get", async |conn| {
+                Ok(users::find_with_grants(conn, id).await?)
+            })
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("user {id}")))?;
+        Ok(Account {
+            user,
+            roles,
+            permissions,
         })
-        .await
     }
 
     /// Accounts by creation time, one page at a time.

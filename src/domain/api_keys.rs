@@ -1,7 +1,9 @@
 //! API keys: credentials for machines. A key is `acp_<id>_<secret>`; only a
-//! SHA-256 of the secret is stored. Every call with a key resolves it in the
-//! database (revoked, expired, owner inactive: refused) and acts with the
-//! intersection of the key's scope and its owner's roles at that moment.
+//! SHA-256 of the secret is stored. Every call with a key resolves it
+//! (revoked, expired, owner inactive: refused) and acts with the
+//! intersection of the key's scope and its owner's roles at that moment,
+//! from the replica's cache of callers when it holds the key (as current as
+//! the database: see `auth::callers`), else from the database.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::NaiveDateTime;
@@ -18,7 +20,11 @@ use super::{
     validate,
 };
 use crate::{
-    auth::{caller::Caller, policy::grants},
+    auth::{
+        caller::Caller,
+        callers::{CachedCaller, CallerCache, Credential, Lookup},
+        policy::grants,
+    },
     db::{self, DbPool},
     error::AppError,
     store::{
@@ -67,43 +73,59 @@ pub fn is_api_key(bearer: &str) -> bool {
     bearer.starts_with(KEY_PREFIX)
 }
 
-/// The caller a presented key acts as, checked in the database now.
-pub async fn authenticate(pool: &DbPool, key: &str) -> Result<Caller, AppError> {
+/// The caller a presented key acts as, now.
+pub async fn authenticate(
+    pool: &DbPool,
+    callers: &CallerCache,
+    key: &str,
+) -> Result<Caller, AppError> {
     let refused = || AppError::Unauthenticated("invalid, expired or revoked API key".into());
     let (id, secret) = parse_key(key).ok_or_else(refused)?;
-    resolve(pool, id, Some(secret)).await?.ok_or_else(refused)
+    let credential = Credential::ApiKey(id);
+    let ticket = match callers.lookup(credential, store::now()) {
+        Lookup::Hit(entry) => {
+            // Digests of a secret the caller chose: comparing them leaks
+            // nothing about the stored secret.
+            return match entry.secret_hash {
+                Some(hash) if hash == secret_hash(secret) => Ok(entry.caller),
+                _ => Err(refused()),
+            };
+        }
+        Lookup::Miss(ticket) => ticket,
+    };
+    let entry = resolve(pool, id).await?.ok_or_else(refused)?;
+    if entry.secret_hash.as_deref() != Some(secret_hash(secret).as_slice()) {
+        return Err(refused());
+    }
+    let caller = entry.caller.clone();
+    if let Some(ticket) = ticket {
+        callers.fill(ticket, credential, entry);
+    }
+    Ok(caller)
 }
 
-/// Re-checks the key of a caller (an open stream's): `None` when it no
-/// longer works.
+/// Re-checks the key of a caller (an open stream's) in the database: `None`
+/// when it no longer works.
 pub async fn recheck(pool: &DbPool, id: Uuid) -> Result<Option<Caller>, AppError> {
-    resolve(pool, id, None).await
+    Ok(resolve(pool, id).await?.map(|entry| entry.caller))
 }
 
-async fn resolve(
-    pool: &DbPool,
-    id: Uuid,
-    secret: Option<&str>,
-) -> Result<Option<Caller>, AppError> {
+async fn resolve(pool: &DbPool, id: Uuid) -> Result<Option<CachedCaller>, AppError> {
     let now = store::now();
     let resolved = db::with_connection(pool, "api_keys.resolve", async |conn| {
         Ok(rows::resolve(conn, id, now).await?)
     })
     .await?;
-    let Some((key, held)) = resolved else {
-        return Ok(None);
-    };
-    // Digests of a secret the caller chose: comparing them leaks nothing
-    // about the stored secret.
-    if secret.is_some_and(|secret| secret_hash(secret) != key.secret_hash) {
-        return Ok(None);
-    }
-    Ok(Some(Caller {
-        user_id: key.user_id,
-        session_id: key.id,
-        permissions: held,
-        scope: Some(store::models::permission_list(&key.permissions)),
-        api_key: Some(key.id),
+    Ok(resolved.map(|(key, held)| CachedCaller {
+        caller: Caller {
+            user_id: key.user_id,
+            session_id: key.id,
+            permissions: held,
+            scope: Some(store::models::permission_list(&key.permissions)),
+            api_key: Some(key.id),
+        },
+        expires_at: key.expires_at,
+        secret_hash: Some(key.secret_hash),
     }))
 }
 

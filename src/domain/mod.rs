@@ -48,7 +48,10 @@ impl Identity {
     /// The services over `pool`, configured by `settings`.
     pub fn new(pool: &DbPool, settings: &AuthSettings) -> Self {
         let audit = audit::AuditTrail::new(pool.clone(), AUDIT_SAMPLE_WINDOW);
-        let throttle = throttle::LoginThrottle::new(pool.clone(), settings.login_limits);
+        let throttle = throttle::LoginThrottle::new(
+            pool.clone(),
+            sessions::login_limits(settings.login_rules),
+        );
         Self {
             accounts: accounts::Accounts::new(pool.clone(), settings.passwords.clone()),
             roles: roles::Roles::new(pool.clone()),

@@ -21,11 +21,16 @@ use super::{
     accounts::{Account, account_of},
     api_keys,
     audit::{AuditAction, AuditEvent, AuditTrail, session_resource},
-    throttle::{AttemptKeys, AttemptOutcome, AttemptSubject, LoginThrottle, login_fingerprint},
+    throttle::{
+        AttemptKeys, AttemptOutcome, AttemptSubject, LoginLimits, LoginThrottle, ThrottlePolicy,
+        login_fingerprint,
+    },
 };
 use crate::{
     auth::{
+        LoginRules,
         caller::Caller,
+        callers::{CachedCaller, CallerCache, Credential, Lookup},
         client::ClientInfo,
         passwords::PasswordHasher,
         tokens::{TokenKeys, TokenSubject},
@@ -90,6 +95,26 @@ pub struct Sessions {
     throttle: LoginThrottle,
     audit: AuditTrail,
     policy: SessionPolicy,
+    callers: CallerCache,
+}
+
+/// The throttle's policies for the configured limits: each failure beyond a
+/// limit doubles the lock, up to the 15-minute window failures are counted
+/// in; a network (an IPv6 /48) may fail 16 times what one client may.
+pub fn login_limits(rules: LoginRules) -> LoginLimits {
+    let window = Duration::from_secs(15 * 60);
+    let policy = |max_failures: i32| ThrottlePolicy {
+        max_failures: max_failures.max(1),
+        base_lockout: rules.lockout,
+        max_lockout: window,
+        window,
+    };
+    LoginLimits {
+        per_client_and_account: policy(rules.max_failures),
+        per_account: policy(rules.max_failures_per_account),
+        per_client: policy(rules.max_failures_per_ip),
+        per_network: policy(rules.max_failures_per_ip.saturating_mul(16)),
+    }
 }
 
 /// A fresh refresh token and the hash that is stored instead of it.
@@ -126,7 +151,15 @@ impl Sessions {
             throttle,
             audit,
             policy,
+            callers: CallerCache::disabled(),
         }
+    }
+
+    /// The same service answering from `callers` when it can (the server's
+    /// per-replica cache, kept by its listener).
+    pub fn with_caller_cache(mut self, callers: CallerCache) -> Self {
+        self.callers = callers;
+        self
     }
 
     /// The hasher, whose rules decoders check new passwords against.
@@ -351,13 +384,17 @@ impl Sessions {
     /// The caller's account.
     pub async fn current_account(&self, actor: &Actor) -> Result<Account, AppError> {
         let user_id = actor.caller.user_id;
-        db::with_connection(&self.pool, "sessions.current_user", async |conn| {
-            let user = users::find(conn, user_id)
-                .await?
-                .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
-            account_of(conn, user).await
+        let (user, roles, permissions) =
+            db::with_connection(&self.pool, "sessions.current_user", async |conn| {
+                Ok(users::find_with_grants(conn, user_id).await?)
+            })
+            .await?
+            .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
+        Ok(Account {
+            user,
+            roles,
+            permissions,
         })
-        .await
     }
 
     /// Changes the caller's password (the current one is checked, under the
@@ -456,39 +493,66 @@ impl Sessions {
         .await
     }
 
-    /// The caller behind a verified access token, read from the database on
-    /// every call (and on every re-check of a long stream) so that logout,
-    /// expiry, deactivation and role changes apply at once on every replica.
-    /// UNAUTHENTICATED when the session or the account is no longer live.
+    /// The caller behind a verified access token, read from the database
+    /// (never from the cache: stream re-checks use it too) so that logout,
+    /// expiry, deactivation and role changes apply at once on every
+    /// replica. UNAUTHENTICATED when the session or the account is no
+    /// longer live.
     pub async fn resolve_caller(&self, subject: TokenSubject) -> Result<Caller, AppError> {
-        let permissions = db::with_connection(&self.pool, "sessions.caller", async |conn| {
-            Ok(sessions::caller_permissions(
-                conn,
-                subject.session_id,
-                subject.user_id,
-                store::now(),
-            )
-            .await?)
-        })
-        .await?
-        .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
-        Ok(Caller {
-            user_id: subject.user_id,
-            session_id: subject.session_id,
-            permissions,
-            scope: None,
-            api_key: None,
+        Ok(self.read_caller(subject).await?.caller)
+    }
+
+    async fn read_caller(&self, subject: TokenSubject) -> Result<CachedCaller, AppError> {
+        let (expires_at, permissions) =
+            db::with_connection(&self.pool, "sessions.caller", async |conn| {
+                Ok(sessions::caller_permissions(
+                    conn,
+                    subject.session_id,
+                    subject.user_id,
+                    store::now(),
+                )
+                .await?)
+            })
+            .await?
+            .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
+        Ok(CachedCaller {
+            caller: Caller {
+                user_id: subject.user_id,
+                session_id: subject.session_id,
+                permissions,
+                scope: None,
+                api_key: None,
+            },
+            expires_at: Some(expires_at),
+            secret_hash: None,
         })
     }
 
     /// The caller of a bearer credential: an access token (its session
-    /// checked in the database) or an API key (checked likewise).
+    /// checked) or an API key (checked likewise), from the replica's cache
+    /// of callers when it holds them (`auth::callers` says why that is as
+    /// current as the database), else from the database.
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, AppError> {
         if api_keys::is_api_key(bearer) {
-            return api_keys::authenticate(&self.pool, bearer).await;
+            return api_keys::authenticate(&self.pool, &self.callers, bearer).await;
         }
         let subject = self.verify_token(bearer)?;
-        self.resolve_caller(subject).await
+        let credential = Credential::Session(subject.session_id);
+        let ticket = match self.callers.lookup(credential, store::now()) {
+            // The token is signed: its session belongs to its user, but
+            // nothing is lost by checking.
+            Lookup::Hit(entry) if entry.caller.user_id == subject.user_id => {
+                return Ok(entry.caller);
+            }
+            Lookup::Hit(_) => None,
+            Lookup::Miss(ticket) => ticket,
+        };
+        let entry = self.read_caller(subject).await?;
+        let caller = entry.caller.clone();
+        if let Some(ticket) = ticket {
+            self.callers.fill(ticket, credential, entry);
+        }
+        Ok(caller)
     }
 
     /// The caller of an open stream, now: its session (or key) still live

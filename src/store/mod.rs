@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod caller_changes;
 pub mod jobs;
 pub mod models;
 pub mod modules;

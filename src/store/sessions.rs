@@ -165,19 +165,19 @@ pub async fn list_live(
         .await
 }
 
-/// What the authorization layer needs about a caller, read on every call so
-/// that revocation, expiry, deactivation and role changes apply at once:
-/// `None` when the session is revoked or expired or the user inactive or
-/// gone; otherwise the permissions of the user's roles.
+/// What the authorization layer needs about a caller, read when it is not
+/// cached (and on every re-check of a long stream): `None` when the session
+/// is revoked or expired or the user inactive or gone; otherwise the
+/// session's expiry and the permissions of the user's roles.
 pub async fn caller_permissions(
     conn: &mut AsyncPgConnection,
     session_id: Uuid,
     user_id: Uuid,
     now: NaiveDateTime,
-) -> QueryResult<Option<Vec<String>>> {
-    // One round trip: no row means no live session; a NULL row means a live
-    // session of a user without roles.
-    let grants: Vec<Option<serde_json::Value>> = sessions::table
+) -> QueryResult<Option<(NaiveDateTime, Vec<String>)>> {
+    // One round trip: no row means no live session; a NULL grant means a
+    // live session of a user without roles.
+    let grants: Vec<(NaiveDateTime, Option<serde_json::Value>)> = sessions::table
         .inner_join(users::table)
         .left_join(user_roles::table.on(user_roles::user_id.eq(users::id)))
         .left_join(roles::table.on(roles::id.eq(user_roles::role_id)))
@@ -186,17 +186,18 @@ pub async fn caller_permissions(
         .filter(sessions::revoked_at.is_null())
         .filter(sessions::expires_at.gt(now))
         .filter(users::is_active.eq(true))
-        .select(roles::permissions.nullable())
+        .select((sessions::expires_at, roles::permissions.nullable()))
         .load(conn)
         .await?;
-    if grants.is_empty() {
+    let Some(expires_at) = <[_]>::first(&grants).map(|(at, _)| *at) else {
         return Ok(None);
-    }
-    Ok(Some(
+    };
+    Ok(Some((
+        expires_at,
         grants
             .iter()
-            .flatten()
+            .filter_map(|(_, permissions)| permissions.as_ref())
             .flat_map(super::models::permission_list)
             .collect(),
-    ))
+    )))
 }

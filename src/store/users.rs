@@ -18,6 +18,38 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
+/// Finds a user by id with their role names and the union of those roles'
+/// permissions (sorted, each once): one round trip, for the reads that show
+/// an account (GetUser, GetCurrentUser).
+pub async fn find_with_grants(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<(UserRow, Vec<String>, Vec<String>)>> {
+    let rows: Vec<(UserRow, Option<(String, serde_json::Value)>)> = users::table
+        .left_join(user_roles::table.inner_join(roles::table))
+        .filter(users::id.eq(id))
+        .select((
+            UserRow::as_select(),
+            (roles::name, roles::permissions).nullable(),
+        ))
+        .order(roles::name.nullable())
+        .load(conn)
+        .await?;
+    let mut rows = rows.into_iter();
+    let Some((user, first)) = rows.next() else {
+        return Ok(None);
+    };
+    let mut names = Vec::new();
+    let mut permissions = Vec::new();
+    for (name, grants) in first.into_iter().chain(rows.filter_map(|(_, role)| role)) {
+        names.push(name);
+        permissions.extend(permission_list(&grants));
+    }
+    permissions.sort();
+    permissions.dedup();
+    Ok(Some((user, names, permissions)))
+}
+
 /// Finds a user by id and locks the row for the rest of the transaction, so
 /// that the checks made on it (its permissions, the last admin) hold until
 /// the change commits. Role assignments lock the same row.

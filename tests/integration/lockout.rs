@@ -440,13 +440,15 @@ async fn idle_login_counters_are_forgotten() {
     // …and the housekeeping forgets them.
     let throttle = automation_control_plane::domain::throttle::LoginThrottle::new(
         app.pool.clone(),
-        automation_control_plane::auth::AuthSettings::from_args(
-            &TestOptions::default().auth,
-            &TestOptions::default().passwords,
-            common::JWT_SECRET,
-        )
-        .unwrap()
-        .login_limits,
+        automation_control_plane::domain::sessions::login_limits(
+            automation_control_plane::auth::AuthSettings::from_args(
+                &TestOptions::default().auth,
+                &TestOptions::default().passwords,
+                common::JWT_SECRET,
+            )
+            .unwrap()
+            .login_rules,
+        ),
     );
     let swept = throttle.sweep().await.unwrap();
     assert!(swept > 20, "{swept}");

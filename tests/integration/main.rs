@@ -8,6 +8,7 @@ mod common;
 mod api_keys;
 mod audit;
 mod auth;
+mod caller_cache;
 mod escalation;
 mod examples;
 mod fencing;

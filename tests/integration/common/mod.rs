@@ -48,6 +48,8 @@ pub struct TestOptions {
     pub db_latency: Duration,
     /// Acquire timeout of the pool.
     pub acquire_timeout: Duration,
+    /// Connections of the server's pool (the service's default is 16).
+    pub pool_size: usize,
     /// Auth settings.
     pub auth: AuthArgs,
     /// Password settings of the server (the seeded admin is hashed at cost 4
@@ -65,6 +67,7 @@ impl Default for TestOptions {
             through_proxy: false,
             db_latency: Duration::ZERO,
             acquire_timeout: Duration::from_secs(10),
+            pool_size: 8,
             auth: AuthArgs {
                 jwt_secret: None,
                 jwt_issuer: ISSUER.into(),
@@ -77,6 +80,7 @@ impl Default for TestOptions {
                 login_max_failures_per_ip: 1000,
                 login_lockout_secs: 30,
                 trusted_proxies: vec![],
+                caller_cache_size: 10_000,
             },
             passwords: PasswordArgs {
                 bcrypt_cost: 4,
@@ -116,9 +120,14 @@ pub struct TestApp {
 
 /// A small pool on `url`.
 pub fn pool(url: &str, acquire_timeout: Duration) -> DbPool {
+    pool_of(url, acquire_timeout, 8)
+}
+
+/// A pool of `max_size` connections on `url`.
+pub fn pool_of(url: &str, acquire_timeout: Duration, max_size: usize) -> DbPool {
     db::build_pool(&PoolSettings {
         url: url.to_owned(),
-        max_size: 8,
+        max_size,
         acquire_timeout,
         statement_timeout: Duration::from_secs(30),
         application_name: "control-plane-test".into(),
@@ -180,7 +189,7 @@ impl TestApp {
             .expect("auth settings");
         let keys = auth.tokens.clone();
         let state = AppState {
-            pool: pool(&url, options.acquire_timeout),
+            pool: pool_of(&url, options.acquire_timeout, options.pool_size),
             database_url: url,
             auth: Arc::new(auth),
             jobs: options.jobs,

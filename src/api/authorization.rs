@@ -5,6 +5,11 @@
 //! PERMISSION_DENIED itself (and audits the denial, sampled: denials cost a
 //! caller nothing, so a flood of them must not cost the database a row
 //! each). Health and reflection are not `automation.v1` and pass untouched.
+//!
+//! A call that may change a caller (see [`changes_callers`]) answers only
+//! once every replica has applied the change to its cache of callers (the
+//! fence of `auth::callers::listener`), so that the change holds on the next
+//! call wherever it lands.
 
 use std::{
     pin::Pin,
@@ -16,12 +21,13 @@ use http::HeaderMap;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{
-    caller::Caller,
-    client::{ClientInfo, TrustedProxies},
-    policy::{self, AccessRule},
-};
 use crate::{
+    auth::{
+        caller::Caller,
+        callers::listener::CallerFeed,
+        client::{ClientInfo, TrustedProxies},
+        policy::{self, AccessRule},
+    },
     domain::{
         audit::{AuditAction, AuditEvent, AuditTrail},
         sessions::Sessions,
@@ -38,6 +44,8 @@ pub struct Authorizer {
     pub audit: AuditTrail,
     /// Proxies whose `x-forwarded-for` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// The replica's cache of callers and its fence.
+    pub callers: CallerFeed,
 }
 
 const PACKAGE_PREFIX: &str = "/automation.v1.";
@@ -50,6 +58,31 @@ const KEYLESS_METHODS: &[&str] = &[
     "/automation.v1.AuthService/ListSessions",
     "/automation.v1.AuthService/RevokeSession",
 ];
+
+/// The services whose writes can change what a caller may do: sessions
+/// (AuthService), accounts, roles and assignments, API keys.
+const IDENTITY_SERVICES: &[&str] = &[
+    "/automation.v1.AuthService/",
+    "/automation.v1.UserService/",
+    "/automation.v1.RoleService/",
+    "/automation.v1.ApiKeyService/",
+];
+
+/// Whether a call to `path` may change a caller (end a session, deactivate,
+/// delete or reset an account, change a role's permissions or who holds
+/// it, revoke a key): every method of the identity services that is not a
+/// read (`Get…`, `List…`) — including Refresh, which revokes a session
+/// whose spent token comes back — except Login, which only opens a new
+/// session. Creations are included: cheap, rare, and it keeps the rule one
+/// line. A new writing RPC of these services is covered without a list to
+/// maintain.
+fn changes_callers(path: &str) -> bool {
+    IDENTITY_SERVICES.iter().any(|service| {
+        path.strip_prefix(service).is_some_and(|method| {
+            !method.starts_with("Get") && !method.starts_with("List") && method != "Login"
+        })
+    })
+}
 
 impl Authorizer {
     /// Decides a call. `Ok(None)`: public, no caller. A refusal carries the
@@ -182,6 +215,7 @@ impl<S> Service<http::Request<Body>> for AuthMiddleware<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -191,7 +225,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // The clone that was polled ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -201,50 +235,72 @@ where
             if !path.starts_with(PACKAGE_PREFIX) {
                 return inner.call(request).await;
             }
-            let mut client = ClientInfo::from_http(&request, &authorizer.trusted_proxies);
-            match authorizer.authorize(&path, request.headers()).await {
-                Ok(caller) => {
-                    if let Some(caller) = caller {
-                        if let Some(key) = caller.api_key {
-                            // Every row this call writes names the key, and
-                            // the key's use is on the trail: the first call
-                            // per window, then a count.
-                            client.api_key = Some(key);
-                            let event = AuditEvent::success(
-                                AuditAction::ApiKeyUsed,
-                                Some(caller.user_id),
-                                format!("api_keys/{key}"),
-                            )
-                            .with_details(
-                                serde_json::json!({ "method": path.trim_start_matches('/') }),
-                            );
-                            authorizer
-                                .audit
-                                .record_sampled(format!("api_key|{key}"), &client, &event)
-                                .await;
-                        }
-                        request.extensions_mut().insert(caller);
-                    }
-                    request.extensions_mut().insert(client);
-                    inner.call(request).await
-                }
-                Err((error, denied)) => {
-                    if matches!(
-                        error.code(),
-                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-                    ) {
-                        client.api_key = denied.as_ref().and_then(|caller| caller.api_key);
-                        let caller = denied
-                            .map(|caller| caller.user_id)
-                            .or_else(|| caller_hint(&authorizer, request.headers()));
-                        authorizer
-                            .audit_denial(&path, caller, &client, &error)
+            let (response, handled) = authorizer.serve(&path, inner, request).await;
+            if handled && changes_callers(&path) {
+                // Unary: the handler (and its commit) has run when the
+                // response future resolves. Whatever its outcome (a refused
+                // refresh may have revoked a session), every replica
+                // applies what it wrote before the caller hears back.
+                authorizer.callers.fence().await;
+            }
+            response
+        })
+    }
+}
+
+impl Authorizer {
+    /// Authorizes the call and passes it on, or answers the refusal; says
+    /// whether the handler ran.
+    async fn serve<S>(
+        &self,
+        path: &str,
+        mut inner: S,
+        mut request: http::Request<Body>,
+    ) -> (Result<S::Response, S::Error>, bool)
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>> + Send,
+        S::Future: Send,
+    {
+        let mut client = ClientInfo::from_http(&request, &self.trusted_proxies);
+        match self.authorize(path, request.headers()).await {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    if let Some(key) = caller.api_key {
+                        // Every row this call writes names the key, and the
+                        // key's use is on the trail: the first call per
+                        // window, then a count.
+                        client.api_key = Some(key);
+                        let event = AuditEvent::success(
+                            AuditAction::ApiKeyUsed,
+                            Some(caller.user_id),
+                            format!("api_keys/{key}"),
+                        )
+                        .with_details(
+                            serde_json::json!({ "method": path.trim_start_matches('/') }),
+                        );
+                        self.audit
+                            .record_sampled(format!("api_key|{key}"), &client, &event)
                             .await;
                     }
-                    Ok(Status::from(error).into_http())
+                    request.extensions_mut().insert(caller);
                 }
+                request.extensions_mut().insert(client);
+                (inner.call(request).await, true)
             }
-        })
+            Err((error, denied)) => {
+                if matches!(
+                    error.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) {
+                    client.api_key = denied.as_ref().and_then(|caller| caller.api_key);
+                    let caller = denied
+                        .map(|caller| caller.user_id)
+                        .or_else(|| caller_hint(self, request.headers()));
+                    self.audit_denial(path, caller, &client, &error).await;
+                }
+                (Ok(Status::from(error).into_http()), false)
+            }
+        }
     }
 }
 
@@ -257,4 +313,44 @@ fn caller_hint(authorizer: &Authorizer, headers: &HeaderMap) -> Option<uuid::Uui
         .verify_token(token)
         .ok()
         .map(|s| s.user_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_identity_write_and_only_those_waits_for_the_replicas() {
+        let fenced: Vec<&str> = policy::METHOD_ACCESS
+            .iter()
+            .map(|(path, _)| *path)
+            .filter(|path| changes_callers(path))
+            .collect();
+        for path in [
+            "/automation.v1.AuthService/Logout",
+            "/automation.v1.AuthService/Refresh",
+            "/automation.v1.AuthService/ChangePassword",
+            "/automation.v1.AuthService/RevokeSession",
+            "/automation.v1.UserService/UpdateUser",
+            "/automation.v1.UserService/DeleteUser",
+            "/automation.v1.UserService/ResetUserPassword",
+            "/automation.v1.RoleService/UpdateRole",
+            "/automation.v1.RoleService/DeleteRole",
+            "/automation.v1.RoleService/AssignRole",
+            "/automation.v1.RoleService/UnassignRole",
+            "/automation.v1.ApiKeyService/RevokeApiKey",
+        ] {
+            assert!(fenced.contains(&path), "{path}");
+        }
+        for path in &fenced {
+            assert!(
+                !path.contains("/Get") && !path.contains("/List") && !path.ends_with("/Login"),
+                "{path}"
+            );
+            assert!(
+                !path.contains("JobService") && !path.contains("ModuleService"),
+                "{path}"
+            );
+        }
+    }
 }

@@ -1,0 +1,12 @@
+DROP TRIGGER caller_changes_truncate ON "roles";
+DROP TRIGGER caller_changes_truncate ON "user_roles";
+DROP TRIGGER caller_changes_truncate ON "users";
+DROP TRIGGER caller_changes_truncate ON "api_keys";
+DROP TRIGGER caller_changes_truncate ON "sessions";
+DROP TRIGGER caller_changes ON "roles";
+DROP TRIGGER caller_changes ON "user_roles";
+DROP TRIGGER caller_changes_delete ON "users";
+DROP TRIGGER caller_changes ON "users";
+DROP TRIGGER caller_changes ON "api_keys";
+DROP TRIGGER caller_changes ON "sessions";
+DROP FUNCTION caller_changes_notify();
