@@ -37,6 +37,7 @@ use crate::{
     health, maintenance,
     proto::{self, automation_v1 as pb},
     reflection::Reflection,
+    tls::{self, TlsFiles, TlsServer},
 };
 
 /// What the server is built from.
@@ -78,6 +79,9 @@ pub struct ServerOptions {
     /// The memory that requests carrying JSON documents may hold at once
     /// (`REQUEST_MEMORY_BUDGET_BYTES`; see [`api::codec::budget`]).
     pub request_budget: BudgetSettings,
+    /// Serve TLS from these files (`TLS_CERT_FILE`, ...); `None` is
+    /// plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerOptions {
@@ -90,6 +94,7 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
             batch_max_bytes: 8 * 1024 * 1024,
             request_budget: BudgetSettings::default(),
+            tls: None,
         }
     }
 }
@@ -118,6 +123,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
     state.auth.passwords.prepare().await?;
+    let tls = match &options.tls {
+        Some(files) => Some(TlsServer::load(files.clone()).await?),
+        None => None,
+    };
     let (reporter, health_service, monitor) = start_health(&state, &options).await;
     let reflection = reflection()?;
 
@@ -133,6 +142,7 @@ pub async fn serve(
         maintenance::INTERVAL,
         background.clone(),
     ));
+    let reloader = tls.as_ref().map(|t| t.spawn_reloader(background.clone()));
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let jobs = Jobs::new(state.pool.clone(), state.jobs, wake.clone());
@@ -166,10 +176,20 @@ pub async fn serve(
             api_keys: ApiKeys::new(state.pool.clone()),
         },
         &caps,
-    )
-    .serve_with_incoming_shutdown(incoming(listener), async {
+    );
+    let stop_accepting = async {
         let _ = drain_started.await;
-    });
+    };
+    // The two transports differ only in the stream of connections.
+    let server: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
+        Some(tls) => {
+            Box::pin(server.serve_with_incoming_shutdown(
+                tls::incoming(tls, incoming(listener)),
+                stop_accepting,
+            ))
+        }
+        None => Box::pin(server.serve_with_incoming_shutdown(incoming(listener), stop_accepting)),
+    };
     let result = run_until_shutdown(
         server,
         shutdown,
@@ -188,6 +208,9 @@ pub async fn serve(
     dispatcher.stop(dispatch_tasks).await;
     background.cancel();
     let _ = housekeeping.await;
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }
 

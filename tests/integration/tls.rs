@@ -1,0 +1,255 @@
+//! gRPC over TLS with certificates made by the test: TLS clients call,
+//! plaintext ones are refused, mutual TLS refuses clients without a
+//! certificate of the right CA, a rotated certificate reaches new
+//! connections while an open Work stream keeps going, `serve` refuses
+//! plaintext off loopback, and `control-plane health` speaks TLS.
+
+use crate::common;
+
+use std::{path::Path, time::Duration};
+
+use automation_control_plane::{proto::automation_v1 as pb, tls::TlsFiles};
+use common::{
+    AuthServiceClient, TestApp, TestOptions,
+    certs::{self, Leaf, TestCa},
+    new_job,
+};
+use serde_json::json;
+use tonic::{
+    Code, Request,
+    transport::{ClientTlsConfig, Endpoint},
+};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// Writes the server's files into `dir` and returns a server speaking TLS
+/// with them (mutual when `client_ca` is given), its clients trusting `ca`.
+async fn tls_app(dir: &Path, ca: &TestCa, server: &Leaf, client_ca: Option<&TestCa>) -> TestApp {
+    let mut options = TestOptions::default();
+    options.server.tls = Some(TlsFiles {
+        cert_file: certs::write(dir, "server.pem", &server.cert),
+        key_file: certs::write(dir, "server.key", &server.key),
+        client_ca_file: client_ca.map(|ca| certs::write(dir, "client-ca.pem", &ca.pem)),
+        reload_interval: Duration::from_millis(100),
+    });
+    options.tls_client = Some(ca.trusted_by_client());
+    TestApp::spawn_with(options).await
+}
+
+/// Connects with `tls` (or in plaintext with `None`) and asks the health
+/// service: the error says where it failed.
+async fn health_over(app: &TestApp, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://localhost:{}", app.addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|e| format!("config: {e}"))?,
+        None => Endpoint::from_shared(format!("http://{}", app.addr)).unwrap(),
+    };
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("call: {e:?}"))
+}
+
+#[tokio::test]
+async fn a_tls_client_calls_and_a_plaintext_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let app = tls_app(dir.path(), &ca, &ca.server(), None).await;
+
+    let token = app.admin_token().await;
+    let user = app.current_user(&token).await;
+    assert_eq!(user.username, "admin");
+    health_over(&app, Some(ca.trusted_by_client()))
+        .await
+        .expect("TLS client");
+
+    let refused = health_over(&app, None).await;
+    assert!(refused.is_err(), "plaintext must be refused: {refused:?}");
+    let other = TestCa::new("someone else's CA");
+    let refused = health_over(&app, Some(other.trusted_by_client())).await;
+    assert!(refused.is_err(), "an unknown server CA: {refused:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_wants_a_certificate_of_its_ca_and_still_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new("server CA");
+    let client_ca = TestCa::new("client CA");
+    let mut app = tls_app(
+        dir.path(),
+        &server_ca,
+        &server_ca.server(),
+        Some(&client_ca),
+    )
+    .await;
+    let good = client_ca.client("worker-1");
+    app.tls_client = Some(server_ca.trusted_by_client().identity(good.identity()));
+
+    // A certificate of the client CA: calls go through, a Work stream opens.
+    let token = app.admin_token().await;
+    assert_eq!(app.current_user(&token).await.username, "admin");
+    let mut worker = app.worker(1).await;
+    app.create_job(&token, new_job("mtls.job", json!({}))).await;
+    let assignment = worker.assignment().await;
+    worker.complete(&assignment, json!("done")).await;
+    assert!(worker.ack().await.accepted);
+
+    // The certificate does not stand in for the token.
+    let status = AuthServiceClient::new(app.channel().await)
+        .get_current_user(Request::new(pb::GetCurrentUserRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // No certificate, or one of another CA (even with the same name): refused.
+    let refused = health_over(&app, Some(server_ca.trusted_by_client())).await;
+    assert!(refused.is_err(), "no client certificate: {refused:?}");
+    let stranger = TestCa::new("client CA").client("worker-1");
+    let refused = health_over(
+        &app,
+        Some(server_ca.trusted_by_client().identity(stranger.identity())),
+    )
+    .await;
+    assert!(refused.is_err(), "a certificate of another CA: {refused:?}");
+    // A server certificate is not a client certificate.
+    let refused = health_over(&app, None).await;
+    assert!(refused.is_err(), "plaintext: {refused:?}");
+    drop(worker);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_reaches_new_connections_and_open_streams_keep_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = TestCa::new("old CA");
+    let new_ca = TestCa::new("new CA");
+    let mut app = tls_app(dir.path(), &old_ca, &old_ca.server(), None).await;
+    let token = app.admin_token().await;
+    let mut worker = app.worker(1).await;
+
+    // A broken file on disk is logged and the certificate in force kept.
+    certs::write(dir.path(), "server.pem", "not a certificate");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    health_over(&app, Some(old_ca.trusted_by_client()))
+        .await
+        .expect("the old certificate is still served");
+
+    // Rotation as a certificate manager does it: key, then certificate.
+    let rotated = new_ca.server();
+    certs::write(dir.path(), "server.key", &rotated.key);
+    certs::write(dir.path(), "server.pem", &rotated.cert);
+    let mut served = Err(String::new());
+    for _ in 0..100 {
+        served = health_over(&app, Some(new_ca.trusted_by_client())).await;
+        if served.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served.expect("the new certificate reaches a new connection");
+    let refused = health_over(&app, Some(old_ca.trusted_by_client())).await;
+    assert!(refused.is_err(), "the old certificate is gone: {refused:?}");
+
+    // The Work stream opened before the rotation still gets and settles
+    // jobs.
+    app.tls_client = Some(new_ca.trusted_by_client());
+    app.create_job(&token, new_job("rotation.job", json!({})))
+        .await;
+    let assignment = worker.assignment().await;
+    worker.heartbeat().await;
+    worker.complete(&assignment, json!("still here")).await;
+    assert!(worker.ack().await.accepted);
+    drop(worker);
+    app.stop().await;
+}
+
+/// Runs `control-plane` with `args` and returns (success, stdout, stderr).
+async fn run_binary(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("LISTEN_ADDR")
+        .env_remove("ALLOW_PLAINTEXT")
+        .env_remove("TLS_CERT_FILE")
+        .env_remove("TLS_KEY_FILE")
+        .env_remove("TLS_CA_FILE")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run control-plane");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn serve_refuses_plaintext_off_loopback_and_says_why() {
+    let (ok, _, stderr) = run_binary(&["serve", "--listen-addr", "0.0.0.0:0"]).await;
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("refusing plaintext gRPC on non-loopback 0.0.0.0:0")
+            && stderr.contains("TLS_CERT_FILE")
+            && stderr.contains("--allow-plaintext"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_health_command_speaks_tls_and_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new("server CA");
+    let client_ca = TestCa::new("client CA");
+    let app = tls_app(
+        dir.path(),
+        &server_ca,
+        &server_ca.server(),
+        Some(&client_ca),
+    )
+    .await;
+    let ca_file = certs::write(dir.path(), "ca.pem", &server_ca.pem);
+    let client = client_ca.client("probe");
+    let cert_file = certs::write(dir.path(), "probe.pem", &client.cert);
+    let key_file = certs::write(dir.path(), "probe.key", &client.key);
+    let addr = app.addr.to_string();
+    let base = [
+        "health",
+        "--addr",
+        &addr,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "--server-name",
+        "localhost",
+    ];
+
+    let (ok, stdout, stderr) = run_binary(
+        &[
+            &base[..],
+            &[
+                "--client-cert-file",
+                cert_file.to_str().unwrap(),
+                "--client-key-file",
+                key_file.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(ok, "{stdout} {stderr}");
+    assert_eq!(stdout.trim(), "SERVING");
+
+    let (ok, _, stderr) = run_binary(&base).await;
+    assert!(!ok, "no client certificate must fail: {stderr}");
+    app.stop().await;
+}
