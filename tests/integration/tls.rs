@@ -253,3 +253,62 @@ async fn the_health_command_speaks_tls_and_mutual_tls() {
     assert!(!ok, "no client certificate must fail: {stderr}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_worker_sdk_runs_jobs_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new("server CA");
+    let client_ca = TestCa::new("client CA");
+    let mut app = tls_app(
+        dir.path(),
+        &server_ca,
+        &server_ca.server(),
+        Some(&client_ca),
+    )
+    .await;
+    let client = client_ca.client("sdk-worker");
+    app.tls_client = Some(server_ca.trusted_by_client().identity(client.identity()));
+    let token = app.admin_token().await;
+    let worker = automation_worker::Worker::builder(
+        format!("https://localhost:{}", app.addr.port()),
+        token.clone(),
+    )
+    .ca_certificate_pem(server_ca.pem.clone())
+    .client_identity_pem(client.cert.clone(), client.key.clone())
+    .handle("tls.echo", |job| async move { Ok(job.payload) })
+    .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let job = app
+        .create_job(&token, new_job("tls.echo", json!({ "over": "tls" })))
+        .await;
+    let mut finished = None;
+    for _ in 0..200 {
+        let current = app.job(&token, &job.id).await;
+        if current.status() == pb::JobStatus::Completed {
+            finished = Some(current);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let finished = finished.expect("the SDK worker completes the job over mutual TLS");
+    assert!(finished.result.is_some());
+    let _ = stop.send(());
+    running.await.unwrap().expect("the worker stops cleanly");
+
+    // An http:// endpoint with TLS settings is a configuration error, not
+    // a silent plaintext connection.
+    let refused = automation_worker::Worker::builder(format!("http://{}", app.addr), token)
+        .ca_certificate_pem(server_ca.pem.clone())
+        .handle("tls.echo", |job| async move { Ok(job.payload) })
+        .build()
+        .run(std::future::pending())
+        .await;
+    assert!(
+        matches!(refused, Err(automation_worker::WorkerError::Endpoint(_))),
+        "{refused:?}"
+    );
+    app.stop().await;
+}
