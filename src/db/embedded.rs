@@ -114,6 +114,19 @@ pub struct EmbeddedPostgresOptions {
     /// long to wait, before starting it, for a previous run's postmaster
     /// that is still shutting down to exit.
     pub startup_timeout: Duration,
+    /// Serve TLS (`ssl=on`) with this certificate and key, written into the
+    /// data directory as `server.crt` and `server.key`; clients choose
+    /// whether to use it (`sslmode`).
+    pub ssl: Option<EmbeddedSsl>,
+}
+
+/// The server certificate of an embedded cluster that speaks TLS.
+#[derive(Debug, Clone)]
+pub struct EmbeddedSsl {
+    /// PEM certificate chain.
+    pub cert_pem: String,
+    /// PEM private key.
+    pub key_pem: String,
 }
 
 /// A running cluster. Dropping it stops the server.
@@ -329,6 +342,20 @@ impl RunAs {
     }
 }
 
+/// Writes the TLS certificate and key where PostgreSQL looks for them, the
+/// key readable by the server's user only (PostgreSQL refuses it otherwise).
+fn write_ssl_files(runner: &RunAs, pgdata: &Path, ssl: &EmbeddedSsl) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (name, contents) in [("server.crt", &ssl.cert_pem), ("server.key", &ssl.key_pem)] {
+        let path = pgdata.join(name);
+        fs::write(&path, contents).map_err(|e| failed("writing the TLS files", e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| failed("writing the TLS files", e))?;
+        runner.own(&path)?;
+    }
+    Ok(())
+}
+
 /// Finds the directory holding `initdb` and `postgres`.
 pub fn find_binaries() -> Result<PathBuf> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
@@ -401,6 +428,9 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         .trim()
         .to_owned();
     previous_run::wait_for_postmaster(&pgdata, runner.uid, options.startup_timeout)?;
+    if let Some(ssl) = &options.ssl {
+        write_ssl_files(&runner, &pgdata, ssl)?;
+    }
 
     let port = if options.port == 0 {
         free_port()?
@@ -435,6 +465,9 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
+    if options.ssl.is_some() {
+        command.args(["-c", "ssl=on"]);
+    }
     if !options.durable {
         command.args([
             "-c",

@@ -312,3 +312,79 @@ async fn the_worker_sdk_runs_jobs_over_mutual_tls() {
     );
     app.stop().await;
 }
+
+/// Whether the session of `conn` is encrypted, as PostgreSQL sees it.
+async fn encrypted(conn: &mut diesel_async::AsyncPgConnection) -> bool {
+    use diesel_async::RunQueryDsl as _;
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
+    ))
+    .get_result(conn)
+    .await
+    .expect("pg_stat_ssl")
+}
+
+#[tokio::test]
+async fn postgres_over_tls_with_verify_full() {
+    use automation_control_plane::db::{
+        self,
+        embedded::{EmbeddedPostgres, EmbeddedPostgresOptions, EmbeddedSsl},
+        migrations,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("database CA");
+    let server = ca.server();
+    let cluster = EmbeddedPostgres::start(EmbeddedPostgresOptions {
+        root_dir: dir.path().join("cluster"),
+        port: 0,
+        durable: false,
+        max_connections: 30,
+        startup_timeout: Duration::from_secs(60),
+        ssl: Some(EmbeddedSsl {
+            cert_pem: server.cert.clone(),
+            key_pem: server.key.clone(),
+        }),
+    })
+    .await
+    .expect("a cluster with ssl=on");
+    let ca_file = certs::write(dir.path(), "db-ca.pem", &ca.pem);
+    let base = cluster.url("postgres");
+    let url = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    );
+
+    // One connection, the migrations, the pool and a dedicated (LISTEN)
+    // connection all go through TLS.
+    let mut conn = db::open_connection(&url).await.expect("verify-full");
+    assert!(encrypted(&mut conn).await);
+    migrations::run_pending(&url)
+        .await
+        .expect("migrations over TLS");
+    let pool = common::pool(&url, Duration::from_secs(10));
+    let mut pooled = pool.get().await.expect("pooled connection over TLS");
+    assert!(encrypted(&mut pooled).await);
+    let mut dedicated = db::dedicated_connection(&url, "tls-test", "", Duration::from_secs(10))
+        .await
+        .expect("dedicated connection over TLS");
+    assert!(encrypted(&mut dedicated).await);
+    let mut required = db::open_connection(&format!("{base}?sslmode=require"))
+        .await
+        .expect("require");
+    assert!(encrypted(&mut required).await);
+    let mut plain = db::open_connection(&base).await.expect("no sslmode");
+    assert!(!encrypted(&mut plain).await);
+
+    // A certificate of another CA is refused by verify-ca and verify-full.
+    let other_ca = certs::write(dir.path(), "other-ca.pem", &TestCa::new("other").pem);
+    for mode in ["verify-ca", "verify-full"] {
+        let refused = db::open_connection(&format!(
+            "{base}?sslmode={mode}&sslrootcert={}",
+            other_ca.display()
+        ))
+        .await;
+        assert!(refused.is_err(), "{mode} with another CA connected");
+    }
+    drop((conn, pooled, dedicated, required, plain));
+    cluster.stop().await;
+}
