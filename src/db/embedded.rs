@@ -114,10 +114,6 @@ pub struct EmbeddedPostgresOptions {
     /// long to wait, before starting it, for a previous run's postmaster
     /// that is still shutting down to exit.
     pub startup_timeout: Duration,
-    /// Serve TLS (`ssl=on`) with this certificate and key, written into the
-    /// data directory as `server.crt` and `server.key`; clients choose
-    /// whether to use it (`sslmode`).
-    pub ssl: Option<EmbeddedSsl>,
 }
 
 /// The server certificate of an embedded cluster that speaks TLS.
@@ -145,9 +141,27 @@ impl EmbeddedPostgres {
     /// Initialises the cluster if needed, starts it and waits until it accepts
     /// connections.
     pub async fn start(options: EmbeddedPostgresOptions) -> Result<Self> {
-        let prepared = tokio::task::spawn_blocking(move || prepare_and_spawn(&options))
-            .await
-            .map_err(|e| failed("start", e))??;
+        Self::start_inner(options, None).await
+    }
+
+    /// As [`EmbeddedPostgres::start`], serving TLS (`ssl=on`) with `ssl`'s
+    /// certificate and key, written into the data directory as `server.crt`
+    /// and `server.key`; clients choose whether to use it (`sslmode`).
+    pub async fn start_with_ssl(
+        options: EmbeddedPostgresOptions,
+        ssl: EmbeddedSsl,
+    ) -> Result<Self> {
+        Self::start_inner(options, Some(ssl)).await
+    }
+
+    async fn start_inner(
+        options: EmbeddedPostgresOptions,
+        ssl: Option<EmbeddedSsl>,
+    ) -> Result<Self> {
+        let prepared =
+            tokio::task::spawn_blocking(move || prepare_and_spawn(&options, ssl.as_ref()))
+                .await
+                .map_err(|e| failed("start", e))??;
         let (mut cluster, deadline) = prepared;
         if let Err(error) = cluster.wait_until_ready(deadline).await {
             cluster.stop_blocking_in_place();
@@ -399,7 +413,10 @@ fn free_port() -> Result<u16> {
         .map_err(|e| failed("finding a free port", e))
 }
 
-fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostgres, Instant)> {
+fn prepare_and_spawn(
+    options: &EmbeddedPostgresOptions,
+    ssl: Option<&EmbeddedSsl>,
+) -> Result<(EmbeddedPostgres, Instant)> {
     let bin_dir = find_binaries()?;
     let runner = run_as()?;
     let root = &options.root_dir;
@@ -428,7 +445,7 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         .trim()
         .to_owned();
     previous_run::wait_for_postmaster(&pgdata, runner.uid, options.startup_timeout)?;
-    if let Some(ssl) = &options.ssl {
+    if let Some(ssl) = ssl {
         write_ssl_files(&runner, &pgdata, ssl)?;
     }
 
@@ -465,7 +482,7 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    if options.ssl.is_some() {
+    if ssl.is_some() {
         command.args(["-c", "ssl=on"]);
     }
     if !options.durable {

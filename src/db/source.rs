@@ -39,7 +39,6 @@ impl DatabaseSource {
             durable: true,
             max_connections: 100,
             startup_timeout: std::time::Duration::from_secs(60),
-            ssl: None,
         })
         .await
         .map_err(|e| AppError::Config(e.to_string()))?;

@@ -334,17 +334,19 @@ async fn postgres_over_tls_with_verify_full() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("database CA");
     let server = ca.server();
-    let cluster = EmbeddedPostgres::start(EmbeddedPostgresOptions {
-        root_dir: dir.path().join("cluster"),
-        port: 0,
-        durable: false,
-        max_connections: 30,
-        startup_timeout: Duration::from_secs(60),
-        ssl: Some(EmbeddedSsl {
+    let cluster = EmbeddedPostgres::start_with_ssl(
+        EmbeddedPostgresOptions {
+            root_dir: dir.path().join("cluster"),
+            port: 0,
+            durable: false,
+            max_connections: 30,
+            startup_timeout: Duration::from_secs(60),
+        },
+        EmbeddedSsl {
             cert_pem: server.cert.clone(),
             key_pem: server.key.clone(),
-        }),
-    })
+        },
+    )
     .await
     .expect("a cluster with ssl=on");
     let ca_file = certs::write(dir.path(), "db-ca.pem", &ca.pem);

@@ -86,7 +86,6 @@ impl TestServer {
                     durable: false,
                     max_connections: 500,
                     startup_timeout: Duration::from_secs(60),
-                    ssl: None,
                 })
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
