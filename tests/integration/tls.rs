@@ -6,6 +6,8 @@
 
 use crate::common;
 
+mod examples;
+
 use std::{path::Path, time::Duration};
 
 use automation_control_plane::{proto::automation_v1 as pb, tls::TlsFiles};
