@@ -124,7 +124,11 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     state.auth.passwords.prepare().await?;
     let tls = match &options.tls {
-        Some(files) => Some(TlsServer::load(files.clone()).await?),
+        Some(files) => {
+            let tls = TlsServer::load(files.clone()).await?;
+            tracing::info!(mutual = tls.mutual(), "gRPC over TLS");
+            Some(tls)
+        }
         None => None,
     };
     let (reporter, health_service, monitor) = start_health(&state, &options).await;

@@ -57,10 +57,14 @@ pub async fn open_connection(url: &str) -> ConnectionResult<AsyncPgConnection> {
         None => None,
     };
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(verify, roots)?);
-    let (client, connection) = config
-        .connect(tls)
-        .await
-        .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
+        // tokio-postgres's message alone ("error performing TLS handshake")
+        // hides why: the certificate's complaint is in the source.
+        let cause = std::error::Error::source(&e)
+            .map(|cause| format!(": {cause}"))
+            .unwrap_or_default();
+        ConnectionError::BadConnection(format!("{e}{cause}"))
+    })?;
     AsyncPgConnection::try_from_client_and_connection(client, connection).await
 }
 

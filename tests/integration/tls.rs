@@ -335,7 +335,8 @@ async fn postgres_over_tls_with_verify_full() {
     };
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("database CA");
-    let server = ca.server();
+    // Named `localhost` only: reached as 127.0.0.1, the name does not match.
+    let server = ca.server_named(&["localhost"]);
     let cluster = EmbeddedPostgres::start_with_ssl(
         EmbeddedPostgresOptions {
             root_dir: dir.path().join("cluster"),
@@ -353,8 +354,9 @@ async fn postgres_over_tls_with_verify_full() {
     .expect("a cluster with ssl=on");
     let ca_file = certs::write(dir.path(), "db-ca.pem", &ca.pem);
     let base = cluster.url("postgres");
+    let by_name = base.replace("@127.0.0.1:", "@localhost:");
     let url = format!(
-        "{base}?sslmode=verify-full&sslrootcert={}",
+        "{by_name}?sslmode=verify-full&sslrootcert={}",
         ca_file.display()
     );
 
@@ -379,6 +381,16 @@ async fn postgres_over_tls_with_verify_full() {
     let mut plain = db::open_connection(&base).await.expect("no sslmode");
     assert!(!encrypted(&mut plain).await);
 
+    // A name the certificate does not carry: verify-ca takes it, verify-full
+    // does not.
+    let by_address = format!("{base}?sslrootcert={}", ca_file.display());
+    let mut chain_only = db::open_connection(&format!("{by_address}&sslmode=verify-ca"))
+        .await
+        .expect("verify-ca ignores the name");
+    assert!(encrypted(&mut chain_only).await);
+    let refused = db::open_connection(&format!("{by_address}&sslmode=verify-full")).await;
+    assert!(refused.is_err(), "verify-full with a wrong name connected");
+
     // A certificate of another CA is refused by verify-ca and verify-full.
     let other_ca = certs::write(dir.path(), "other-ca.pem", &TestCa::new("other").pem);
     for mode in ["verify-ca", "verify-full"] {
@@ -389,6 +401,6 @@ async fn postgres_over_tls_with_verify_full() {
         .await;
         assert!(refused.is_err(), "{mode} with another CA connected");
     }
-    drop((conn, pooled, dedicated, required, plain));
+    drop((conn, pooled, dedicated, required, plain, chain_only));
     cluster.stop().await;
 }

@@ -43,10 +43,12 @@ impl TestCa {
 
     /// A server certificate for `localhost` and 127.0.0.1.
     pub fn server(&self) -> Leaf {
-        self.leaf(
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
+        self.server_named(&["localhost", "127.0.0.1"])
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn server_named(&self, names: &[&str]) -> Leaf {
+        self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate.
