@@ -12,7 +12,7 @@ use std::{path::Path, time::Duration};
 
 use automation_control_plane::{proto::automation_v1 as pb, tls::TlsFiles};
 use common::{
-    AuthServiceClient, TestApp, TestOptions,
+    AuditServiceClient, AuthServiceClient, TestApp, TestOptions,
     certs::{self, Leaf, TestCa},
     new_job,
 };
@@ -69,6 +69,24 @@ async fn a_tls_client_calls_and_a_plaintext_one_is_refused() {
     let token = app.admin_token().await;
     let user = app.current_user(&token).await;
     assert_eq!(user.username, "admin");
+    // The peer address is still known behind TLS (audit, login throttling).
+    let logins = AuditServiceClient::new(app.channel().await)
+        .list_audit_logs(common::authed(
+            &token,
+            pb::ListAuditLogsRequest {
+                action: "auth.login".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .audit_logs;
+    assert!(!logins.is_empty());
+    assert!(
+        logins.iter().all(|l| l.ip_address == "127.0.0.1"),
+        "{logins:?}"
+    );
     health_over(&app, Some(ca.trusted_by_client()))
         .await
         .expect("TLS client");
