@@ -34,6 +34,9 @@ use nix::{
 use rand::distr::{Alphanumeric, SampleString};
 
 mod previous_run;
+mod ssl;
+
+pub use ssl::EmbeddedSsl;
 
 /// Why the embedded cluster could not start or stop. Each message names the
 /// problem and what to do about it.
@@ -114,15 +117,6 @@ pub struct EmbeddedPostgresOptions {
     /// long to wait, before starting it, for a previous run's postmaster
     /// that is still shutting down to exit.
     pub startup_timeout: Duration,
-}
-
-/// The server certificate of an embedded cluster that speaks TLS.
-#[derive(Debug, Clone)]
-pub struct EmbeddedSsl {
-    /// PEM certificate chain.
-    pub cert_pem: String,
-    /// PEM private key.
-    pub key_pem: String,
 }
 
 /// A running cluster. Dropping it stops the server.
@@ -356,20 +350,6 @@ impl RunAs {
     }
 }
 
-/// Writes the TLS certificate and key where PostgreSQL looks for them, the
-/// key readable by the server's user only (PostgreSQL refuses it otherwise).
-fn write_ssl_files(runner: &RunAs, pgdata: &Path, ssl: &EmbeddedSsl) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    for (name, contents) in [("server.crt", &ssl.cert_pem), ("server.key", &ssl.key_pem)] {
-        let path = pgdata.join(name);
-        fs::write(&path, contents).map_err(|e| failed("writing the TLS files", e))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| failed("writing the TLS files", e))?;
-        runner.own(&path)?;
-    }
-    Ok(())
-}
-
 /// Finds the directory holding `initdb` and `postgres`.
 pub fn find_binaries() -> Result<PathBuf> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
@@ -446,7 +426,7 @@ fn prepare_and_spawn(
         .to_owned();
     previous_run::wait_for_postmaster(&pgdata, runner.uid, options.startup_timeout)?;
     if let Some(ssl) = ssl {
-        write_ssl_files(&runner, &pgdata, ssl)?;
+        ssl::write_files(&pgdata, ssl, |path| runner.own(path))?;
     }
 
     let port = if options.port == 0 {
