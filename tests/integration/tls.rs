@@ -422,3 +422,71 @@ async fn postgres_over_tls_with_verify_full() {
     drop((conn, pooled, dedicated, required, plain, chain_only));
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn serve_takes_its_certificate_from_the_environment_and_listens_off_loopback() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = tempfile::tempdir().unwrap();
+    // The embedded cluster runs as an unprivileged user when we are root.
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ca = TestCa::new("process CA");
+    let server = ca.server();
+    let cert = certs::write(data.path(), "tls.crt", &server.cert);
+    let key = certs::write(data.path(), "tls.key", &server.key);
+    let ca_file = certs::write(data.path(), "ca.pem", &ca.pem);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env_remove("JWT_SECRET")
+        .env_remove("ALLOW_PLAINTEXT")
+        .env("DATA_DIR", data.path().join("data"))
+        .env("EMBEDDED_PG_PORT", "0")
+        .env("LISTEN_ADDR", format!("0.0.0.0:{port}"))
+        .env("TLS_CERT_FILE", &cert)
+        .env("TLS_KEY_FILE", &key)
+        .env("ADMIN_PASSWORD", "process-password")
+        .env("BCRYPT_COST", "4")
+        .env("SHUTDOWN_GRACE_MS", "500")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start control-plane");
+    let addr = format!("127.0.0.1:{port}");
+    let health = [
+        "health",
+        "--addr",
+        &addr,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "--server-name",
+        "localhost",
+    ];
+    let mut serving = false;
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("control-plane exited early: {status}");
+        }
+        let (ok, stdout, _) = run_binary(&health).await;
+        if ok && stdout.trim() == "SERVING" {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(serving, "serve over TLS never became SERVING");
+    // Plaintext health checks are refused by the same server.
+    let (ok, _, _) = run_binary(&["health", "--addr", &addr]).await;
+    assert!(!ok, "a plaintext health check must fail against TLS");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
