@@ -11,6 +11,10 @@
 //!
 //! `CONTROL_PLANE_URL` (default `http://127.0.0.1:50051`) names the server;
 //! `API_KEY` is a key holding `jobs:execute` (ApiKeyService/CreateApiKey).
+//! Over TLS (`https://…`): `CONTROL_PLANE_CA_FILE` is the CA to trust (else
+//! the system's roots); `CONTROL_PLANE_CLIENT_CERT_FILE` and
+//! `CONTROL_PLANE_CLIENT_KEY_FILE` are presented to a server that requires
+//! mutual TLS.
 
 use std::time::Duration;
 
@@ -27,7 +31,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url =
         std::env::var("CONTROL_PLANE_URL").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
     let key = std::env::var("API_KEY").map_err(|_| "set API_KEY to a key holding jobs:execute")?;
-    let worker = Worker::builder(url, key)
+    let mut builder = Worker::builder(url, key);
+    if let Ok(path) = std::env::var("CONTROL_PLANE_CA_FILE") {
+        builder = builder.ca_certificate_pem(tokio::fs::read(&path).await?);
+    }
+    if let (Ok(cert), Ok(key)) = (
+        std::env::var("CONTROL_PLANE_CLIENT_CERT_FILE"),
+        std::env::var("CONTROL_PLANE_CLIENT_KEY_FILE"),
+    ) {
+        builder =
+            builder.client_identity_pem(tokio::fs::read(cert).await?, tokio::fs::read(key).await?);
+    }
+    let worker = builder
         .worker_id("example-worker")
         .concurrency(4)
         .handle("example.echo", |job| async move { Ok(job.payload) })

@@ -49,6 +49,29 @@ pub struct HealthArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 3_000)]
     pub timeout_ms: u64,
+    /// How to reach a server that speaks TLS.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// A client's TLS: used when the address is `https://…` or a CA file is
+/// given.
+#[derive(Debug, Clone, Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificates that the server's certificate must chain to
+    /// (implies TLS). Unset with an `https://` address: the system's roots.
+    #[arg(long, env = "TLS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Name the server's certificate must carry, when it is not the host of
+    /// the address (e.g. asking 127.0.0.1 inside the container).
+    #[arg(long, env = "TLS_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// PEM certificate presented to a server that requires mutual TLS.
+    #[arg(long, env = "TLS_CLIENT_CERT_FILE", requires = "client_key_file")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of --client-cert-file.
+    #[arg(long, env = "TLS_CLIENT_KEY_FILE", requires = "client_cert_file")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// Which PostgreSQL to use and how to pool connections to it.
@@ -159,6 +182,37 @@ pub struct ServeArgs {
     /// Tokens, passwords and login throttling.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// TLS on the gRPC port.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS on the gRPC port.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain the server presents (its own certificate
+    /// first). Set: gRPC is served over TLS only.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of TLS_CERT_FILE (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, every client must present a
+    /// certificate that chains to one of them (mutual TLS; the token or API
+    /// key is still required).
+    #[arg(long, env = "TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// How often the TLS files are re-read, in seconds; changed files are
+    /// served to the next connection, open ones keep theirs.
+    #[arg(long, env = "TLS_RELOAD_INTERVAL_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub tls_reload_interval_secs: u64,
+    /// Serve plaintext gRPC on a non-loopback LISTEN_ADDR (tokens and API
+    /// keys then cross the network in clear): for a TLS-terminating proxy
+    /// or mesh in front. Without it, and without TLS_CERT_FILE, serve
+    /// refuses such an address.
+    #[arg(long, env = "ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
 }
 
 /// The job queue.

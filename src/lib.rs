@@ -23,6 +23,7 @@ pub mod seed;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod wire;
 
 pub use error::AppError;

@@ -13,12 +13,15 @@ use automation_control_plane::{
     AppError,
     api::codec::budget::BudgetSettings,
     auth::{AuthSettings, passwords::PasswordHasher, tokens},
-    config::{Cli, Command, DatabaseArgs, HealthArgs, MigrateArgs, SeedArgs, ServeArgs},
+    config::{
+        Cli, ClientTlsArgs, Command, DatabaseArgs, HealthArgs, MigrateArgs, SeedArgs, ServeArgs,
+    },
     db::{self, PoolSettings, migrations, source::DatabaseSource},
     domain::jobs::JobSettings,
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
     store::users,
+    tls::TlsFiles,
 };
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
@@ -142,6 +145,7 @@ async fn seed(
 }
 
 async fn serve(db_args: &DatabaseArgs, args: ServeArgs) -> Result<(), AppError> {
+    refuse_open_plaintext(&args)?;
     // Bind first: a port in use fails before anything else is started.
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await
@@ -208,7 +212,7 @@ async fn serve_on(
     let address = listener
         .local_addr()
         .map_err(|e| AppError::internal(e.to_string()))?;
-    tracing::info!(%address, "serving gRPC");
+    tracing::info!(%address, tls = args.tls.tls_cert_file.is_some(), "serving gRPC");
     server::serve(
         state,
         listener,
@@ -223,12 +227,86 @@ async fn serve_on(
                 total_bytes: args.request_memory_budget_bytes as usize,
                 ..BudgetSettings::default()
             },
+            tls: tls_files(args),
         },
         shutdown_signal(),
     )
     .await?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Secure by default: plaintext gRPC only on loopback, unless asked for by
+/// name (a TLS-terminating proxy or mesh in front).
+fn refuse_open_plaintext(args: &ServeArgs) -> Result<(), AppError> {
+    let tls = &args.tls;
+    if tls.tls_cert_file.is_none() && !tls.allow_plaintext && !args.listen_addr.ip().is_loopback() {
+        return Err(AppError::Config(format!(
+            "refusing plaintext gRPC on non-loopback {} (tokens and API keys would cross the \
+             network in clear): set TLS_CERT_FILE and TLS_KEY_FILE, or --allow-plaintext \
+             (ALLOW_PLAINTEXT=true) behind a TLS-terminating proxy",
+            args.listen_addr
+        )));
+    }
+    if tls.tls_cert_file.is_none() && !args.listen_addr.ip().is_loopback() {
+        tracing::warn!(
+            address = %args.listen_addr,
+            "serving plaintext gRPC on a non-loopback address (ALLOW_PLAINTEXT)"
+        );
+    }
+    Ok(())
+}
+
+/// The TLS files of `serve`, when TLS is on.
+fn tls_files(args: &ServeArgs) -> Option<TlsFiles> {
+    let tls = &args.tls;
+    Some(TlsFiles {
+        cert_file: tls.tls_cert_file.clone()?,
+        key_file: tls.tls_key_file.clone()?,
+        client_ca_file: tls.tls_client_ca_file.clone(),
+        reload_interval: Duration::from_secs(tls.tls_reload_interval_secs),
+    })
+}
+
+/// The endpoint of a client command: `https://` when the address says so or
+/// a CA file is given, with the CA, server name and client certificate
+/// from `tls`.
+async fn client_endpoint(
+    addr: &str,
+    tls: &ClientTlsArgs,
+) -> Result<tonic::transport::Endpoint, AppError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = async |path: &std::path::Path| {
+        tokio::fs::read(path)
+            .await
+            .map_err(|e| AppError::Config(format!("cannot read {}: {e}", path.display())))
+    };
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else if tls.ca_file.is_some() {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| AppError::Config(format!("--addr {addr}: {e}")))?;
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let mut config = ClientTlsConfig::new();
+    config = match &tls.ca_file {
+        Some(path) => config.ca_certificate(Certificate::from_pem(read(path).await?)),
+        None => config.with_native_roots(),
+    };
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+        config = config.identity(Identity::from_pem(read(cert).await?, read(key).await?));
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| AppError::Config(format!("TLS: {e}")))
 }
 
 /// One `grpc.health.v1.Health/Check` call against a running server.
@@ -240,8 +318,8 @@ async fn check_health(args: HealthArgs) -> Result<(), AppError> {
     let host = args.addr.replace("0.0.0.0", "127.0.0.1");
     let unreachable =
         |e: &dyn std::fmt::Display| AppError::Unavailable(format!("cannot ask {}: {e}", args.addr));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}"))
-        .map_err(|e| AppError::Config(format!("--addr {}: {e}", args.addr)))?
+    let channel = client_endpoint(&host, &args.tls)
+        .await?
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()

@@ -38,6 +38,7 @@ use crate::{
     health, maintenance,
     proto::{self, automation_v1 as pb},
     reflection::Reflection,
+    tls::{self, TlsFiles, TlsServer},
 };
 
 /// What the server is built from.
@@ -79,6 +80,9 @@ pub struct ServerOptions {
     /// The memory that requests carrying JSON documents may hold at once
     /// (`REQUEST_MEMORY_BUDGET_BYTES`; see [`api::codec::budget`]).
     pub request_budget: BudgetSettings,
+    /// Serve TLS from these files (`TLS_CERT_FILE`, ...); `None` is
+    /// plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +95,7 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
             batch_max_bytes: 8 * 1024 * 1024,
             request_budget: BudgetSettings::default(),
+            tls: None,
         }
     }
 }
@@ -119,6 +124,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
     state.auth.passwords.prepare().await?;
+    let tls = match &options.tls {
+        Some(files) => {
+            let tls = TlsServer::load(files.clone()).await?;
+            tracing::info!(mutual = tls.mutual(), "gRPC over TLS");
+            Some(tls)
+        }
+        None => None,
+    };
     let (reporter, health_service, monitor) = start_health(&state, &options).await;
     let reflection = reflection()?;
 
@@ -147,6 +160,7 @@ pub async fn serve(
         maintenance::INTERVAL,
         background.clone(),
     ));
+    let reloader = tls.as_ref().map(|t| t.spawn_reloader(background.clone()));
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let jobs = Jobs::new(state.pool.clone(), state.jobs, wake.clone());
@@ -180,10 +194,20 @@ pub async fn serve(
             api_keys: ApiKeys::new(state.pool.clone()),
         },
         &caps,
-    )
-    .serve_with_incoming_shutdown(incoming(listener), async {
+    );
+    let stop_accepting = async {
         let _ = drain_started.await;
-    });
+    };
+    // The two transports differ only in the stream of connections.
+    let server: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
+        Some(tls) => {
+            Box::pin(server.serve_with_incoming_shutdown(
+                tls::incoming(tls, incoming(listener)),
+                stop_accepting,
+            ))
+        }
+        None => Box::pin(server.serve_with_incoming_shutdown(incoming(listener), stop_accepting)),
+    };
     let result = run_until_shutdown(
         server,
         shutdown,
@@ -203,6 +227,9 @@ pub async fn serve(
     background.cancel();
     let _ = housekeeping.await;
     let _ = caller_changes.await;
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }
 

@@ -5,9 +5,18 @@
 set -euo pipefail
 ADDR=${ADDR:-127.0.0.1:50051}
 GRPCURL=${GRPCURL:-grpcurl}
+# Plaintext unless CA_FILE names the CA of the server's certificate
+# (grpcurl -cacert); CLIENT_CERT_FILE and CLIENT_KEY_FILE add a client
+# certificate for mutual TLS (-cert, -key). ADDR must then be a name the
+# certificate carries.
+tls=(-plaintext)
+if [ -n "${CA_FILE:-}" ]; then
+  tls=(-cacert "$CA_FILE")
+  if [ -n "${CLIENT_CERT_FILE:-}" ]; then tls+=(-cert "$CLIENT_CERT_FILE" -key "$CLIENT_KEY_FILE"); fi
+fi
 : "${TOKEN:?set TOKEN (see login.sh)}"
 auth=(-H "authorization: Bearer $TOKEN")
-call() { "$GRPCURL" -plaintext "${auth[@]}" -d "$2" "$ADDR" "automation.v1.$1"; }
+call() { "$GRPCURL" "${tls[@]}" "${auth[@]}" -d "$2" "$ADDR" "automation.v1.$1"; }
 
 # Repeating this call with the same idempotencyKey returns the same job.
 JOB=$(call JobService/CreateJob '{
@@ -26,7 +35,7 @@ work=$(mktemp -d)
 trap 'kill "$worker" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkfifo "$work/in"
 exec 3<>"$work/in"
-"$GRPCURL" -plaintext "${auth[@]}" -d @ "$ADDR" automation.v1.JobService/Work <&3 >"$work/out" &
+"$GRPCURL" "${tls[@]}" "${auth[@]}" -d @ "$ADDR" automation.v1.JobService/Work <&3 >"$work/out" &
 worker=$!
 echo '{"hello": {"workerId": "grpcurl-example", "jobNames": ["report.render"], "maxConcurrency": 1}}' >&3
 for _ in $(seq 50); do
@@ -39,7 +48,7 @@ echo '{"completion": {"lease": {"jobId": "'"$JOB"'", "attempt": '"$ATTEMPT"'}, "
 
 # WatchJob: the job now, then each change; it ends when the job is finished
 # (-max-time bounds the wait, in seconds).
-"$GRPCURL" -plaintext -max-time 60 "${auth[@]}" -d '{"id": "'"$JOB"'"}' "$ADDR" \
+"$GRPCURL" "${tls[@]}" -max-time 60 "${auth[@]}" -d '{"id": "'"$JOB"'"}' "$ADDR" \
   automation.v1.JobService/WatchJob | jq -r '"watch: \(.job.status)"' | tail -1
 
 call JobService/ListJobs '{"status": "JOB_STATUS_PENDING", "name": "thumbnail.make"}' |

@@ -6,10 +6,19 @@
 set -euo pipefail
 ADDR=${ADDR:-127.0.0.1:50051}
 GRPCURL=${GRPCURL:-grpcurl}
+# Plaintext unless CA_FILE names the CA of the server's certificate
+# (grpcurl -cacert); CLIENT_CERT_FILE and CLIENT_KEY_FILE add a client
+# certificate for mutual TLS (-cert, -key). ADDR must then be a name the
+# certificate carries.
+tls=(-plaintext)
+if [ -n "${CA_FILE:-}" ]; then
+  tls=(-cacert "$CA_FILE")
+  if [ -n "${CLIENT_CERT_FILE:-}" ]; then tls+=(-cert "$CLIENT_CERT_FILE" -key "$CLIENT_KEY_FILE"); fi
+fi
 : "${TOKEN:?set TOKEN (see login.sh)}"
 MODULE=${MODULE:-backup-runner}
 auth=(-H "authorization: Bearer $TOKEN")
-call() { "$GRPCURL" -plaintext "${auth[@]}" -d "$2" "$ADDR" "automation.v1.$1"; }
+call() { "$GRPCURL" "${tls[@]}" "${auth[@]}" -d "$2" "$ADDR" "automation.v1.$1"; }
 
 call ModuleService/RegisterModule '{
   "name": "'"$MODULE"'", "version": "1.0.0", "displayName": "Backup runner",
@@ -26,7 +35,7 @@ work=$(mktemp -d)
 trap 'kill "$worker" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkfifo "$work/in"
 exec 3<>"$work/in"
-"$GRPCURL" -plaintext "${auth[@]}" -d @ "$ADDR" automation.v1.JobService/Work <&3 >"$work/out" &
+"$GRPCURL" "${tls[@]}" "${auth[@]}" -d @ "$ADDR" automation.v1.JobService/Work <&3 >"$work/out" &
 worker=$!
 # It takes only this module's jobs, so other work in the queue is left alone.
 echo '{"hello": {"workerId": "grpcurl-example", "moduleNames": ["'"$MODULE"'"], "maxConcurrency": 1}}' >&3
@@ -41,7 +50,7 @@ echo '{"completion": {"lease": {"jobId": "'"$HOOK"'", "attempt": 1}, "result": {
 
 # WatchModule ends once the module is out of its transition (-max-time
 # bounds the wait, in seconds).
-"$GRPCURL" -plaintext -max-time 60 "${auth[@]}" -d '{"id": "'"$MODULE"'"}' "$ADDR" \
+"$GRPCURL" "${tls[@]}" -max-time 60 "${auth[@]}" -d '{"id": "'"$MODULE"'"}' "$ADDR" \
   automation.v1.ModuleService/WatchModule | jq -r '"watch: \(.module.status)"' | tail -1
 
 call ModuleService/DisableModule '{"id": "'"$MODULE"'"}' | jq -r '"disabled: \(.module.status)"'

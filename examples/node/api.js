@@ -1,5 +1,6 @@
 // Loads the contract from proto/ (no generated files to keep in sync) and
 // returns the automation.v1 package, plus helpers every example uses.
+const fs = require("node:fs");
 const path = require("node:path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
@@ -59,4 +60,17 @@ function toStruct(object) {
   return { fields };
 }
 
-module.exports = { grpc, v1, bearer, fromStruct, toStruct, toValue };
+/**
+ * Channel credentials: plaintext by default, TLS when CA_FILE names the CA
+ * the server's certificate chains to, with a client certificate
+ * (CLIENT_CERT_FILE, CLIENT_KEY_FILE) for a server that requires mutual TLS.
+ * The API key or token is sent either way.
+ */
+function credentials() {
+  const read = (variable) => (process.env[variable] ? fs.readFileSync(process.env[variable]) : null);
+  const ca = read("CA_FILE");
+  if (!ca) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(ca, read("CLIENT_KEY_FILE"), read("CLIENT_CERT_FILE"));
+}
+
+module.exports = { grpc, v1, bearer, credentials, fromStruct, toStruct, toValue };

@@ -1,25 +1,27 @@
 // A client: logs in, lists users, enqueues a job and watches it to the end,
 // then shows a refused call's status code and message.
 //   ADDR=127.0.0.1:50051 LOGIN=admin PASSWORD=… node examples/node/client.js
-const { grpc, v1, bearer, fromStruct, toStruct } = require("./api");
+// Over TLS: CA_FILE=ca.pem (and CLIENT_CERT_FILE, CLIENT_KEY_FILE for mutual
+// TLS), with ADDR a name the server's certificate carries (api.js).
+const { grpc, v1, bearer, credentials, fromStruct, toStruct } = require("./api");
 
 const addr = process.env.ADDR || "127.0.0.1:50051";
-const insecure = grpc.credentials.createInsecure();
+const channelCredentials = credentials();
 const call = (client, method, request, metadata) =>
   new Promise((resolve, reject) =>
     client[method](request, metadata || new grpc.Metadata(), (error, response) =>
       error ? reject(error) : resolve(response)));
 
 async function main() {
-  const auth = new v1.AuthService(addr, insecure);
+  const auth = new v1.AuthService(addr, channelCredentials);
   const login = await call(auth, "login", { login: process.env.LOGIN, password: process.env.PASSWORD });
   const as = bearer(login.accessToken);
 
-  const users = new v1.UserService(addr, insecure);
+  const users = new v1.UserService(addr, channelCredentials);
   const page = await call(users, "listUsers", { pageSize: 10 }, as);
   console.log("users:", page.users.map((u) => u.username).join(", "));
 
-  const jobs = new v1.JobService(addr, insecure);
+  const jobs = new v1.JobService(addr, channelCredentials);
   const { job } = await call(jobs, "createJob", {
     name: process.env.JOB_NAME || "node.echo",
     payload: toStruct({ greeting: "hello from node" }),

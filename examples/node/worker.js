@@ -6,8 +6,10 @@
 // exponential backoff and jitter; a refused credential stops the worker.
 //   ADDR=127.0.0.1:50051 API_KEY=acp_… JOB_NAMES=node.echo node examples/node/worker.js
 // MAX_JOBS (optional): drain and leave after that many jobs.
+// Over TLS: CA_FILE=ca.pem (and CLIENT_CERT_FILE, CLIENT_KEY_FILE for mutual
+// TLS), with ADDR a name the server's certificate carries (api.js).
 const os = require("node:os");
-const { grpc, v1, bearer, fromStruct, toValue } = require("./api");
+const { grpc, v1, bearer, credentials, fromStruct, toValue } = require("./api");
 
 const addr = process.env.ADDR || "127.0.0.1:50051";
 const jobNames = (process.env.JOB_NAMES || "").split(",").filter(Boolean);
@@ -102,7 +104,7 @@ function session(client) {
 }
 
 async function main() {
-  const client = new v1.JobService(addr, grpc.credentials.createInsecure());
+  const client = new v1.JobService(addr, credentials());
   let failures = 0;
   while (!stopping) {
     const started = Date.now();

@@ -7,6 +7,9 @@ branch on, and the google.rpc.BadRequest field violations.
     OUT=gen examples/python/generate.sh
     PYTHONPATH=examples/python/gen ADDR=127.0.0.1:50051 LOGIN=admin PASSWORD=… \\
         python3 examples/python/client.py
+
+Over TLS: CA_FILE=ca.pem (and CLIENT_CERT_FILE, CLIENT_KEY_FILE for mutual
+TLS), with ADDR a name the server's certificate carries (channel.py).
 """
 
 import json
@@ -18,6 +21,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from channel import open_channel
 from automation.v1 import auth_pb2, auth_pb2_grpc
 from automation.v1 import jobs_pb2, jobs_pb2_grpc
 from automation.v1 import users_pb2, users_pb2_grpc
@@ -40,7 +44,7 @@ def error_details(error: grpc.RpcError):
 
 
 def main() -> int:
-    channel = grpc.insecure_channel(os.environ.get("ADDR", "127.0.0.1:50051"))
+    channel = open_channel(os.environ.get("ADDR", "127.0.0.1:50051"))
     login = auth_pb2_grpc.AuthServiceStub(channel).Login(
         auth_pb2.LoginRequest(login=os.environ["LOGIN"], password=os.environ["PASSWORD"])
     )

@@ -11,6 +11,9 @@ exponential backoff and jitter; a refused credential stops the worker.
         JOB_NAMES=py.echo python3 examples/python/worker.py
 
 MAX_JOBS (optional) makes it drain and leave after that many jobs.
+
+Over TLS: CA_FILE=ca.pem (and CLIENT_CERT_FILE, CLIENT_KEY_FILE for mutual
+TLS), with ADDR a name the server's certificate carries (channel.py).
 """
 
 import os
@@ -25,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from google.protobuf import json_format
 
+from channel import open_channel
 from automation.v1 import jobs_pb2, jobs_pb2_grpc
 
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -170,7 +174,7 @@ class Worker:
             pool.shutdown(wait=False)
 
     def __enter__(self):
-        self.channel = grpc.insecure_channel(self.addr)
+        self.channel = open_channel(self.addr)
         return self
 
     def __exit__(self, *exc):

@@ -9,7 +9,7 @@ use std::{
 
 use http::HeaderMap;
 use ipnet::IpNet;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// Longest user agent kept; longer ones are cut (it is free text a client
 /// chooses, recorded on every audit row).
@@ -67,7 +67,14 @@ impl ClientInfo {
         let peer = request
             .extensions()
             .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr);
+            .and_then(TcpConnectInfo::remote_addr)
+            // Over TLS the TCP details sit inside tonic's TLS wrapper.
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(|info| info.get_ref().remote_addr())
+            });
         Self::from_parts(peer, request.headers(), trusted)
     }
 

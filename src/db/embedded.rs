@@ -34,6 +34,9 @@ use nix::{
 use rand::distr::{Alphanumeric, SampleString};
 
 mod previous_run;
+mod ssl;
+
+pub use ssl::EmbeddedSsl;
 
 /// Why the embedded cluster could not start or stop. Each message names the
 /// problem and what to do about it.
@@ -132,9 +135,27 @@ impl EmbeddedPostgres {
     /// Initialises the cluster if needed, starts it and waits until it accepts
     /// connections.
     pub async fn start(options: EmbeddedPostgresOptions) -> Result<Self> {
-        let prepared = tokio::task::spawn_blocking(move || prepare_and_spawn(&options))
-            .await
-            .map_err(|e| failed("start", e))??;
+        Self::start_inner(options, None).await
+    }
+
+    /// As [`EmbeddedPostgres::start`], serving TLS (`ssl=on`) with `ssl`'s
+    /// certificate and key, written into the data directory as `server.crt`
+    /// and `server.key`; clients choose whether to use it (`sslmode`).
+    pub async fn start_with_ssl(
+        options: EmbeddedPostgresOptions,
+        ssl: EmbeddedSsl,
+    ) -> Result<Self> {
+        Self::start_inner(options, Some(ssl)).await
+    }
+
+    async fn start_inner(
+        options: EmbeddedPostgresOptions,
+        ssl: Option<EmbeddedSsl>,
+    ) -> Result<Self> {
+        let prepared =
+            tokio::task::spawn_blocking(move || prepare_and_spawn(&options, ssl.as_ref()))
+                .await
+                .map_err(|e| failed("start", e))??;
         let (mut cluster, deadline) = prepared;
         if let Err(error) = cluster.wait_until_ready(deadline).await {
             cluster.stop_blocking_in_place();
@@ -372,7 +393,10 @@ fn free_port() -> Result<u16> {
         .map_err(|e| failed("finding a free port", e))
 }
 
-fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostgres, Instant)> {
+fn prepare_and_spawn(
+    options: &EmbeddedPostgresOptions,
+    ssl: Option<&EmbeddedSsl>,
+) -> Result<(EmbeddedPostgres, Instant)> {
     let bin_dir = find_binaries()?;
     let runner = run_as()?;
     let root = &options.root_dir;
@@ -401,6 +425,9 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         .trim()
         .to_owned();
     previous_run::wait_for_postmaster(&pgdata, runner.uid, options.startup_timeout)?;
+    if let Some(ssl) = ssl {
+        ssl::write_files(&pgdata, ssl, |path| runner.own(path))?;
+    }
 
     let port = if options.port == 0 {
         free_port()?
@@ -435,6 +462,9 @@ fn prepare_and_spawn(options: &EmbeddedPostgresOptions) -> Result<(EmbeddedPostg
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
+    if ssl.is_some() {
+        command.args(["-c", "ssl=on"]);
+    }
     if !options.durable {
         command.args([
             "-c",

@@ -60,16 +60,17 @@ where
     T: Send + 'static,
     F: FnOnce(&mut SyncConnection) -> Result<T, AppError> + Send + 'static,
 {
-    let url = url.to_owned();
+    // Connected here (TLS included, see `db::open_connection`), then driven
+    // synchronously by diesel's migration harness off the async threads.
+    let conn = super::open_connection(url).await.map_err(|e| {
+        AppError::Unavailable(format!(
+            "cannot connect to {}: {} (check DATABASE_URL and that the server is up)",
+            super::redact_url(url),
+            e.to_string().lines().next().unwrap_or_default()
+        ))
+    })?;
     tokio::task::spawn_blocking(move || {
-        use diesel::Connection as _;
-        let mut conn = SyncConnection::establish(&url).map_err(|e| {
-            AppError::Unavailable(format!(
-                "cannot connect to {}: {} (check DATABASE_URL and that the server is up)",
-                super::redact_url(&url),
-                e.to_string().lines().next().unwrap_or_default()
-            ))
-        })?;
+        let mut conn = SyncConnection::from(conn);
         work(&mut conn)
     })
     .await

@@ -2,18 +2,20 @@
 //! embedded migrations.
 
 pub mod catalog;
+mod connect;
 pub mod embedded;
 pub mod migrations;
 pub mod source;
 mod transaction;
 
+pub use connect::open_connection;
 pub use transaction::{TransactionWork, transaction, with_connection};
 
 use std::time::Duration;
 
 use diesel::ConnectionResult;
 use diesel_async::{
-    AsyncConnection, AsyncPgConnection, SimpleAsyncConnection as _,
+    AsyncPgConnection, SimpleAsyncConnection as _,
     pooled_connection::{
         AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
         deadpool::{Object, Pool},
@@ -81,7 +83,7 @@ pub fn build_pool(settings: &PoolSettings) -> Result<DbPool, AppError> {
 }
 
 async fn establish(url: &str, setup: &str) -> ConnectionResult<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(url).await?;
+    let mut conn = open_connection(url).await?;
     conn.batch_execute(setup)
         .await
         .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;

@@ -6,7 +6,7 @@
 
 use std::{pin::pin, sync::Arc, time::Duration};
 
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use futures_util::StreamExt as _;
 
 use super::Shared;
@@ -50,7 +50,7 @@ pub async fn run(shared: Arc<Shared>, url: String) {
 }
 
 async fn connect(url: &str) -> Result<AsyncPgConnection, crate::AppError> {
-    let mut conn = tokio::time::timeout(PROBE_TIMEOUT, AsyncPgConnection::establish(url))
+    let mut conn = tokio::time::timeout(PROBE_TIMEOUT, crate::db::open_connection(url))
         .await
         .map_err(|_| crate::AppError::Unavailable("timed out connecting".into()))??;
     diesel::sql_query(format!("LISTEN {CHANNEL}"))

@@ -26,6 +26,7 @@ mod replicas;
 mod restart;
 mod roles;
 mod server_process;
+mod tls;
 mod users;
 mod work;
 mod work_abuse;

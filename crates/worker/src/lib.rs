@@ -25,6 +25,11 @@
 //! worker.run(async { tokio::signal::ctrl_c().await.ok(); }).await
 //! # }
 //! ```
+//!
+//! Over TLS, give an `https://` endpoint; the server's certificate is checked
+//! against the system's roots, or against [`WorkerBuilder::ca_certificate_pem`]
+//! when given, and [`WorkerBuilder::client_identity_pem`] presents a client
+//! certificate to a server that requires mutual TLS.
 
 mod session;
 
@@ -108,7 +113,7 @@ type BoxedHandler =
 /// Why [`Worker::run`] stopped other than by its shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// The endpoint is not a valid URI.
+    /// The endpoint is not a valid URI, or its TLS settings do not apply.
     #[error("invalid endpoint: {0}")]
     Endpoint(String),
     /// The credential or the hello is refused (revoked, expired, lacking
@@ -149,8 +154,56 @@ impl Default for Backoff {
     }
 }
 
+/// How the worker speaks TLS to an `https://` endpoint.
+#[derive(Debug, Clone, Default)]
+struct TlsOptions {
+    /// PEM CA certificates the server's must chain to (else the system's
+    /// roots).
+    ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for mutual TLS.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry, when not the
+    /// endpoint's host.
+    server_name: Option<String>,
+}
+
+impl TlsOptions {
+    fn is_set(&self) -> bool {
+        self.ca_pem.is_some() || self.identity.is_some() || self.server_name.is_some()
+    }
+
+    /// The endpoint for `url`, with TLS when the URL is `https://`.
+    fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint, WorkerError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| WorkerError::Endpoint(e.to_string()))?;
+        if !url.starts_with("https://") {
+            if self.is_set() {
+                return Err(WorkerError::Endpoint(format!(
+                    "{url}: TLS settings need an https:// endpoint"
+                )));
+            }
+            return Ok(endpoint);
+        }
+        let mut config = match &self.ca_pem {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        endpoint
+            .tls_config(config)
+            .map_err(|e| WorkerError::Endpoint(format!("{url}: {e}")))
+    }
+}
+
 /// Builds a [`Worker`].
 pub struct WorkerBuilder {
+    tls: TlsOptions,
     endpoint: String,
     credential: String,
     worker_id: String,
@@ -188,6 +241,31 @@ impl WorkerBuilder {
         self
     }
 
+    /// Trusts these PEM CA certificates (instead of the system's roots) for
+    /// the server's certificate; the endpoint must be `https://`.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this PEM certificate and key to a server that requires
+    /// mutual TLS.
+    pub fn client_identity_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The name the server's certificate must carry, when it is not the
+    /// endpoint's host (an address, say).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
     /// Runs jobs of type `name` with `handler`.
     pub fn handle<F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
     where
@@ -202,6 +280,7 @@ impl WorkerBuilder {
     /// The worker.
     pub fn build(self) -> Worker {
         Worker {
+            tls: self.tls,
             endpoint: self.endpoint,
             credential: self.credential,
             worker_id: self.worker_id,
@@ -215,6 +294,7 @@ impl WorkerBuilder {
 
 /// A worker; [`Worker::run`] runs it.
 pub struct Worker {
+    tls: TlsOptions,
     endpoint: String,
     credential: String,
     worker_id: String,
@@ -236,11 +316,12 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// A worker of the server at `endpoint` (`http://host:port`) with
+    /// A worker of the server at `endpoint` (`http://host:port`, or `https://host:port` for TLS) with
     /// `credential`: an API key (`acp_…`) holding `jobs:execute`, or an
     /// access token.
     pub fn builder(endpoint: impl Into<String>, credential: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
+            tls: TlsOptions::default(),
             endpoint: endpoint.into(),
             credential: credential.into(),
             worker_id: format!(
@@ -262,8 +343,9 @@ impl Worker {
         if self.handlers.is_empty() {
             return Err(WorkerError::NoHandlers);
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| WorkerError::Endpoint(e.to_string()))?
+        let endpoint = self
+            .tls
+            .endpoint(&self.endpoint)?
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
         let stop = CancellationToken::new();

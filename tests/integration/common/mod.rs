@@ -1,5 +1,6 @@
 //! The test harness: a real server over loopback on a database of its own.
 
+pub mod certs;
 pub mod cluster;
 pub mod proxy;
 pub mod worker;
@@ -19,7 +20,7 @@ use tokio::sync::oneshot;
 use tonic::{
     Request,
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
 pub use cluster::{TestDatabase, TestServer};
@@ -59,6 +60,9 @@ pub struct TestOptions {
     pub jobs: JobSettings,
     /// Graceful shutdown, keepalive and message size.
     pub server: ServerOptions,
+    /// How the harness's clients speak TLS to a server whose
+    /// `server.tls` is set (`None`: plaintext).
+    pub tls_client: Option<ClientTlsConfig>,
 }
 
 impl Default for TestOptions {
@@ -98,6 +102,7 @@ impl Default for TestOptions {
                 shutdown_grace: Duration::from_millis(200),
                 ..ServerOptions::default()
             },
+            tls_client: None,
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct TestApp {
     pub keys: TokenKeys,
     /// The proxy between server and database, when asked for.
     pub proxy: Option<proxy::DbProxy>,
+    /// TLS of the harness's clients, when the server speaks it.
+    pub tls_client: Option<ClientTlsConfig>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -200,6 +207,7 @@ impl TestApp {
         let addr = listener.local_addr().expect("addr");
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let server_options = options.server.clone();
+        let tls_client = options.tls_client.clone();
         let task = tokio::spawn(async move {
             server::serve(state, listener, server_options, async {
                 let _ = shutdown_rx.await;
@@ -213,6 +221,7 @@ impl TestApp {
             pool: check_pool,
             keys,
             proxy,
+            tls_client,
             shutdown: Some(shutdown),
             task: Some(task),
         }
@@ -220,8 +229,14 @@ impl TestApp {
 
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("endpoint")
+        let endpoint = match &self.tls_client {
+            Some(tls) => Endpoint::from_shared(format!("https://localhost:{}", self.addr.port()))
+                .expect("endpoint")
+                .tls_config(tls.clone())
+                .expect("TLS config"),
+            None => Endpoint::from_shared(format!("http://{}", self.addr)).expect("endpoint"),
+        };
+        endpoint
             .user_agent("control-plane-tests/1.0")
             .expect("user agent")
             .connect()

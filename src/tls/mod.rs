@@ -1,0 +1,16 @@
+//! gRPC over TLS: the server's certificate (and, for mutual TLS, the CA its
+//! clients' certificates must chain to) read from files, re-read when they
+//! change, and the accept loop that hands tonic finished TLS streams.
+//!
+//! rustls does the protocol; this module only decides which configuration
+//! the next connection gets. A rotation swaps the whole `ServerConfig`
+//! (certificate, key and client CA alike) for connections accepted after it:
+//! open connections, and the Work streams on them, keep the session they
+//! negotiated. A certificate that does not load is logged and the previous
+//! configuration stays in force.
+
+mod incoming;
+mod reloading;
+
+pub use incoming::{TlsIncoming, incoming};
+pub use reloading::{TlsFiles, TlsServer, provider};
