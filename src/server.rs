@@ -34,9 +34,16 @@ use crate::{
         modules::Modules,
     },
     error::AppError,
-    health, maintenance,
+    health::{self, Readiness},
+    http::HttpListener,
+    maintenance,
     proto::{self, automation_v1 as pb},
     reflection::Reflection,
+    telemetry::{
+        self,
+        rpc::{CallerTapLayer, RpcLayer},
+        sampler::SamplerSettings,
+    },
 };
 
 /// What the server is built from.
@@ -78,6 +85,11 @@ pub struct ServerOptions {
     /// The memory that requests carrying JSON documents may hold at once
     /// (`REQUEST_MEMORY_BUDGET_BYTES`; see [`api::codec::budget`]).
     pub request_budget: BudgetSettings,
+    /// The HTTP port for health and metrics (`HTTP_ADDR`); `None`: off.
+    pub http_listener: Option<HttpListener>,
+    /// How often the metrics that need a query (jobs, table and index
+    /// statistics, lock waits) are sampled (`METRICS_SAMPLE_INTERVAL_MS`).
+    pub metrics_sample_interval: Duration,
 }
 
 impl Default for ServerOptions {
@@ -90,6 +102,8 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
             batch_max_bytes: 8 * 1024 * 1024,
             request_budget: BudgetSettings::default(),
+            http_listener: None,
+            metrics_sample_interval: Duration::from_secs(15),
         }
     }
 }
@@ -118,7 +132,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
     state.auth.passwords.prepare().await?;
-    let (reporter, health_service, monitor) = start_health(&state, &options).await;
+    let metrics = telemetry::install();
+    let (reporter, health_service, monitor, readiness) = start_health(&state, &options).await;
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let http = options.http_listener.clone().map(|listener| {
+        tokio::spawn(crate::http::serve(
+            listener,
+            readiness.clone(),
+            metrics,
+            http_stop.clone(),
+        ))
+    });
     let reflection = reflection()?;
 
     let identity = Identity::new(&state.pool, &state.auth);
@@ -147,11 +171,23 @@ pub async fn serve(
         database_url: state.database_url.clone(),
     });
 
+    let sampler = tokio::spawn(telemetry::sampler::run(
+        state.pool.clone(),
+        dispatcher.clone(),
+        SamplerSettings {
+            interval: Duration::from_secs(1),
+            stats_interval: options.metrics_sample_interval,
+        },
+        background.clone(),
+    ));
+
     let (caps, budget) = message_limits(&state, &options);
 
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
     let router = transport(&options)
+        .layer(RpcLayer)
         .layer(AuthLayer::new(authorizer))
+        .layer(CallerTapLayer)
         .layer(MessageCapLayer::new(caps.clone(), budget))
         .add_service(health_service)
         .add_service(reflection.v1())
@@ -176,6 +212,7 @@ pub async fn serve(
         Drain {
             signal: drain,
             reporter: &reporter,
+            readiness: &readiness,
             monitor: &monitor,
             dispatcher: &dispatcher,
             grace: options.shutdown_grace,
@@ -188,6 +225,16 @@ pub async fn serve(
     dispatcher.stop(dispatch_tasks).await;
     background.cancel();
     let _ = housekeeping.await;
+    let _ = sampler.await;
+    // The HTTP port stops last: readiness said 503 during the whole drain.
+    http_stop.cancel();
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(error)) => tracing::warn!(%error, "HTTP server"),
+            Err(error) => tracing::warn!(%error, "HTTP server task"),
+            Ok(Ok(())) => {}
+        }
+    }
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }
 
@@ -201,6 +248,7 @@ async fn start_health(
     tonic_health::server::HealthReporter,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     tokio::task::JoinHandle<()>,
+    Readiness,
 ) {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let mut database_health = health::DatabaseHealth::new(
@@ -212,8 +260,9 @@ async fn start_health(
             .max(Duration::from_millis(500)),
     );
     database_health.probe().await;
+    let readiness = database_health.readiness();
     let monitor = tokio::spawn(database_health.run(options.health_check_interval));
-    (reporter, health_service, monitor)
+    (reporter, health_service, monitor, readiness)
 }
 
 /// Reflection over this server's services, the health service, and the
@@ -335,6 +384,8 @@ struct Drain<'a> {
     /// Tells the transport to stop accepting connections.
     signal: tokio::sync::oneshot::Sender<()>,
     reporter: &'a tonic_health::server::HealthReporter,
+    /// Turned to not ready first, before anything else drains.
+    readiness: &'a Readiness,
     monitor: &'a tokio::task::JoinHandle<()>,
     dispatcher: &'a Dispatcher,
     grace: Duration,
@@ -351,6 +402,7 @@ async fn run_until_shutdown(
     let Drain {
         signal,
         reporter,
+        readiness,
         monitor,
         dispatcher,
         grace,
@@ -362,6 +414,7 @@ async fn run_until_shutdown(
             // Load balancers stop sending work here; workers are told to
             // finish or release their jobs; new connections are refused; open
             // calls get the grace period, not forever.
+            readiness.start_draining();
             monitor.abort();
             health::report_all(reporter, SERVICE_NAMES, tonic_health::ServingStatus::NotServing).await;
             let _ = signal.send(());

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use self::registry::stats::RegistryStats;
 pub use self::{follow::FollowStream, outbox::ResponseStream as WorkStream, watch::Watchers};
 use self::{
     registry::{CLAIM_BATCH, Registry, StreamCommand},
@@ -224,6 +225,11 @@ impl Dispatcher {
             )));
         }
         (Self { shared }, DispatchTasks { handles })
+    }
+
+    /// What the Work streams of this replica hold now (for the metrics).
+    pub fn stats(&self) -> RegistryStats {
+        self.shared.registry().stats()
     }
 
     /// Serves one Work stream: returns the server's half; the session runs

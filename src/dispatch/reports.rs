@@ -87,6 +87,7 @@ async fn settle_with_retry(shared: &Shared, batch: Vec<PendingReport>, stopping:
     loop {
         match shared.leases.settle(&reports).await {
             Ok(outcomes) => {
+                crate::telemetry::names::reports_settled(batch.len());
                 acknowledge(&batch, outcomes);
                 return;
             }

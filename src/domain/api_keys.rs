@@ -71,7 +71,10 @@ pub fn is_api_key(bearer: &str) -> bool {
 pub async fn authenticate(pool: &DbPool, key: &str) -> Result<Caller, AppError> {
     let refused = || AppError::Unauthenticated("invalid, expired or revoked API key".into());
     let (id, secret) = parse_key(key).ok_or_else(refused)?;
-    resolve(pool, id, Some(secret)).await?.ok_or_else(refused)
+    resolve(pool, id, Some(secret))
+        .await?
+        .inspect(|_| crate::telemetry::names::api_key_used())
+        .ok_or_else(refused)
 }
 
 /// Re-checks the key of a caller (an open stream's): `None` when it no
