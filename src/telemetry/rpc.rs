@@ -336,4 +336,79 @@ mod tests {
         assert_ne!(request_id(&headers), "has space");
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
     }
+
+    /// Captures what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn one_json_line_per_call_with_its_fields_and_no_secret() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let user = Uuid::now_v7();
+        let key = Uuid::now_v7();
+        let caller = Caller {
+            user_id: user,
+            session_id: Uuid::now_v7(),
+            permissions: vec![],
+            scope: None,
+            api_key: Some(key),
+        };
+        // The handler: answers trailers-only PERMISSION_DENIED.
+        let handler = tower::service_fn(|_request: http::Request<Body>| async {
+            let mut response = http::Response::new(Body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("7"));
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let tapped = CallerTapLayer.layer(handler);
+        // What the authorization layer does: the caller in the extensions.
+        let authorized = tower::service_fn(move |mut request: http::Request<Body>| {
+            request.extensions_mut().insert(caller.clone());
+            let mut tapped = tapped.clone();
+            async move { tapped.call(request).await }
+        });
+        let mut service = RpcLayer.layer(authorized);
+        let request = http::Request::builder()
+            .uri("/automation.v1.ApiKeyService/CreateApiKey")
+            .header("authorization", "Bearer acp_key_sekret-material")
+            .header(REQUEST_ID, "req-7")
+            .body(Body::empty())
+            .expect("request");
+        let response = service.call(request).await.expect("response");
+        assert_eq!(response.headers()[REQUEST_ID], "req-7");
+        drop(response);
+
+        let output = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("UTF-8");
+        let lines: Vec<&str> = output.lines().collect();
+        assert_eq!(lines.len(), 1, "{output}");
+        let line: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+        let fields = &line["fields"];
+        assert_eq!(line["target"], "rpc");
+        assert_eq!(fields["method"], "automation.v1.ApiKeyService/CreateApiKey");
+        assert_eq!(fields["code"], "PermissionDenied");
+        assert_eq!(fields["caller_id"], user.to_string());
+        assert_eq!(fields["api_key_id"], key.to_string());
+        assert_eq!(fields["request_id"], "req-7");
+        assert!(fields["duration_ms"].is_number(), "{line}");
+        assert!(!output.contains("sekret"), "{output}");
+        assert!(!output.to_lowercase().contains("bearer"), "{output}");
+    }
 }
