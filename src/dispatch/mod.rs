@@ -149,6 +149,7 @@ impl Shared {
                 attempt: job.attempts,
                 stream: job.leased_by.unwrap_or_default(),
             };
+            crate::telemetry::names::job_leased(job.scheduled_at);
             if !registry.assign(job) {
                 orphans.push(lease);
             }
@@ -465,6 +466,7 @@ async fn reaper(shared: Arc<Shared>) {
         match shared.leases.reap().await {
             Ok(0) => {}
             Ok(reaped) => {
+                crate::telemetry::names::leases_expired(reaped as u64);
                 tracing::info!(reaped, "took expired leases back");
                 shared.wake.notify_one();
             }

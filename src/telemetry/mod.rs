@@ -38,7 +38,7 @@ pub fn install() -> Option<PrometheusHandle> {
 fn build_and_install() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets(SECONDS_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("queue_wait".into()), QUEUE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("queue_job_".into()), QUEUE_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(
                 Matcher::Full(names::REPORTS_PER_BATCH.into()),

@@ -46,6 +46,12 @@ pub const SLOTS_HELD: &str = "queue_worker_slots_held";
 pub const REPORTS_PER_BATCH: &str = "queue_reports_per_batch";
 /// Reports settled, by kind of report.
 pub const REPORTS: &str = "queue_reports_total";
+/// Leases taken back by the reaper (their worker stopped heartbeating).
+pub const LEASES_EXPIRED: &str = "queue_leases_expired_total";
+/// From due to leased: how long a job waited in the queue.
+pub const PENDING_TO_LEASED_SECONDS: &str = "queue_job_pending_to_leased_seconds";
+/// From leased to its report settled (completed, failed or released).
+pub const LEASED_TO_SETTLED_SECONDS: &str = "queue_job_leased_to_settled_seconds";
 /// Jobs not finished, by name and status (sampled).
 pub const JOBS: &str = "queue_jobs";
 /// Age of the oldest due pending job, by name (sampled).
@@ -96,4 +102,27 @@ pub fn pool_acquire(seconds: f64, timed_out: bool) {
     if timed_out {
         metrics::counter!(POOL_ACQUIRE_TIMEOUTS).increment(1);
     }
+}
+
+/// Counts an accepted worker report by kind (`completed`, `failed`,
+/// `failed_permanently`, `released`).
+pub fn report(kind: &'static str) {
+    metrics::counter!(REPORTS, "kind" => kind).increment(1);
+}
+
+/// Counts leases the reaper took back.
+pub fn leases_expired(count: u64) {
+    metrics::counter!(LEASES_EXPIRED).increment(count);
+}
+
+/// Records how long a job waited between becoming due and being leased.
+pub fn job_leased(due_at: chrono::NaiveDateTime) {
+    let waited = chrono::Utc::now().naive_utc() - due_at;
+    let seconds = waited.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+    metrics::histogram!(PENDING_TO_LEASED_SECONDS).record(seconds);
+}
+
+/// Records how long a lease lasted until its report was settled.
+pub fn lease_settled(held_for: std::time::Duration) {
+    metrics::histogram!(LEASED_TO_SETTLED_SECONDS).record(held_for.as_secs_f64());
 }

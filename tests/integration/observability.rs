@@ -317,3 +317,44 @@ async fn the_request_id_is_returned_and_made_when_absent() {
     assert!(uuid::Uuid::try_parse(made).is_ok(), "{made}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_job_round_trip_leaves_queue_metrics_and_the_work_stream_is_handled_when_it_ends() {
+    let (app, http) = spawn_observed(TestOptions::default()).await;
+    let token = app.admin_token().await;
+    let before = metrics(http).await;
+    let mut worker = app.worker(1).await;
+    app.create_job(&token, new_job("observability.round_trip", json!({})))
+        .await;
+    let assignment = worker.assignment().await;
+    worker.complete(&assignment, json!({ "ok": true })).await;
+    assert!(worker.ack().await.accepted);
+    let work = [
+        ("grpc_service", "automation.v1.JobService"),
+        ("grpc_method", "Work"),
+    ];
+    let mut stream = worker.close();
+    drop(stream.message().await);
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = metrics(http).await;
+        let delta = |name: &str, labels: &[(&str, &str)]| {
+            sample(&after, name, labels) - sample(&before, name, labels)
+        };
+        if delta("grpc_server_handled_total", &work) >= 1.0 {
+            assert!(delta("grpc_server_started_total", &work) >= 1.0);
+            assert!(delta("queue_reports_total", &[("kind", "completed")]) >= 1.0);
+            assert!(delta("queue_reports_per_batch_count", &[]) >= 1.0);
+            assert!(delta("queue_job_pending_to_leased_seconds_count", &[]) >= 1.0);
+            assert!(delta("queue_job_leased_to_settled_seconds_count", &[]) >= 1.0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Work stream was never counted as handled: {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}

@@ -214,6 +214,7 @@ impl Registry {
         };
         match entry.held.get(&lease.job) {
             Some(held) if held.attempt == lease.attempt => {
+                crate::telemetry::names::lease_settled(held.since.elapsed());
                 entry.held.remove(&lease.job);
                 true
             }
