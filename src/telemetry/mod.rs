@@ -60,7 +60,7 @@ fn build_and_install() -> Option<PrometheusHandle> {
     metrics::gauge!(
         names::BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
-        "commit" => env!("GIT_COMMIT"),
+        "commit" => option_env!("GIT_COMMIT").unwrap_or("unknown"),
     )
     .set(1.0);
     Some(handle)
