@@ -110,7 +110,10 @@ fn main() {
             if value(&text, "queue_jobs{name=\"bench.metrics.") >= 100_000.0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the sampler never saw the backlog");
+            assert!(
+                Instant::now() < deadline,
+                "the sampler never saw the backlog"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let mut times = Vec::with_capacity(scrapes);
@@ -128,11 +131,18 @@ fn main() {
             percentile(&times, 0.5),
             percentile(&times, 0.99),
             percentile(&times, 1.0),
-            scrape().await.lines().filter(|l| !l.starts_with('#')).count(),
+            scrape()
+                .await
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .count(),
         );
         let text = scrape().await;
         let series = "db_operation_seconds_sum{operation=\"telemetry.sample\"}";
-        let count = value(&text, "db_operation_seconds_count{operation=\"telemetry.sample\"}");
+        let count = value(
+            &text,
+            "db_operation_seconds_count{operation=\"telemetry.sample\"}",
+        );
         println!(
             "sampler (off the scrape path, every 1 s here, 15 s by default): \
              {count:.0} samples, mean {:.1} ms",

@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body as HttpBody, Frame};
 use tonic::{body::Body, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::names;
@@ -86,6 +87,7 @@ where
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
+        let trace = traceparent(request.headers());
         let slot = CallerSlot::default();
         request.extensions_mut().insert(slot.clone());
         let labels = [
@@ -93,10 +95,17 @@ where
             ("grpc_method", method.clone()),
         ];
         metrics::counter!(names::GRPC_STARTED, &labels).increment(1);
+        // What the handler logs carries the request id and the trace.
+        let span = tracing::info_span!(
+            "rpc",
+            request_id = %request_id,
+            trace_id = trace.as_ref().map(|(trace, _)| trace.as_str()),
+        );
         let call = Call {
             service,
             method,
             request_id: request_id.clone(),
+            trace,
             peer,
             slot,
             started,
@@ -104,7 +113,7 @@ where
             done: false,
         };
         Box::pin(async move {
-            let mut response = inner.call(request).await?;
+            let mut response = inner.call(request).instrument(span).await?;
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
@@ -122,6 +131,8 @@ struct Call {
     service: String,
     method: String,
     request_id: String,
+    /// The W3C trace context the call came with: (trace id, parent id).
+    trace: Option<(String, String)>,
     peer: Option<std::net::SocketAddr>,
     slot: CallerSlot,
     started: Instant,
@@ -165,6 +176,8 @@ impl Call {
             api_key_id = caller.api_key.map(tracing::field::display),
             peer = self.peer.map(tracing::field::display),
             request_id = %self.request_id,
+            trace_id = self.trace.as_ref().map(|(trace, _)| trace.as_str()),
+            parent_span_id = self.trace.as_ref().map(|(_, parent)| parent.as_str()),
             "rpc finished"
         );
     }
@@ -287,6 +300,27 @@ fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned)
 }
 
+/// The trace id and parent id of a valid W3C `traceparent`
+/// (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero); `None` otherwise.
+fn traceparent(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get("traceparent")?.to_str().ok()?.trim();
+    let mut parts = value.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then(|| (trace.to_owned(), parent.to_owned()))
+}
+
 fn grpc_status(headers: &HeaderMap) -> Option<i32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
@@ -335,6 +369,35 @@ mod tests {
         headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
         assert_ne!(request_id(&headers), "has space");
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn only_valid_traceparents_are_continued() {
+        let parse = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", HeaderValue::from_static(value));
+            traceparent(&headers)
+        };
+        assert_eq!(
+            parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                "00f067aa0ba902b7".into()
+            ))
+        );
+        assert_eq!(
+            parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            parse("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(parse("garbage"), None);
     }
 
     /// Captures what a subscriber writes.
@@ -390,6 +453,10 @@ mod tests {
             .uri("/automation.v1.ApiKeyService/CreateApiKey")
             .header("authorization", "Bearer acp_key_sekret-material")
             .header(REQUEST_ID, "req-7")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
             .body(Body::empty())
             .expect("request");
         let response = service.call(request).await.expect("response");
@@ -408,6 +475,8 @@ mod tests {
         assert_eq!(fields["api_key_id"], key.to_string());
         assert_eq!(fields["request_id"], "req-7");
         assert!(fields["duration_ms"].is_number(), "{line}");
+        assert_eq!(fields["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(fields["parent_span_id"], "00f067aa0ba902b7");
         assert!(!output.contains("sekret"), "{output}");
         assert!(!output.to_lowercase().contains("bearer"), "{output}");
     }
