@@ -25,7 +25,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::names;
-use crate::auth::caller::Caller;
+use crate::auth::{caller::Caller, policy};
 
 /// The request-id header, read and returned.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -81,7 +81,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
-        let (service, method) = split_path(request.uri().path());
+        let path = request.uri().path().to_owned();
+        let (service, method) = split_path(&path);
         let request_id = request_id(request.headers());
         let peer = request
             .extensions()
@@ -102,6 +103,7 @@ where
             trace_id = trace.as_ref().map(|(trace, _)| trace.as_str()),
         );
         let call = Call {
+            path: path.trim_start_matches('/').chars().take(200).collect(),
             service,
             method,
             request_id: request_id.clone(),
@@ -128,6 +130,8 @@ where
 
 /// A call in flight: recorded once, when its body ends or is dropped.
 struct Call {
+    /// The path as asked (bounded), for the log line.
+    path: String,
     service: String,
     method: String,
     request_id: String,
@@ -169,7 +173,7 @@ impl Call {
         let caller = self.slot.0.lock().map(|ids| *ids).unwrap_or_default();
         tracing::info!(
             target: "rpc",
-            method = %format_args!("{}/{}", self.service, self.method),
+            method = %self.path,
             code,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             caller_id = caller.user.map(tracing::field::display),
@@ -279,13 +283,19 @@ where
 }
 
 /// `/automation.v1.UserService/GetUser` → (`automation.v1.UserService`,
-/// `GetUser`). Paths that are not gRPC methods are bounded, not trusted.
+/// `GetUser`). A path that is not a method of this server is `unknown`
+/// (it is answered UNIMPLEMENTED): a client inventing paths must not
+/// create a series each.
 fn split_path(path: &str) -> (String, String) {
-    let path = path.trim_start_matches('/');
-    let bounded: String = path.chars().take(200).collect();
-    match bounded.split_once('/') {
-        Some((service, method)) => (service.to_owned(), method.to_owned()),
-        None => (bounded, String::new()),
+    let known = policy::rule_for(path).is_some()
+        || path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/");
+    match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) if known && method.len() <= 64 && !method.contains('/') => {
+            (service.to_owned(), method.to_owned())
+        }
+        _ => ("unknown".to_owned(), "unknown".to_owned()),
     }
 }
 
@@ -358,6 +368,14 @@ mod tests {
         assert_eq!(
             split_path("/automation.v1.UserService/GetUser"),
             ("automation.v1.UserService".into(), "GetUser".into())
+        );
+        assert_eq!(
+            split_path("/automation.v1.UserService/Invented123"),
+            ("unknown".into(), "unknown".into())
+        );
+        assert_eq!(
+            split_path("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health".into(), "Check".into())
         );
     }
 

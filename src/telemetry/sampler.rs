@@ -15,6 +15,9 @@ use crate::{
     store::stats,
 };
 
+/// Most (name, status) groups of unfinished jobs published.
+const MAX_JOB_SERIES: usize = 500;
+
 /// How often the sampler runs.
 #[derive(Debug, Clone, Copy)]
 pub struct SamplerSettings {
@@ -82,6 +85,11 @@ async fn sample_database(
             ))
         })
         .await?;
+    // Job names are the callers' choice: only the largest groups get a
+    // series, so that a flood of one-off names cannot flood Prometheus.
+    let mut jobs = jobs;
+    jobs.sort_by(|a, b| b.count.cmp(&a.count));
+    jobs.truncate(MAX_JOB_SERIES);
     let mut now_seen = HashSet::new();
     for job in &jobs {
         metrics::gauge!(names::JOBS, "name" => job.name.clone(), "status" => job.status.clone())
