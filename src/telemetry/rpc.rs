@@ -33,6 +33,11 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// replaced by a fresh one.
 const MAX_REQUEST_ID: usize = 128;
 
+/// A call's valid W3C `traceparent` header, in its extensions for the
+/// handlers that store it with what they create (jobs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent(pub String);
+
 /// Who called, as the authorization layer established it: ids only.
 #[derive(Debug, Clone, Copy, Default)]
 struct CallerIds {
@@ -89,6 +94,15 @@ where
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
         let trace = traceparent(request.headers());
+        if trace.is_some()
+            && let Some(value) = request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_owned())
+        {
+            request.extensions_mut().insert(TraceParent(value));
+        }
         let slot = CallerSlot::default();
         request.extensions_mut().insert(slot.clone());
         let labels = [

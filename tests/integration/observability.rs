@@ -358,3 +358,36 @@ async fn a_job_round_trip_leaves_queue_metrics_and_the_work_stream_is_handled_wh
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_traceparent_is_stored_with_the_job_and_handed_to_the_worker() {
+    let (app, _http) = spawn_observed(TestOptions::default()).await;
+    let token = app.admin_token().await;
+    let mut worker = app.worker(1).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut request = authed(&token, new_job("observability.traced", json!({})));
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().expect("value"));
+    common::JobServiceClient::new(app.channel().await)
+        .create_job(request)
+        .await
+        .expect("create");
+    let assignment = worker.assignment().await;
+    assert_eq!(assignment.traceparent.as_deref(), Some(traceparent));
+    worker.complete(&assignment, json!({})).await;
+    assert!(worker.ack().await.accepted);
+
+    // A malformed one is not kept; a job created without one has none.
+    let mut request = authed(&token, new_job("observability.traced", json!({})));
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-nothex-00f067aa0ba902b7-01".parse().expect("value"),
+    );
+    common::JobServiceClient::new(app.channel().await)
+        .create_job(request)
+        .await
+        .expect("create");
+    assert_eq!(worker.assignment().await.traceparent, None);
+    app.stop().await;
+}

@@ -314,6 +314,7 @@ mod tests {
             created_by: None,
             attempt_budget: None,
             hook: None,
+            traceparent: None,
         }
     }
 
