@@ -88,7 +88,7 @@ async fn sample_database(
     // Job names are the callers' choice: only the largest groups get a
     // series, so that a flood of one-off names cannot flood Prometheus.
     let mut jobs = jobs;
-    jobs.sort_by(|a, b| b.count.cmp(&a.count));
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.count));
     jobs.truncate(MAX_JOB_SERIES);
     let mut now_seen = HashSet::new();
     for job in &jobs {
