@@ -24,6 +24,7 @@ fn main() -> BuildResult<()> {
     // describe exactly the types the server links.
     let descriptor_path = env::var("DEP_AUTOMATION_PROTOCOL_DESCRIPTOR_SET")?;
     println!("cargo:rerun-if-changed={descriptor_path}");
+    println!("cargo:rustc-env=GIT_COMMIT={}", git_commit());
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let pool = DescriptorPool::decode(fs::read(&descriptor_path)?.as_slice())?;
     fs::write(out_dir.join("access_policies.rs"), access_table(&pool)?)?;
@@ -401,4 +402,23 @@ fn upper_camel(name: &str) -> String {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// The commit the binary is built from, for `build_info`: `GIT_COMMIT` if
+/// set (a build outside a checkout, e.g. a container), else `git rev-parse`,
+/// else "unknown".
+fn git_commit() -> String {
+    println!("cargo:rerun-if-env-changed=GIT_COMMIT");
+    if let Ok(commit) = env::var("GIT_COMMIT") {
+        return commit;
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -18,6 +18,11 @@ pub struct Cli {
     /// Where the data lives.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Log lines as `text` (for people) or `json` (one object per line,
+    /// for log pipelines).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true,
+          value_parser = ["text", "json"])]
+    pub log_format: String,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -112,6 +117,19 @@ pub struct DatabaseArgs {
     pub db_statement_timeout_ms: u64,
 }
 
+impl ServeArgs {
+    /// The HTTP port's address; `None` when it is off.
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, String> {
+        let text = self.http_addr.trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|e| {
+            format!("HTTP_ADDR '{text}' is not an address like 127.0.0.1:9090 (or `off`): {e}")
+        })
+    }
+}
+
 impl DatabaseArgs {
     /// The pool's acquire timeout.
     pub fn acquire_timeout(&self) -> Duration {
@@ -130,6 +148,16 @@ pub struct ServeArgs {
     /// Address the gRPC server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
+    /// Address of the HTTP port serving /health/live, /health/ready and
+    /// /metrics; `off` (or empty) disables it.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    pub http_addr: String,
+    /// How often the metrics that need a database query (jobs by name and
+    /// status, table and index statistics, lock waits) are sampled, in
+    /// milliseconds.
+    #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub metrics_sample_interval_ms: u64,
     /// Do not apply pending migrations on start.
     #[arg(long, env = "SKIP_MIGRATIONS")]
     pub skip_migrations: bool,

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod http;
 pub mod maintenance;
 pub mod proto;
 pub mod reflection;
@@ -23,6 +24,7 @@ pub mod seed;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod tls;
 pub mod wire;
 

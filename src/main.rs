@@ -21,19 +21,14 @@ use automation_control_plane::{
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
     store::users,
+    telemetry::logs::{self, LogFormat},
     tls::TlsFiles,
 };
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logs::init(LogFormat::parse(&cli.log_format).unwrap_or(LogFormat::Text));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -155,6 +150,11 @@ async fn serve(db_args: &DatabaseArgs, args: ServeArgs) -> Result<(), AppError> 
                 args.listen_addr
             ))
         })?;
+    let http_listener = args
+        .http_addr()
+        .map_err(AppError::Config)?
+        .map(automation_control_plane::http::HttpListener::bind)
+        .transpose()?;
     let jwt_secret = match (&args.auth.jwt_secret, &db_args.database_url) {
         (Some(secret), _) => secret.clone(),
         (None, None) => {
@@ -176,7 +176,7 @@ async fn serve(db_args: &DatabaseArgs, args: ServeArgs) -> Result<(), AppError> 
     let auth = AuthSettings::from_args(&args.auth, &args.seed.passwords, &jwt_secret)?;
 
     let source = DatabaseSource::open(db_args).await?;
-    let result = serve_on(&source, db_args, &args, auth, listener).await;
+    let result = serve_on(&source, db_args, &args, auth, (listener, http_listener)).await;
     source.close().await;
     result
 }
@@ -186,7 +186,10 @@ async fn serve_on(
     db_args: &DatabaseArgs,
     args: &ServeArgs,
     auth: AuthSettings,
-    listener: tokio::net::TcpListener,
+    (listener, http_listener): (
+        tokio::net::TcpListener,
+        Option<automation_control_plane::http::HttpListener>,
+    ),
 ) -> Result<(), AppError> {
     if !args.skip_migrations {
         let applied = migrations::run_pending(&source.url).await?;
@@ -228,6 +231,8 @@ async fn serve_on(
                 ..BudgetSettings::default()
             },
             tls: tls_files(args),
+            http_listener,
+            metrics_sample_interval: Duration::from_millis(args.metrics_sample_interval_ms),
         },
         shutdown_signal(),
     )

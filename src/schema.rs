@@ -158,6 +158,7 @@ diesel::table! {
         held -> Bool,
         #[sql_name = "freeReturns"]
         free_returns -> Int4,
+        traceparent -> Nullable<Varchar>,
     }
 }
 

@@ -35,10 +35,17 @@ use crate::{
         modules::Modules,
     },
     error::AppError,
-    health, maintenance,
+    health::{self, Readiness},
+    http::HttpListener,
+    maintenance,
     proto::{self, automation_v1 as pb},
     reflection::Reflection,
     tls::{self, TlsFiles, TlsServer},
+    telemetry::{
+        self,
+        rpc::{CallerTapLayer, RpcLayer},
+        sampler::SamplerSettings,
+    },
 };
 
 /// What the server is built from.
@@ -83,6 +90,11 @@ pub struct ServerOptions {
     /// Serve TLS from these files (`TLS_CERT_FILE`, ...); `None` is
     /// plaintext.
     pub tls: Option<TlsFiles>,
+    /// The HTTP port for health and metrics (`HTTP_ADDR`); `None`: off.
+    pub http_listener: Option<HttpListener>,
+    /// How often the metrics that need a query (jobs, table and index
+    /// statistics, lock waits) are sampled (`METRICS_SAMPLE_INTERVAL_MS`).
+    pub metrics_sample_interval: Duration,
 }
 
 impl Default for ServerOptions {
@@ -96,6 +108,8 @@ impl Default for ServerOptions {
             batch_max_bytes: 8 * 1024 * 1024,
             request_budget: BudgetSettings::default(),
             tls: None,
+            http_listener: None,
+            metrics_sample_interval: Duration::from_secs(15),
         }
     }
 }
@@ -132,7 +146,17 @@ pub async fn serve(
         }
         None => None,
     };
-    let (reporter, health_service, monitor) = start_health(&state, &options).await;
+    let metrics = telemetry::install();
+    let (reporter, health_service, monitor, readiness) = start_health(&state, &options).await;
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let http = options.http_listener.clone().map(|listener| {
+        tokio::spawn(crate::http::serve(
+            listener,
+            readiness.clone(),
+            metrics,
+            http_stop.clone(),
+        ))
+    });
     let reflection = reflection()?;
 
     let mut identity = Identity::new(&state.pool, &state.auth);
@@ -175,11 +199,23 @@ pub async fn serve(
         database_url: state.database_url.clone(),
     });
 
+    let sampler = tokio::spawn(telemetry::sampler::run(
+        state.pool.clone(),
+        dispatcher.clone(),
+        SamplerSettings {
+            interval: Duration::from_secs(1),
+            stats_interval: options.metrics_sample_interval,
+        },
+        background.clone(),
+    ));
+
     let (caps, budget) = message_limits(&state, &options);
 
     let (drain, drain_started) = tokio::sync::oneshot::channel::<()>();
     let router = transport(&options)
+        .layer(RpcLayer)
         .layer(AuthLayer::new(authorizer))
+        .layer(CallerTapLayer)
         .layer(MessageCapLayer::new(caps.clone(), budget))
         .add_service(health_service)
         .add_service(reflection.v1())
@@ -214,6 +250,7 @@ pub async fn serve(
         Drain {
             signal: drain,
             reporter: &reporter,
+            readiness: &readiness,
             monitor: &monitor,
             dispatcher: &dispatcher,
             grace: options.shutdown_grace,
@@ -230,6 +267,16 @@ pub async fn serve(
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }
+    let _ = sampler.await;
+    // The HTTP port stops last: readiness said 503 during the whole drain.
+    http_stop.cancel();
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(error)) => tracing::warn!(%error, "HTTP server"),
+            Err(error) => tracing::warn!(%error, "HTTP server task"),
+            Ok(Ok(())) => {}
+        }
+    }
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }
 
@@ -243,6 +290,7 @@ async fn start_health(
     tonic_health::server::HealthReporter,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     tokio::task::JoinHandle<()>,
+    Readiness,
 ) {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let mut database_health = health::DatabaseHealth::new(
@@ -254,8 +302,9 @@ async fn start_health(
             .max(Duration::from_millis(500)),
     );
     database_health.probe().await;
+    let readiness = database_health.readiness();
     let monitor = tokio::spawn(database_health.run(options.health_check_interval));
-    (reporter, health_service, monitor)
+    (reporter, health_service, monitor, readiness)
 }
 
 /// Reflection over this server's services, the health service, and the
@@ -377,6 +426,8 @@ struct Drain<'a> {
     /// Tells the transport to stop accepting connections.
     signal: tokio::sync::oneshot::Sender<()>,
     reporter: &'a tonic_health::server::HealthReporter,
+    /// Turned to not ready first, before anything else drains.
+    readiness: &'a Readiness,
     monitor: &'a tokio::task::JoinHandle<()>,
     dispatcher: &'a Dispatcher,
     grace: Duration,
@@ -393,6 +444,7 @@ async fn run_until_shutdown(
     let Drain {
         signal,
         reporter,
+        readiness,
         monitor,
         dispatcher,
         grace,
@@ -404,6 +456,7 @@ async fn run_until_shutdown(
             // Load balancers stop sending work here; workers are told to
             // finish or release their jobs; new connections are refused; open
             // calls get the grace period, not forever.
+            readiness.start_draining();
             monitor.abort();
             health::report_all(reporter, SERVICE_NAMES, tonic_health::ServingStatus::NotServing).await;
             let _ = signal.send(());

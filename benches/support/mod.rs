@@ -110,6 +110,9 @@ pub async fn start(server_env: &[(&str, String)]) -> Bench {
     .expect("seed");
     let address = format!("127.0.0.1:{}", free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_control-plane"));
+    // No HTTP port unless a bench asks for one (a fixed default port
+    // would collide with other servers on the machine).
+    command.env("HTTP_ADDR", "off");
     command.envs(server_env.iter().map(|(k, v)| (*k, v.as_str())));
     let server = command
         .arg("serve")

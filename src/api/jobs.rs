@@ -36,7 +36,9 @@ impl JobService for JobApi {
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::CreateJobResponse>, Status> {
         let actor = actor_of(&request)?;
-        let spec = job_spec(request.into_inner(), "")?;
+        let traceparent = trace_parent(&request);
+        let mut spec = job_spec(request.into_inner(), "")?;
+        spec.traceparent = traceparent;
         let job = self.jobs.create(&actor, spec).await?;
         Ok(Response::new(pb::CreateJobResponse {
             job: Some(job_message(job)),
@@ -48,12 +50,18 @@ impl JobService for JobApi {
         request: Request<pb::BatchCreateJobsRequest>,
     ) -> Result<Response<pb::BatchCreateJobsResponse>, Status> {
         let actor = actor_of(&request)?;
+        let traceparent = trace_parent(&request);
         let specs = request
             .into_inner()
             .requests
             .into_iter()
             .enumerate()
-            .map(|(index, r)| job_spec(r, &format!("requests[{index}].")))
+            .map(|(index, r)| {
+                job_spec(r, &format!("requests[{index}].")).map(|mut spec| {
+                    spec.traceparent.clone_from(&traceparent);
+                    spec
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let jobs = self.jobs.create_batch(&actor, specs).await?;
         Ok(Response::new(pb::BatchCreateJobsResponse {
@@ -132,4 +140,12 @@ impl JobService for JobApi {
             self.dispatcher.work(actor, request.into_inner()),
         ))
     }
+}
+
+/// The call's W3C `traceparent`, as the RPC layer validated it.
+fn trace_parent<T>(request: &Request<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<crate::telemetry::rpc::TraceParent>()
+        .map(|trace| trace.0.clone())
 }

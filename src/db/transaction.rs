@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager as _};
 
-use super::{DbPool, connect};
-use crate::error::AppError;
+use super::{DbConn, DbPool};
+use crate::{error::AppError, telemetry::names};
 
 /// Operations slower than this are logged at WARN with their name.
 const SLOW_OPERATION: Duration = Duration::from_millis(500);
@@ -48,7 +48,7 @@ where
     R: Send,
 {
     let started = Instant::now();
-    let mut conn = connect(pool).await?;
+    let mut conn = acquire(pool, operation, started).await?;
     let conn: &mut AsyncPgConnection = &mut conn;
     AnsiTransactionManager::begin_transaction(conn).await?;
     let result = match work(conn).await {
@@ -63,7 +63,7 @@ where
             Err(error)
         }
     };
-    log_duration(operation, started.elapsed());
+    log_duration(operation, started.elapsed(), &result);
     result
 }
 
@@ -80,13 +80,39 @@ where
     R: Send,
 {
     let started = Instant::now();
-    let mut conn = connect(pool).await?;
+    let mut conn = acquire(pool, operation, started).await?;
     let result = work(&mut conn).await;
-    log_duration(operation, started.elapsed());
+    log_duration(operation, started.elapsed(), &result);
     result
 }
 
-fn log_duration(operation: &'static str, elapsed: Duration) {
+/// Checks a connection out, timing the wait (a timeout is counted apart:
+/// the pool is too small, or the database too slow to give connections
+/// back).
+async fn acquire(
+    pool: &DbPool,
+    operation: &'static str,
+    started: Instant,
+) -> Result<DbConn, AppError> {
+    let checkout = pool.get().await;
+    let timed_out = matches!(checkout, Err(deadpool::managed::PoolError::Timeout(_)));
+    names::pool_acquire(started.elapsed().as_secs_f64(), timed_out);
+    checkout.map_err(|error| {
+        let error = AppError::from(error);
+        names::db_operation(
+            operation,
+            started.elapsed().as_secs_f64(),
+            Some(error.reason()),
+        );
+        error
+    })
+}
+
+/// Logs slow operations and records every one's duration (and the kind of
+/// its error) in the metrics.
+fn log_duration<R>(operation: &'static str, elapsed: Duration, result: &Result<R, AppError>) {
+    let kind = result.as_ref().err().map(AppError::reason);
+    names::db_operation(operation, elapsed.as_secs_f64(), kind);
     if elapsed >= SLOW_OPERATION {
         tracing::warn!(
             db.operation = operation,

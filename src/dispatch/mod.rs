@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use self::registry::stats::RegistryStats;
 pub use self::{follow::FollowStream, outbox::ResponseStream as WorkStream, watch::Watchers};
 use self::{
     registry::{CLAIM_BATCH, Registry, StreamCommand},
@@ -148,6 +149,7 @@ impl Shared {
                 attempt: job.attempts,
                 stream: job.leased_by.unwrap_or_default(),
             };
+            crate::telemetry::names::job_leased(job.scheduled_at);
             if !registry.assign(job) {
                 orphans.push(lease);
             }
@@ -224,6 +226,11 @@ impl Dispatcher {
             )));
         }
         (Self { shared }, DispatchTasks { handles })
+    }
+
+    /// What the Work streams of this replica hold now (for the metrics).
+    pub fn stats(&self) -> RegistryStats {
+        self.shared.registry().stats()
     }
 
     /// Serves one Work stream: returns the server's half; the session runs
@@ -459,6 +466,7 @@ async fn reaper(shared: Arc<Shared>) {
         match shared.leases.reap().await {
             Ok(0) => {}
             Ok(reaped) => {
+                crate::telemetry::names::leases_expired(reaped as u64);
                 tracing::info!(reaped, "took expired leases back");
                 shared.wake.notify_one();
             }

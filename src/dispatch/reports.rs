@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::{Shared, registry::StreamCommand, tell};
 use crate::{
-    domain::jobs::leases::{Report, ReportOutcome, is_transient},
+    domain::jobs::leases::{Report, ReportKind, ReportOutcome, is_transient},
     error::AppError,
 };
 
@@ -87,6 +87,8 @@ async fn settle_with_retry(shared: &Shared, batch: Vec<PendingReport>, stopping:
     loop {
         match shared.leases.settle(&reports).await {
             Ok(outcomes) => {
+                crate::telemetry::names::reports_settled(batch.len());
+                count_reports(&batch, &outcomes);
                 acknowledge(&batch, outcomes);
                 return;
             }
@@ -124,6 +126,25 @@ async fn settle_with_retry(shared: &Shared, batch: Vec<PendingReport>, stopping:
                 );
                 return;
             }
+        }
+    }
+}
+
+/// Counts the accepted reports by kind (a non-permanent failure is
+/// retried unless its job is out of attempts).
+fn count_reports(batch: &[PendingReport], outcomes: &[ReportOutcome]) {
+    for (pending, outcome) in batch.iter().zip(outcomes) {
+        if outcome.accepted {
+            crate::telemetry::names::report(match &pending.report.kind {
+                ReportKind::Completed(_) => "completed",
+                ReportKind::Failed {
+                    permanent: false, ..
+                } => "failed",
+                ReportKind::Failed {
+                    permanent: true, ..
+                } => "failed_permanently",
+                ReportKind::Released => "released",
+            });
         }
     }
 }

@@ -87,7 +87,10 @@ pub async fn authenticate(
             // Digests of a secret the caller chose: comparing them leaks
             // nothing about the stored secret.
             return match entry.secret_hash {
-                Some(hash) if hash == secret_hash(secret) => Ok(entry.caller),
+                Some(hash) if hash == secret_hash(secret) => {
+                    crate::telemetry::names::api_key_used();
+                    Ok(entry.caller)
+                }
                 _ => Err(refused()),
             };
         }
@@ -97,6 +100,7 @@ pub async fn authenticate(
     if entry.secret_hash.as_deref() != Some(secret_hash(secret).as_slice()) {
         return Err(refused());
     }
+    crate::telemetry::names::api_key_used();
     let caller = entry.caller.clone();
     if let Some(ticket) = ticket {
         callers.fill(ticket, credential, entry);

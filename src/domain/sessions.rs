@@ -219,6 +219,7 @@ impl Sessions {
                 self.audit
                     .record_sampled(sample_key, client, &failure("throttled"))
                     .await;
+                crate::telemetry::names::login("throttled");
                 return Err(refusal);
             }
         };
@@ -243,6 +244,7 @@ impl Sessions {
                     AuditTrail::record(conn, client, &event).await
                 })
                 .await?;
+                crate::telemetry::names::login("failure");
                 return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
             }
         };
@@ -275,6 +277,7 @@ impl Sessions {
             account_of(conn, user).await
         })
         .await?;
+        crate::telemetry::names::login("success");
         Ok(IssuedTokens {
             access_token: self.tokens.issue(TokenSubject {
                 user_id: account.user.id,

@@ -72,6 +72,7 @@ pub fn job_spec(request: pb::CreateJobRequest, prefix: &str) -> Result<JobSpec, 
             request.schedule_time.as_ref(),
         )?,
         idempotency_key: (!request.idempotency_key.is_empty()).then_some(request.idempotency_key),
+        traceparent: None,
     })
 }
 
@@ -136,6 +137,7 @@ mod tests {
             created_by: None,
             attempt_budget: None,
             hook: None,
+            traceparent: None,
         }
     }
 

@@ -75,6 +75,7 @@ pub fn assignment(job: JobRow) -> pb::WorkResponse {
     let attempt = job.attempts;
     let lease_expire_time = job.lease_expires_at.map(timestamp);
     message(Outbound::Assignment(pb::JobAssignment {
+        traceparent: job.traceparent.clone(),
         job: Some(job_message(job)),
         attempt,
         lease_expire_time,

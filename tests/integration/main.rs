@@ -19,6 +19,7 @@ mod limits;
 mod lockout;
 mod message_caps;
 mod modules;
+mod observability;
 mod platform;
 mod rbac;
 mod reflection;

@@ -37,6 +37,7 @@ fn start(data_dir: &Path, listen: &str) -> Child {
         .env("DATA_DIR", data_dir)
         .env("EMBEDDED_PG_PORT", "0")
         .env("LISTEN_ADDR", listen)
+        .env("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("ADMIN_PASSWORD", "lifecycle-password")
         .env("BCRYPT_COST", "4")
         .env("SHUTDOWN_GRACE_MS", "500")

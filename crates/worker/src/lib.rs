@@ -87,6 +87,9 @@ pub struct Job {
     pub module: Option<String>,
     /// Its input.
     pub payload: serde_json::Value,
+    /// The W3C `traceparent` of the call that created the job, if it came
+    /// with one: continue that trace while running the job.
+    pub traceparent: Option<String>,
     cancel: CancellationToken,
 }
 

@@ -343,6 +343,7 @@ fn job_of(worker: &Worker, assignment: pb::JobAssignment) -> Option<(Job, BoxedH
     let job = Job {
         id: job.id.parse().ok()?,
         attempt: assignment.attempt,
+        traceparent: assignment.traceparent,
         module: (!job.module_name.is_empty()).then_some(job.module_name),
         payload: job
             .payload

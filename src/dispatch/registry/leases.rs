@@ -214,6 +214,7 @@ impl Registry {
         };
         match entry.held.get(&lease.job) {
             Some(held) if held.attempt == lease.attempt => {
+                crate::telemetry::names::lease_settled(held.since.elapsed());
                 entry.held.remove(&lease.job);
                 true
             }
@@ -313,6 +314,7 @@ mod tests {
             created_by: None,
             attempt_budget: None,
             hook: None,
+            traceparent: None,
         }
     }
 

@@ -22,6 +22,7 @@
 mod admission;
 mod demand;
 mod leases;
+pub mod stats;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -69,6 +69,8 @@ pub struct JobSpec {
     /// `None`: now.
     pub schedule_at: Option<NaiveDateTime>,
     pub idempotency_key: Option<String>,
+    /// The W3C `traceparent` of the creating call, carried to the worker.
+    pub traceparent: Option<String>,
 }
 
 impl JobSpec {
@@ -223,6 +225,7 @@ impl Jobs {
                     idempotency_key: spec.idempotency_key.clone(),
                     created_by: Some(creator),
                     hook: None,
+                    traceparent: spec.traceparent.clone(),
                 });
             }
             let inserted = rows::insert(conn, &new).await?;

@@ -94,6 +94,7 @@ async fn enqueue(
         idempotency_key: None,
         created_by: Some(actor.caller.user_id),
         hook: Some(kind.key().to_owned()),
+        traceparent: None,
     };
     let job = job_rows::insert(conn, std::slice::from_ref(&new))
         .await?

@@ -67,6 +67,8 @@ pub struct JobRow {
     pub created_by: Option<Uuid>,
     pub attempt_budget: Option<i32>,
     pub hook: Option<String>,
+    /// The W3C `traceparent` of the call that created it.
+    pub traceparent: Option<String>,
 }
 
 /// A job to insert.
@@ -84,6 +86,8 @@ pub struct NewJob {
     pub created_by: Option<Uuid>,
     /// For module lifecycle jobs: `install`, `update` or `remove`.
     pub hook: Option<String>,
+    /// The W3C `traceparent` of the call that creates it.
+    pub traceparent: Option<String>,
 }
 
 /// Every column of a job under its Rust name, for raw statements returning
@@ -96,7 +100,7 @@ const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_nam
     jobs."updatedAt" AS updated_at, jobs."leasedBy" AS leased_by,
     jobs."leaseExpiresAt" AS lease_expires_at, jobs."workerId" AS worker_id,
     jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
-    jobs."attemptBudget" AS attempt_budget, jobs.hook"#;
+    jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent"#;
 
 fn interval(duration: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
@@ -119,13 +123,14 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
     diesel::sql_query(format!(
         r#"INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts,
                "maxAttempts", "attemptBudget", "scheduledAt", "createdAt", "updatedAt",
-               "idempotencyKey", "createdBy", hook)
+               "idempotencyKey", "createdBy", hook, traceparent)
            SELECT n.id, n.name, n.module, 'PENDING', n.priority, n.payload, 0, n.max, n.max,
                   COALESCE(n.scheduled, LOCALTIMESTAMP), LOCALTIMESTAMP, LOCALTIMESTAMP,
-                  n.key, n.creator, n.hook
+                  n.key, n.creator, n.hook, n.trace
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
-                       $7::timestamp[], $8::text[], $9::uuid[], $10::text[])
-                AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook)
+                       $7::timestamp[], $8::text[], $9::uuid[], $10::text[], $11::text[])
+                AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook,
+                     trace)
            ORDER BY n.creator, n.key, n.id
            ON CONFLICT ("createdBy", "idempotencyKey") WHERE "idempotencyKey" IS NOT NULL
            DO NOTHING
@@ -149,6 +154,11 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
     )
     .bind::<Array<Nullable<SqlUuid>>, _>(new.iter().map(|j| j.created_by).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(new.iter().map(|j| j.hook.clone()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        new.iter()
+            .map(|j| j.traceparent.clone())
+            .collect::<Vec<_>>(),
+    )
     .load(conn)
     .await
 }
