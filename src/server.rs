@@ -40,12 +40,12 @@ use crate::{
     maintenance,
     proto::{self, automation_v1 as pb},
     reflection::Reflection,
-    tls::{self, TlsFiles, TlsServer},
     telemetry::{
         self,
         rpc::{CallerTapLayer, RpcLayer},
         sampler::SamplerSettings,
     },
+    tls::{self, TlsFiles, TlsServer},
 };
 
 /// What the server is built from.
