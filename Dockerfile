@@ -16,6 +16,8 @@ USER control-plane
 # image sets neither (docker-compose.yml sets ALLOW_PLAINTEXT, publishing on
 # the host's loopback only).
 ENV LISTEN_ADDR=0.0.0.0:50051
-EXPOSE 50051
+# Health probes and Prometheus scrapes (/health/live, /health/ready, /metrics).
+ENV HTTP_ADDR=0.0.0.0:9090
+EXPOSE 50051 9090
 ENTRYPOINT ["control-plane"]
 CMD ["serve"]
