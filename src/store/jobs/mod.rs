@@ -15,7 +15,9 @@ use uuid::Uuid;
 use crate::schema::{jobs, sql_types};
 
 mod leases;
+mod settle;
 pub use leases::*;
+pub use settle::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
 /// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
