@@ -314,13 +314,32 @@ async fn client_endpoint(
         .map_err(|e| AppError::Config(format!("TLS: {e}")))
 }
 
+/// The address to call for a server that listens on `addr`: one that
+/// listens on every interface (`0.0.0.0`, `[::]`) is called on loopback.
+fn reachable_address(addr: &str) -> String {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), addr),
+    };
+    match rest.parse::<std::net::SocketAddr>() {
+        Ok(mut socket) if socket.ip().is_unspecified() => {
+            socket.set_ip(match socket {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+            format!("{scheme}{socket}")
+        }
+        _ => addr.to_owned(),
+    }
+}
+
 /// One `grpc.health.v1.Health/Check` call against a running server.
 async fn check_health(args: HealthArgs) -> Result<(), AppError> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let timeout = Duration::from_millis(args.timeout_ms);
-    let host = args.addr.replace("0.0.0.0", "127.0.0.1");
+    let host = reachable_address(&args.addr);
     let unreachable =
         |e: &dyn std::fmt::Display| AppError::Unavailable(format!("cannot ask {}: {e}", args.addr));
     let channel = client_endpoint(&host, &args.tls)
@@ -365,4 +384,21 @@ async fn shutdown_signal() {
         _ = terminate.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable_address;
+
+    #[test]
+    fn every_interface_is_called_on_loopback_and_nothing_else_changes() {
+        assert_eq!(reachable_address("0.0.0.0:50051"), "127.0.0.1:50051");
+        assert_eq!(reachable_address("[::]:50051"), "[::1]:50051");
+        assert_eq!(
+            reachable_address("https://0.0.0.0:50051"),
+            "https://127.0.0.1:50051"
+        );
+        assert_eq!(reachable_address("10.0.0.0:50051"), "10.0.0.0:50051");
+        assert_eq!(reachable_address("cp.internal:50051"), "cp.internal:50051");
+    }
 }

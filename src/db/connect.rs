@@ -9,8 +9,14 @@
 //! |---|---|
 //! | `disable`, `prefer` (or none) | plaintext, as before (`prefer` does not try TLS) |
 //! | `require` | TLS, certificate not checked — unless `sslrootcert` is given, then as `verify-ca` (libpq does the same) |
-//! | `verify-ca` | must chain to `sslrootcert` (else the system's roots); any host name |
-//! | `verify-full` | must chain to `sslrootcert` (else the system's roots) and name the URL's host |
+//! | `verify-ca` | must chain to `sslrootcert`, which is required; any host name |
+//! | `verify-full` | must chain to `sslrootcert` (`system`, or none: the system's roots) and name the URL's host |
+//!
+//! `verify-ca` against the system's roots would trust any certificate any
+//! public CA ever issued, for any name: whoever holds one for any domain
+//! could pose as the database and read its password. libpq refuses it, and
+//! so does this: the system's roots are trusted only with the host name
+//! checked (`sslrootcert=system` asks for them and wants `verify-full`).
 
 use std::sync::Arc;
 
@@ -90,8 +96,23 @@ fn tls_request(url: &str) -> ConnectionResult<Option<(String, Verify, Option<Str
             _ => rest.push((key.into_owned(), value.into_owned())),
         }
     }
+    let system_roots = root_cert.as_deref() == Some("system");
     let verify = match (mode.as_deref(), &root_cert) {
         (None | Some("disable" | "prefer"), _) => return Ok(None),
+        (Some("require" | "verify-ca"), Some(_)) if system_roots => {
+            return Err(bad(
+                "sslrootcert=system trusts every public CA: it needs sslmode=verify-full, \
+                 which also checks the host name"
+                    .into(),
+            ));
+        }
+        (Some("verify-ca"), None) => {
+            return Err(bad(
+                "sslmode=verify-ca needs sslrootcert (the CA file of the database's \
+                 certificate); to trust the system's CAs, use sslmode=verify-full"
+                    .into(),
+            ));
+        }
         (Some("require"), None) => Verify::Nothing,
         (Some("require" | "verify-ca"), _) => Verify::Chain,
         (Some("verify-full"), _) => Verify::Full,
@@ -106,6 +127,7 @@ fn tls_request(url: &str) -> ConnectionResult<Option<(String, Verify, Option<Str
     if !rest.is_empty() {
         parsed.query_pairs_mut().extend_pairs(rest);
     }
+    let root_cert = root_cert.filter(|_| !system_roots);
     Ok(Some((parsed.to_string(), verify, root_cert)))
 }
 
@@ -286,5 +308,31 @@ mod tests {
             .unwrap();
         assert_eq!(verify, Verify::Chain);
         assert!(tls_request("postgres://h/d?sslmode=allow").is_err());
+    }
+
+    /// The system's CAs are trusted only with the host name checked: any
+    /// public certificate would pass a chain-only check.
+    #[test]
+    fn the_system_roots_come_only_with_the_host_name_checked() {
+        let refused = |url: &str| match tls_request(url) {
+            Err(ConnectionError::BadConnection(why)) => why,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert!(refused("postgres://h/d?sslmode=verify-ca").contains("needs sslrootcert"));
+        for mode in ["require", "verify-ca"] {
+            assert!(
+                refused(&format!("postgres://h/d?sslmode={mode}&sslrootcert=system"))
+                    .contains("verify-full")
+            );
+        }
+        let (_, verify, root) =
+            tls_request("postgres://h/d?sslmode=verify-full&sslrootcert=system")
+                .unwrap()
+                .unwrap();
+        assert_eq!((verify, root), (Verify::Full, None));
+        let (_, verify, root) = tls_request("postgres://h/d?sslmode=verify-full")
+            .unwrap()
+            .unwrap();
+        assert_eq!((verify, root), (Verify::Full, None));
     }
 }
