@@ -166,6 +166,7 @@ pub async fn serve(
     let callers = CallerFeed::new(
         CallerCache::new(state.auth.caller_cache_size),
         state.pool.clone(),
+        state.auth.channel_key.clone(),
     );
     identity.sessions = identity.sessions.with_caller_cache(callers.cache().clone());
     let caller_changes = tokio::spawn(

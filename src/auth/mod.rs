@@ -33,6 +33,12 @@ pub struct AuthSettings {
     pub trusted_proxies: client::TrustedProxies,
     /// Most callers each replica keeps resolved (0: no cache).
     pub caller_cache_size: usize,
+    /// Signs what replicas tell each other on the `caller_changes` channel
+    /// (pings, fences, acknowledgements): any role that can connect to the
+    /// database may NOTIFY on any channel, so an unsigned acknowledgement
+    /// could be forged. Derived from the JWT secret, which every replica
+    /// shares and nothing else knows.
+    pub channel_key: callers::ChannelKey,
 }
 
 /// Failed-login limits as configured.
@@ -73,6 +79,7 @@ impl AuthSettings {
             },
             trusted_proxies: client::TrustedProxies::new(args.trusted_proxies.clone()),
             caller_cache_size: args.caller_cache_size,
+            channel_key: callers::ChannelKey::derive(jwt_secret.as_bytes()),
         })
     }
 }

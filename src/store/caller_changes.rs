@@ -25,3 +25,16 @@ pub async fn notify(conn: &mut AsyncPgConnection, payload: &str) -> QueryResult<
         .await
         .map(drop)
 }
+
+/// The backend process of this connection: notifications it sent carry it.
+pub async fn backend_pid(conn: &mut AsyncPgConnection) -> QueryResult<i32> {
+    #[derive(diesel::QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let row: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result(conn)
+        .await?;
+    Ok(row.pid)
+}

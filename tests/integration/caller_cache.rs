@@ -401,3 +401,76 @@ async fn a_replica_cut_from_its_notifications_does_not_serve_from_its_cache() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Any role that can connect may NOTIFY on any channel. An attacker who
+/// listens learns the replicas' names from their pings and acknowledges
+/// every fence on behalf of the others: unsigned, those acknowledgements
+/// are ignored, so a lagging replica B still refuses a logged-out session
+/// on its very next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_acknowledgements_do_not_release_a_fence() {
+    use automation_control_plane::db;
+    use diesel_async::RunQueryDsl as _;
+    use futures_util::StreamExt as _;
+
+    let pair = Pair::start(TestOptions {
+        db_latency: Duration::from_millis(100),
+        ..TestOptions::default()
+    })
+    .await;
+    pair.a.user_with_roles("forged", &["reader"]).await;
+    let url = pair.a.db.url();
+    let attacker = tokio::spawn(async move {
+        let connect = || db::dedicated_connection(&url, "attacker", "", Duration::from_secs(5));
+        let (mut listen, mut send) = (connect().await.unwrap(), connect().await.unwrap());
+        diesel::sql_query("LISTEN caller_changes")
+            .execute(&mut listen)
+            .await
+            .unwrap();
+        let mut replicas = std::collections::HashSet::<String>::new();
+        loop {
+            let next = {
+                let mut stream = std::pin::pin!(listen.notifications_stream());
+                stream.next().await
+            };
+            let Some(Ok(notification)) = next else { return };
+            let parts: Vec<&str> = notification.payload.split(':').collect();
+            let forged: Vec<String> = match parts.as_slice() {
+                ["ping", replica, ..] => {
+                    replicas.insert(replica.to_string());
+                    vec![]
+                }
+                ["fence", writer, n, ..] => replicas
+                    .iter()
+                    .filter(|r| r.as_str() != *writer)
+                    .flat_map(|r| {
+                        [
+                            format!("ack:{writer}:{n}:{r}"),
+                            format!("ack:{writer}:{n}:{r}:00000000000000000000000000000000"),
+                        ]
+                    })
+                    .collect(),
+                _ => vec![],
+            };
+            for payload in forged {
+                diesel::sql_query("SELECT pg_notify('caller_changes', $1)")
+                    .bind::<diesel::sql_types::Text, _>(payload)
+                    .execute(&mut send)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    // The attacker hears the replicas' pings before the rounds begin.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for round in 0..10 {
+        let token = pair.login("forged").await;
+        pair.warm(&token).await;
+        AuthServiceClient::new(pair.a.channel().await)
+            .logout(authed(&token, pb::LogoutRequest {}))
+            .await
+            .expect("logout");
+        pair.refused_on_b(&token, Code::Unauthenticated, round).await;
+    }
+    attacker.abort();
+}

@@ -2,7 +2,10 @@
 //! wait on. One dedicated connection (outside the pool) per replica, for the
 //! replica's whole life, reconnecting with backoff.
 //!
-//! Payloads on the channel (the first four come from the triggers):
+//! Payloads on the channel (the first four come from the triggers; the
+//! replicas' own are signed with the [`ChannelKey`] every replica derives
+//! from the shared secret, `<message>:<signature>`, and unsigned ones are
+//! ignored, because any role that can connect may NOTIFY):
 //! - `session:<id>`, `key:<id>`, `user:<id>`, `all` — evict (anything else
 //!   on the channel, e.g. an operator's bare `NOTIFY caller_changes`, also
 //!   empties the cache);
@@ -29,6 +32,13 @@
 //! waiting out the timeout (never shorter) excludes. A writer whose own
 //! listener is younger than [`FRESHNESS`] (it missed earlier pings) just waits
 //! out the window.
+//!
+//! A replica takes its own pings' echoes only from its own backend process
+//! (the notification says which sent it), and another replica's pings only
+//! in increasing order, so a recorded ping replayed later revives nothing.
+//! Concurrent fences are coalesced: one is in flight at a time, and a call
+//! that arrived before the fence in flight was sent is covered by it, so a
+//! flood of identity calls costs one fence per round trip, not one each.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -43,7 +53,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CallerCache, Change, FENCE_TIMEOUT, FRESHNESS, PING_EVERY};
+use super::{CallerCache, Change, ChannelKey, FENCE_TIMEOUT, FRESHNESS, PING_EVERY};
 use crate::{
     db::{self, DbPool},
     error::AppError,
@@ -52,6 +62,9 @@ use crate::{
 
 /// How long connecting or one statement on the connection may take.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most other replicas remembered (only signed pings add one).
+const MAX_PEERS: usize = 256;
 
 /// The listener and the fences of one replica; clones share them.
 #[derive(Clone)]
@@ -65,7 +78,11 @@ struct Inner {
     replica: String,
     /// For sending fences.
     pool: DbPool,
+    /// Signs and checks the replicas' own messages.
+    key: ChannelKey,
     fences: Mutex<Fences>,
+    /// One fence in flight at a time (see the module documentation).
+    turn: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -77,8 +94,11 @@ struct Fences {
     listening_since: Option<Instant>,
     next: u64,
     waiting: HashMap<u64, Waiter>,
-    /// When each other replica's last ping was heard.
-    peers: HashMap<String, Instant>,
+    /// When each other replica's last ping was heard, and its number.
+    peers: HashMap<String, (Instant, u64)>,
+    /// When the last fence that released its writers was sent: every call
+    /// that arrived before then is covered by it.
+    covered_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -98,7 +118,7 @@ impl Fences {
         let alive = |r: &String| {
             peers
                 .get(r)
-                .is_some_and(|at| now.saturating_duration_since(*at) < FRESHNESS)
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) < FRESHNESS)
         };
         for waiter in self.waiting.values_mut() {
             let Some(required) = &waiter.required else {
@@ -116,14 +136,17 @@ impl Fences {
 }
 
 impl CallerFeed {
-    /// The feed of `cache`, sending fences through `pool`.
-    pub fn new(cache: CallerCache, pool: DbPool) -> Self {
+    /// The feed of `cache`, sending fences through `pool`, signing with
+    /// `key`.
+    pub fn new(cache: CallerCache, pool: DbPool, key: ChannelKey) -> Self {
         Self {
             inner: Arc::new(Inner {
                 cache,
                 replica: Uuid::new_v4().simple().to_string(),
                 pool,
+                key,
                 fences: Mutex::default(),
+                turn: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -165,6 +188,16 @@ impl CallerFeed {
                 }
             }
         }
+        // Coalescing: wait for the fence in flight; if it was sent after
+        // this call arrived, it covers this call's change too.
+        let _turn = self.inner.turn.lock().await;
+        if self
+            .fences()
+            .covered_until
+            .is_some_and(|sent| sent > started)
+        {
+            return;
+        }
         let (done, finished) = oneshot::channel();
         let n = {
             let mut fences = self.fences();
@@ -180,7 +213,11 @@ impl CallerFeed {
             );
             n
         };
-        let payload = format!("fence:{}:{n}", self.inner.replica);
+        let payload = self
+            .inner
+            .key
+            .sign(&format!("fence:{}:{n}", self.inner.replica));
+        let sent = Instant::now();
         let outcome = tokio::time::timeout(FENCE_TIMEOUT, async {
             let mut conn = db::connect(&self.inner.pool).await?;
             caller_changes::notify(&mut conn, &payload).await?;
@@ -192,15 +229,19 @@ impl CallerFeed {
         .await;
         self.fences().waiting.remove(&n);
         match outcome {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.fences().covered_until = Some(sent),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "caller change fence failed; waiting out the freshness window");
                 tokio::time::sleep_until((started + FRESHNESS).into()).await;
             }
-            Err(_) => tracing::warn!(
-                timeout_ms = FENCE_TIMEOUT.as_millis() as u64,
-                "a replica did not acknowledge a caller change in time; answering anyway"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = FENCE_TIMEOUT.as_millis() as u64,
+                    "a replica did not acknowledge a caller change in time; answering anyway"
+                );
+                // Waited out: a replica that did not answer stopped serving.
+                self.fences().covered_until = Some(sent);
+            }
         }
     }
 
@@ -214,7 +255,7 @@ impl CallerFeed {
                 connected = connect(&url) => connected,
             };
             match connected {
-                Ok(mut conn) => {
+                Ok((mut conn, pid)) => {
                     if reported {
                         tracing::info!("caller change notifications connected again");
                     }
@@ -222,7 +263,7 @@ impl CallerFeed {
                     reported = false;
                     self.inner.cache.connected();
                     self.fences().listening_since = Some(Instant::now());
-                    self.listen(&mut conn, &shutdown).await;
+                    self.listen(&mut conn, pid, &shutdown).await;
                     self.fences().listening_since = None;
                     self.inner.cache.disconnected();
                 }
@@ -242,12 +283,12 @@ impl CallerFeed {
     }
 
     /// Pings and applies notifications until the connection fails.
-    async fn listen(&self, conn: &mut AsyncPgConnection, shutdown: &CancellationToken) {
+    async fn listen(&self, conn: &mut AsyncPgConnection, pid: i32, shutdown: &CancellationToken) {
         let mut pings = Pings::default();
         let mut next_ping = Instant::now();
         loop {
             if Instant::now() >= next_ping {
-                let payload = pings.send(&self.inner.replica);
+                let payload = self.inner.key.sign(&pings.send(&self.inner.replica));
                 let sent = tokio::select! {
                     () = shutdown.cancelled() => return,
                     sent = send(conn, &payload) => sent,
@@ -261,7 +302,7 @@ impl CallerFeed {
                 let now = Instant::now();
                 fences
                     .peers
-                    .retain(|_, at| now.saturating_duration_since(*at) < FRESHNESS * 10);
+                    .retain(|_, (at, _)| now.saturating_duration_since(*at) < FRESHNESS * 10);
                 fences.settle(now);
             }
             let next = {
@@ -274,8 +315,10 @@ impl CallerFeed {
             };
             match next {
                 Some(Some(Ok(notification))) => {
-                    if let Some(reply) = self.on_payload(&notification.payload, &mut pings)
-                        && let Err(error) = send(conn, &reply).await
+                    let from_me = notification.process_id == pid;
+                    if let Some(reply) =
+                        self.on_payload(&notification.payload, from_me, &mut pings)
+                        && let Err(error) = send(conn, &self.inner.key.sign(&reply)).await
                     {
                         tracing::warn!(%error, "caller change notifications connection failed");
                         return;
@@ -294,11 +337,26 @@ impl CallerFeed {
         }
     }
 
-    /// Applies one payload; returns what to answer on the channel, if
+    /// Applies one payload (`from_me`: sent by this listener's own
+    /// backend); returns what to answer on the channel, unsigned, if
     /// anything.
-    fn on_payload(&self, payload: &str, pings: &mut Pings) -> Option<String> {
+    fn on_payload(&self, payload: &str, from_me: bool, pings: &mut Pings) -> Option<String> {
         let me = self.inner.replica.as_str();
         tracing::trace!(replica = me, payload, "caller change");
+        let signed = ["ping:", "fence:", "ack:"]
+            .iter()
+            .any(|kind| payload.starts_with(kind));
+        let payload = if signed {
+            match self.inner.key.verify(payload) {
+                Some(message) => message,
+                None => {
+                    tracing::debug!(payload, "unsigned or forged replica message; ignored");
+                    return None;
+                }
+            }
+        } else {
+            payload
+        };
         let mut parts = payload.split(':');
         let (kind, first, second, third) = (parts.next(), parts.next(), parts.next(), parts.next());
         let id = || first.and_then(|id| Uuid::try_parse(id).ok());
@@ -316,13 +374,21 @@ impl CallerFeed {
         match (kind, first, n) {
             (Some("ping"), Some(replica), Some(n)) => {
                 if replica == me {
-                    if let Some(sent) = pings.echoed(n) {
+                    // Only the echo of what this backend sent proves that
+                    // everything committed before it has been applied.
+                    if from_me && let Some(sent) = pings.echoed(n) {
                         self.inner.cache.echoed(sent);
                     }
                 } else {
-                    self.fences()
-                        .peers
-                        .insert(replica.to_owned(), Instant::now());
+                    let mut fences = self.fences();
+                    let known = fences.peers.get(replica).map(|(_, last)| *last);
+                    let fresh = known.is_none_or(|last| n > last);
+                    let room = known.is_some() || fences.peers.len() < MAX_PEERS;
+                    if fresh && room {
+                        fences
+                            .peers
+                            .insert(replica.to_owned(), (Instant::now(), n));
+                    }
                 }
                 None
             }
@@ -335,7 +401,7 @@ impl CallerFeed {
                 let alive: HashSet<String> = fences
                     .peers
                     .iter()
-                    .filter(|(_, at)| now.saturating_duration_since(**at) < FRESHNESS)
+                    .filter(|(_, (at, _))| now.saturating_duration_since(*at) < FRESHNESS)
                     .map(|(r, _)| r.clone())
                     .collect();
                 if let Some(waiter) = fences.waiting.get_mut(&n) {
@@ -401,14 +467,18 @@ impl Pings {
     }
 }
 
-async fn connect(url: &str) -> Result<AsyncPgConnection, AppError> {
+/// The listening connection and its backend's process id.
+async fn connect(url: &str) -> Result<(AsyncPgConnection, i32), AppError> {
     let mut conn =
         db::dedicated_connection(url, "control-plane caller changes", "", STATEMENT_TIMEOUT)
             .await?;
-    tokio::time::timeout(STATEMENT_TIMEOUT, caller_changes::listen(&mut conn))
-        .await
-        .map_err(|_| AppError::Unavailable(format!("timed out listening on {CHANNEL}")))??;
-    Ok(conn)
+    let pid = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+        caller_changes::listen(&mut conn).await?;
+        caller_changes::backend_pid(&mut conn).await
+    })
+    .await
+    .map_err(|_| AppError::Unavailable(format!("timed out listening on {CHANNEL}")))??;
+    Ok((conn, pid))
 }
 
 async fn send(conn: &mut AsyncPgConnection, payload: &str) -> Result<(), AppError> {

@@ -33,6 +33,9 @@
 //! here; [`listener`] feeds it.
 
 pub mod listener;
+mod signing;
+
+pub use signing::ChannelKey;
 
 use std::{
     collections::HashMap,
