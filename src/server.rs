@@ -243,7 +243,9 @@ pub async fn serve(
                 stop_accepting,
             ))
         }
-        None => Box::pin(server.serve_with_incoming_shutdown(incoming(listener), stop_accepting)),
+        None => Box::pin(
+            server.serve_with_incoming_shutdown(tls::plaintext(incoming(listener)), stop_accepting),
+        ),
     };
     let result = run_until_shutdown(
         server,
@@ -493,6 +495,9 @@ fn transport(options: &ServerOptions) -> Server {
 
 /// Accepted connections with Nagle off (small gRPC frames must not wait for
 /// delayed ACKs) and TCP keepalive on (dead worker streams are noticed).
+/// [`tls::incoming`] or [`tls::plaintext`] take them from here: a bounded
+/// number at a time, and only once their client has spoken (HTTP/2
+/// keepalive covers a connection only after its preface).
 fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))

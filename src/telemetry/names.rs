@@ -29,6 +29,11 @@ pub const DB_OPERATION_ERRORS: &str = "db_operation_errors_total";
 /// Version and commit of the running binary (always 1).
 pub const BUILD_INFO: &str = "build_info";
 
+/// gRPC connections closed before tonic saw them, by reason: `over_limit`
+/// (too many not yet speaking), `timeout` (silent client or slow TLS
+/// handshake), `handshake_failed`.
+pub const CONNECTIONS_DROPPED: &str = "grpc_connections_dropped_total";
+
 /// Logins by outcome: success, failure, throttled.
 pub const LOGINS: &str = "auth_logins_total";
 /// Calls authenticated with an API key.
@@ -74,6 +79,12 @@ pub const SAMPLE_ERRORS: &str = "telemetry_sample_errors_total";
 /// Counts a login by its outcome (`success`, `failure`, `throttled`).
 pub fn login(outcome: &'static str) {
     metrics::counter!(LOGINS, "outcome" => outcome).increment(1);
+}
+
+/// Counts a connection closed before tonic saw it (`over_limit`, `timeout`,
+/// `handshake_failed`).
+pub fn connection_dropped(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_DROPPED, "reason" => reason).increment(1);
 }
 
 /// Counts a call authenticated with an API key.

@@ -1,6 +1,7 @@
 //! gRPC over TLS: the server's certificate (and, for mutual TLS, the CA its
 //! clients' certificates must chain to) read from files, re-read when they
-//! change, and the accept loop that hands tonic finished TLS streams.
+//! change, and the accept loops (TLS and plaintext alike) that hand tonic
+//! only connections whose client has spoken, a bounded number at a time.
 //!
 //! rustls does the protocol; this module only decides which configuration
 //! the next connection gets. A rotation swaps the whole `ServerConfig`
@@ -11,6 +12,11 @@
 
 mod incoming;
 mod reloading;
+mod started;
 
-pub use incoming::{TlsIncoming, incoming};
+pub use incoming::{
+    FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_PENDING_CONNECTIONS, PlainIncoming, TlsIncoming,
+    incoming, plaintext,
+};
 pub use reloading::{TlsFiles, TlsServer, provider};
+pub use started::Started;

@@ -6,6 +6,7 @@
 
 use crate::common;
 
+mod accept_limits;
 mod examples;
 
 use std::{path::Path, time::Duration};
