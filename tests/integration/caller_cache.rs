@@ -470,7 +470,8 @@ async fn forged_acknowledgements_do_not_release_a_fence() {
             .logout(authed(&token, pb::LogoutRequest {}))
             .await
             .expect("logout");
-        pair.refused_on_b(&token, Code::Unauthenticated, round).await;
+        pair.refused_on_b(&token, Code::Unauthenticated, round)
+            .await;
     }
     attacker.abort();
 }

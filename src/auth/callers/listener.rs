@@ -316,8 +316,7 @@ impl CallerFeed {
             match next {
                 Some(Some(Ok(notification))) => {
                     let from_me = notification.process_id == pid;
-                    if let Some(reply) =
-                        self.on_payload(&notification.payload, from_me, &mut pings)
+                    if let Some(reply) = self.on_payload(&notification.payload, from_me, &mut pings)
                         && let Err(error) = send(conn, &self.inner.key.sign(&reply)).await
                     {
                         tracing::warn!(%error, "caller change notifications connection failed");
@@ -385,9 +384,7 @@ impl CallerFeed {
                     let fresh = known.is_none_or(|last| n > last);
                     let room = known.is_some() || fences.peers.len() < MAX_PEERS;
                     if fresh && room {
-                        fences
-                            .peers
-                            .insert(replica.to_owned(), (Instant::now(), n));
+                        fences.peers.insert(replica.to_owned(), (Instant::now(), n));
                     }
                 }
                 None
