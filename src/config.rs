@@ -87,6 +87,40 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub db_statement_timeout_ms: u64,
+    /// How DATABASE_URL's connections are pooled on the way to PostgreSQL:
+    /// `session` (a direct connection, or PgBouncer's session mode) or
+    /// `transaction` (PgBouncer's `pool_mode = transaction`: no prepared
+    /// statement or setting outlives a transaction; LISTEN_DATABASE_URL is
+    /// then required).
+    #[arg(
+        long,
+        env = "DATABASE_POOL_MODE",
+        value_enum,
+        default_value_t = DatabasePoolMode::Session,
+        global = true
+    )]
+    pub database_pool_mode: DatabasePoolMode,
+    /// A direct PostgreSQL URL (never through a transaction pooler) for what
+    /// needs a session of its own: each replica's LISTEN connection and
+    /// claim loop, and migrations with their lock. Unset: DATABASE_URL.
+    #[arg(
+        long,
+        env = "LISTEN_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub listen_database_url: Option<String>,
+}
+
+/// How the pool's connections reach PostgreSQL (`DATABASE_POOL_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DatabasePoolMode {
+    /// Each pooled connection is a PostgreSQL session of its own.
+    #[default]
+    Session,
+    /// Behind PgBouncer in transaction mode: consecutive transactions of one
+    /// connection may run on different server sessions.
+    Transaction,
 }
 
 impl DatabaseArgs {

@@ -77,7 +77,7 @@ where
 
 async fn migrate(source: &DatabaseSource, args: MigrateArgs) -> Result<(), AppError> {
     if !args.status {
-        let report = migrations::migrate(&source.url).await?;
+        let report = migrations::migrate(&source.direct_url).await?;
         if let Some(version) = &report.adopted {
             println!(
                 "adopted {version}: the database already holds the seed schema (created by the \
@@ -88,7 +88,7 @@ async fn migrate(source: &DatabaseSource, args: MigrateArgs) -> Result<(), AppEr
             println!("applied {version}");
         }
     }
-    let status = migrations::status(&source.url).await?;
+    let status = migrations::status(&source.direct_url).await?;
     println!(
         "{} applied, {} pending",
         status.applied.len(),
@@ -107,6 +107,7 @@ fn pool_for(source: &DatabaseSource, args: &DatabaseArgs) -> Result<db::DbPool, 
         acquire_timeout: args.acquire_timeout(),
         statement_timeout: args.statement_timeout(),
         application_name: "automation-control-plane".into(),
+        mode: args.database_pool_mode,
     })
 }
 
@@ -129,7 +130,7 @@ async fn seed(
     db_args: &DatabaseArgs,
     args: SeedArgs,
 ) -> Result<(), AppError> {
-    migrations::run_pending(&source.url).await?;
+    migrations::run_pending(&source.direct_url).await?;
     let pool = pool_for(source, db_args)?;
     let hasher = PasswordHasher::from_args(&args.passwords);
     let report = seed::run(&pool, &hasher, admin_password(source, &args)).await?;
@@ -185,7 +186,7 @@ async fn serve_on(
     listener: tokio::net::TcpListener,
 ) -> Result<(), AppError> {
     if !args.skip_migrations {
-        let applied = migrations::run_pending(&source.url).await?;
+        let applied = migrations::run_pending(&source.direct_url).await?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
@@ -201,7 +202,7 @@ async fn serve_on(
     }
     let state = AppState {
         pool,
-        database_url: source.url.clone(),
+        database_url: source.direct_url.clone(),
         auth: Arc::new(auth),
         jobs: JobSettings::from_args(&args.jobs),
     };

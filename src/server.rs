@@ -44,8 +44,9 @@ use crate::{
 pub struct AppState {
     /// The database.
     pub pool: DbPool,
-    /// The database's URL, for the job queue's LISTEN connection (outside
-    /// the pool).
+    /// The database's URL for direct sessions outside the pool: the job
+    /// queue's LISTEN connection and claim loop (`LISTEN_DATABASE_URL`, or
+    /// `DATABASE_URL`; never a transaction pooler).
     pub database_url: String,
     /// Identity configuration.
     pub auth: Arc<AuthSettings>,

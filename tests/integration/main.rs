@@ -18,6 +18,7 @@ mod limits;
 mod lockout;
 mod message_caps;
 mod modules;
+mod pgbouncer;
 mod platform;
 mod rbac;
 mod reflection;

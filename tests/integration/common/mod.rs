@@ -1,6 +1,7 @@
 //! The test harness: a real server over loopback on a database of its own.
 
 pub mod cluster;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod worker;
 
@@ -57,6 +58,11 @@ pub struct TestOptions {
     pub jobs: JobSettings,
     /// Graceful shutdown, keepalive and message size.
     pub server: ServerOptions,
+    /// A transaction pooler (PgBouncer, `pool_mode = transaction`) in front
+    /// of the test cluster: the server's pool goes through it in
+    /// `DATABASE_POOL_MODE=transaction`, its LISTEN connection and claim
+    /// loop go to the database directly.
+    pub pooler: Option<SocketAddr>,
 }
 
 impl Default for TestOptions {
@@ -94,6 +100,7 @@ impl Default for TestOptions {
                 shutdown_grace: Duration::from_millis(200),
                 ..ServerOptions::default()
             },
+            pooler: None,
         }
     }
 }
@@ -116,12 +123,18 @@ pub struct TestApp {
 
 /// A small pool on `url`.
 pub fn pool(url: &str, acquire_timeout: Duration) -> DbPool {
+    pool_in_mode(url, acquire_timeout, db::PoolMode::Session)
+}
+
+/// A small pool on `url`, pooled as `mode` says.
+pub fn pool_in_mode(url: &str, acquire_timeout: Duration, mode: db::PoolMode) -> DbPool {
     db::build_pool(&PoolSettings {
         url: url.to_owned(),
         max_size: 8,
         acquire_timeout,
         statement_timeout: Duration::from_secs(30),
         application_name: "control-plane-test".into(),
+        mode,
     })
     .expect("pool")
 }
@@ -179,8 +192,19 @@ impl TestApp {
         let auth = AuthSettings::from_args(&options.auth, &options.passwords, JWT_SECRET)
             .expect("auth settings");
         let keys = auth.tokens.clone();
+        let (pool_url, mode) = match options.pooler {
+            Some(pooler) => {
+                let mut through = url::Url::parse(&url).expect("database URL");
+                through
+                    .set_host(Some(&pooler.ip().to_string()))
+                    .expect("host");
+                through.set_port(Some(pooler.port())).expect("port");
+                (through.to_string(), db::PoolMode::Transaction)
+            }
+            None => (url.clone(), db::PoolMode::Session),
+        };
         let state = AppState {
-            pool: pool(&url, options.acquire_timeout),
+            pool: pool_in_mode(&pool_url, options.acquire_timeout, mode),
             database_url: url,
             auth: Arc::new(auth),
             jobs: options.jobs,
