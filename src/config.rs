@@ -193,6 +193,32 @@ pub struct ServeArgs {
     /// Tokens, passwords and login throttling.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// How long finished jobs, audit rows and ended sessions are kept.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// Retention: what the pruner deletes, and how often it looks.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Days a COMPLETED job is kept after it completed; 0 keeps them for
+    /// ever.
+    #[arg(long, env = "JOB_RETENTION_COMPLETED_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub job_retention_completed_days: u64,
+    /// Days a FAILED or CANCELLED job is kept after it ended; 0 keeps them
+    /// for ever.
+    #[arg(long, env = "JOB_RETENTION_FAILED_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub job_retention_failed_days: u64,
+    /// Days an audit row is kept; 0 (the default) keeps them for ever.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub audit_retention_days: u64,
+    /// Seconds between two pruning passes.
+    #[arg(long, env = "RETENTION_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_interval_secs: u64,
 }
 
 /// The job queue.

@@ -16,6 +16,7 @@ use automation_control_plane::{
     config::{Cli, Command, DatabaseArgs, HealthArgs, MigrateArgs, SeedArgs, ServeArgs},
     db::{self, PoolSettings, migrations, source::DatabaseSource},
     domain::jobs::JobSettings,
+    maintenance::retention::RetentionSettings,
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
     store::users,
@@ -224,6 +225,7 @@ async fn serve_on(
                 total_bytes: args.request_memory_budget_bytes as usize,
                 ..BudgetSettings::default()
             },
+            retention: RetentionSettings::from_args(&args.retention),
         },
         shutdown_signal(),
     )

@@ -34,7 +34,11 @@ use crate::{
         modules::Modules,
     },
     error::AppError,
-    health, maintenance,
+    health,
+    maintenance::{
+        self,
+        retention::{Pruner, RetentionSettings},
+    },
     proto::{self, automation_v1 as pb},
     reflection::Reflection,
 };
@@ -79,6 +83,8 @@ pub struct ServerOptions {
     /// The memory that requests carrying JSON documents may hold at once
     /// (`REQUEST_MEMORY_BUDGET_BYTES`; see [`api::codec::budget`]).
     pub request_budget: BudgetSettings,
+    /// What the pruner deletes, and how often.
+    pub retention: RetentionSettings,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +97,7 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
             batch_max_bytes: 8 * 1024 * 1024,
             request_budget: BudgetSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -134,6 +141,14 @@ pub async fn serve(
         maintenance::INTERVAL,
         background.clone(),
     ));
+    let pruning = tokio::spawn(
+        Pruner::new(
+            state.pool.clone(),
+            identity.throttle.clone(),
+            options.retention,
+        )
+        .run(background.clone()),
+    );
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let jobs = Jobs::new(state.pool.clone(), state.jobs, wake.clone());
@@ -189,6 +204,7 @@ pub async fn serve(
     dispatcher.stop(dispatch_tasks).await;
     background.cancel();
     let _ = housekeeping.await;
+    let _ = pruning.await;
     result.map_err(|e| AppError::internal(format!("gRPC server: {e}")))
 }
 

@@ -24,6 +24,7 @@ mod rbac;
 mod reflection;
 mod replicas;
 mod restart;
+mod retention;
 mod roles;
 mod server_process;
 mod users;
