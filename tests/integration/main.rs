@@ -8,6 +8,7 @@ mod common;
 mod api_keys;
 mod audit;
 mod auth;
+mod backup;
 mod escalation;
 mod examples;
 mod fencing;

@@ -174,6 +174,11 @@ impl TestApp {
         Self::serve_on(self.db.clone(), options).await
     }
 
+    /// A server on `db` as it is (not seeded: a restored database, say).
+    pub async fn on_database(db: Arc<TestDatabase>, options: TestOptions) -> Self {
+        Self::serve_on(db, options).await
+    }
+
     async fn serve_on(db: Arc<TestDatabase>, options: TestOptions) -> Self {
         let check_pool = pool(&db.url(), Duration::from_secs(10));
         let (url, proxy) = if options.through_proxy || !options.db_latency.is_zero() {
