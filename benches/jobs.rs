@@ -14,6 +14,11 @@
 //!   on the same PostgreSQL (batched mode, and default mode on a tenth of
 //!   them), with the ratio: the reference measured in the same run.
 //!
+//! - with `BENCH_PRUNE=1`, instead: retention deleting the 1,000,000 finished
+//!   jobs (a pruner as another replica runs it, in batches of 1,000) while
+//!   the idle latency probe and a drain run, beside the same two measured
+//!   just before with the million rows in place.
+//!
 //! Run: `cargo bench --bench jobs` (BENCH_JOBS=20000 for a shorter run).
 //! Results go in BENCHMARKS.md.
 
@@ -105,6 +110,9 @@ fn main() {
             .unwrap_or(100_000);
         let bench = start(&[]).await;
         let token = bench.token().await;
+        if std::env::var("BENCH_PRUNE").as_deref() == Ok("1") {
+            return prune_while_dispatching(&bench, &token, count).await;
+        }
         println!("idle latency, {}", latency(&bench, &token, 1000).await);
         if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
             return;
@@ -115,4 +123,62 @@ fn main() {
         throughput(&bench, &token, count, "1,000,000 finished jobs").await;
         println!("idle latency, {}", latency(&bench, &token, 1000).await);
     });
+}
+
+/// Retention deleting a million finished jobs while jobs are dispatched:
+/// the latency probe and a drain, first with the rows in place, then while
+/// a pruner (as another replica runs it) deletes them.
+async fn prune_while_dispatching(bench: &Bench, token: &str, count: usize) {
+    use automation_control_plane::{
+        auth::AuthSettings,
+        domain::Identity,
+        maintenance::retention::{Pruner, RetentionSettings},
+    };
+    add_finished_jobs(bench, 1_000_000).await;
+    let before_latency = latency(bench, token, 1000).await;
+    println!("before pruning: idle latency, {before_latency}");
+    let before = throughput(bench, token, count, "before pruning").await;
+
+    let options = common::TestOptions::default();
+    let auth = AuthSettings::from_args(&options.auth, &options.passwords, common::JWT_SECRET)
+        .expect("auth settings");
+    let pool = common::pool(&bench.database_url, std::time::Duration::from_secs(10));
+    let identity = Identity::new(&pool, &auth);
+    let pruner = Pruner::new(
+        pool,
+        identity.throttle,
+        RetentionSettings {
+            completed_jobs: Some(std::time::Duration::from_secs(3600)),
+            ..RetentionSettings::default()
+        },
+    );
+    let started = Instant::now();
+    let pruning = tokio::spawn(async move { pruner.prune_once().await });
+    let during_latency = latency(bench, token, 1000).await;
+    println!(
+        "while pruning ({:.1} s in): idle latency, {during_latency}",
+        started.elapsed().as_secs_f64()
+    );
+    let during = throughput(bench, token, count, "while pruning").await;
+    let measured = started.elapsed();
+    let report = pruning
+        .await
+        .expect("pruner")
+        .expect("prune")
+        .expect("the lock");
+    let took = started.elapsed();
+    println!(
+        "pruned {} finished jobs in {:.1} s; the measurements ran during its first {:.1} s",
+        report.completed_jobs,
+        took.as_secs_f64(),
+        measured.as_secs_f64()
+    );
+    println!(
+        "while pruning: latency p99 {:.2} ms vs {:.2} ms before ({:.2}x, bound 2x); \
+         drain {during:.0} jobs/s vs {before:.0} ({:.2}x, bound 0.8x)",
+        during_latency.returned[1],
+        before_latency.returned[1],
+        during_latency.returned[1] / before_latency.returned[1],
+        during / before
+    );
 }

@@ -115,6 +115,40 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub db_statement_timeout_ms: u64,
+    /// How DATABASE_URL's connections are pooled on the way to PostgreSQL:
+    /// `session` (a direct connection, or PgBouncer's session mode) or
+    /// `transaction` (PgBouncer's `pool_mode = transaction`: no prepared
+    /// statement or setting outlives a transaction; LISTEN_DATABASE_URL is
+    /// then required).
+    #[arg(
+        long,
+        env = "DATABASE_POOL_MODE",
+        value_enum,
+        default_value_t = DatabasePoolMode::Session,
+        global = true
+    )]
+    pub database_pool_mode: DatabasePoolMode,
+    /// A direct PostgreSQL URL (never through a transaction pooler) for what
+    /// needs a session of its own: each replica's LISTEN connection and
+    /// claim loop, and migrations with their lock. Unset: DATABASE_URL.
+    #[arg(
+        long,
+        env = "LISTEN_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub listen_database_url: Option<String>,
+}
+
+/// How the pool's connections reach PostgreSQL (`DATABASE_POOL_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DatabasePoolMode {
+    /// Each pooled connection is a PostgreSQL session of its own.
+    #[default]
+    Session,
+    /// Behind PgBouncer in transaction mode: consecutive transactions of one
+    /// connection may run on different server sessions.
+    Transaction,
 }
 
 impl ServeArgs {
@@ -213,6 +247,9 @@ pub struct ServeArgs {
     /// TLS on the gRPC port.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// How long finished jobs, audit rows and ended sessions are kept.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// TLS on the gRPC port.
@@ -241,6 +278,29 @@ pub struct TlsArgs {
     /// refuses such an address.
     #[arg(long, env = "ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
+}
+
+/// Retention: what the pruner deletes, and how often it looks.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Days a COMPLETED job is kept after it completed; 0 keeps them for
+    /// ever.
+    #[arg(long, env = "JOB_RETENTION_COMPLETED_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub job_retention_completed_days: u64,
+    /// Days a FAILED or CANCELLED job is kept after it ended; 0 keeps them
+    /// for ever.
+    #[arg(long, env = "JOB_RETENTION_FAILED_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub job_retention_failed_days: u64,
+    /// Days an audit row is kept; 0 (the default) keeps them for ever.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub audit_retention_days: u64,
+    /// Seconds between two pruning passes.
+    #[arg(long, env = "RETENTION_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_interval_secs: u64,
 }
 
 /// The job queue.

@@ -18,6 +18,7 @@ use automation_control_plane::{
     },
     db::{self, PoolSettings, migrations, source::DatabaseSource},
     domain::jobs::JobSettings,
+    maintenance::retention::RetentionSettings,
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
     store::users,
@@ -75,7 +76,7 @@ where
 
 async fn migrate(source: &DatabaseSource, args: MigrateArgs) -> Result<(), AppError> {
     if !args.status {
-        let report = migrations::migrate(&source.url).await?;
+        let report = migrations::migrate(&source.direct_url).await?;
         if let Some(version) = &report.adopted {
             println!(
                 "adopted {version}: the database already holds the seed schema (created by the \
@@ -86,7 +87,7 @@ async fn migrate(source: &DatabaseSource, args: MigrateArgs) -> Result<(), AppEr
             println!("applied {version}");
         }
     }
-    let status = migrations::status(&source.url).await?;
+    let status = migrations::status(&source.direct_url).await?;
     println!(
         "{} applied, {} pending",
         status.applied.len(),
@@ -105,6 +106,7 @@ fn pool_for(source: &DatabaseSource, args: &DatabaseArgs) -> Result<db::DbPool, 
         acquire_timeout: args.acquire_timeout(),
         statement_timeout: args.statement_timeout(),
         application_name: "automation-control-plane".into(),
+        mode: args.database_pool_mode,
     })
 }
 
@@ -127,7 +129,7 @@ async fn seed(
     db_args: &DatabaseArgs,
     args: SeedArgs,
 ) -> Result<(), AppError> {
-    migrations::run_pending(&source.url).await?;
+    migrations::run_pending(&source.direct_url).await?;
     let pool = pool_for(source, db_args)?;
     let hasher = PasswordHasher::from_args(&args.passwords);
     let report = seed::run(&pool, &hasher, admin_password(source, &args)).await?;
@@ -192,7 +194,7 @@ async fn serve_on(
     ),
 ) -> Result<(), AppError> {
     if !args.skip_migrations {
-        let applied = migrations::run_pending(&source.url).await?;
+        let applied = migrations::run_pending(&source.direct_url).await?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
@@ -208,7 +210,7 @@ async fn serve_on(
     }
     let state = AppState {
         pool,
-        database_url: source.url.clone(),
+        database_url: source.direct_url.clone(),
         auth: Arc::new(auth),
         jobs: JobSettings::from_args(&args.jobs),
     };
@@ -233,6 +235,7 @@ async fn serve_on(
             tls: tls_files(args),
             http_listener,
             metrics_sample_interval: Duration::from_millis(args.metrics_sample_interval_ms),
+            retention: RetentionSettings::from_args(&args.retention),
         },
         shutdown_signal(),
     )

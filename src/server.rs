@@ -37,7 +37,10 @@ use crate::{
     error::AppError,
     health::{self, Readiness},
     http::HttpListener,
-    maintenance,
+    maintenance::{
+        self,
+        retention::{Pruner, RetentionSettings},
+    },
     proto::{self, automation_v1 as pb},
     reflection::Reflection,
     telemetry::{
@@ -53,8 +56,9 @@ use crate::{
 pub struct AppState {
     /// The database.
     pub pool: DbPool,
-    /// The database's URL, for the job queue's LISTEN connection (outside
-    /// the pool).
+    /// The database's URL for direct sessions outside the pool: the job
+    /// queue's LISTEN connection and claim loop (`LISTEN_DATABASE_URL`, or
+    /// `DATABASE_URL`; never a transaction pooler).
     pub database_url: String,
     /// Identity configuration.
     pub auth: Arc<AuthSettings>,
@@ -95,6 +99,8 @@ pub struct ServerOptions {
     /// How often the metrics that need a query (jobs, table and index
     /// statistics, lock waits) are sampled (`METRICS_SAMPLE_INTERVAL_MS`).
     pub metrics_sample_interval: Duration,
+    /// What the pruner deletes, and how often.
+    pub retention: RetentionSettings,
 }
 
 impl Default for ServerOptions {
@@ -110,6 +116,7 @@ impl Default for ServerOptions {
             tls: None,
             http_listener: None,
             metrics_sample_interval: Duration::from_secs(15),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -186,6 +193,14 @@ pub async fn serve(
         background.clone(),
     ));
     let reloader = tls.as_ref().map(|t| t.spawn_reloader(background.clone()));
+    let pruning = tokio::spawn(
+        Pruner::new(
+            state.pool.clone(),
+            identity.throttle.clone(),
+            options.retention,
+        )
+        .run(background.clone()),
+    );
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let jobs = Jobs::new(state.pool.clone(), state.jobs, wake.clone());
@@ -267,6 +282,7 @@ pub async fn serve(
     background.cancel();
     let _ = housekeeping.await;
     let _ = caller_changes.await;
+    let _ = pruning.await;
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }

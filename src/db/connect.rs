@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use diesel::{ConnectionError, ConnectionResult};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::{
@@ -48,7 +48,10 @@ enum Verify {
 /// connections', and the migrations'.
 pub async fn open_connection(url: &str) -> ConnectionResult<AsyncPgConnection> {
     let Some((plain_url, verify, root_cert)) = tls_request(url)? else {
-        return AsyncPgConnection::establish(url).await;
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        return super::pooling::adopt(client, connection).await;
     };
     let mut config: tokio_postgres::Config = plain_url
         .parse()
@@ -71,7 +74,7 @@ pub async fn open_connection(url: &str) -> ConnectionResult<AsyncPgConnection> {
             .unwrap_or_default();
         ConnectionError::BadConnection(format!("{e}{cause}"))
     })?;
-    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    super::pooling::adopt(client, connection).await
 }
 
 fn bad(message: String) -> ConnectionError {

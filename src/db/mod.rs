@@ -5,13 +5,15 @@ pub mod catalog;
 mod connect;
 pub mod embedded;
 pub mod migrations;
+pub mod pooling;
 pub mod source;
 mod transaction;
 
 pub use connect::open_connection;
+pub use pooling::PoolMode;
 pub use transaction::{TransactionWork, transaction, with_connection};
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use diesel::ConnectionResult;
 use diesel_async::{
@@ -25,8 +27,29 @@ use futures_util::FutureExt as _;
 
 use crate::error::AppError;
 
-/// The shared pool of PostgreSQL connections.
-pub type DbPool = Pool<AsyncPgConnection>;
+/// The shared pool of PostgreSQL connections (the deadpool pool, with what
+/// each transaction on it must start with under its [`PoolMode`]).
+#[derive(Clone)]
+pub struct DbPool {
+    inner: Pool<AsyncPgConnection>,
+    mode: PoolMode,
+    begin: Arc<str>,
+}
+
+impl std::ops::Deref for DbPool {
+    type Target = Pool<AsyncPgConnection>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl DbPool {
+    /// How the pool's connections reach PostgreSQL.
+    pub fn mode(&self) -> PoolMode {
+        self.mode
+    }
+}
 
 /// A connection checked out of [`DbPool`].
 pub type DbConn = Object<AsyncPgConnection>;
@@ -45,6 +68,9 @@ pub struct PoolSettings {
     pub statement_timeout: Duration,
     /// Shown in `pg_stat_activity`.
     pub application_name: String,
+    /// Direct sessions, or a transaction pooler in between
+    /// (`DATABASE_POOL_MODE`; see [`pooling`]).
+    pub mode: PoolMode,
 }
 
 /// Builds the pool. No connection is opened until the first checkout, so a
@@ -52,12 +78,8 @@ pub struct PoolSettings {
 /// Every connection works in UTC and without JIT: the service's statements
 /// are short, and compiling one costs far more than running it.
 pub fn build_pool(settings: &PoolSettings) -> Result<DbPool, AppError> {
-    let session_setup = format!(
-        "SET application_name = '{}'; SET statement_timeout = {}; SET TIME ZONE 'UTC'; \
-         SET jit = off",
-        settings.application_name.replace('\'', "''"),
-        settings.statement_timeout.as_millis()
-    );
+    let session_setup = pooling::session_setup(settings);
+    let mode = settings.mode;
     let mut config = ManagerConfig::default();
     // No `SELECT 1` before each checkout (the default): it was a round trip
     // per operation on every hot read. A connection that broke is known
@@ -68,18 +90,34 @@ pub fn build_pool(settings: &PoolSettings) -> Result<DbPool, AppError> {
     config.custom_setup = Box::new(move |url| {
         let setup = session_setup.clone();
         let url = url.to_owned();
-        async move { establish(&url, &setup).await }.boxed()
+        async move {
+            let mut conn = establish(&url, &setup).await?;
+            pooling::prepare(&mut conn, mode).await?;
+            Ok(conn)
+        }
+        .boxed()
     });
+    if mode == PoolMode::Transaction {
+        // diesel's check is a prepared statement outside a transaction.
+        config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn| {
+            conn.batch_execute("SELECT 1").boxed()
+        }));
+    }
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&settings.url, config);
-    Pool::builder(manager)
+    let inner = Pool::builder(manager)
         .max_size(settings.max_size)
         .wait_timeout(Some(settings.acquire_timeout))
         .create_timeout(Some(settings.acquire_timeout))
         .recycle_timeout(Some(settings.acquire_timeout))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|e| AppError::Config(format!("database pool: {e}")))
+        .map_err(|e| AppError::Config(format!("database pool: {e}")))?;
+    Ok(DbPool {
+        inner,
+        mode,
+        begin: pooling::begin_sql(settings).into(),
+    })
 }
 
 async fn establish(url: &str, setup: &str) -> ConnectionResult<AsyncPgConnection> {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::{
+    PoolMode,
     embedded::{EmbeddedPostgres, EmbeddedPostgresOptions},
     redact_url, validate_database_url,
 };
@@ -16,6 +17,9 @@ pub const EMBEDDED_DATABASE: &str = "automation_platform";
 pub struct DatabaseSource {
     /// URL to connect with (contains the password: never log it as is).
     pub url: String,
+    /// URL of direct sessions (LISTEN, the claim loop, migrations):
+    /// `LISTEN_DATABASE_URL`, or `url`.
+    pub direct_url: String,
     /// The cluster this process runs, stopped by [`DatabaseSource::close`].
     pub embedded: Option<EmbeddedPostgres>,
 }
@@ -26,10 +30,19 @@ impl DatabaseSource {
         if let Some(url) = &args.database_url {
             validate_database_url(url)?;
             tracing::info!(database.url = %redact_url(url), "using the configured database");
+            let direct_url = direct_url(args, url)?;
             return Ok(Self {
                 url: url.clone(),
+                direct_url,
                 embedded: None,
             });
+        }
+        if args.database_pool_mode == PoolMode::Transaction {
+            return Err(AppError::Config(
+                "DATABASE_POOL_MODE=transaction needs DATABASE_URL (the pooler) and \
+                 LISTEN_DATABASE_URL (PostgreSQL itself); the embedded database has no pooler"
+                    .into(),
+            ));
         }
         let root = args.data_dir.join("postgres");
         tracing::info!(data_dir = %root.display(), port = args.embedded_pg_port, "starting embedded PostgreSQL");
@@ -47,8 +60,10 @@ impl DatabaseSource {
             return Err(AppError::Config(error.to_string()));
         }
         tracing::info!(port = cluster.port(), "embedded PostgreSQL ready");
+        let url = cluster.url(EMBEDDED_DATABASE);
         Ok(Self {
-            url: cluster.url(EMBEDDED_DATABASE),
+            direct_url: url.clone(),
+            url,
             embedded: Some(cluster),
         })
     }
@@ -64,6 +79,25 @@ impl DatabaseSource {
             cluster.stop().await;
             tracing::info!("embedded PostgreSQL stopped");
         }
+    }
+}
+
+/// `LISTEN_DATABASE_URL`, checked; `url` when unset, unless `url` goes
+/// through a transaction pooler, where a session does not last.
+fn direct_url(args: &DatabaseArgs, url: &str) -> Result<String, AppError> {
+    match (&args.listen_database_url, args.database_pool_mode) {
+        (Some(direct), _) => {
+            validate_database_url(direct).map_err(|e| {
+                AppError::Config(e.to_string().replace("DATABASE_URL", "LISTEN_DATABASE_URL"))
+            })?;
+            Ok(direct.clone())
+        }
+        (None, PoolMode::Session) => Ok(url.to_owned()),
+        (None, PoolMode::Transaction) => Err(AppError::Config(
+            "DATABASE_POOL_MODE=transaction needs LISTEN_DATABASE_URL: a direct connection to \
+             PostgreSQL (not through PgBouncer) for LISTEN, the claim loop and migrations"
+                .into(),
+        )),
     }
 }
 
@@ -86,4 +120,43 @@ pub fn development_jwt_secret(data_dir: &Path, min_bytes: usize) -> Result<Strin
     };
     super::embedded::write_secret(&path, &secret).map_err(|e| AppError::Config(e.to_string()))?;
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::Cli;
+
+    fn args(extra: &[&str]) -> DatabaseArgs {
+        let mut argv = vec!["control-plane"];
+        argv.extend_from_slice(extra);
+        argv.push("migrate");
+        Cli::try_parse_from(argv).expect("flags").database
+    }
+
+    #[test]
+    fn transaction_pooling_needs_a_direct_url_for_sessions() {
+        let pooled = "postgres://app@pgbouncer:6432/app";
+        let session = args(&[]);
+        assert_eq!(direct_url(&session, pooled).unwrap(), pooled);
+        let transaction = args(&["--database-pool-mode", "transaction"]);
+        let refused = direct_url(&transaction, pooled).unwrap_err().to_string();
+        assert!(refused.contains("LISTEN_DATABASE_URL"), "{refused}");
+        let direct = "postgres://app@db:5432/app";
+        let both = args(&[
+            "--database-pool-mode",
+            "transaction",
+            "--listen-database-url",
+            direct,
+        ]);
+        assert_eq!(direct_url(&both, pooled).unwrap(), direct);
+        let typo = args(&["--listen-database-url", "mysql://db/app"]);
+        let refused = direct_url(&typo, pooled).unwrap_err().to_string();
+        assert!(
+            refused.contains("LISTEN_DATABASE_URL must start"),
+            "{refused}"
+        );
+    }
 }

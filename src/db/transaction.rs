@@ -50,7 +50,7 @@ where
     let started = Instant::now();
     let mut conn = acquire(pool, operation, started).await?;
     let conn: &mut AsyncPgConnection = &mut conn;
-    AnsiTransactionManager::begin_transaction(conn).await?;
+    AnsiTransactionManager::begin_transaction_sql(conn, &pool.begin).await?;
     let result = match work(conn).await {
         Ok(value) => AnsiTransactionManager::commit_transaction(conn)
             .await
@@ -69,7 +69,8 @@ where
 
 /// Runs `work` on a pooled connection without a transaction (reads, and
 /// single statements that are atomic on their own), timed like
-/// [`transaction`].
+/// [`transaction`]. Behind a transaction pooler it opens one all the same
+/// (see [`super::pooling`]).
 pub async fn with_connection<R, F>(
     pool: &DbPool,
     operation: &'static str,
@@ -79,6 +80,9 @@ where
     F: for<'c> TransactionWork<'c, R> + Send,
     R: Send,
 {
+    if pool.mode() == super::PoolMode::Transaction {
+        return transaction(pool, operation, work).await;
+    }
     let started = Instant::now();
     let mut conn = acquire(pool, operation, started).await?;
     let result = work(&mut conn).await;

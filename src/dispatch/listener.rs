@@ -1,5 +1,7 @@
 //! The LISTEN connection: one per replica, outside the pool, for as long as
-//! the replica runs. It reconnects with backoff, and after every (re)connect
+//! the replica runs, to `LISTEN_DATABASE_URL` (or `DATABASE_URL`): a
+//! direct session, since a transaction pooler (PgBouncer) would hand the
+//! LISTEN to another client's session after one transaction. It reconnects with backoff, and after every (re)connect
 //! the dispatcher looks for work and each watched record is read again, since
 //! notifications sent while it was away are lost. A quiet connection is
 //! probed once per poll interval, so a dead one is noticed.

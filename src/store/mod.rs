@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod models;
 pub mod modules;
 pub mod pagination;
+pub mod retention;
 pub mod roles;
 pub mod sessions;
 pub mod stats;

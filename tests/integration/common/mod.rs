@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod worker;
 
@@ -63,6 +64,11 @@ pub struct TestOptions {
     /// How the harness's clients speak TLS to a server whose
     /// `server.tls` is set (`None`: plaintext).
     pub tls_client: Option<ClientTlsConfig>,
+    /// A transaction pooler (PgBouncer, `pool_mode = transaction`) in front
+    /// of the test cluster: the server's pool goes through it in
+    /// `DATABASE_POOL_MODE=transaction`, its LISTEN connection and claim
+    /// loop go to the database directly.
+    pub pooler: Option<SocketAddr>,
 }
 
 impl Default for TestOptions {
@@ -103,6 +109,7 @@ impl Default for TestOptions {
                 ..ServerOptions::default()
             },
             tls_client: None,
+            pooler: None,
         }
     }
 }
@@ -127,17 +134,23 @@ pub struct TestApp {
 
 /// A small pool on `url`.
 pub fn pool(url: &str, acquire_timeout: Duration) -> DbPool {
-    pool_of(url, acquire_timeout, 8)
+    pool_with(url, acquire_timeout, 8, db::PoolMode::Session)
 }
 
-/// A pool of `max_size` connections on `url`.
-pub fn pool_of(url: &str, acquire_timeout: Duration, max_size: usize) -> DbPool {
+/// A pool of `max_size` connections on `url`, pooled as `mode` says.
+pub fn pool_with(
+    url: &str,
+    acquire_timeout: Duration,
+    max_size: usize,
+    mode: db::PoolMode,
+) -> DbPool {
     db::build_pool(&PoolSettings {
         url: url.to_owned(),
         max_size,
         acquire_timeout,
         statement_timeout: Duration::from_secs(30),
         application_name: "control-plane-test".into(),
+        mode,
     })
     .expect("pool")
 }
@@ -177,6 +190,11 @@ impl TestApp {
         Self::serve_on(self.db.clone(), options).await
     }
 
+    /// A server on `db` as it is (not seeded: a restored database, say).
+    pub async fn on_database(db: Arc<TestDatabase>, options: TestOptions) -> Self {
+        Self::serve_on(db, options).await
+    }
+
     async fn serve_on(db: Arc<TestDatabase>, options: TestOptions) -> Self {
         let check_pool = pool(&db.url(), Duration::from_secs(10));
         let (url, proxy) = if options.through_proxy || !options.db_latency.is_zero() {
@@ -195,8 +213,19 @@ impl TestApp {
         let auth = AuthSettings::from_args(&options.auth, &options.passwords, JWT_SECRET)
             .expect("auth settings");
         let keys = auth.tokens.clone();
+        let (pool_url, mode) = match options.pooler {
+            Some(pooler) => {
+                let mut through = url::Url::parse(&url).expect("database URL");
+                through
+                    .set_host(Some(&pooler.ip().to_string()))
+                    .expect("host");
+                through.set_port(Some(pooler.port())).expect("port");
+                (through.to_string(), db::PoolMode::Transaction)
+            }
+            None => (url.clone(), db::PoolMode::Session),
+        };
         let state = AppState {
-            pool: pool_of(&url, options.acquire_timeout, options.pool_size),
+            pool: pool_with(&pool_url, options.acquire_timeout, options.pool_size, mode),
             database_url: url,
             auth: Arc::new(auth),
             jobs: options.jobs,

@@ -1,7 +1,10 @@
-//! Housekeeping that keeps the identity tables bounded: forgetting login
-//! counters that remember nothing, spent refresh tokens of ended sessions,
-//! and writing the summary rows of sampled audit events. Any replica may run
-//! it; every step is idempotent.
+//! Housekeeping that keeps the identity tables bounded: forgetting spent
+//! refresh tokens of ended sessions, and writing the summary rows of
+//! sampled audit events. Any replica may run it; every step is idempotent.
+//! Deleting what is old (finished jobs, audit rows, ended sessions, stale
+//! login counters) is [`retention`]'s, one replica at a time.
+
+pub mod retention;
 
 use std::time::Duration;
 
@@ -27,11 +30,6 @@ pub async fn run(identity: Identity, interval: Duration, shutdown: CancellationT
         }
         // The tables change slowly; sweep them every minute or so.
         if ticks % 6 == 0 {
-            match identity.throttle.sweep().await {
-                Ok(0) => {}
-                Ok(swept) => tracing::debug!(swept, "forgot idle login counters"),
-                Err(error) => tracing::warn!(%error, "could not sweep login counters"),
-            }
             if let Err(error) = identity.sessions.prune().await {
                 tracing::warn!(%error, "could not prune spent refresh tokens");
             }
