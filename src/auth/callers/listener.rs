@@ -219,9 +219,12 @@ impl CallerFeed {
             .sign(&format!("fence:{}:{n}", self.inner.replica));
         let sent = Instant::now();
         let outcome = tokio::time::timeout(FENCE_TIMEOUT, async {
-            let mut conn = db::connect(&self.inner.pool).await?;
-            caller_changes::notify(&mut conn, &payload).await?;
-            drop(conn);
+            // Through the pool's one way of running work, so that behind a
+            // transaction pooler the statement stays on one server session.
+            db::with_connection(&self.inner.pool, "callers.fence", async |conn| {
+                Ok(caller_changes::notify(conn, &payload).await?)
+            })
+            .await?;
             finished
                 .await
                 .map_err(|_| AppError::Unavailable("listener stopped".into()))
