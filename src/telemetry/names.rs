@@ -73,6 +73,13 @@ pub const TABLE_BYTES: &str = "pg_table_size_bytes";
 pub const INDEX_HIT_RATIO: &str = "pg_index_hit_ratio";
 /// Lock requests waiting (`pg_locks` not granted, sampled).
 pub const LOCK_WAITS: &str = "pg_lock_waits";
+/// Jobs cancelled, by cause (`api`: CancelJob; `module_removed`;
+/// `name_taken`: a module took the job's name), counted after commit.
+pub const JOBS_CANCELLED: &str = "queue_jobs_cancelled_total";
+/// Failed attempts sent back to PENDING for another try, counted after
+/// commit.
+pub const JOB_RETRIES: &str = "queue_job_retries_total";
+
 /// Samples of the statistics above that failed.
 pub const SAMPLE_ERRORS: &str = "telemetry_sample_errors_total";
 
@@ -85,6 +92,20 @@ pub fn login(outcome: &'static str) {
 /// `handshake_failed`).
 pub fn connection_dropped(reason: &'static str) {
     metrics::counter!(CONNECTIONS_DROPPED, "reason" => reason).increment(1);
+}
+
+/// Counts `count` jobs cancelled for `cause` (after their commit).
+pub fn jobs_cancelled(cause: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!(JOBS_CANCELLED, "cause" => cause).increment(count as u64);
+    }
+}
+
+/// Counts `count` failed attempts retried (after their commit).
+pub fn job_retries(count: usize) {
+    if count > 0 {
+        metrics::counter!(JOB_RETRIES).increment(count as u64);
+    }
 }
 
 /// Counts a call authenticated with an API key.

@@ -391,3 +391,44 @@ async fn a_traceparent_is_stored_with_the_job_and_handed_to_the_worker() {
     assert_eq!(worker.assignment().await.traceparent, None);
     app.stop().await;
 }
+
+/// Retries and cancellations are counted once their change committed.
+#[tokio::test]
+async fn retries_and_cancellations_are_counted() {
+    let (app, http) = spawn_observed(TestOptions::default()).await;
+    let token = app.admin_token().await;
+    let before = metrics(http).await;
+    let mut worker = app.worker(1).await;
+    app.create_job(&token, new_job("observability.retried", json!({})))
+        .await;
+    let assignment = worker.assignment().await;
+    worker.fail(&assignment, "transient", false).await;
+    assert!(worker.ack().await.accepted);
+    let idle = app
+        .create_job(
+            &token,
+            pb::CreateJobRequest {
+                schedule_time: Some(prost_types::Timestamp {
+                    seconds: chrono::Utc::now().timestamp() + 3600,
+                    nanos: 0,
+                }),
+                ..new_job("observability.cancelled", json!({}))
+            },
+        )
+        .await;
+    common::JobServiceClient::new(app.channel().await)
+        .cancel_job(authed(&token, pb::CancelJobRequest { id: idle.id }))
+        .await
+        .expect("cancel");
+    let after = metrics(http).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert!(delta("queue_job_retries_total", &[]) >= 1.0, "{after}");
+    assert!(
+        delta("queue_jobs_cancelled_total", &[("cause", "api")]) >= 1.0,
+        "{after}"
+    );
+    drop(worker);
+    app.stop().await;
+}

@@ -163,6 +163,13 @@ impl Leases {
             Ok(settled)
         })
         .await?;
+        let retried = settled
+            .iter()
+            .filter(|s| {
+                s.status == JobStatus::Pending.label() && failed.0.iter().any(|l| l.job == s.id)
+            })
+            .count();
+        crate::telemetry::names::job_retries(retried);
         let resettled = self.already_completed(reports, &settled).await?;
         Ok(reports
             .iter()

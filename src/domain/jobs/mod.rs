@@ -337,6 +337,7 @@ impl Jobs {
             Ok(cancelled)
         })
         .await
+        .inspect(|_| crate::telemetry::names::jobs_cancelled("api", 1))
     }
 
     /// Puts a FAILED or CANCELLED job back in the queue with a fresh attempt

@@ -132,9 +132,13 @@ impl Modules {
                 }),
             )
             .await?;
-            Ok(module)
+            Ok((module, taken_back))
         })
         .await
+        .map(|(module, taken_back)| {
+            crate::telemetry::names::jobs_cancelled("name_taken", taken_back);
+            module
+        })
     }
 
     /// One module by id or name.
@@ -296,9 +300,11 @@ impl Modules {
                 }),
             )
             .await?;
-            Ok(updated)
+            Ok((updated, taken_back))
         })
         .await?;
+        crate::telemetry::names::jobs_cancelled("name_taken", module.1);
+        let module = module.0;
         self.wake.notify_one();
         Ok(module)
     }
@@ -438,9 +444,11 @@ impl Modules {
                 }),
             )
             .await?;
-            Ok(removal)
+            Ok((removal, cancelled))
         })
         .await?;
+        crate::telemetry::names::jobs_cancelled("module_removed", removal.1);
+        let removal = removal.0;
         self.wake.notify_one();
         Ok(removal)
     }
