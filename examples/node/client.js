@@ -22,11 +22,17 @@ async function main() {
   console.log("users:", page.users.map((u) => u.username).join(", "));
 
   const jobs = new v1.JobService(addr, channelCredentials);
+  // A W3C trace context: the server continues it in its logs, stores it with
+  // the job, and hands it to the worker that runs the job.
+  const random = (bytes) => require("node:crypto").randomBytes(bytes).toString("hex");
+  const traceparent = process.env.TRACEPARENT || `00-${random(16)}-${random(8)}-01`;
+  const traced = as.clone();
+  traced.set("traceparent", traceparent);
   const { job } = await call(jobs, "createJob", {
     name: process.env.JOB_NAME || "node.echo",
     payload: toStruct({ greeting: "hello from node" }),
-  }, as);
-  console.log("created:", job.id);
+  }, traced);
+  console.log("created:", job.id, "trace:", traceparent);
   // WatchJob: the job now, then each change; it ends when the job is finished.
   const last = await new Promise((resolve, reject) => {
     let latest = null;

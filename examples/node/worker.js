@@ -65,7 +65,10 @@ function session(client) {
         if (previous) previous.controller.abort();
         const controller = new AbortController();
         running.set(job.id, { attempt, controller });
-        console.log(`running ${job.name} ${job.id} (attempt ${attempt})`);
+        // The trace context of the call that created the job, to continue in
+        // this worker's own spans and logs.
+        const trace = message.assignment.traceparent;
+        console.log(`running ${job.name} ${job.id} (attempt ${attempt})${trace ? ` trace ${trace}` : ""}`);
         const lease = { jobId: job.id, attempt };
         handle(job, controller.signal).then(
           (result) => ({ completion: { lease, result: toValue(result) } }),

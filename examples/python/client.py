@@ -57,8 +57,11 @@ def main() -> int:
     jobs = jobs_pb2_grpc.JobServiceStub(channel)
     payload = jobs_pb2.CreateJobRequest(name=os.environ.get("JOB_NAME", "py.echo"))
     payload.payload.update({"greeting": "hello from python"})
-    job = jobs.CreateJob(payload, metadata=auth).job
-    print("created:", job.id)
+    # A W3C trace context: the server continues it in its logs, stores it
+    # with the job, and hands it to the worker that runs the job.
+    traceparent = os.environ.get("TRACEPARENT") or f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+    job = jobs.CreateJob(payload, metadata=auth + [("traceparent", traceparent)]).job
+    print("created:", job.id, "trace:", traceparent)
     # WatchJob streams the job now, then each change, and ends when it is
     # finished; the timeout bounds the wait.
     last = None

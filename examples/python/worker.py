@@ -151,7 +151,10 @@ class Worker:
                     cancelled = threading.Event()
                     with lock:
                         running[job.id] = (attempt, cancelled)
-                    print(f"running {job.name} {job.id} (attempt {attempt})", flush=True)
+                    # The trace context of the call that created the job,
+                    # to continue in this worker's own spans and logs.
+                    trace = response.assignment.traceparent if response.assignment.HasField("traceparent") else None
+                    print(f"running {job.name} {job.id} (attempt {attempt})" + (f" trace {trace}" if trace else ""), flush=True)
                     pool.submit(finish, job, attempt, cancelled)
                 elif kind == "cancellation":
                     lease = response.cancellation.lease

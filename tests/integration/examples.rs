@@ -246,7 +246,9 @@ async fn the_python_client_and_worker_work_as_written() {
     ] {
         assert!(client.contains(line), "{line}:\n{client}");
     }
-    assert!(String::from_utf8_lossy(&worker.stdout).contains("running py.echo"));
+    let worker = String::from_utf8_lossy(&worker.stdout).into_owned();
+    assert!(worker.contains("running py.echo"), "{worker}");
+    assert!(worker.contains(" trace 00-"), "the job's trace context: {worker}");
     app.stop().await;
 }
 
@@ -301,6 +303,8 @@ async fn the_node_client_and_worker_work_as_written() {
     ] {
         assert!(client.contains(line), "{line}:\n{client}");
     }
-    assert!(String::from_utf8_lossy(&worker.stdout).contains("running node.echo"));
+    let worker = String::from_utf8_lossy(&worker.stdout).into_owned();
+    assert!(worker.contains("running node.echo"), "{worker}");
+    assert!(worker.contains(" trace 00-"), "the job's trace context: {worker}");
     app.stop().await;
 }
