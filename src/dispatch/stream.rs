@@ -100,6 +100,21 @@ async fn serve(
     inbound: &mut (impl Stream<Item = Result<pb::WorkRequest, Status>> + Unpin),
     outbox: &Arc<Outbox>,
 ) -> Result<(), Status> {
+    match open_session(&shared, actor, inbound, outbox).await? {
+        Some(mut session) => session.run(inbound, outbox).await,
+        None => Ok(()),
+    }
+}
+
+/// The handshake: the hello (within [`HELLO_TIMEOUT`]), checked and
+/// admitted, the welcome queued, and a drain already under way passed on.
+/// `None`: the worker left before saying hello.
+async fn open_session<'a>(
+    shared: &'a Arc<Shared>,
+    actor: Actor,
+    inbound: &mut (impl Stream<Item = Result<pb::WorkRequest, Status>> + Unpin),
+    outbox: &Arc<Outbox>,
+) -> Result<Option<Session<'a>>, Status> {
     let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
         Err(_) => {
             return Err(AppError::invalid(
@@ -111,7 +126,7 @@ async fn serve(
         Ok(Some(Err(status))) if status.code() == tonic::Code::InvalidArgument => {
             return Err(status);
         }
-        Ok(None) | Ok(Some(Err(_))) => return Ok(()),
+        Ok(None) | Ok(Some(Err(_))) => return Ok(None),
         Ok(Some(Ok(first))) => first,
     };
     let Some(Inbound::Hello(hello)) = first.kind else {
@@ -120,11 +135,11 @@ async fn serve(
     let id = Uuid::now_v7();
     let hello = handshake::decode_hello(hello, id, &actor.caller)?;
     let module_jobs = !hello.filter.plain_only;
-    let (registration, granted) = handshake::admit(&shared, actor, &hello, id, outbox.clone())?;
+    let (registration, granted) = handshake::admit(shared, actor, &hello, id, outbox.clone())?;
     handshake::audit_connected(&registration, &hello, granted).await;
     let settings = shared.settings;
     let mut session = Session {
-        shared: &shared,
+        shared,
         registration,
         last_heartbeat: None,
         pending_beat: HashSet::new(),
@@ -141,78 +156,13 @@ async fn serve(
             wall_deadline: wall,
         });
     }
+    Ok(Some(session))
+}
 
-    let stall_timeout = settings.stalled_send_timeout();
-    let mut recheck =
-        tokio::time::interval(settings.heartbeat_interval().max(Duration::from_millis(50)));
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    recheck.tick().await;
-    loop {
-        let drain_wait = session
-            .drain_deadline
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
-        let stall_wait = outbox
-            .waiting_since()
-            .map(|since| (since + stall_timeout).saturating_duration_since(Instant::now()));
-        // Past a full buffer, the worker's messages wait: each may call for
-        // an answer, and the worker is not taking answers.
-        let reading = outbox.has_room();
-        let beat_wait = session
-            .pending_beat_due()
-            .map(|due| due.saturating_duration_since(Instant::now()));
-        // Biased, the worker's messages last: a worker that always has one
-        // ready must not starve the rarely ready branches (a re-check that
-        // ends a revoked caller, the stall and drain deadlines).
-        tokio::select! {
-            biased;
-            command = session.registration.commands.recv() => {
-                if let Some(command) = command {
-                    session.on_command(command);
-                }
-            }
-            _ = recheck.tick() => session.recheck_caller().await?,
-            () = sleep_or_forever(drain_wait) => return session.end_draining().await,
-            () = sleep_or_forever(stall_wait) => {
-                if outbox
-                    .waiting_since()
-                    .is_some_and(|since| since.elapsed() >= stall_timeout)
-                {
-                    return session.end_stalled(stall_timeout).await;
-                }
-            }
-            () = sleep_or_forever(beat_wait) => session.flush_pending_beat().await?,
-            () = outbox.room(), if !reading => {}
-            () = outbox.gone() => {
-                session.registration.ending = "the worker's connection went away";
-                return Ok(());
-            }
-                    message = inbound.next(), if reading => match message {
-                Some(Ok(message)) => {
-                    // A report of a lease the stream holds is work done, and
-                    // bounded by the leases it was given: only the rest
-                    // (heartbeats, credits, refused reports) spends the
-                    // budget, so a fast honest worker is never cut off.
-                    if !is_report(&message) {
-                        session.spend_inbound()?;
-                    }
-                    session.on_message(message).await?
-                }
-                // A message the codec refused (out of bounds, not protobuf).
-                Some(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-                    session.registration.ending = "the worker sent an invalid message";
-                    return Err(status);
-                }
-                Some(Err(_)) => {
-                    session.registration.ending = "the stream failed (connection lost or reset)";
-                    return Ok(());
-                }
-                None => return Ok(()),
-            },
-        }
-        if session.drained() {
-            return session.end_draining().await;
-        }
-    }
+/// What the loop does after one of the worker's messages.
+enum Flow {
+    Go,
+    End(Result<(), Status>),
 }
 
 /// Whether a message reports on a lease (completion, failure, release).
@@ -233,6 +183,104 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 impl Session<'_> {
     fn id(&self) -> Uuid {
         self.registration.id
+    }
+
+    /// The loop: commands from the dispatcher, the periodic re-check of the
+    /// caller, the drain and stall deadlines, merged heartbeats, and the
+    /// worker's messages, until one of them ends the stream.
+    async fn run(
+        &mut self,
+        inbound: &mut (impl Stream<Item = Result<pb::WorkRequest, Status>> + Unpin),
+        outbox: &Arc<Outbox>,
+    ) -> Result<(), Status> {
+        let settings = self.shared.settings;
+        let stall_timeout = settings.stalled_send_timeout();
+        let mut recheck =
+            tokio::time::interval(settings.heartbeat_interval().max(Duration::from_millis(50)));
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.tick().await;
+        loop {
+            let drain_wait = self
+                .drain_deadline
+                .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            let stall_wait = outbox
+                .waiting_since()
+                .map(|since| (since + stall_timeout).saturating_duration_since(Instant::now()));
+            // Past a full buffer, the worker's messages wait: each may call
+            // for an answer, and the worker is not taking answers.
+            let reading = outbox.has_room();
+            let beat_wait = self
+                .pending_beat_due()
+                .map(|due| due.saturating_duration_since(Instant::now()));
+            // Biased, the worker's messages last: a worker that always has
+            // one ready must not starve the rarely ready branches (a
+            // re-check that ends a revoked caller, the stall and drain
+            // deadlines).
+            tokio::select! {
+                biased;
+                command = self.registration.commands.recv() => {
+                    if let Some(command) = command {
+                        self.on_command(command);
+                    }
+                }
+                _ = recheck.tick() => self.recheck_caller().await?,
+                () = sleep_or_forever(drain_wait) => return self.end_draining().await,
+                () = sleep_or_forever(stall_wait) => {
+                    if outbox
+                        .waiting_since()
+                        .is_some_and(|since| since.elapsed() >= stall_timeout)
+                    {
+                        return self.end_stalled(stall_timeout).await;
+                    }
+                }
+                () = sleep_or_forever(beat_wait) => self.flush_pending_beat().await?,
+                () = outbox.room(), if !reading => {}
+                () = outbox.gone() => {
+                    self.registration.ending = "the worker's connection went away";
+                    return Ok(());
+                }
+                message = inbound.next(), if reading => {
+                    if let Flow::End(result) = self.on_inbound(message).await {
+                        return result;
+                    }
+                }
+            }
+            if self.drained() {
+                return self.end_draining().await;
+            }
+        }
+    }
+
+    /// One item of the worker's half of the stream: a message, a message
+    /// the codec refused, a failed transport, or its end.
+    async fn on_inbound(&mut self, item: Option<Result<pb::WorkRequest, Status>>) -> Flow {
+        match item {
+            Some(Ok(message)) => {
+                // A report of a lease the stream holds is work done, and
+                // bounded by the leases it was given: only the rest
+                // (heartbeats, credits, refused reports) spends the budget,
+                // so a fast honest worker is never cut off.
+                if !is_report(&message)
+                    && let Err(status) = self.spend_inbound()
+                {
+                    return Flow::End(Err(status));
+                }
+                match self.on_message(message).await {
+                    Ok(()) => Flow::Go,
+                    Err(status) => Flow::End(Err(status)),
+                }
+            }
+            // A message the codec refused (out of bounds, not protobuf).
+            Some(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                self.registration.ending = "the worker sent an invalid message";
+                Flow::End(Err(status))
+            }
+            Some(Err(_)) => {
+                self.registration.ending = "the stream failed (connection lost or reset)";
+                Flow::End(Ok(()))
+            }
+            None => Flow::End(Ok(())),
+        }
     }
 
     /// Queues a message for the worker (never waits).
@@ -273,18 +321,7 @@ impl Session<'_> {
         match message.kind {
             None => Err(AppError::invalid("kind", "the message carries nothing").into()),
             Some(Inbound::Hello(_)) => Err(AppError::invalid("hello", "was already sent").into()),
-            Some(Inbound::Credit(credit)) => {
-                let credits = usize::try_from(credit.credits)
-                    .ok()
-                    .filter(|c| *c >= 1)
-                    .ok_or_else(|| AppError::invalid("credit.credits", "must be at least 1"))?;
-                // Within the caps: more is not an error, just not granted.
-                let grew = self.shared.registry().add_credit(stream, credits);
-                if grew {
-                    self.shared.wake.notify_one();
-                }
-                Ok(())
-            }
+            Some(Inbound::Credit(credit)) => self.on_credit(credit),
             Some(Inbound::Heartbeat(heartbeat)) => self.heartbeat(heartbeat).await,
             Some(Inbound::Completion(completion)) => {
                 let (lease, kind) = completion_report(completion, stream, max)?;
@@ -305,8 +342,20 @@ impl Session<'_> {
         }
     }
 
-    /// Hands a report to the writers, or refuses it at once when the stream
-    /// does not hold that lease.
+    /// More slots for the worker, within the caps (more than the caps
+    /// allow is not an error, just not granted).
+    fn on_credit(&mut self, credit: pb::WorkerCredit) -> Result<(), Status> {
+        let credits = usize::try_from(credit.credits)
+            .ok()
+            .filter(|c| *c >= 1)
+            .ok_or_else(|| AppError::invalid("credit.credits", "must be at least 1"))?;
+        let grew = self.shared.registry().add_credit(self.id(), credits);
+        if grew {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Spends one message of the stream's inbound budget; past it the
     /// stream ends.
     fn spend_inbound(&mut self) -> Result<(), Status> {
@@ -326,6 +375,8 @@ impl Session<'_> {
         .into())
     }
 
+    /// Hands a report to the writers, or refuses it at once when the stream
+    /// does not hold that lease.
     async fn submit(&mut self, lease: LeaseRef, kind: ReportKind) -> Result<(), Status> {
         let started = self.shared.registry().start_report(&lease);
         match started {
