@@ -35,9 +35,12 @@ where
 /// Runs `work` in a transaction on a pooled connection and commits when it
 /// returns `Ok`; rolls back otherwise. `operation` names the work in logs.
 ///
-/// A caller that goes away mid-transaction drops the future with the
-/// transaction open; the pool then discards that connection instead of
-/// reusing it (diesel-async marks it broken), so nothing half-done commits.
+/// A caller that goes away mid-transaction (a cancelled call, a deadline)
+/// drops the future with the transaction open: [`OpenTransaction`] then
+/// closes that connection instead of giving it back, so PostgreSQL rolls the
+/// transaction back at once and its locks go with it. (The pool would take
+/// it back as it is, idle in an open transaction, holding its row and
+/// advisory locks until its next checkout.)
 pub async fn transaction<R, F>(
     pool: &DbPool,
     operation: &'static str,
@@ -48,23 +51,48 @@ where
     R: Send,
 {
     let started = Instant::now();
-    let mut conn = acquire(pool, operation, started).await?;
-    let conn: &mut AsyncPgConnection = &mut conn;
-    AnsiTransactionManager::begin_transaction_sql(conn, &pool.begin).await?;
-    let result = match work(conn).await {
-        Ok(value) => AnsiTransactionManager::commit_transaction(conn)
-            .await
-            .map(|()| value)
-            .map_err(AppError::from),
-        Err(error) => {
-            if let Err(rollback) = AnsiTransactionManager::rollback_transaction(conn).await {
-                tracing::warn!(db.operation = operation, error = %rollback, "rollback failed");
+    let mut open = OpenTransaction {
+        conn: Some(acquire(pool, operation, started).await?),
+        settled: false,
+    };
+    let (result, settled) = {
+        let conn: &mut AsyncPgConnection = open.conn.as_mut().expect("held until dropped");
+        AnsiTransactionManager::begin_transaction_sql(conn, &pool.begin).await?;
+        match work(conn).await {
+            Ok(value) => match AnsiTransactionManager::commit_transaction(conn).await {
+                Ok(()) => (Ok(value), true),
+                Err(error) => (Err(AppError::from(error)), false),
+            },
+            Err(error) => {
+                let rolled_back = AnsiTransactionManager::rollback_transaction(conn).await;
+                if let Err(rollback) = &rolled_back {
+                    tracing::warn!(db.operation = operation, error = %rollback, "rollback failed");
+                }
+                (Err(error), rolled_back.is_ok())
             }
-            Err(error)
         }
     };
+    open.settled = settled;
     log_duration(operation, started.elapsed(), &result);
     result
+}
+
+/// A pooled connection while its transaction is open. Dropped before the
+/// transaction settled (committed or rolled back), it takes the connection
+/// out of the pool and closes it.
+struct OpenTransaction {
+    conn: Option<DbConn>,
+    settled: bool,
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if !self.settled
+            && let Some(conn) = self.conn.take()
+        {
+            drop(deadpool::managed::Object::take(conn));
+        }
+    }
 }
 
 /// Runs `work` on a pooled connection without a transaction (reads, and

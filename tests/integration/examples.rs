@@ -248,7 +248,10 @@ async fn the_python_client_and_worker_work_as_written() {
     }
     let worker = String::from_utf8_lossy(&worker.stdout).into_owned();
     assert!(worker.contains("running py.echo"), "{worker}");
-    assert!(worker.contains(" trace 00-"), "the job's trace context: {worker}");
+    assert!(
+        worker.contains(" trace 00-"),
+        "the job's trace context: {worker}"
+    );
     app.stop().await;
 }
 
@@ -305,6 +308,9 @@ async fn the_node_client_and_worker_work_as_written() {
     }
     let worker = String::from_utf8_lossy(&worker.stdout).into_owned();
     assert!(worker.contains("running node.echo"), "{worker}");
-    assert!(worker.contains(" trace 00-"), "the job's trace context: {worker}");
+    assert!(
+        worker.contains(" trace 00-"),
+        "the job's trace context: {worker}"
+    );
     app.stop().await;
 }

@@ -31,6 +31,7 @@ mod retention;
 mod roles;
 mod server_process;
 mod tls;
+mod transactions;
 mod users;
 mod work;
 mod work_abuse;

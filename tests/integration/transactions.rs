@@ -1,0 +1,66 @@
+//! `db::transaction` when its caller goes away mid-transaction (a cancelled
+//! call, a deadline): the transaction is rolled back at once and its locks
+//! are released, not left idle in a pooled connection.
+
+use std::time::Duration;
+
+use automation_control_plane::db;
+use diesel_async::RunQueryDsl as _;
+
+use crate::common::TestApp;
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Asked on a connection of its own: a checkout from the pool the
+/// transaction ran on could pick the abandoned connection itself.
+async fn advisory_locks_held(app: &TestApp, key: i64) -> i64 {
+    let mut conn =
+        db::dedicated_connection(&app.db.url(), "lock check", "", Duration::from_secs(5))
+            .await
+            .expect("connection");
+    let count: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(key)
+    .get_result(&mut conn)
+    .await
+    .expect("pg_locks");
+    count.n
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_midway_releases_its_locks() {
+    let app = TestApp::spawn().await;
+    let key = 424_242;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        db::transaction(&app.pool, "test.abandoned", async |conn| {
+            diesel::sql_query(format!("SELECT pg_advisory_xact_lock({key})"))
+                .execute(conn)
+                .await?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(())
+        }),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the transaction was cut short");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while advisory_locks_held(&app, key).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned transaction still holds its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pool still works.
+    db::transaction(&app.pool, "test.after", async |conn| {
+        diesel::sql_query("SELECT 1").execute(conn).await?;
+        Ok(())
+    })
+    .await
+    .expect("a transaction after");
+}
