@@ -26,7 +26,7 @@ use crate::{
         AuthSettings,
         callers::{CallerCache, listener::CallerFeed},
     },
-    db::DbPool,
+    db::{self, DbPool},
     dispatch::{DispatchParts, Dispatcher},
     domain::{
         Identity,
@@ -145,6 +145,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
     state.auth.passwords.prepare().await?;
+    db::ensure_same_database(&state.pool, &state.database_url).await?;
     let tls = match &options.tls {
         Some(files) => {
             let tls = TlsServer::load(files.clone()).await?;

@@ -153,6 +153,51 @@ pub async fn connect(pool: &DbPool) -> Result<DbConn, AppError> {
     pool.get().await.map_err(AppError::from)
 }
 
+/// Refuses to serve when `direct_url` (LISTEN_DATABASE_URL: the LISTEN
+/// connections, the claimer, migrations) reaches another database than the
+/// pool: the caller cache would hear its own pings but none of the changes
+/// the pool's writes announce, and would serve revoked callers. Compared:
+/// the database's name and its cluster's start time, which a transaction
+/// pooler passes through. A database that does not answer is not checked
+/// (the server starts and reports it unhealthy, as it always has).
+pub async fn ensure_same_database(pool: &DbPool, direct_url: &str) -> Result<(), AppError> {
+    use diesel_async::RunQueryDsl as _;
+    const WHICH: &str =
+        "SELECT current_database() || ' ' || pg_postmaster_start_time()::text AS which";
+    #[derive(diesel::QueryableByName)]
+    struct Which {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        which: String,
+    }
+    let through_pool = with_connection(pool, "db.identity", async |conn| {
+        Ok(diesel::sql_query(WHICH).get_result::<Which>(conn).await?)
+    })
+    .await;
+    let direct = async {
+        let mut conn = dedicated_connection(
+            direct_url,
+            "control-plane check",
+            "",
+            Duration::from_secs(5),
+        )
+        .await?;
+        Ok::<_, AppError>(
+            diesel::sql_query(WHICH)
+                .get_result::<Which>(&mut conn)
+                .await?,
+        )
+    }
+    .await;
+    match (through_pool, direct) {
+        (Ok(pooled), Ok(direct)) if pooled.which != direct.which => Err(AppError::Config(format!(
+            "LISTEN_DATABASE_URL reaches another database than DATABASE_URL ({} vs {}): \
+             both must name the same database",
+            direct.which, pooled.which
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that the database answers a trivial query within `timeout`.
 pub async fn ping(pool: &DbPool, timeout: Duration) -> bool {
     let probe = async {
@@ -192,8 +237,40 @@ pub fn redact_url(url: &str) -> String {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
             }
+            // libpq and tokio-postgres also take the password as a query
+            // parameter.
+            if parsed.query_pairs().any(|(key, _)| key == "password") {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(key, value)| {
+                        let value = if key == "password" {
+                            "***".into()
+                        } else {
+                            value.into_owned()
+                        };
+                        (key.into_owned(), value)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
         Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_masked_wherever_the_url_carries_them() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/cp"),
+            "postgres://app:***@db:5432/cp"
+        );
+        let masked = redact_url("postgres://app@db/cp?sslmode=require&password=s3cret");
+        assert!(!masked.contains("s3cret"), "{masked}");
+        assert!(masked.contains("sslmode=require"), "{masked}");
     }
 }

@@ -1,13 +1,14 @@
-//! `db::transaction` when its caller goes away mid-transaction (a cancelled
-//! call, a deadline): the transaction is rolled back at once and its locks
-//! are released, not left idle in a pooled connection.
+//! The database layer under misuse: `db::transaction` when its caller goes
+//! away mid-transaction (a cancelled call, a deadline) rolls back at once
+//! and releases its locks, not left idle in a pooled connection; a
+//! LISTEN_DATABASE_URL naming another database than the pool's is refused.
 
 use std::time::Duration;
 
 use automation_control_plane::db;
 use diesel_async::RunQueryDsl as _;
 
-use crate::common::TestApp;
+use crate::common::{self, TestApp, TestServer};
 
 #[derive(diesel::QueryableByName)]
 struct Count {
@@ -63,4 +64,30 @@ async fn a_transaction_dropped_midway_releases_its_locks() {
     })
     .await
     .expect("a transaction after");
+}
+
+#[tokio::test]
+async fn a_direct_url_to_another_database_is_refused() {
+    let app = TestApp::spawn().await;
+    assert!(
+        db::ensure_same_database(&app.pool, &app.db.url())
+            .await
+            .is_ok(),
+        "the same database"
+    );
+    let other = TestServer::get().await.create_database(true).await;
+    let refused = db::ensure_same_database(&app.pool, &other.url())
+        .await
+        .expect_err("another database");
+    assert!(
+        refused.to_string().contains("LISTEN_DATABASE_URL"),
+        "{refused}"
+    );
+    // A pool on that other database, checked against the first: refused too.
+    let pool = common::pool(&other.url(), Duration::from_secs(5));
+    assert!(
+        db::ensure_same_database(&pool, &app.db.url())
+            .await
+            .is_err()
+    );
 }
