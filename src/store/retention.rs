@@ -31,6 +31,21 @@ pub async fn try_lock(conn: &mut AsyncPgConnection) -> diesel::QueryResult<bool>
         .map(|row| row.flag)
 }
 
+/// Runs one batched `DELETE` whose `$1` is the cutoff and `$2` the most
+/// rows it takes.
+async fn delete_batch(
+    conn: &mut AsyncPgConnection,
+    statement: &'static str,
+    before: NaiveDateTime,
+    limit: i64,
+) -> diesel::QueryResult<usize> {
+    sql_query(statement)
+        .bind::<Timestamp, _>(before)
+        .bind::<BigInt, _>(limit)
+        .execute(conn)
+        .await
+}
+
 /// Deletes up to `limit` COMPLETED jobs that completed before `before`.
 pub async fn delete_completed_jobs(
     conn: &mut AsyncPgConnection,
@@ -39,15 +54,15 @@ pub async fn delete_completed_jobs(
 ) -> diesel::QueryResult<usize> {
     // A job completes after it is created: the "createdAt" bound is implied,
     // and lets the planner read only the old end of its index.
-    sql_query(
+    delete_batch(
+        conn,
         r#"DELETE FROM jobs WHERE id IN (
                SELECT id FROM jobs
                WHERE status = 'COMPLETED' AND "createdAt" < $1 AND "completedAt" < $1
                LIMIT $2 FOR UPDATE SKIP LOCKED)"#,
+        before,
+        limit,
     )
-    .bind::<Timestamp, _>(before)
-    .bind::<BigInt, _>(limit)
-    .execute(conn)
     .await
 }
 
@@ -59,16 +74,16 @@ pub async fn delete_failed_jobs(
     before: NaiveDateTime,
     limit: i64,
 ) -> diesel::QueryResult<usize> {
-    sql_query(
+    delete_batch(
+        conn,
         r#"DELETE FROM jobs WHERE id IN (
                SELECT id FROM jobs
                WHERE status IN ('FAILED', 'CANCELLED') AND "createdAt" < $1
                  AND COALESCE("failedAt", "completedAt", "updatedAt") < $1
                LIMIT $2 FOR UPDATE SKIP LOCKED)"#,
+        before,
+        limit,
     )
-    .bind::<Timestamp, _>(before)
-    .bind::<BigInt, _>(limit)
-    .execute(conn)
     .await
 }
 
@@ -78,14 +93,14 @@ pub async fn delete_audit(
     before: NaiveDateTime,
     limit: i64,
 ) -> diesel::QueryResult<usize> {
-    sql_query(
+    delete_batch(
+        conn,
         r#"DELETE FROM audit_logs WHERE id IN (
                SELECT id FROM audit_logs WHERE "createdAt" < $1
                LIMIT $2 FOR UPDATE SKIP LOCKED)"#,
+        before,
+        limit,
     )
-    .bind::<Timestamp, _>(before)
-    .bind::<BigInt, _>(limit)
-    .execute(conn)
     .await
 }
 
@@ -96,13 +111,13 @@ pub async fn delete_ended_sessions(
     before: NaiveDateTime,
     limit: i64,
 ) -> diesel::QueryResult<usize> {
-    sql_query(
+    delete_batch(
+        conn,
         r#"DELETE FROM sessions WHERE id IN (
                SELECT id FROM sessions WHERE "expiresAt" < $1 OR "revokedAt" < $1
                LIMIT $2 FOR UPDATE SKIP LOCKED)"#,
+        before,
+        limit,
     )
-    .bind::<Timestamp, _>(before)
-    .bind::<BigInt, _>(limit)
-    .execute(conn)
     .await
 }
