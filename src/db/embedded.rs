@@ -29,11 +29,14 @@ use diesel::{ConnectionError, sql_query};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use nix::{
     sys::signal::{Signal, kill},
-    unistd::{Gid, Pid, Uid, User, chown},
+    unistd::Pid,
 };
 use rand::distr::{Alphanumeric, SampleString};
 
 mod previous_run;
+mod run_as;
+
+use run_as::{RunAs, run_as};
 mod ssl;
 
 pub use ssl::EmbeddedSsl;
@@ -280,74 +283,6 @@ fn stop_postmaster(pid: Pid, keeper: Option<JoinHandle<()>>) {
         let _ = kill(pid, Signal::SIGQUIT);
     }
     let _ = keeper.join();
-}
-
-/// The user the server runs as: ourselves, or `postgres` when we are root.
-struct RunAs {
-    uid: Uid,
-    gid: Gid,
-    switch: bool,
-}
-
-fn run_as() -> Result<RunAs> {
-    if !Uid::effective().is_root() {
-        return Ok(RunAs {
-            uid: Uid::effective(),
-            gid: Gid::effective(),
-            switch: false,
-        });
-    }
-    let user = User::from_name(SUPERUSER)
-        .ok()
-        .flatten()
-        .ok_or(EmbeddedPostgresError::NoUnprivilegedUser)?;
-    Ok(RunAs {
-        uid: user.uid,
-        gid: user.gid,
-        switch: true,
-    })
-}
-
-impl RunAs {
-    fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new(program);
-        if self.switch {
-            command.uid(self.uid.as_raw()).gid(self.gid.as_raw());
-        }
-        command
-    }
-
-    /// Checks that the server user can search every directory above `path`
-    /// (root can, so a root-run check would pass and initdb fail obscurely).
-    fn ensure_reachable(&self, path: &Path) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt as _;
-        if !self.switch {
-            return Ok(());
-        }
-        for ancestor in path.ancestors().skip(1) {
-            let Ok(meta) = fs::metadata(ancestor) else {
-                continue;
-            };
-            let mode = meta.permissions().mode();
-            let searchable = mode & 0o001 != 0
-                || (meta.uid() == self.uid.as_raw() && mode & 0o100 != 0)
-                || (meta.gid() == self.gid.as_raw() && mode & 0o010 != 0);
-            if !searchable {
-                return Err(EmbeddedPostgresError::UnreachableDataDirectory {
-                    path: path.to_path_buf(),
-                    blocked: ancestor.to_path_buf(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn own(&self, path: &Path) -> Result<()> {
-        if self.switch {
-            chown(path, Some(self.uid), Some(self.gid)).map_err(|e| failed("chown", e))?;
-        }
-        Ok(())
-    }
 }
 
 /// Finds the directory holding `initdb` and `postgres`.
