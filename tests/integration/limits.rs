@@ -6,63 +6,15 @@
 
 use crate::common;
 
-use std::marker::PhantomData;
-
 use automation_control_plane::proto::FILE_DESCRIPTOR_SET;
-use bytes::{Buf, BufMut};
-use common::{TestApp, authed};
+use common::{TestApp, authed, raw_codec::RawCodec};
 use diesel_async::RunQueryDsl as _;
 use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor,
     Value,
 };
-use tonic::{
-    Code, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    transport::Channel,
-};
-
-/// Sends already-encoded messages and ignores what comes back.
-#[derive(Debug, Clone, Default)]
-struct RawCodec(PhantomData<()>);
-
-#[derive(Debug, Clone, Default)]
-struct RawEncoder;
-
-#[derive(Debug, Clone, Default)]
-struct RawDecoder;
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = ();
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
+use tonic::{Code, Status, transport::Channel};
 
 /// One bounded field somewhere in a request.
 #[derive(Debug, Clone)]
@@ -268,7 +220,7 @@ async fn call(
     }
     let result = if streaming {
         let request = with_token(tonic::Request::new(tokio_stream::iter(vec![body])), token);
-        match grpc.streaming(request, path, RawCodec::default()).await {
+        match grpc.streaming(request, path, RawCodec).await {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 loop {
@@ -282,13 +234,9 @@ async fn call(
             Err(status) => Err(status),
         }
     } else {
-        grpc.unary(
-            with_token(tonic::Request::new(body), token),
-            path,
-            RawCodec::default(),
-        )
-        .await
-        .map(drop)
+        grpc.unary(with_token(tonic::Request::new(body), token), path, RawCodec)
+            .await
+            .map(drop)
     };
     result.expect_err(&format!("an oversized request to {method} must be refused"))
 }

@@ -18,14 +18,10 @@ use automation_control_plane::{
     },
     proto::automation_v1 as pb,
 };
-use bytes::{Buf, BufMut, Bytes};
-use common::{JobServiceClient, TestApp, TestOptions, authed, new_job};
+use bytes::Bytes;
+use common::{JobServiceClient, TestApp, TestOptions, authed, new_job, raw_codec::RawCodec};
 use prost::Message as _;
-use tonic::{
-    Code, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    transport::Channel,
-};
+use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt as _;
 
 /// The payload limit of these tests' servers: small, so that the bodies
@@ -41,47 +37,6 @@ async fn spawn() -> TestApp {
     options.jobs.payload_max_bytes = PAYLOAD_MAX;
     options.server.batch_max_bytes = BATCH_MAX;
     TestApp::spawn_with(options).await
-}
-
-/// Sends bytes as they are, whatever they are.
-#[derive(Debug, Clone, Default)]
-struct RawCodec;
-
-#[derive(Debug, Clone, Default)]
-struct RawEncoder;
-
-#[derive(Debug, Clone, Default)]
-struct RawDecoder;
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = ();
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
 }
 
 /// A unary call of `path` with `body` as the message; the refusal.

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod cluster;
 pub mod pgbouncer;
 pub mod proxy;
+pub mod raw_codec;
 pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
