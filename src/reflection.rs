@@ -11,7 +11,7 @@
 //! One `Catalog` answers both protocol versions. Their messages are the
 //! same on the wire (v1alpha is v1 under its older package name), so the
 //! v1alpha service converts each message through its encoding and the rules
-//! live in one place, `Session::answer`.
+//! live in one place, `ReflectionStream::answer`.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -80,7 +80,7 @@ impl v1::server_reflection_server::ServerReflection for Reflection {
         &self,
         request: Request<Streaming<ServerReflectionRequest>>,
     ) -> Result<Response<Self::ServerReflectionInfoStream>, Status> {
-        let mut session = Session::new(self.catalog.clone(), V1_SERVICE);
+        let mut session = ReflectionStream::new(self.catalog.clone(), V1_SERVICE);
         // One answer per request; the answers end when the requests do.
         let answers = request
             .into_inner()
@@ -97,7 +97,7 @@ impl v1alpha::server_reflection_server::ServerReflection for Reflection {
         &self,
         request: Request<Streaming<v1alpha::ServerReflectionRequest>>,
     ) -> Result<Response<Self::ServerReflectionInfoStream>, Status> {
-        let mut session = Session::new(self.catalog.clone(), V1ALPHA_SERVICE);
+        let mut session = ReflectionStream::new(self.catalog.clone(), V1ALPHA_SERVICE);
         let answers = request
             .into_inner()
             .map(move |request| transcode(&session.answer(transcode(&request?)?)));
@@ -228,7 +228,7 @@ fn oversized(request: &ServerReflectionRequest) -> bool {
 }
 
 /// One client's reflection stream: what it has been sent so far.
-struct Session {
+struct ReflectionStream {
     catalog: Arc<Catalog>,
     /// The reflection service this stream speaks; listed instead of the
     /// other version's, as tonic-reflection did before.
@@ -238,7 +238,7 @@ struct Session {
     sent: HashSet<String>,
 }
 
-impl Session {
+impl ReflectionStream {
     fn new(catalog: Arc<Catalog>, reflection_service: &'static str) -> Self {
         Self {
             catalog,
@@ -348,13 +348,13 @@ mod tests {
     use super::*;
     use crate::proto::FILE_DESCRIPTOR_SET;
 
-    fn session() -> Session {
+    fn session() -> ReflectionStream {
         let catalog = Catalog::new(&[FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
             .expect("descriptor sets build a catalog");
-        Session::new(Arc::new(catalog), V1_SERVICE)
+        ReflectionStream::new(Arc::new(catalog), V1_SERVICE)
     }
 
-    fn ask(session: &mut Session, request: MessageRequest) -> MessageResponse {
+    fn ask(session: &mut ReflectionStream, request: MessageRequest) -> MessageResponse {
         session
             .answer(ServerReflectionRequest {
                 host: String::new(),
@@ -544,7 +544,7 @@ mod tests {
             Catalog::new(&[FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET]).unwrap(),
         );
         for own in REFLECTION_SERVICES {
-            let names: Vec<String> = Session::new(catalog.clone(), own)
+            let names: Vec<String> = ReflectionStream::new(catalog.clone(), own)
                 .services()
                 .service
                 .into_iter()

@@ -113,7 +113,7 @@ pub fn decode_hello(
 /// takes back the leases it still held: those never delivered go back as
 /// if never leased, the others as lost (the worker is gone: each job goes
 /// back to the queue, or fails if that was its last attempt).
-pub struct Registration {
+pub struct RegisteredStream {
     pub shared: Arc<Shared>,
     pub id: Uuid,
     pub actor: Actor,
@@ -142,7 +142,7 @@ pub fn admit(
     hello: &Hello,
     id: Uuid,
     outbox: Arc<Outbox>,
-) -> Result<(Registration, usize), AppError> {
+) -> Result<(RegisteredStream, usize), AppError> {
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let entry = StreamEntry::new(
         actor.caller.user_id,
@@ -182,7 +182,7 @@ pub fn admit(
             retry_after: RETRY_AFTER,
         },
     })?;
-    let registration = Registration {
+    let registration = RegisteredStream {
         shared: shared.clone(),
         id,
         actor,
@@ -208,7 +208,7 @@ fn some_names(names: &[String]) -> serde_json::Value {
 /// Audits a new stream: sampled per caller (a worker fleet reconnecting,
 /// or a caller opening streams in a loop, writes one row and a summary per
 /// window).
-pub async fn audit_connected(registration: &Registration, hello: &Hello, granted: usize) {
+pub async fn audit_connected(registration: &RegisteredStream, hello: &Hello, granted: usize) {
     let caller = registration.actor.caller.user_id;
     let event = AuditEvent::success(
         AuditAction::WorkerConnected,
@@ -233,7 +233,7 @@ pub async fn audit_connected(registration: &Registration, hello: &Hello, granted
         .await;
 }
 
-impl Registration {
+impl RegisteredStream {
     /// Unregisters the stream and sorts the leases it held (those no report
     /// is settling) into never sent and sent. Assignments still queued, in
     /// the outbox or as commands, were never sent.
@@ -251,7 +251,7 @@ impl Registration {
     }
 }
 
-impl Drop for Registration {
+impl Drop for RegisteredStream {
     fn drop(&mut self) {
         let withdrawn = self.withdraw();
         let shared = self.shared.clone();

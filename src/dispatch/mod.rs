@@ -8,7 +8,6 @@
 //! connection (each operation checks one out); every lease a stream holds is
 //! given back by a guard, whatever ends it.
 
-mod follow;
 mod handshake;
 mod keepalive;
 mod listener;
@@ -17,7 +16,8 @@ mod rechecks;
 mod registry;
 mod reports;
 mod stream;
-mod watch;
+mod watch_stream;
+mod watchers;
 
 use std::{
     sync::{Arc, Mutex},
@@ -30,16 +30,18 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use self::registry::stats::RegistryStats;
-pub use self::{follow::FollowStream, outbox::ResponseStream as WorkStream, watch::Watchers};
+pub use self::{
+    outbox::ResponseStream as WorkStream, watch_stream::WatchStream, watchers::Watchers,
+};
 use self::{
     registry::{CLAIM_BATCH, Registry, StreamCommand},
     reports::PendingReport,
 };
 
 /// The server's half of a WatchJob stream.
-pub type WatchJobStream = FollowStream<crate::proto::automation_v1::WatchJobResponse>;
+pub type WatchJobStream = WatchStream<crate::proto::automation_v1::WatchJobResponse>;
 /// The server's half of a WatchModule stream.
-pub type WatchModuleStream = FollowStream<crate::proto::automation_v1::WatchModuleResponse>;
+pub type WatchModuleStream = WatchStream<crate::proto::automation_v1::WatchModuleResponse>;
 use crate::{
     db,
     domain::{
@@ -256,7 +258,7 @@ impl Dispatcher {
         id: Uuid,
     ) -> Result<WatchJobStream, AppError> {
         let slot = self.shared.watchers.admit(&actor.caller)?;
-        follow::open::<JobRow>(&self.shared, actor, slot, id).await
+        watch_stream::open::<JobRow>(&self.shared, actor, slot, id).await
     }
 
     /// Serves one WatchModule stream; `key` is an id or a name (a name is
@@ -271,7 +273,7 @@ impl Dispatcher {
             Ok(id) => id,
             Err(_) => self.shared.modules.get(key).await?.id,
         };
-        follow::open::<crate::store::modules::ModuleRow>(&self.shared, actor, slot, id).await
+        watch_stream::open::<crate::store::modules::ModuleRow>(&self.shared, actor, slot, id).await
     }
 
     /// Starts draining (the server is shutting down): nothing new is

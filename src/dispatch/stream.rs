@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     Shared,
-    handshake::{self, HELLO_TIMEOUT, Registration, Withdrawn},
+    handshake::{self, HELLO_TIMEOUT, RegisteredStream, Withdrawn},
     keepalive,
     outbox::{self, Outbox},
     registry::StreamCommand,
@@ -77,9 +77,9 @@ impl Drop for EndsStream {
 }
 
 /// The running session of one stream.
-struct Session<'a> {
+struct WorkLoop<'a> {
     shared: &'a Arc<Shared>,
-    registration: Registration,
+    registration: RegisteredStream,
     last_heartbeat: Option<Instant>,
     /// Leases named by heartbeats that came within the minimum gap of the
     /// last one written (an SDK may heartbeat each job on its own): written
@@ -114,7 +114,7 @@ async fn open_session<'a>(
     actor: Actor,
     inbound: &mut (impl Stream<Item = Result<pb::WorkRequest, Status>> + Unpin),
     outbox: &Arc<Outbox>,
-) -> Result<Option<Session<'a>>, Status> {
+) -> Result<Option<WorkLoop<'a>>, Status> {
     let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
         Err(_) => {
             return Err(AppError::invalid(
@@ -138,7 +138,7 @@ async fn open_session<'a>(
     let (registration, granted) = handshake::admit(shared, actor, &hello, id, outbox.clone())?;
     handshake::audit_connected(&registration, &hello, granted).await;
     let settings = shared.settings;
-    let mut session = Session {
+    let mut session = WorkLoop {
         shared,
         registration,
         last_heartbeat: None,
@@ -180,7 +180,7 @@ async fn sleep_or_forever(wait: Option<Duration>) {
     }
 }
 
-impl Session<'_> {
+impl WorkLoop<'_> {
     fn id(&self) -> Uuid {
         self.registration.id
     }
@@ -403,7 +403,7 @@ impl Session<'_> {
     /// together than a quarter of the interval are not written again.
     /// An empty heartbeat (all leases) within the gap is a no-op; leases
     /// named within it are kept for the next one written (see
-    /// [`Session::pending_beat`]), not dropped.
+    /// [`WorkLoop::pending_beat`]), not dropped.
     async fn heartbeat(&mut self, heartbeat: pb::WorkerHeartbeat) -> Result<(), Status> {
         let stream = self.id();
         // Sets, not lists: a heartbeat may name every one of 10,000 leases,

@@ -8,7 +8,7 @@ use super::{
     time::timestamp,
 };
 use crate::{
-    domain::modules::{ModuleUpdate, Registration},
+    domain::modules::{ModuleRegistration, ModuleUpdate},
     error::AppError,
     proto::automation_v1 as pb,
     store::modules::{ModuleRow, ModuleStatus},
@@ -58,8 +58,8 @@ fn manifest(manifest: Option<prost_types::Struct>) -> serde_json::Value {
 
 /// A `RegisterModuleRequest` as a registration (its shapes are checked by
 /// the registry).
-pub fn registration(request: pb::RegisterModuleRequest) -> Registration {
-    Registration {
+pub fn registration(request: pb::RegisterModuleRequest) -> ModuleRegistration {
+    ModuleRegistration {
         name: request.name,
         version: request.version,
         display_name: request.display_name,

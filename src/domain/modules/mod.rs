@@ -50,7 +50,7 @@ pub const EXECUTE: &str = "modules:execute";
 
 /// A module to register, as a client sends it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Registration {
+pub struct ModuleRegistration {
     pub name: String,
     pub version: String,
     pub display_name: String,
@@ -93,7 +93,11 @@ impl Modules {
     /// Registers a module; it starts REGISTERED. Its namespace and the job
     /// types its manifest declares become its own (refused if another module
     /// owns one); jobs that held those names are taken back.
-    pub async fn register(&self, actor: &Actor, new: Registration) -> Result<ModuleRow, AppError> {
+    pub async fn register(
+        &self,
+        actor: &Actor,
+        new: ModuleRegistration,
+    ) -> Result<ModuleRow, AppError> {
         let name = validate::module_name("name", &new.name)?;
         let version = parse_version("version", &new.version)?;
         let display_name = validate::text("display_name", &new.display_name)?;

@@ -35,7 +35,7 @@ use uuid::Uuid;
 use super::{
     Shared,
     rechecks::VerdictWatch,
-    watch::{FollowerStart, Kind, Membership, RECORD_READS, Snapshot, WatchSlot},
+    watchers::{FollowerStart, Kind, Membership, RECORD_READS, Snapshot, WatchSlot},
 };
 use crate::{
     domain::{Actor, modules::lifecycle},
@@ -46,11 +46,11 @@ use crate::{
 };
 
 /// The server's half of a watch stream (see the module's documentation).
-pub struct FollowStream<M> {
+pub struct WatchStream<M> {
     inner: Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>,
 }
 
-impl<M> Stream for FollowStream<M> {
+impl<M> Stream for WatchStream<M> {
     type Item = Result<M, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -145,7 +145,7 @@ pub(crate) async fn open<T: Followed>(
     actor: Actor,
     slot: WatchSlot,
     id: Uuid,
-) -> Result<FollowStream<T::Message>, AppError> {
+) -> Result<WatchStream<T::Message>, AppError> {
     let verdicts = shared.watchers.rechecks.follow(shared, &actor.caller);
     let (membership, mut records, start) = shared.watchers.join::<T>(T::KIND, id);
     if let Some(start) = start {
@@ -177,7 +177,7 @@ pub(crate) async fn open<T: Followed>(
             Step::Done => None,
         }
     });
-    Ok(FollowStream {
+    Ok(WatchStream {
         inner: Box::pin(messages),
     })
 }
