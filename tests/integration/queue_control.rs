@@ -202,6 +202,73 @@ async fn a_pause_stops_both_replicas_and_holds_across_a_restart_until_resumed() 
     assert!(!again.resumed);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_coming_back_to_a_paused_queue_stay_held() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let mut worker = app.worker(2).await;
+    let failing = app
+        .create_job(&token, new_job("back.x", json!({"n": 1})))
+        .await;
+    let first = worker.assignment().await;
+    let lost = app
+        .create_job(&token, new_job("back.x", json!({"n": 2})))
+        .await;
+    let second = worker.assignment().await;
+    pause(&app, &token, job_queue("back.x")).await;
+    // A failure with attempts left, and a lease lost with its stream: both
+    // go back to PENDING, held by the pause.
+    let (fail_this, lose_this) = if job_id(&first) == failing.id {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(job_id(&lose_this), lost.id);
+    worker.fail(&fail_this, "try again", false).await;
+    assert!(worker.ack().await.accepted);
+    drop(worker);
+    let mut other = app.worker(2).await;
+    other.silent_for(Duration::from_millis(1000)).await;
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) AS value FROM jobs WHERE name = 'back.x' AND status = 'PENDING' \
+             AND held"
+        )
+        .await,
+        2
+    );
+    assert_eq!(resume(&app, &token, job_queue("back.x")).await, 2);
+    let mut assignments = vec![other.assignment().await, other.assignment().await];
+    let mut ids: Vec<String> = assignments.iter().map(job_id).collect();
+    ids.sort();
+    let mut expected = vec![failing.id.clone(), lost.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    // Retried (in a batch) while paused, they wait too.
+    for assignment in assignments.drain(..) {
+        other.fail(&assignment, "gone for good", true).await;
+        assert!(other.ack().await.accepted);
+    }
+    pause(&app, &token, job_queue("back.x")).await;
+    let retried = batch_retry(
+        &app,
+        &token,
+        pb::BatchRetryJobsRequest {
+            filter: by_name("back.x"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(retried.jobs.len(), 2);
+    other.silent_for(Duration::from_millis(700)).await;
+    assert_eq!(resume(&app, &token, job_queue("back.x")).await, 2);
+    other.assignment().await;
+    other.assignment().await;
+}
+
 async fn register_and_enable(app: &TestApp, token: &str, module: &str, job_names: &[&str]) {
     let mut modules = ModuleServiceClient::new(app.channel().await);
     let declared: Vec<_> = job_names.iter().map(|name| json!({"name": name})).collect();

@@ -97,11 +97,45 @@ const PAUSE_COLUMNS: &str = r#"kind, name, "pausedAt" AS paused_at, "pausedBy" A
 
 /// Takes `queue_pauses` for the rest of the transaction, after every
 /// transaction that read it (see the module's documentation) has ended.
+///
+/// A lock request waiting in PostgreSQL's queue makes every later reader
+/// wait behind it — every create and every failure report — and a reader
+/// that already holds the table while it waits for a row lock that a
+/// report batch holds (which in turn waits for the table) would close a
+/// deadlock, broken only after `deadlock_timeout`. So the request waits at
+/// most 50 ms at a time, in a savepoint, and steps out of the queue between
+/// tries; after about two seconds of tries it waits its turn.
 pub async fn lock_pauses(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-    diesel::sql_query("LOCK TABLE queue_pauses IN ACCESS EXCLUSIVE MODE")
-        .execute(conn)
-        .await
-        .map(drop)
+    const TRIES: u32 = 40;
+    const LOCK: &str = "LOCK TABLE queue_pauses IN ACCESS EXCLUSIVE MODE";
+    for _ in 0..TRIES {
+        diesel::sql_query("SAVEPOINT queue_pauses_lock")
+            .execute(conn)
+            .await?;
+        diesel::sql_query("SET LOCAL lock_timeout = '50ms'")
+            .execute(conn)
+            .await?;
+        match diesel::sql_query(LOCK).execute(conn).await {
+            Ok(_) => {
+                // Releasing the savepoint keeps its SET LOCAL: reset it.
+                diesel::sql_query("RELEASE SAVEPOINT queue_pauses_lock")
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query("SET LOCAL lock_timeout = DEFAULT")
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+            Err(diesel::result::Error::DatabaseError(..)) => {
+                diesel::sql_query("ROLLBACK TO SAVEPOINT queue_pauses_lock")
+                    .execute(conn)
+                    .await?;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    diesel::sql_query(LOCK).execute(conn).await.map(drop)
 }
 
 /// Stores a pause unless there is one; returns the pause that holds.
@@ -166,8 +200,14 @@ pub struct Rehold {
 }
 
 /// Recomputes `held` for the pending jobs of a queue (after its pause was
-/// stored or removed), through the pending-queue index.
+/// stored or removed), through the pending-queue index. Run it in a
+/// transaction: it turns sequential scans off for the rest of it (a job
+/// name is not the index's first column, and the planner would rather read
+/// the whole table, finished rows and all).
 pub async fn rehold_queue(conn: &mut AsyncPgConnection, key: &QueueKey) -> QueryResult<Rehold> {
+    diesel::sql_query("SET LOCAL enable_seqscan = off")
+        .execute(conn)
+        .await?;
     #[derive(QueryableByName)]
     struct Counts {
         #[diesel(sql_type = BigInt)]
