@@ -300,8 +300,10 @@ async fn batch_actions_take_ids_or_a_filter_a_page_at_a_time_all_or_nothing() {
         .unwrap_err();
     assert_eq!(neither.code(), Code::InvalidArgument);
 
-    // A running job cancelled in a batch: its worker is told.
-    let mut worker = app.worker(1).await;
+    // A running job cancelled in a batch: its worker is told, on the other
+    // replica it is connected to.
+    let other = app.replica(common::TestOptions::default()).await;
+    let mut worker = other.worker(1).await;
     let assignment = worker.assignment().await;
     let running = job_id(&assignment);
     let page = batch_cancel(
