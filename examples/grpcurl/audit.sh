@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The latest entries of the audit trail, one line each (needs audit:read).
+# The latest entries of the audit trail, one line each (needs audit:read);
+# nothing at all when no entry matches.
 #   TOKEN=… examples/grpcurl/audit.sh [action]   e.g. auth.login, modules.enable
 set -euo pipefail
 ADDR=${ADDR:-127.0.0.1:50051}
@@ -18,4 +19,4 @@ fi
 jq -n --arg action "${1:-}" '{pageSize: 20, action: $action}' |
   "$GRPCURL" "${tls[@]}" -H "authorization: Bearer $TOKEN" -d @ "$ADDR" \
     automation.v1.AuditService/ListAuditLogs |
-  jq -r '.auditLogs[] | "\(.createTime) \(.action) \(.outcome) \(.resource)"'
+  jq -r '(.auditLogs // [])[] | "\(.createTime) \(.action) \(.outcome) \(.resource)"'

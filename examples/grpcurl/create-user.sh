@@ -29,4 +29,4 @@ jq -n --arg id "$USER_ID" --arg role "$ROLE" '{userId: $id, role: $role}' |
 
 jq -n --arg id "$USER_ID" '{id: $id}' |
   "$GRPCURL" "${tls[@]}" "${auth[@]}" -d @ "$ADDR" automation.v1.UserService/GetUser |
-  jq -c '.user | {id, username, email, roles}'
+  jq -c '.user | {id, username, email, roles: (.roles // [])}'

@@ -28,7 +28,7 @@ echo "created: $JOB"
 call JobService/BatchCreateJobs '{"requests": [
   {"name": "thumbnail.make", "payload": {"image": 1}},
   {"name": "thumbnail.make", "payload": {"image": 2}}
-]}' | jq -r '"batch: \(.jobs | length) jobs"'
+]}' | jq -r '"batch: \(.jobs // [] | length) jobs"'
 
 # A worker that takes only report.render jobs and completes the first.
 work=$(mktemp -d)
@@ -52,4 +52,4 @@ echo '{"completion": {"lease": {"jobId": "'"$JOB"'", "attempt": '"$ATTEMPT"'}, "
   automation.v1.JobService/WatchJob | jq -r '"watch: \(.job.status)"' | tail -1
 
 call JobService/ListJobs '{"status": "JOB_STATUS_PENDING", "name": "thumbnail.make"}' |
-  jq -r '"pending thumbnails: \(.jobs | length)"'
+  jq -r '"pending thumbnails: \(.jobs // [] | length)"'

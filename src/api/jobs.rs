@@ -12,6 +12,7 @@ use crate::{
     wire::{
         self,
         jobs::{job_filter, job_message, job_spec},
+        queues::{batch_selection, pause_message, queue_key, queue_message},
     },
 };
 
@@ -115,6 +116,85 @@ impl JobService for JobApi {
         let job = self.jobs.retry(&actor, id).await?;
         Ok(Response::new(pb::RetryJobResponse {
             job: Some(job_message(job)),
+        }))
+    }
+
+    async fn batch_retry_jobs(
+        &self,
+        request: Request<pb::BatchRetryJobsRequest>,
+    ) -> Result<Response<pb::BatchRetryJobsResponse>, Status> {
+        let actor = actor_of(&request)?;
+        let body = request.get_ref();
+        let selection = batch_selection(
+            &body.ids,
+            body.filter.as_ref(),
+            body.page_size,
+            &body.page_token,
+        )?;
+        let page = self.jobs.retry_batch(&actor, selection).await?;
+        Ok(Response::new(pb::BatchRetryJobsResponse {
+            jobs: page.items.into_iter().map(job_message).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn batch_cancel_jobs(
+        &self,
+        request: Request<pb::BatchCancelJobsRequest>,
+    ) -> Result<Response<pb::BatchCancelJobsResponse>, Status> {
+        let actor = actor_of(&request)?;
+        let body = request.get_ref();
+        let selection = batch_selection(
+            &body.ids,
+            body.filter.as_ref(),
+            body.page_size,
+            &body.page_token,
+        )?;
+        let page = self.jobs.cancel_batch(&actor, selection).await?;
+        Ok(Response::new(pb::BatchCancelJobsResponse {
+            jobs: page.items.into_iter().map(job_message).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn pause_queue(
+        &self,
+        request: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::PauseQueueResponse>, Status> {
+        let actor = actor_of(&request)?;
+        let key = queue_key(request.get_ref().queue.as_ref())?;
+        let (pause, held_jobs) = self.jobs.pause(&actor, key).await?;
+        Ok(Response::new(pb::PauseQueueResponse {
+            pause: Some(pause_message(pause)),
+            held_jobs,
+        }))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
+        let actor = actor_of(&request)?;
+        let key = queue_key(request.get_ref().queue.as_ref())?;
+        let (resumed, released_jobs) = self.jobs.resume(&actor, key).await?;
+        Ok(Response::new(pb::ResumeQueueResponse {
+            resumed,
+            released_jobs,
+        }))
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let body = request.get_ref();
+        let page = PageRequest::parse(body.page_size, &body.page_token)?;
+        let module = (!body.module_name.is_empty()).then(|| body.module_name.clone());
+        let page = self.jobs.queues(module, page).await?;
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: page.queues.items.into_iter().map(queue_message).collect(),
+            next_page_token: page.queues.next_page_token,
+            pauses: page.pauses.into_iter().map(pause_message).collect(),
         }))
     }
 

@@ -77,6 +77,14 @@ pub enum AuditAction {
     CancelJob,
     /// A job put back in the queue.
     RetryJob,
+    /// A page of jobs put back in the queue (by ids or by a filter).
+    BatchRetryJobs,
+    /// A page of jobs cancelled (by ids or by a filter).
+    BatchCancelJobs,
+    /// A queue paused.
+    PauseQueue,
+    /// A queue resumed.
+    ResumeQueue,
     /// A worker opened a Work stream.
     WorkerConnected,
     /// A Work stream ended.
@@ -128,6 +136,10 @@ impl AuditAction {
             Self::BatchCreateJobs => "jobs.batch_create",
             Self::CancelJob => "jobs.cancel",
             Self::RetryJob => "jobs.retry",
+            Self::BatchRetryJobs => "jobs.batch_retry",
+            Self::BatchCancelJobs => "jobs.batch_cancel",
+            Self::PauseQueue => "jobs.pause_queue",
+            Self::ResumeQueue => "jobs.resume_queue",
             Self::WorkerConnected => "jobs.work_open",
             Self::WorkerDisconnected => "jobs.work_close",
             Self::RegisterModule => "modules.register",

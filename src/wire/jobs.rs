@@ -77,7 +77,7 @@ pub fn job_spec(request: pb::CreateJobRequest, prefix: &str) -> Result<JobSpec, 
 }
 
 /// The state a list filters on; `UNSPECIFIED` is every state.
-fn status_filter(status: i32) -> Result<Option<JobStatus>, AppError> {
+pub(super) fn status_filter(status: i32) -> Result<Option<JobStatus>, AppError> {
     Ok(match pb::JobStatus::try_from(status) {
         Ok(pb::JobStatus::Unspecified) => None,
         Ok(pb::JobStatus::Pending) => Some(JobStatus::Pending),
@@ -99,6 +99,11 @@ pub fn job_filter(request: &pb::ListJobsRequest) -> Result<JobFilter, AppError> 
         created_from: optional_time("create_time_start", request.create_time_start.as_ref())?,
         created_until: optional_time("create_time_end", request.create_time_end.as_ref())?,
         before: None,
+        error_prefix: non_empty(&request.error_message_prefix),
+        failed_from: optional_time("fail_time_start", request.fail_time_start.as_ref())?,
+        failed_until: optional_time("fail_time_end", request.fail_time_end.as_ref())?,
+        finished_from: optional_time("finish_time_start", request.finish_time_start.as_ref())?,
+        finished_until: optional_time("finish_time_end", request.finish_time_end.as_ref())?,
     })
 }
 

@@ -135,6 +135,60 @@ async fn the_grpcurl_examples_work_as_written() {
     let audit = run("audit.sh", &["modules.enable"], &with_token).await;
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(audit.contains("modules.enable success modules/"), "{audit}");
+    // A filter that matches nothing: an empty answer (proto3 JSON leaves
+    // the empty list out), no jq error.
+    let nothing = run("audit.sh", &["no.such.action"], &with_token).await;
+    assert_eq!(nothing, "", "{nothing}");
+
+    let queues = run("queues.sh", &["example.paused"], &with_token).await;
+    for line in [
+        "paused: example.paused holding 0 jobs",
+        "queue: example.paused pending=1 scheduled=0 running=0 failed1h=0 oldest=",
+        "paused=true",
+        "resumed: true, released 1 jobs",
+        "paused=false",
+    ] {
+        assert!(queues.contains(line), "{line}:\n{queues}");
+    }
+
+    // Two dead letters and one other failure, then the script.
+    let admin = app.admin_token().await;
+    let mut worker = common::worker::TestWorker::connect(
+        app.channel().await,
+        &admin,
+        pb::WorkerHello {
+            job_names: vec!["example.flaky".into()],
+            ..common::worker::hello(1)
+        },
+    )
+    .await
+    .expect("worker");
+    for message in ["disk full: /var", "disk full: /tmp", "timeout"] {
+        app.create_job(
+            &admin,
+            common::new_job("example.flaky", serde_json::json!({})),
+        )
+        .await;
+        let assignment = worker.assignment().await;
+        worker.fail(&assignment, message, true).await;
+        assert!(worker.ack().await.accepted);
+    }
+    drop(worker);
+    let dead = run("dead-letters.sh", &["disk full"], &with_token).await;
+    assert_eq!(dead.matches("dead: ").count(), 2, "{dead}");
+    for line in [
+        "dead letters: 2",
+        "retried: 2",
+        "example.flaky disk full: /var",
+    ] {
+        assert!(dead.contains(line), "{line}:\n{dead}");
+    }
+    // Nothing left to redrive: an empty answer again.
+    let none = run("dead-letters.sh", &["disk full"], &with_token).await;
+    assert!(
+        none.contains("dead letters: 0") && none.contains("retried: 0"),
+        "{none}"
+    );
     app.stop().await;
 }
 

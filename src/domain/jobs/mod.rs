@@ -10,9 +10,14 @@
 //! both write to other replicas (jobs changed, leases revoked, work to pick
 //! up) is [`super::events`], below both.
 
+mod batch;
 pub mod leases;
+mod queues;
+mod rules;
 mod settings;
 
+pub use batch::{BatchSelection, MAX_BATCH_PAGE};
+pub use queues::QueuePage;
 pub use settings::{JobSettings, StreamLimits};
 
 use std::sync::Arc;
@@ -348,59 +353,10 @@ impl Jobs {
             let job = rows::find_for_update(conn, id)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("job {id}")))?;
-            if !matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
-                return Err(AppError::FailedPrecondition(format!(
-                    "job {id} is {}: only FAILED or CANCELLED jobs can be retried",
-                    job.status.label()
-                )));
-            }
-            if let Some(hook) = &job.hook {
-                return Err(AppError::FailedPrecondition(format!(
-                    "job {id} is the {hook} hook of module {}: its transition was undone when it \
-                     ended; start the transition again instead",
-                    job.module_name.as_deref().unwrap_or_default()
-                )));
-            }
+            rules::may_retry_state(&job)?;
             let named: Vec<&str> = job.module_name.as_deref().into_iter().collect();
             let owners = Owners::read(conn, &self.manifests, &[&job.name], &named).await?;
-            // A module registered (or declaring the name) after the job was
-            // created took the job back; it cannot come back as a job of
-            // another module, or of none, that the module's workers take.
-            let belongs = owners.of(&job.name);
-            if !belongs.is_empty()
-                && !belongs
-                    .iter()
-                    .any(|owner| Some(&owner.name) == job.module_name.as_ref())
-            {
-                return Err(AppError::FailedPrecondition(format!(
-                    "job {id} is named '{}', which belongs to module {} now: create it again as \
-                     that module's job",
-                    job.name, belongs[0].name
-                )));
-            }
-            if let Some(owner) = belongs
-                .iter()
-                .find(|o| o.types.hook_of(&job.name).is_some())
-            {
-                return Err(AppError::FailedPrecondition(format!(
-                    "job {id} is named '{}', which is a hook of module {} now: hook jobs are \
-                     created only by the module's lifecycle",
-                    job.name, owner.name
-                )));
-            }
-            if let Some(module) = &job.module_name {
-                ensure_may_execute(actor)?;
-                let owner = owners
-                    .named(module)
-                    .ok_or_else(|| AppError::NotFound(format!("module {module} (id)")))?;
-                ensure_enabled(owner)?;
-                if !owner.types.is_empty() && owner.types.job(&job.name).is_none() {
-                    return Err(AppError::FailedPrecondition(format!(
-                        "module {module} no longer declares job type '{}'",
-                        job.name
-                    )));
-                }
-            }
+            rules::may_retry_owned(actor, &owners, &job)?;
             let requeued = rows::requeue(conn, id).await?;
             let mut changes = QueueChanges::default();
             changes.note(id, requeued.status, true);

@@ -177,10 +177,16 @@ pub struct LostLease {
 }
 
 /// A job going back to PENDING is held (out of the dispatch index) when
-/// its module is not ENABLED, like the jobs the module's disable held.
-pub(super) const HELD_UNLESS_ENABLED: &str = r#"(jobs."moduleName" IS NOT NULL AND jobs.hook IS NULL
-    AND NOT EXISTS (SELECT 1 FROM modules m
-                    WHERE m.name = jobs."moduleName" AND m.status = 'ENABLED'))"#;
+/// its module is not ENABLED, like the jobs the module's disable held, or
+/// when a pause holds its queue (its name's or its module's: see
+/// `queues.rs`). Hook jobs are never held.
+pub(super) const HELD_UNLESS_ENABLED: &str = r#"(jobs.hook IS NULL AND (
+    (jobs."moduleName" IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM modules m
+                     WHERE m.name = jobs."moduleName" AND m.status = 'ENABLED'))
+    OR EXISTS (SELECT 1 FROM queue_pauses p
+               WHERE (p.kind = 'job' AND p.name = jobs.name)
+                  OR (p.kind = 'module' AND p.name = jobs."moduleName"))))"#;
 
 /// The SET clause of a lost lease: back to PENDING while attempts remain
 /// (without backoff: the worker vanished, the job did not fail), FAILED on

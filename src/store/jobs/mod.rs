@@ -15,8 +15,10 @@ use uuid::Uuid;
 use crate::schema::{jobs, sql_types};
 
 mod leases;
+mod queues;
 mod settle;
 pub use leases::*;
+pub use queues::*;
 pub use settle::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
@@ -125,10 +127,10 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
     diesel::sql_query(format!(
         r#"INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts,
                "maxAttempts", "attemptBudget", "scheduledAt", "createdAt", "updatedAt",
-               "idempotencyKey", "createdBy", hook, traceparent)
+               "idempotencyKey", "createdBy", hook, traceparent, held)
            SELECT n.id, n.name, n.module, 'PENDING', n.priority, n.payload, 0, n.max, n.max,
                   COALESCE(n.scheduled, LOCALTIMESTAMP), LOCALTIMESTAMP, LOCALTIMESTAMP,
-                  n.key, n.creator, n.hook, n.trace
+                  n.key, n.creator, n.hook, n.trace, {HELD_NEW}
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
                        $7::timestamp[], $8::text[], $9::uuid[], $10::text[], $11::text[])
                 AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook,
@@ -216,6 +218,16 @@ pub struct JobFilter {
     pub created_until: Option<NaiveDateTime>,
     /// Continue before this (createdAt, id): the list runs newest first.
     pub before: Option<(NaiveDateTime, Uuid)>,
+    /// The last error's `message` starts with this.
+    pub error_prefix: Option<String>,
+    /// FAILED at or after.
+    pub failed_from: Option<NaiveDateTime>,
+    /// FAILED before.
+    pub failed_until: Option<NaiveDateTime>,
+    /// Finished (COMPLETED, FAILED, CANCELLED) at or after.
+    pub finished_from: Option<NaiveDateTime>,
+    /// Finished before.
+    pub finished_until: Option<NaiveDateTime>,
 }
 
 /// Jobs newest first.
@@ -224,9 +236,25 @@ pub async fn list(
     filter: &JobFilter,
     limit: i64,
 ) -> QueryResult<Vec<JobRow>> {
+    filtered(filter)
+        .order((jobs::created_at.desc(), jobs::id.desc()))
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// The jobs `filter` selects, unordered.
+fn filtered(
+    filter: &JobFilter,
+) -> jobs::BoxedQuery<'static, diesel::pg::Pg, diesel::dsl::AsSelect<JobRow, diesel::pg::Pg>> {
     let mut query = jobs::table.select(JobRow::as_select()).into_boxed();
     if let Some(status) = filter.status {
-        query = query.filter(jobs::status.eq(status));
+        // A literal, so that the planner can use the partial indexes of a
+        // state whatever plan it keeps for the statement.
+        query = query.filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "jobs.status = '{}'",
+            status.label()
+        )));
     }
     if let Some(module) = &filter.module_name {
         query = query.filter(jobs::module_name.eq(module.clone()));
@@ -247,11 +275,7 @@ pub async fn list(
                 .or(jobs::created_at.eq(time).and(jobs::id.lt(id))),
         );
     }
-    query
-        .order((jobs::created_at.desc(), jobs::id.desc()))
-        .limit(limit)
-        .load(conn)
-        .await
+    dead_letter_filters(query, filter)
 }
 
 /// Sets a locked job's state; returns the row after.
@@ -275,7 +299,7 @@ pub async fn set_status(
 /// fresh attempt budget and its free hand-backs restored.
 pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<JobRow> {
     diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = 'PENDING', held = false, "freeReturns" = 0,
+        r#"UPDATE jobs SET status = 'PENDING', held = {HELD_UNLESS_ENABLED}, "freeReturns" = 0,
                "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
                "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
@@ -328,10 +352,12 @@ pub async fn hold_jobs_of_module(
     module: &str,
     held: bool,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
-        r#"UPDATE jobs SET held = $2
-           WHERE "moduleName" = $1 AND status = 'PENDING' AND hook IS NULL AND held <> $2"#,
-    )
+    // Enabled, a job stays held while a pause holds its queue.
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET held = $2 OR {PAUSED}
+           WHERE "moduleName" = $1 AND status = 'PENDING' AND hook IS NULL
+             AND held <> ($2 OR {PAUSED})"#
+    ))
     .bind::<Text, _>(module)
     .bind::<Bool, _>(held)
     .execute(conn)

@@ -1,0 +1,495 @@
+//! Queue control over the `jobs` table: pauses (`queue_pauses`), the
+//! figures of ListQueues, the dead-letter filters of ListJobs and the rows
+//! of the batch actions.
+//!
+//! A pause keeps its queue's pending jobs out of the dispatch index through
+//! the `held` column, which every statement making a job PENDING computes
+//! ([`super::HELD_UNLESS_ENABLED`], [`HELD_NEW`]); the claim itself never
+//! reads `queue_pauses`, so a million paused jobs cost it nothing. Those
+//! statements read `queue_pauses` (ACCESS SHARE, until their transaction
+//! ends); a pause or a resume changes it only under [`lock_pauses`] (ACCESS
+//! EXCLUSIVE), which waits for them all: a job is never written with a
+//! `held` computed from a pause that changed since, and the walk that
+//! follows ([`rehold_queue`]) sees every job written before.
+
+use chrono::NaiveDateTime;
+use diesel::{
+    dsl::sql,
+    pg::Pg,
+    prelude::*,
+    sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{HELD_UNLESS_ENABLED, JOB_COLUMNS, JobFilter, JobRow, JobStatus};
+use crate::schema::jobs;
+
+/// Whether a pause holds the job of the row `jobs` (its name's or its
+/// module's queue).
+pub(super) const PAUSED: &str = r#"EXISTS (SELECT 1 FROM queue_pauses p
+    WHERE (p.kind = 'job' AND p.name = jobs.name)
+       OR (p.kind = 'module' AND p.name = jobs."moduleName"))"#;
+
+/// [`super::HELD_UNLESS_ENABLED`] for a row being inserted from the
+/// `unnest` of [`super::insert`] (`n.name`, `n.module`, `n.hook`).
+pub(super) const HELD_NEW: &str = r#"(n.hook IS NULL AND (
+    (n.module IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM modules m WHERE m.name = n.module AND m.status = 'ENABLED'))
+    OR EXISTS (SELECT 1 FROM queue_pauses p
+               WHERE (p.kind = 'job' AND p.name = n.name)
+                  OR (p.kind = 'module' AND p.name = n.module))))"#;
+
+/// Characters of an error message the prefix index keeps.
+const INDEXED_PREFIX_CHARS: usize = 200;
+
+/// What a pause applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueKey {
+    /// The jobs of one job name.
+    Job(String),
+    /// The jobs of a module (its hooks excepted).
+    Module(String),
+}
+
+impl QueueKey {
+    /// The stored kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Job(_) => "job",
+            Self::Module(_) => "module",
+        }
+    }
+
+    /// The job or module name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Job(name) | Self::Module(name) => name,
+        }
+    }
+}
+
+/// A `queue_pauses` row.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct PauseRow {
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = Timestamp)]
+    pub paused_at: NaiveDateTime,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub paused_by: Option<Uuid>,
+}
+
+impl PauseRow {
+    /// What it pauses; `None` for a kind this version does not know.
+    pub fn key(&self) -> Option<QueueKey> {
+        match self.kind.as_str() {
+            "job" => Some(QueueKey::Job(self.name.clone())),
+            "module" => Some(QueueKey::Module(self.name.clone())),
+            _ => None,
+        }
+    }
+}
+
+const PAUSE_COLUMNS: &str = r#"kind, name, "pausedAt" AS paused_at, "pausedBy" AS paused_by"#;
+
+/// Takes `queue_pauses` for the rest of the transaction, after every
+/// transaction that read it (see the module's documentation) has ended.
+///
+/// A lock request waiting in PostgreSQL's queue makes every later reader
+/// wait behind it — every create and every failure report — and a reader
+/// that already holds the table while it waits for a row lock that a
+/// report batch holds (which in turn waits for the table) would close a
+/// deadlock, broken only after `deadlock_timeout`. So the request waits at
+/// most 50 ms at a time, in a savepoint, and steps out of the queue between
+/// tries; after about two seconds of tries it waits its turn.
+pub async fn lock_pauses(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    const TRIES: u32 = 40;
+    const LOCK: &str = "LOCK TABLE queue_pauses IN ACCESS EXCLUSIVE MODE";
+    for _ in 0..TRIES {
+        diesel::sql_query("SAVEPOINT queue_pauses_lock")
+            .execute(conn)
+            .await?;
+        diesel::sql_query("SET LOCAL lock_timeout = '50ms'")
+            .execute(conn)
+            .await?;
+        match diesel::sql_query(LOCK).execute(conn).await {
+            Ok(_) => {
+                // Releasing the savepoint keeps its SET LOCAL: reset it.
+                diesel::sql_query("RELEASE SAVEPOINT queue_pauses_lock")
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query("SET LOCAL lock_timeout = DEFAULT")
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+            Err(diesel::result::Error::DatabaseError(..)) => {
+                diesel::sql_query("ROLLBACK TO SAVEPOINT queue_pauses_lock")
+                    .execute(conn)
+                    .await?;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    diesel::sql_query(LOCK).execute(conn).await.map(drop)
+}
+
+/// Stores a pause unless there is one; returns the pause that holds.
+pub async fn insert_pause(
+    conn: &mut AsyncPgConnection,
+    key: &QueueKey,
+    by: Uuid,
+) -> QueryResult<(PauseRow, bool)> {
+    let inserted: Option<PauseRow> = diesel::sql_query(format!(
+        r#"INSERT INTO queue_pauses (kind, name, "pausedAt", "pausedBy")
+           VALUES ($1, $2, LOCALTIMESTAMP, $3)
+           ON CONFLICT (kind, name) DO NOTHING
+           RETURNING {PAUSE_COLUMNS}"#
+    ))
+    .bind::<Text, _>(key.kind())
+    .bind::<Text, _>(key.name())
+    .bind::<SqlUuid, _>(by)
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(row) = inserted {
+        return Ok((row, true));
+    }
+    let existing = diesel::sql_query(format!(
+        "SELECT {PAUSE_COLUMNS} FROM queue_pauses WHERE kind = $1 AND name = $2"
+    ))
+    .bind::<Text, _>(key.kind())
+    .bind::<Text, _>(key.name())
+    .get_result(conn)
+    .await?;
+    Ok((existing, false))
+}
+
+/// Removes a pause; false when there was none.
+pub async fn delete_pause(conn: &mut AsyncPgConnection, key: &QueueKey) -> QueryResult<bool> {
+    let deleted = diesel::sql_query("DELETE FROM queue_pauses WHERE kind = $1 AND name = $2")
+        .bind::<Text, _>(key.kind())
+        .bind::<Text, _>(key.name())
+        .execute(conn)
+        .await?;
+    Ok(deleted == 1)
+}
+
+/// Every pause, by kind and name.
+pub async fn pauses(conn: &mut AsyncPgConnection) -> QueryResult<Vec<PauseRow>> {
+    diesel::sql_query(format!(
+        "SELECT {PAUSE_COLUMNS} FROM queue_pauses ORDER BY kind, name"
+    ))
+    .load(conn)
+    .await
+}
+
+/// How a walk over a queue's pending jobs left them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rehold {
+    /// Jobs that became held.
+    pub held: i64,
+    /// Jobs that became dispatchable.
+    pub released: i64,
+    /// Pending jobs of the queue held now.
+    pub held_now: i64,
+}
+
+/// Recomputes `held` for the pending jobs of a queue (after its pause was
+/// stored or removed), through the pending-queue index. Run it in a
+/// transaction: it turns sequential scans off for the rest of it (a job
+/// name is not the index's first column, and the planner would rather read
+/// the whole table, finished rows and all).
+pub async fn rehold_queue(conn: &mut AsyncPgConnection, key: &QueueKey) -> QueryResult<Rehold> {
+    diesel::sql_query("SET LOCAL enable_seqscan = off")
+        .execute(conn)
+        .await?;
+    #[derive(QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = BigInt)]
+        held: i64,
+        #[diesel(sql_type = BigInt)]
+        released: i64,
+        #[diesel(sql_type = BigInt)]
+        held_now: i64,
+    }
+    let column = match key {
+        QueueKey::Job(_) => "name",
+        QueueKey::Module(_) => r#""moduleName""#,
+    };
+    let counts: Counts = diesel::sql_query(format!(
+        r#"WITH queue AS (
+               SELECT id, held AS was, {HELD_UNLESS_ENABLED} AS now FROM jobs
+               WHERE jobs.{column} = $1 AND jobs.status = 'PENDING' AND jobs.hook IS NULL
+           ),
+           changed AS (
+               UPDATE jobs SET held = queue.now
+               FROM queue
+               WHERE jobs.id = queue.id AND queue.was <> queue.now AND jobs.status = 'PENDING'
+               RETURNING jobs.held
+           )
+           SELECT (SELECT count(*) FROM changed WHERE held) AS held,
+                  (SELECT count(*) FROM changed WHERE NOT held) AS released,
+                  (SELECT count(*) FROM queue WHERE now) AS held_now"#
+    ))
+    .bind::<Text, _>(key.name())
+    .get_result(conn)
+    .await?;
+    Ok(Rehold {
+        held: counts.held,
+        released: counts.released,
+        held_now: counts.held_now,
+    })
+}
+
+/// The figures of one job name's queue.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct QueueFigures {
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub module_name: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+    #[diesel(sql_type = BigInt)]
+    pub scheduled: i64,
+    #[diesel(sql_type = BigInt)]
+    pub running: i64,
+    #[diesel(sql_type = BigInt)]
+    pub failed_last_hour: i64,
+    /// Microseconds the longest-waiting runnable job has waited.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub oldest_pending_micros: Option<i64>,
+    #[diesel(sql_type = Bool)]
+    pub paused: bool,
+}
+
+/// The statement of [`queue_figures`] (`$1`: names after this one, `$2`:
+/// only this module when not NULL, `$3`: at most this many). Every part
+/// reads unfinished or recently failed rows through a partial index:
+/// PENDING rows through `jobs_pending_queue_idx`, RUNNING rows through
+/// `jobs_leasedBy_idx`, failures of the last hour through
+/// `jobs_failed_idx` (tests/integration/queue_control.rs checks the plan
+/// and docs/api.md shows it).
+pub const QUEUE_FIGURES: &str = r#"
+WITH parts AS (
+    SELECT name, "moduleName" AS module,
+           count(*) FILTER (WHERE "scheduledAt" <= LOCALTIMESTAMP) AS pending,
+           count(*) FILTER (WHERE "scheduledAt" > LOCALTIMESTAMP) AS scheduled,
+           0::bigint AS running, 0::bigint AS failed,
+           min("scheduledAt") FILTER (WHERE "scheduledAt" <= LOCALTIMESTAMP) AS oldest
+    FROM jobs
+    WHERE status = 'PENDING' AND name > $1 AND ($2::text IS NULL OR "moduleName" = $2)
+    GROUP BY name, "moduleName"
+    UNION ALL
+    SELECT name, "moduleName", 0, 0, count(*), 0, NULL
+    FROM jobs
+    WHERE status = 'RUNNING' AND "leasedBy" IS NOT NULL AND name > $1
+      AND ($2::text IS NULL OR "moduleName" = $2)
+    GROUP BY name, "moduleName"
+    UNION ALL
+    SELECT name, "moduleName", 0, 0, 0, count(*), NULL
+    FROM jobs
+    WHERE status = 'FAILED' AND "failedAt" >= LOCALTIMESTAMP - interval '1 hour'
+      AND name > $1 AND ($2::text IS NULL OR "moduleName" = $2)
+    GROUP BY name, "moduleName"
+    UNION ALL
+    SELECT p.name, NULL, 0, 0, 0, 0, NULL
+    FROM queue_pauses p
+    WHERE p.kind = 'job' AND p.name > $1 AND $2::text IS NULL
+),
+queues AS (
+    SELECT name, max(module) AS module, sum(pending)::bigint AS pending,
+           sum(scheduled)::bigint AS scheduled, sum(running)::bigint AS running,
+           sum(failed)::bigint AS failed_last_hour, min(oldest) AS oldest
+    FROM parts
+    GROUP BY name
+    ORDER BY name
+    LIMIT $3
+)
+SELECT q.name, q.module AS module_name, q.pending, q.scheduled, q.running, q.failed_last_hour,
+       (extract(epoch FROM LOCALTIMESTAMP - q.oldest) * 1000000)::bigint AS oldest_pending_micros,
+       EXISTS (SELECT 1 FROM queue_pauses p
+               WHERE (p.kind = 'job' AND p.name = q.name)
+                  OR (p.kind = 'module' AND p.name = q.module)) AS paused
+FROM queues q
+ORDER BY q.name"#;
+
+/// The queues after `after` (by name), at most `limit`, of `module` only
+/// when given. Run it in a transaction: it turns sequential scans off for
+/// the rest of it (statistics of a queue are stale by nature, and a
+/// planner that believes the table small would read every finished row).
+pub async fn queue_figures(
+    conn: &mut AsyncPgConnection,
+    after: &str,
+    module: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<QueueFigures>> {
+    diesel::sql_query("SET LOCAL enable_seqscan = off")
+        .execute(conn)
+        .await?;
+    diesel::sql_query(QUEUE_FIGURES)
+        .bind::<Text, _>(after)
+        .bind::<Nullable<Text>, _>(module)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await
+}
+
+/// The dead-letter filters of [`super::list`] (error prefix, failure and
+/// finish times) on a boxed query of `jobs`. The states they imply are
+/// written as literals, so that the planner can prove the predicates of
+/// the partial indexes that serve them.
+pub(super) fn dead_letter_filters<'a>(
+    mut query: jobs::BoxedQuery<'a, Pg, diesel::dsl::AsSelect<JobRow, Pg>>,
+    filter: &JobFilter,
+) -> jobs::BoxedQuery<'a, Pg, diesel::dsl::AsSelect<JobRow, Pg>> {
+    if let Some(prefix) = filter.error_prefix.as_deref().filter(|p| !p.is_empty()) {
+        let indexed: String = prefix.chars().take(INDEXED_PREFIX_CHARS).collect();
+        query = query.filter(
+            sql::<Bool>(r#"(left(jobs.error ->> 'message', 200) COLLATE "C") >= "#)
+                .bind::<Text, _>(indexed.clone()),
+        );
+        if let Some(upper) = successor(&indexed) {
+            query = query.filter(
+                sql::<Bool>(r#"(left(jobs.error ->> 'message', 200) COLLATE "C") < "#)
+                    .bind::<Text, _>(upper),
+            );
+        }
+        query = query.filter(
+            sql::<Bool>("starts_with(jobs.error ->> 'message', ")
+                .bind::<Text, _>(prefix.to_owned())
+                .sql(")"),
+        );
+    }
+    if filter.failed_from.is_some() || filter.failed_until.is_some() {
+        query = query.filter(sql::<Bool>("jobs.status = 'FAILED'"));
+    }
+    if let Some(from) = filter.failed_from {
+        query = query.filter(jobs::failed_at.ge(from));
+    }
+    if let Some(until) = filter.failed_until {
+        query = query.filter(jobs::failed_at.lt(until));
+    }
+    if filter.finished_from.is_some() || filter.finished_until.is_some() {
+        query = query.filter(sql::<Bool>(
+            "jobs.status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+        ));
+    }
+    if let Some(from) = filter.finished_from {
+        query = query.filter(jobs::updated_at.ge(from));
+    }
+    if let Some(until) = filter.finished_until {
+        query = query.filter(jobs::updated_at.lt(until));
+    }
+    query
+}
+
+/// The smallest string above every string that starts with `prefix`, in
+/// byte order (the `C` collation): its last character incremented (the
+/// last ones dropped while they cannot be); `None` when there is none.
+fn successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// The ids (and sort keys) of the jobs matching `filter` in one of
+/// `states`, lifecycle hooks left out, newest first after `filter.before`:
+/// the page a batch action takes (unlocked; [`lock_jobs`] locks it).
+pub async fn batch_candidates(
+    conn: &mut AsyncPgConnection,
+    filter: &JobFilter,
+    states: &[JobStatus],
+    limit: i64,
+) -> QueryResult<Vec<JobRow>> {
+    let mut query = super::filtered(filter);
+    let labels: Vec<String> = states.iter().map(|s| format!("'{}'", s.label())).collect();
+    query = query
+        .filter(sql::<Bool>(&format!(
+            "jobs.status IN ({})",
+            labels.join(", ")
+        )))
+        .filter(jobs::hook.is_null());
+    query
+        .order((jobs::created_at.desc(), jobs::id.desc()))
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Locks these jobs in id order (the order of every statement that takes
+/// leases) until the transaction ends, and returns them as they are now.
+pub async fn lock_jobs(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<JobRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    ))
+    .bind::<Array<SqlUuid>, _>(ids)
+    .load(conn)
+    .await
+}
+
+/// Puts locked FAILED or CANCELLED jobs back in the queue, as
+/// [`super::requeue`] does one.
+pub async fn requeue_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<JobRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET status = 'PENDING', held = {HELD_UNLESS_ENABLED}, "freeReturns" = 0,
+               "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
+               "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
+               "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
+           WHERE id = ANY($1) AND status IN ('FAILED', 'CANCELLED')
+           RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<Array<SqlUuid>, _>(ids)
+    .load(conn)
+    .await
+}
+
+/// Cancels locked PENDING or RUNNING jobs, as [`super::set_status`] does
+/// one.
+pub async fn cancel_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<JobRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+               "updatedAt" = LOCALTIMESTAMP
+           WHERE id = ANY($1) AND status IN ('PENDING', 'RUNNING')
+           RETURNING {JOB_COLUMNS}"#
+    ))
+    .bind::<Array<SqlUuid>, _>(ids)
+    .load(conn)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::successor;
+
+    #[test]
+    fn the_successor_of_a_prefix_bounds_every_string_starting_with_it() {
+        assert_eq!(successor("disk full").as_deref(), Some("disk fulm"));
+        assert_eq!(successor(""), None);
+        assert_eq!(successor("a\u{10FFFF}").as_deref(), Some("b"));
+        // The surrogate range is skipped.
+        assert_eq!(successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        let upper = successor("timeout").unwrap();
+        assert!("timeout: 30s".as_bytes() < upper.as_bytes());
+    }
+}
