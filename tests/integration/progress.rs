@@ -365,11 +365,14 @@ async fn refused(
     }
 }
 
+/// Makes a report on the lease given.
+type MakeReport = dyn Fn(pb::JobLeaseRef) -> Out;
+
 #[tokio::test]
 async fn progress_out_of_bounds_ends_the_stream_naming_the_field() {
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
-    let cases: [(&str, Box<dyn Fn(pb::JobLeaseRef) -> Out>); 3] = [
+    let cases: [(&str, Box<MakeReport>); 3] = [
         (
             "progress.message",
             Box::new(|lease| progress(lease, None, &"m".repeat(1025), None)),
