@@ -1,8 +1,9 @@
 //! Progress reports from workers: shown by GetJob, streamed by WatchJob on
 //! another replica, fenced like reports (only the stream holding the
 //! attempt's lease writes it), coalesced (a burst stores its last report,
-//! in a bounded number of writes), kept with the job's final report, and
-//! refused by field when out of bounds.
+//! in a bounded number of writes; a flood past the stream's budget ends the
+//! stream), kept with the job's final report, and refused by field when out
+//! of bounds.
 
 use crate::common;
 
@@ -412,5 +413,48 @@ async fn progress_out_of_bounds_ends_the_stream_naming_the_field() {
         .await;
     let id = common::worker::job_id(&assignment);
     wait_for_progress(&app, &token, &id, |p| p.message.len() == 1024).await;
+    app.stop().await;
+}
+
+/// Past the stream's inbound budget a progress flood ends the stream like
+/// any flood; what it wrote before is its last report, in few writes.
+#[tokio::test]
+async fn a_progress_flood_past_the_budget_ends_the_stream() {
+    let mut options = TestOptions::default();
+    options.jobs.streams.inbound_messages_per_sec = 50;
+    let app = TestApp::spawn_with(options).await;
+    let token = app.admin_token().await;
+    count_progress_writes(&app).await;
+    let job = app
+        .create_job(&token, new_job("progress.flood", json!({})))
+        .await;
+    let mut worker = app.worker(1).await;
+    let lease = lease_of(&worker.assignment().await);
+    let mut sent = 0;
+    for step in 0..5_000 {
+        if !worker
+            .try_send(progress(lease.clone(), None, &format!("step {step}"), None))
+            .await
+        {
+            break;
+        }
+        sent += 1;
+    }
+    let status = worker.end().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let limit = status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.metadata["limit"].clone());
+    assert_eq!(limit.as_deref(), Some("WORK_INBOUND_MESSAGES_PER_SEC"));
+    // Only one job's latest ever waited: a write or so landed before the
+    // stream ended (a second apart), whatever the flood.
+    let writes = progress_writes(&app).await;
+    assert!(writes < 10, "{writes} writes for a flood of {sent}");
+    let read = app.job(&token, &job.id).await;
+    assert!(
+        read.progress.is_none_or(|p| p.message.starts_with("step ")),
+        "only the flood's own reports"
+    );
     app.stop().await;
 }

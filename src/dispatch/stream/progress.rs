@@ -14,9 +14,10 @@ impl Session<'_> {
     /// and is not acknowledged. A report on a lease the stream does not
     /// hold (another stream's, a stale attempt, a finished job) changes
     /// nothing and is answered with a cancellation of that attempt, as the
-    /// worker should stop running it; one sent after the lease's own
-    /// completion, failure or release is ignored (its report settles the
-    /// lease). The report already spent the stream's inbound budget.
+    /// worker should stop running it; one sent while the lease's own
+    /// completion, failure or release is being settled is ignored (that
+    /// report took the progress waiting before it). The report already
+    /// spent the stream's inbound budget.
     pub(super) fn on_progress(&mut self, report: pb::JobProgressReport) -> Result<(), Status> {
         let (lease, progress) = work::progress_report(report, self.id())?;
         let checked = self.shared.registry().check_progress(&lease);
