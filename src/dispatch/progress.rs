@@ -29,6 +29,10 @@ use crate::{
 /// writes of any one job).
 pub const WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most jobs one statement writes (each its own transaction), so that no
+/// write holds many rows locked for long.
+const WRITE_BATCH: usize = 1000;
+
 /// The latest progress of each job, waiting to be written.
 #[derive(Debug, Default)]
 pub struct ProgressBuffer {
@@ -106,22 +110,30 @@ pub async fn run_writer(shared: Arc<Shared>) {
                 () = tokio::time::sleep_until(at + WRITE_INTERVAL) => {}
             }
         }
-        let writes = buffer.take_all();
+        let mut writes = buffer.take_all();
         if writes.is_empty() {
             continue;
         }
         last_write = Some(tokio::time::Instant::now());
-        match shared.leases.write_progress(&writes).await {
-            Ok(written) => crate::telemetry::names::progress_written(written),
-            Err(error) if is_transient(&error) => {
-                shared.note_db_failure(&error);
-                // Tried again at the next write, for the leases still held.
-                buffer.restore(writes, |lease| {
-                    shared.registry().check_progress(lease).is_ok()
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, jobs = writes.len(), "progress could not be stored; dropped");
+        // In id order, like every statement locking several jobs.
+        writes.sort_by_key(|write| write.lease.job);
+        let mut chunks = writes.chunks(WRITE_BATCH);
+        while let Some(chunk) = chunks.next() {
+            match shared.leases.write_progress(chunk).await {
+                Ok(written) => crate::telemetry::names::progress_written(written),
+                Err(error) if is_transient(&error) => {
+                    shared.note_db_failure(&error);
+                    // Tried again at the next write, for the leases still
+                    // held.
+                    let unwritten = chunk.iter().chain(chunks.flatten()).cloned().collect();
+                    buffer.restore(unwritten, |lease| {
+                        shared.registry().check_progress(lease).is_ok()
+                    });
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, jobs = chunk.len(), "progress could not be stored; dropped");
+                }
             }
         }
     }
