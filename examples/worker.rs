@@ -1,5 +1,6 @@
 //! A worker built with the SDK: runs `example.echo` and `example.sleep` jobs
-//! until Ctrl-C, then finishes what it holds and exits.
+//! (which reports its progress) until Ctrl-C, then finishes what it holds and
+//! exits.
 //!
 //! ```sh
 //! API_KEY=acp_… cargo run --example worker
@@ -18,7 +19,7 @@
 
 use std::time::Duration;
 
-use automation_worker::{JobError, Worker};
+use automation_worker::{JobError, Progress, Worker};
 use serde_json::json;
 
 #[tokio::main]
@@ -52,13 +53,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Err(JobError::permanent("seconds must be within 0..3600")
                     .with_details(json!({ "seconds": seconds })));
             }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs_f64(seconds)) => {
-                    Ok(json!({ "slept": seconds, "attempt": job.attempt }))
+            // Sleeps in tenths, reporting progress after each: GetJob and
+            // WatchJob show it (the SDK sends only the latest, never
+            // waiting; the server stores it at most once a second).
+            let step = Duration::from_secs_f64(seconds / 10.0);
+            for tenth in 1..=10 {
+                tokio::select! {
+                    () = tokio::time::sleep(step) => {}
+                    // Cancelled (CancelJob, lease lost, module removed): stop.
+                    () = job.cancelled() => return Err(JobError::retry("cancelled")),
                 }
-                // Cancelled (CancelJob, lease lost, module removed): stop.
-                () = job.cancelled() => Err(JobError::retry("cancelled")),
+                job.report_progress(
+                    Progress::new()
+                        .percent(f64::from(tenth) * 10.0)
+                        .message(format!(
+                            "slept {:.1} of {seconds} s",
+                            seconds * f64::from(tenth) / 10.0
+                        ))
+                        .details(json!({ "tenths": tenth })),
+                );
             }
+            Ok(json!({ "slept": seconds, "attempt": job.attempt }))
         })
         .build();
     worker

@@ -159,6 +159,11 @@ diesel::table! {
         #[sql_name = "freeReturns"]
         free_returns -> Int4,
         traceparent -> Nullable<Varchar>,
+        progress -> Nullable<Jsonb>,
+        #[sql_name = "progressAttempt"]
+        progress_attempt -> Nullable<Int4>,
+        #[sql_name = "progressAt"]
+        progress_at -> Nullable<Timestamp>,
     }
 }
 

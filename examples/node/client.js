@@ -1,5 +1,6 @@
-// A client: logs in, lists users, enqueues a job and watches it to the end,
-// then shows a refused call's status code and message.
+// A client: logs in, lists users, enqueues a job and watches it to the end
+// (printing the worker's last progress report), then shows a refused call's
+// status code and message.
 //   ADDR=127.0.0.1:50051 LOGIN=admin PASSWORD=… node examples/node/client.js
 // Over TLS: CA_FILE=ca.pem (and CLIENT_CERT_FILE, CLIENT_KEY_FILE for mutual
 // TLS), with ADDR a name the server's certificate carries (api.js).
@@ -43,6 +44,11 @@ async function main() {
   });
   const result = last.result && last.result.structValue ? fromStruct(last.result.structValue) : null;
   console.log("watch:", last.status, JSON.stringify(result));
+  // What the worker last reported on its way (kept once the job is done).
+  if (last.progress) {
+    const percent = last.progress.percent == null ? "-" : `${last.progress.percent}%`;
+    console.log("progress:", percent, last.progress.message);
+  }
 
   try {
     await call(users, "createUser", { email: "not-an-email", username: "node", password: "a-long-password" }, as);

@@ -1,6 +1,6 @@
 // A worker on the Work stream: hello → welcome → credits (CREDITS more
 // slots, optional) → assignments (up to CONCURRENCY + CREDITS at once) →
-// heartbeats → a completion or failure per job, each
+// heartbeats → progress (not acknowledged) → a completion or failure per job, each
 // acknowledged → cancellation stops a job → SIGINT/SIGTERM drains (nothing
 // new, finish what it holds, leave). A lost stream is reconnected to with
 // exponential backoff and jitter; a refused credential stops the worker.
@@ -9,7 +9,7 @@
 // Over TLS: CA_FILE=ca.pem (and CLIENT_CERT_FILE, CLIENT_KEY_FILE for mutual
 // TLS), with ADDR a name the server's certificate carries (api.js).
 const os = require("node:os");
-const { grpc, v1, bearer, credentials, fromStruct, toValue } = require("./api");
+const { grpc, v1, bearer, credentials, fromStruct, toStruct, toValue } = require("./api");
 
 const addr = process.env.ADDR || "127.0.0.1:50051";
 const jobNames = (process.env.JOB_NAMES || "").split(",").filter(Boolean);
@@ -22,14 +22,19 @@ const FATAL = [grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED, grpc.
 let stopping = false;
 let done = 0;
 
-/** The work itself: echo the payload (fail for good when asked to). */
-async function handle(job, signal) {
+/**
+ * The work itself: echo the payload (fail for good when asked to), reporting
+ * progress on the way (GetJob and WatchJob show the latest).
+ */
+async function handle(job, signal, progress) {
   const payload = fromStruct(job.payload);
   if (payload.fail) throw Object.assign(new Error("asked to fail"), { permanent: true });
+  progress(0, "waiting", { seconds: payload.seconds || 0 });
   await new Promise((resolve) => {
     const timer = setTimeout(resolve, 1000 * (payload.seconds || 0));
     signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); });
   });
+  progress(100, "echoed");
   return { echo: payload, worker: "node" };
 }
 
@@ -64,13 +69,22 @@ function session(client) {
         const previous = running.get(job.id);
         if (previous) previous.controller.abort();
         const controller = new AbortController();
-        running.set(job.id, { attempt, controller });
+        const current = { attempt, controller };
+        running.set(job.id, current);
         // The trace context of the call that created the job, to continue in
         // this worker's own spans and logs.
         const trace = message.assignment.traceparent;
         console.log(`running ${job.name} ${job.id} (attempt ${attempt})${trace ? ` trace ${trace}` : ""}`);
         const lease = { jobId: job.id, attempt };
-        handle(job, controller.signal).then(
+        // Best effort and not acknowledged; the server keeps the latest
+        // (stored at most once a second, the last one with the result). A
+        // real worker sends a few a second at most: they count toward the
+        // stream's inbound budget.
+        const progress = (percent, text, details) => {
+          if (running.get(job.id) !== current) return;
+          stream.write({ progress: { lease, percent, message: text.slice(0, 1024), details: details && toStruct(details) } });
+        };
+        handle(job, controller.signal, progress).then(
           (result) => ({ completion: { lease, result: toValue(result) } }),
           (error) => ({ failure: { lease, message: String(error.message || error), permanent: Boolean(error.permanent) } }),
         ).then((report) => {

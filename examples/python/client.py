@@ -1,6 +1,7 @@
 """A client of the control plane, from stubs generated with grpcio-tools.
 
-Logs in, lists users, enqueues a job and watches it to the end, then shows
+Logs in, lists users, enqueues a job and watches it to the end (printing
+the worker's last progress report), then shows
 how an error is read: the status code, the google.rpc.ErrorInfo reason to
 branch on, and the google.rpc.BadRequest field violations.
 
@@ -69,6 +70,10 @@ def main() -> int:
         last = update.job
     result = json_format.MessageToDict(last.result)
     print("watch:", jobs_pb2.JobStatus.Name(last.status), json.dumps(result, sort_keys=True))
+    # What the worker last reported on its way (kept once the job is done).
+    if last.HasField("progress"):
+        percent = f"{last.progress.percent:g}%" if last.progress.HasField("percent") else "-"
+        print("progress:", percent, last.progress.message)
 
     try:
         users.CreateUser(

@@ -1,8 +1,9 @@
 """A worker on the Work stream, from stubs generated with grpcio-tools.
 
 hello → welcome → credits (CREDITS more slots, optional) → assignments
-(up to CONCURRENCY + CREDITS at once) → heartbeats →
-completion or failure per job, each acknowledged → cancellation stops a job
+(up to CONCURRENCY + CREDITS at once) → heartbeats → progress (not
+acknowledged) → completion or failure per job, each acknowledged →
+cancellation stops a job
 → on SIGINT/SIGTERM it drains: takes nothing new, finishes what it holds,
 then leaves. A lost stream or a draining server is reconnected to with
 exponential backoff and jitter; a refused credential stops the worker.
@@ -34,13 +35,16 @@ from automation.v1 import jobs_pb2, jobs_pb2_grpc
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
-def handle(job, cancelled: threading.Event):
-    """The work itself: echo the payload back (fail permanently on request)."""
+def handle(job, cancelled: threading.Event, progress):
+    """The work itself: echo the payload back (fail permanently on request),
+    reporting progress on the way (GetJob and WatchJob show the latest)."""
     payload = json_format.MessageToDict(job.payload)
     if payload.get("fail"):
         raise PermanentError("asked to fail")
+    progress(0, "waiting", {"seconds": payload.get("seconds", 0)})
     if cancelled.wait(float(payload.get("seconds", 0))):
         return None
+    progress(100, "echoed")
     return {"echo": payload, "worker": "python"}
 
 
@@ -102,8 +106,19 @@ class Worker:
 
         def finish(job, attempt, cancelled):
             lease = jobs_pb2.JobLeaseRef(job_id=job.id, attempt=attempt)
+
+            def progress(percent, message, details=None):
+                # Best effort and not acknowledged; the server keeps the
+                # latest (stored at most once a second, the last one with the
+                # result). A real worker sends a few a second at most: they
+                # count toward the stream's inbound budget.
+                report = jobs_pb2.JobProgressReport(lease=lease, percent=percent, message=message[:1024])
+                if details:
+                    report.details.update(details)
+                outbox.put(jobs_pb2.WorkRequest(progress=report))
+
             try:
-                result = handle(job, cancelled)
+                result = handle(job, cancelled, progress)
                 report = jobs_pb2.WorkRequest(completion=jobs_pb2.JobCompletion(lease=lease))
                 json_format.ParseDict(result, report.completion.result)
             except PermanentError as error:

@@ -1,7 +1,8 @@
 //! The job dispatcher of one replica: the Work streams connected to it, the
 //! claim loop that leases jobs to their free slots, the writers that settle
-//! their reports in batches, the LISTEN connection that hears every
-//! replica's changes, and the reaper of expired leases.
+//! their reports in batches (and store their progress, coalesced), the
+//! LISTEN connection that hears every replica's changes, and the reaper of
+//! expired leases.
 //!
 //! Wake-ups come from NOTIFY (and from this replica's own enqueues, at
 //! once), with a slow poll as a safety net; streams never pin a pooled
@@ -12,6 +13,7 @@ mod handshake;
 mod keepalive;
 mod listener;
 mod outbox;
+mod progress;
 mod rechecks;
 mod registry;
 mod reports;
@@ -34,6 +36,7 @@ pub use self::{
     outbox::ResponseStream as WorkStream, watch_stream::WatchStream, watchers::Watchers,
 };
 use self::{
+    progress::ProgressBuffer,
     registry::{CLAIM_BATCH, Registry, StreamCommand},
     reports::PendingReport,
 };
@@ -73,6 +76,8 @@ pub(crate) struct Shared {
     pub schedule_changed: std::sync::atomic::AtomicBool,
     pub watchers: Watchers,
     pub reports: mpsc::UnboundedSender<PendingReport>,
+    /// Progress reports waiting to be written.
+    pub progress: ProgressBuffer,
     /// Ends the background tasks.
     pub shutdown: CancellationToken,
     /// Ends WatchJob streams and tells Work streams to drain.
@@ -210,6 +215,7 @@ impl Dispatcher {
             schedule_changed: std::sync::atomic::AtomicBool::new(true),
             watchers: Watchers::new(&settings),
             reports: reports_tx,
+            progress: ProgressBuffer::default(),
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
             last_db_failure: Mutex::new(None),
@@ -220,6 +226,7 @@ impl Dispatcher {
             tokio::spawn(reaper(shared.clone())),
             tokio::spawn(keepalive::run(shared.clone())),
             tokio::spawn(listener::run(shared.clone(), parts.database_url)),
+            tokio::spawn(progress::run_writer(shared.clone())),
         ];
         for _ in 0..REPORT_WRITERS {
             handles.push(tokio::spawn(reports::run_writer(

@@ -15,6 +15,7 @@ use super::{Shared, registry::StreamCommand, tell};
 use crate::{
     domain::jobs::leases::{Report, ReportKind, ReportOutcome, is_transient},
     error::AppError,
+    store::jobs::ProgressWrite,
 };
 
 /// Most reports settled in one transaction.
@@ -25,6 +26,9 @@ const MAX_BATCH: usize = 512;
 pub struct PendingReport {
     pub report: Report,
     pub reply: mpsc::UnboundedSender<StreamCommand>,
+    /// The last progress reported on the lease and not written yet: stored
+    /// with the report, so that the finished job keeps it.
+    pub progress: Option<ProgressWrite>,
 }
 
 /// One writer: settles batches until shutdown, then settles what is left.
@@ -82,10 +86,15 @@ const STOPPING_PATIENCE: Duration = Duration::from_secs(2);
 /// bad report cannot hold up the others.
 async fn settle_with_retry(shared: &Shared, batch: Vec<PendingReport>, stopping: bool) {
     let reports: Vec<Report> = batch.iter().map(|p| p.report.clone()).collect();
+    let progress: Vec<ProgressWrite> = batch.iter().filter_map(|p| p.progress.clone()).collect();
     let mut pause = Duration::from_millis(20);
     let give_up_at = stopping.then(|| Instant::now() + STOPPING_PATIENCE);
     loop {
-        match shared.leases.settle(&reports).await {
+        match shared
+            .leases
+            .settle_with_progress(&reports, &progress)
+            .await
+        {
             Ok(outcomes) => {
                 crate::telemetry::names::reports_settled(batch.len());
                 count_reports(&batch, &outcomes);

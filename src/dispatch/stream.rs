@@ -1,6 +1,7 @@
-//! One Work stream: credits, heartbeats, reports, the periodic re-check of
-//! the caller, and the end, whichever way it comes (the hello and the
-//! registration are in [`super::handshake`]).
+//! One Work stream: credits, heartbeats, reports, progress (in
+//! [`progress`]), the periodic re-check of the caller, and the end,
+//! whichever way it comes (the hello and the registration are in
+//! [`super::handshake`]).
 //!
 //! The session is one task; everything else reaches it through its command
 //! channel. It never waits on its worker: what it sends is queued in its
@@ -46,6 +47,7 @@ use crate::{
 pub use outbox::ResponseStream;
 
 mod budget;
+mod progress;
 
 use budget::InboundBudget;
 
@@ -339,6 +341,7 @@ impl WorkLoop<'_> {
                 self.shared.registry().stop_accepting(stream);
                 Ok(())
             }
+            Some(Inbound::Progress(report)) => self.on_progress(report),
         }
     }
 
@@ -382,6 +385,7 @@ impl WorkLoop<'_> {
         match started {
             Ok(()) => {
                 let pending = PendingReport {
+                    progress: self.shared.progress.take(&lease),
                     report: Report { lease, kind },
                     reply: self.registration.reply_to.clone(),
                 };

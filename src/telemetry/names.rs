@@ -51,6 +51,9 @@ pub const SLOTS_HELD: &str = "queue_worker_slots_held";
 pub const REPORTS_PER_BATCH: &str = "queue_reports_per_batch";
 /// Reports settled, by kind of report.
 pub const REPORTS: &str = "queue_reports_total";
+/// Jobs whose progress was stored by the coalescing writer (at most once a
+/// second per job, however often workers report).
+pub const PROGRESS_WRITTEN: &str = "queue_progress_written_total";
 /// Leases taken back by the reaper (their worker stopped heartbeating).
 pub const LEASES_EXPIRED: &str = "queue_leases_expired_total";
 /// From due to leased: how long a job waited in the queue.
@@ -116,6 +119,13 @@ pub fn api_key_used() {
 /// Counts a settled batch of worker reports.
 pub fn reports_settled(batch: usize) {
     metrics::histogram!(REPORTS_PER_BATCH).record(batch as f64);
+}
+
+/// Counts jobs whose progress the writer stored.
+pub fn progress_written(jobs: usize) {
+    if jobs > 0 {
+        metrics::counter!(PROGRESS_WRITTEN).increment(jobs as u64);
+    }
 }
 
 /// Records a named database operation: its duration, and its error kind if

@@ -6,7 +6,7 @@ use super::{
     time::{optional_time, timestamp},
 };
 use crate::{
-    domain::jobs::JobSpec,
+    domain::jobs::{JobSpec, leases::progress::Progress},
     error::AppError,
     proto::automation_v1 as pb,
     store::jobs::{JobFilter, JobRow, JobStatus},
@@ -27,6 +27,7 @@ pub fn status_message(status: JobStatus) -> pb::JobStatus {
 /// runs (a finished job's row keeps the last one).
 pub fn job_message(row: JobRow) -> pb::Job {
     let running = row.status == JobStatus::Running;
+    let progress = progress_message(&row);
     pb::Job {
         id: row.id.to_string(),
         name: row.name,
@@ -48,7 +49,23 @@ pub fn job_message(row: JobRow) -> pb::Job {
         worker_id: row.worker_id.unwrap_or_default(),
         lease_expire_time: row.lease_expires_at.filter(|_| running).map(timestamp),
         creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
+        progress,
     }
+}
+
+/// The progress a job shows: what was last reported on its latest attempt
+/// (a new attempt starts with none; a finished job keeps its last).
+fn progress_message(row: &JobRow) -> Option<pb::JobProgress> {
+    if row.progress_attempt != Some(row.attempts) {
+        return None;
+    }
+    let progress = Progress::from_json(row.progress.as_ref()?);
+    Some(pb::JobProgress {
+        percent: progress.percent,
+        message: progress.message,
+        details: progress.details.map(json_to_struct),
+        update_time: row.progress_at.map(timestamp),
+    })
 }
 
 /// A `CreateJobRequest` as a spec (its shapes are checked by the queue,
@@ -143,6 +160,9 @@ mod tests {
             attempt_budget: None,
             hook: None,
             traceparent: None,
+            progress: None,
+            progress_attempt: None,
+            progress_at: None,
         }
     }
 
@@ -158,6 +178,23 @@ mod tests {
                 .lease_expire_time
                 .is_none()
         );
+    }
+
+    #[test]
+    fn progress_is_shown_for_the_latest_attempt_only() {
+        let mut job = row(JobStatus::Running);
+        assert_eq!(job_message(job.clone()).progress, None);
+        job.progress = Some(serde_json::json!({"percent": 40.0, "message": "copying"}));
+        job.progress_attempt = Some(1);
+        job.progress_at = Some(job.updated_at);
+        let shown = job_message(job.clone()).progress.expect("shown");
+        assert_eq!(shown.percent, Some(40.0));
+        assert_eq!(shown.message, "copying");
+        assert_eq!(shown.details, None);
+        assert!(shown.update_time.is_some());
+        // A new attempt starts clean.
+        job.attempts = 2;
+        assert_eq!(job_message(job).progress, None);
     }
 
     #[test]

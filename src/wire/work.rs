@@ -23,7 +23,7 @@ use crate::{
         events::{Revocation, RevokeCause},
         jobs::{
             JobSettings,
-            leases::{ReportKind, failure_error},
+            leases::{ReportKind, failure_error, progress::Progress},
         },
         validate,
     },
@@ -154,6 +154,32 @@ pub fn failure_report(
         permanent: failure.permanent,
     };
     Ok((lease, kind))
+}
+
+/// A progress report, checked (a percent within 0..100, a bounded message
+/// and details).
+pub fn progress_report(
+    report: pb::JobProgressReport,
+    stream: Uuid,
+) -> Result<(LeaseRef, Progress), AppError> {
+    let lease = parse_lease("progress.lease", report.lease, stream)?;
+    let progress = Progress {
+        percent: report.percent,
+        message: report.message,
+        details: report.details.map(struct_to_json),
+    };
+    progress.validate()?;
+    Ok((lease, progress))
+}
+
+/// The answer to a progress report on a lease the stream does not hold:
+/// stop running that attempt (`reason` says why).
+pub fn progress_refused(lease: &LeaseRef, reason: String) -> Outbound {
+    Outbound::Cancellation(pb::JobCancellation {
+        lease: Some(lease_message(lease)),
+        reason,
+        cause: pb::CancellationCause::LeaseLost.into(),
+    })
 }
 
 /// The message telling a worker that a lease was taken from it, and why.

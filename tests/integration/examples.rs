@@ -132,6 +132,15 @@ async fn the_grpcurl_examples_work_as_written() {
         assert!(jobs.contains(line), "{line}:\n{jobs}");
     }
 
+    let progress = run("progress.sh", &[], &with_token).await;
+    for line in [
+        "before: none",
+        "running: 40% encoding",
+        "finished: JOB_STATUS_COMPLETED 100% encoded",
+    ] {
+        assert!(progress.contains(line), "{line}:\n{progress}");
+    }
+
     let audit = run("audit.sh", &["modules.enable"], &with_token).await;
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(audit.contains("modules.enable success modules/"), "{audit}");
@@ -295,6 +304,7 @@ async fn the_python_client_and_worker_work_as_written() {
     for line in [
         "users: admin",
         "watch: JOB_STATUS_COMPLETED {\"echo\": {\"greeting\": \"hello from python\"}, \"worker\": \"python\"}",
+        "progress: 100% echoed",
         "error: INVALID_ARGUMENT INVALID_FIELD",
         "bad request: email:",
     ] {
@@ -356,6 +366,7 @@ async fn the_node_client_and_worker_work_as_written() {
     for line in [
         "users: admin",
         "watch: JOB_STATUS_COMPLETED {\"echo\":{\"greeting\":\"hello from node\"},\"worker\":\"node\"}",
+        "progress: 100% echoed",
         "error: INVALID_ARGUMENT email:",
     ] {
         assert!(client.contains(line), "{line}:\n{client}");

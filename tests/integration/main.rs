@@ -24,6 +24,7 @@ mod modules;
 mod observability;
 mod pgbouncer;
 mod platform;
+mod progress;
 mod queue_control;
 mod rbac;
 mod reflection;

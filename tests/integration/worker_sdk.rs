@@ -1,13 +1,14 @@
 //! The Rust worker SDK against a live server, with an API key: results and
 //! failures reported once, cancellation reaching the handler, a revoked key
-//! stopping the worker, and a drain on shutdown that finishes held jobs.
+//! stopping the worker, a drain on shutdown that finishes held jobs, and
+//! progress reported without waiting.
 
 use crate::common;
 
 use std::{sync::Arc, time::Duration};
 
 use automation_control_plane::proto::automation_v1 as pb;
-use automation_worker::{JobError, Worker, WorkerError};
+use automation_worker::{JobError, Progress, Worker, WorkerError};
 use common::{JobServiceClient, TestApp, authed, new_job};
 use serde_json::json;
 use tokio::sync::{Notify, oneshot};
@@ -235,5 +236,63 @@ async fn a_stuck_handler_is_released_at_the_drain_timeout() {
         released.error.is_none(),
         "a release is not a failure: {released:?}"
     );
+    app.stop().await;
+}
+
+/// A handler reports progress as often as it likes without waiting: the
+/// job shows the latest report while it runs, and the last one before its
+/// result once it is finished.
+#[tokio::test]
+async fn a_handler_reports_progress_without_waiting() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let (_, key) = api_key(&app, &["jobs:execute"]).await;
+    let release = Arc::new(Notify::new());
+    let released = release.clone();
+    let worker = Worker::builder(format!("http://{}", app.addr), key)
+        .handle("sdk.progress", move |job| {
+            let released = released.clone();
+            async move {
+                // A tight loop: each call returns at once, only the latest
+                // is sent.
+                for step in 0..=10_000 {
+                    job.progress(f64::from(step) / 100.0, format!("step {step}"));
+                }
+                released.notified().await;
+                job.report_progress(
+                    Progress::new()
+                        .percent(100.0)
+                        .message("done")
+                        .details(json!({ "files": 3 })),
+                );
+                Ok(json!({}))
+            }
+        })
+        .build();
+    let running = tokio::spawn(worker.run(std::future::pending()));
+    let job = app
+        .create_job(&token, new_job("sdk.progress", json!({})))
+        .await;
+    let shown = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let read = app.job(&token, &job.id).await;
+            if let Some(progress) = read.progress.filter(|p| p.message == "step 10000") {
+                return progress;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the latest progress is shown");
+    assert_eq!(shown.percent, Some(100.0));
+    release.notify_one();
+    let done = wait_for(&app, &token, &job.id, pb::JobStatus::Completed).await;
+    let kept = done.progress.expect("the finished job keeps its progress");
+    assert_eq!(kept.message, "done");
+    assert_eq!(
+        kept.details,
+        Some(common::worker::json_struct(json!({ "files": 3 })))
+    );
+    running.abort();
     app.stop().await;
 }

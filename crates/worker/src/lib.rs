@@ -14,6 +14,7 @@
 //!     .concurrency(8)
 //!     .handle("backup.run", |job| async move {
 //!         let target = job.payload["target"].as_str().unwrap_or("db").to_owned();
+//!         job.progress(0.0, format!("backing up {target}"));
 //!         tokio::select! {
 //!             () = job.cancelled() => Err(JobError::permanent("cancelled")),
 //!             () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
@@ -26,12 +27,18 @@
 //! # }
 //! ```
 //!
+//! A handler reports how far it has got with [`Job::progress`] (coalesced:
+//! only the latest report is sent, never waiting).
+//!
 //! Over TLS, give an `https://` endpoint; the server's certificate is checked
 //! against the system's roots, or against [`WorkerBuilder::ca_certificate_pem`]
 //! when given, and [`WorkerBuilder::client_identity_pem`] presents a client
 //! certificate to a server that requires mutual TLS.
 
+mod progress;
 mod session;
+
+pub use progress::Progress;
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -91,6 +98,7 @@ pub struct Job {
     /// with one: continue that trace while running the job.
     pub traceparent: Option<String>,
     cancel: CancellationToken,
+    progress: progress::ProgressSlot,
 }
 
 impl Job {
@@ -104,6 +112,23 @@ impl Job {
     /// Whether the job was cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Reports how far the job has got: `percent` (0 to 100) and a short
+    /// message. Never waits: the latest report is sent in the background
+    /// (see [`Job::report_progress`]).
+    pub fn progress(&self, percent: f64, message: impl Into<String>) {
+        self.report_progress(Progress::new().percent(percent).message(message));
+    }
+
+    /// Reports progress, with details if wanted. Never waits and never
+    /// fails: only the latest report of the job is kept and sent, a few
+    /// times a second at most, and the one still waiting when the handler
+    /// returns goes just before its result (so the finished job keeps it).
+    /// GetJob and WatchJob show it as the job's `progress`. A report is
+    /// bounded to what the server takes first (see [`Progress`]).
+    pub fn report_progress(&self, progress: Progress) {
+        self.progress.set(progress.bounded());
     }
 }
 

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status, Streaming, transport::Channel};
 use uuid::Uuid;
 
-use crate::{BoxedHandler, Job, JobError, JobResult, Worker};
+use crate::{
+    BoxedHandler, Job, JobError, JobResult, Worker,
+    progress::{self, Progress, ProgressSlot, SendBudget},
+};
 
 /// How a stream ended.
 pub(crate) enum Outcome {
@@ -39,6 +42,8 @@ pub(crate) enum Outcome {
 struct Running {
     attempt: i32,
     cancel: CancellationToken,
+    /// Its handler's latest progress, not sent yet.
+    progress: ProgressSlot,
 }
 
 /// A handler's verdict on one attempt.
@@ -68,9 +73,12 @@ pub(crate) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
         unacked: 0,
         draining: false,
         drain_deadline: None,
+        progress_budget: SendBudget::new(),
     };
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.tick().await;
+    let mut progress_tick = tokio::time::interval(progress::TICK);
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if stream.drained() {
             return Outcome::Stopped;
@@ -84,6 +92,9 @@ pub(crate) async fn run(worker: &Worker, channel: Channel, stop: &CancellationTo
             },
             Some(finished) = finished.recv() => stream.on_finished(finished).await,
             _ = heartbeat.tick() => stream.on_heartbeat().await,
+            _ = progress_tick.tick(), if !stream.running.is_empty() => {
+                stream.send_progress().await;
+            }
             () = stop.cancelled(), if !stream.draining => stream.on_stop().await,
             () = sleep_until(stream.drain_deadline),
                 if stream.drain_deadline.is_some() && !stream.running.is_empty() =>
@@ -164,6 +175,8 @@ struct OpenStream<'w> {
     unacked: usize,
     draining: bool,
     drain_deadline: Option<tokio::time::Instant>,
+    /// Progress reports the stream may send now.
+    progress_budget: SendBudget,
 }
 
 impl OpenStream<'_> {
@@ -208,6 +221,7 @@ impl OpenStream<'_> {
         let running = Running {
             attempt: job.attempt,
             cancel: job.cancel.clone(),
+            progress: job.progress.clone(),
         };
         // A new attempt of a job still running here (it was cancelled or
         // lost its lease, then came back): the old attempt's result could
@@ -257,10 +271,48 @@ impl OpenStream<'_> {
         if job.cancel.is_cancelled() {
             return;
         }
+        // The last progress goes first, so that the finished job keeps it
+        // (the server stores it with the report), when the budget allows.
+        if let Some(progress) = job.progress.take()
+            && self.progress_budget.available() > 0
+        {
+            self.progress_budget.spend(1);
+            self.outbox
+                .send(progress_report(finished.job, finished.attempt, progress))
+                .await;
+        }
         self.unacked += 1;
         self.outbox
             .send(report(finished.job, finished.attempt, finished.result))
             .await;
+    }
+
+    /// Sends the progress waiting, oldest first, as far as the budget
+    /// allows; the rest waits for the next tick (still only the latest of
+    /// each job).
+    async fn send_progress(&mut self) {
+        let mut waiting: Vec<(std::time::Instant, Uuid, i32, ProgressSlot)> = self
+            .running
+            .iter()
+            .filter(|(_, job)| !job.cancel.is_cancelled())
+            .filter_map(|(id, job)| {
+                let since = job.progress.waiting_since()?;
+                Some((since, *id, job.attempt, job.progress.clone()))
+            })
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        waiting.sort_by_key(|(since, ..)| *since);
+        let allowed = self.progress_budget.available().min(waiting.len());
+        self.progress_budget.spend(allowed);
+        for (_, id, attempt, slot) in waiting.into_iter().take(allowed) {
+            if let Some(progress) = slot.take() {
+                self.outbox
+                    .send(progress_report(id, attempt, progress))
+                    .await;
+            }
+        }
     }
 
     async fn on_heartbeat(&self) {
@@ -312,6 +364,19 @@ impl OpenStream<'_> {
     }
 }
 
+/// A progress report on one attempt.
+fn progress_report(job: Uuid, attempt: i32, progress: Progress) -> Out {
+    Out::Progress(pb::JobProgressReport {
+        lease: Some(pb::JobLeaseRef {
+            job_id: job.to_string(),
+            attempt,
+        }),
+        percent: progress.percent,
+        message: progress.message,
+        details: progress.details.map(json_to_struct),
+    })
+}
+
 /// The report of one attempt's result.
 fn report(job: Uuid, attempt: i32, result: JobResult) -> Out {
     let lease = Some(pb::JobLeaseRef {
@@ -351,6 +416,7 @@ fn job_of(worker: &Worker, assignment: pb::JobAssignment) -> Option<(Job, BoxedH
             .unwrap_or_else(|| serde_json::json!({})),
         name: job.name,
         cancel: CancellationToken::new(),
+        progress: ProgressSlot::default(),
     };
     Some((job, handler))
 }
@@ -434,6 +500,26 @@ mod tests {
             job.payload,
             serde_json::json!({}),
             "no payload reads as {{}}"
+        );
+    }
+
+    #[test]
+    fn progress_is_reported_on_its_attempt() {
+        let Out::Progress(report) = progress_report(
+            Uuid::nil(),
+            4,
+            Progress::new()
+                .percent(30.0)
+                .details(serde_json::json!({"n": 1})),
+        ) else {
+            panic!("a progress report");
+        };
+        assert_eq!(report.lease.map(|l| l.attempt), Some(4));
+        assert_eq!(report.percent, Some(30.0));
+        assert_eq!(report.message, "");
+        assert_eq!(
+            report.details.map(struct_to_json),
+            Some(serde_json::json!({"n": 1}))
         );
     }
 

@@ -6,7 +6,10 @@
 //! ([`super::budget`]).
 
 use super::json_wire::{JsonMeasure, Wire, enter, measure_struct, measure_value};
-use crate::{domain::modules::manifest::MAX_MANIFEST_BYTES, error::AppError};
+use crate::{
+    domain::{jobs::leases::progress, modules::manifest::MAX_MANIFEST_BYTES},
+    error::AppError,
+};
 
 /// The methods whose messages are looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +25,8 @@ pub enum Shape {
     UpdateModule,
     /// `WorkRequest`: a completion's `result`, a failure's `details`. Not
     /// refused here: a result too large becomes a failed attempt, as the
-    /// protocol says, so only the cost is estimated.
+    /// protocol says, so only the cost is estimated. A progress report's
+    /// `details` over its small bound is refused by name.
     Work,
 }
 
@@ -82,6 +86,9 @@ pub fn inspect(shape: Shape, message: &[u8], limits: JsonLimits) -> Result<Inspe
             }
             (Shape::Work, 4 | 5) => {
                 documents.add(&report(number, wire.message(wire_type)?)?);
+            }
+            (Shape::Work, 8) => {
+                documents.add(&progress_report(wire.message(wire_type)?)?);
             }
             _ => wire.skip(number, wire_type, 0)?,
         }
@@ -166,6 +173,22 @@ fn report(kind: u32, message: &[u8]) -> Result<JsonMeasure, AppError> {
         }
     }
     Ok(documents)
+}
+
+/// A `JobProgressReport`'s `details` (4), refused past
+/// [`progress::DETAILS_MAX_BYTES`] as JSON.
+fn progress_report(message: &[u8]) -> Result<JsonMeasure, AppError> {
+    let mut details = JsonMeasure::default();
+    let mut wire = Wire::new(message);
+    while let Some((number, wire_type)) = wire.field()? {
+        if number == 4 {
+            details.add(&measure_struct(wire.message(wire_type)?, 2)?);
+            bounded("progress.details", details, progress::DETAILS_MAX_BYTES)?;
+        } else {
+            wire.skip(number, wire_type, 1)?;
+        }
+    }
+    Ok(details)
 }
 
 /// The document, or the refusal the domain would give it.
@@ -284,6 +307,28 @@ mod tests {
         // About the same JSON length; the objects cost tens of times more.
         assert!(tree > 20 * text, "{tree} vs {text}");
         assert!(worst_create_job_cost(1000) >= tree);
+    }
+
+    #[test]
+    fn progress_details_over_their_bound_are_refused_by_name() {
+        let report = |details: serde_json::Value| pb::WorkRequest {
+            kind: Some(pb::work_request::Kind::Progress(pb::JobProgressReport {
+                details: Some(json_to_struct(details)),
+                ..Default::default()
+            })),
+        };
+        let at = serde_json::json!({ "k": "x".repeat(progress::DETAILS_MAX_BYTES - 8) });
+        assert_eq!(
+            serde_json::to_vec(&at).unwrap().len(),
+            progress::DETAILS_MAX_BYTES
+        );
+        inspect(Shape::Work, &report(at).encode_to_vec(), LIMITS).unwrap();
+        let over = serde_json::json!({ "k": "x".repeat(progress::DETAILS_MAX_BYTES - 7) });
+        let error = inspect(Shape::Work, &report(over).encode_to_vec(), LIMITS).unwrap_err();
+        assert!(
+            error.to_string().starts_with("progress.details: "),
+            "{error}"
+        );
     }
 
     #[test]

@@ -207,6 +207,23 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether `lease` may report progress: its stream holds it at that
+    /// attempt and has not reported it yet.
+    pub fn check_progress(&self, lease: &LeaseRef) -> Result<(), ReportRefusal> {
+        let held = self
+            .streams
+            .get(&lease.stream)
+            .and_then(|entry| entry.held.get(&lease.job))
+            .ok_or(ReportRefusal::NotHeld)?;
+        if held.attempt != lease.attempt {
+            return Err(ReportRefusal::OtherAttempt(held.attempt));
+        }
+        if held.reporting {
+            return Err(ReportRefusal::AlreadyReported);
+        }
+        Ok(())
+    }
+
     /// Forgets a lease whose report was settled; true when it was held.
     pub fn finish_report(&mut self, lease: &LeaseRef) -> bool {
         let Some(entry) = self.streams.get_mut(&lease.stream) else {
@@ -315,6 +332,9 @@ mod tests {
             attempt_budget: None,
             hook: None,
             traceparent: None,
+            progress: None,
+            progress_attempt: None,
+            progress_at: None,
         }
     }
 
@@ -377,9 +397,18 @@ mod tests {
             registry.start_report(&stale),
             Err(ReportRefusal::OtherAttempt(2))
         );
+        assert_eq!(registry.check_progress(&lease), Ok(()));
+        assert_eq!(
+            registry.check_progress(&stale),
+            Err(ReportRefusal::OtherAttempt(2))
+        );
         assert_eq!(registry.start_report(&lease), Ok(()));
         assert_eq!(
             registry.start_report(&lease),
+            Err(ReportRefusal::AlreadyReported)
+        );
+        assert_eq!(
+            registry.check_progress(&lease),
             Err(ReportRefusal::AlreadyReported)
         );
         // While it settles, the server keeps the lease alive and a stream
@@ -389,6 +418,7 @@ mod tests {
         assert!(registry.finish_report(&lease));
         assert!(registry.holds_nothing(stream));
         assert_eq!(registry.start_report(&lease), Err(ReportRefusal::NotHeld));
+        assert_eq!(registry.check_progress(&lease), Err(ReportRefusal::NotHeld));
         assert!(!registry.finish_report(&lease));
         assert!(ReportRefusal::NotHeld.reason(&lease).contains("not leased"));
     }

@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 pub use self::{
     admission::{Admission, StreamSlot},
-    leases::Withdrawn,
+    leases::{ReportRefusal, Withdrawn},
 };
 use super::{Shared, outbox::Outbox};
 use crate::{

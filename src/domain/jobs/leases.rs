@@ -8,6 +8,8 @@
 //! whatever races with it (a cancel, the reaper, another replica). Reports
 //! of many streams are settled together, one transaction per batch.
 
+pub mod progress;
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -24,7 +26,7 @@ use crate::{
     error::AppError,
     store::jobs::{
         self as rows, ClaimFilter, ClaimPlan, ExtendedLease, JobRow, JobStatus, LeaseRef,
-        LostLease, Settled,
+        LostLease, ProgressWrite, Settled,
     },
 };
 
@@ -116,6 +118,17 @@ impl Leases {
     /// Applies a batch of reports in one transaction; the outcomes are in
     /// the order of `reports`.
     pub async fn settle(&self, reports: &[Report]) -> Result<Vec<ReportOutcome>, AppError> {
+        self.settle_with_progress(reports, &[]).await
+    }
+
+    /// [`Self::settle`], storing first, in the same transaction, the last
+    /// progress reported on these leases and not stored yet (see
+    /// [`progress`]), so that a finished job keeps it.
+    pub async fn settle_with_progress(
+        &self,
+        reports: &[Report],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ReportOutcome>, AppError> {
         let backoff = self.settings.backoff();
         let rule = self.settings.return_rule();
         let mut completed = (Vec::new(), Vec::new());
@@ -141,6 +154,7 @@ impl Leases {
             // `rows::lock_in_order`): then a batch never deadlocks with a
             // heartbeat or with the other writer's batch.
             rows::lock_in_order(conn, &ids).await?;
+            rows::write_progress(conn, progress).await?;
             let mut settled = rows::complete(conn, &completed.0, &completed.1).await?;
             settled.extend(rows::fail(conn, &failed.0, &failed.1, &failed.2, backoff).await?);
             settled.extend(rows::hand_back(conn, &released, false, rule).await?);

@@ -19,6 +19,8 @@ mod queues;
 mod settle;
 pub use leases::*;
 pub use queues::*;
+mod progress;
+pub use progress::*;
 pub use settle::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
@@ -73,6 +75,12 @@ pub struct JobRow {
     pub hook: Option<String>,
     /// The W3C `traceparent` of the call that created it.
     pub traceparent: Option<String>,
+    /// What its worker last reported (`percent`, `message`, `details`).
+    pub progress: Option<serde_json::Value>,
+    /// The attempt `progress` was reported on.
+    pub progress_attempt: Option<i32>,
+    /// When `progress` was stored.
+    pub progress_at: Option<NaiveDateTime>,
 }
 
 /// A job to insert.
@@ -104,7 +112,9 @@ const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_nam
     jobs."updatedAt" AS updated_at, jobs."leasedBy" AS leased_by,
     jobs."leaseExpiresAt" AS lease_expires_at, jobs."workerId" AS worker_id,
     jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
-    jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent"#;
+    jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent,
+    jobs.progress, jobs."progressAttempt" AS progress_attempt,
+    jobs."progressAt" AS progress_at"#;
 
 fn interval(duration: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
