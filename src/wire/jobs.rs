@@ -48,6 +48,7 @@ pub fn job_message(row: JobRow) -> pb::Job {
         worker_id: row.worker_id.unwrap_or_default(),
         lease_expire_time: row.lease_expires_at.filter(|_| running).map(timestamp),
         creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
+        schedule_id: row.schedule_id.map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 
@@ -99,6 +100,10 @@ pub fn job_filter(request: &pb::ListJobsRequest) -> Result<JobFilter, AppError> 
         created_from: optional_time("create_time_start", request.create_time_start.as_ref())?,
         created_until: optional_time("create_time_end", request.create_time_end.as_ref())?,
         before: None,
+        schedule_id: match request.schedule_id.as_str() {
+            "" => None,
+            id => Some(super::id("schedule_id", id)?),
+        },
     })
 }
 
@@ -138,6 +143,7 @@ mod tests {
             attempt_budget: None,
             hook: None,
             traceparent: None,
+            schedule_id: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod json;
 pub mod mask;
 pub mod modules;
 pub mod roles;
+pub mod schedules;
 pub mod sessions;
 pub mod time;
 pub mod users;

@@ -315,6 +315,7 @@ mod tests {
             attempt_budget: None,
             hook: None,
             traceparent: None,
+            schedule_id: None,
         }
     }
 

@@ -21,7 +21,8 @@ pub use settle::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
 /// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
-/// `x <stream> <job> <attempt> <cause>` (a lease was taken away).
+/// `x <stream> <job> <attempt> <cause>` (a lease was taken away), `sc`
+/// (schedules changed).
 pub const CHANNEL: &str = "automation_jobs";
 
 super::pg_enum! {
@@ -71,6 +72,8 @@ pub struct JobRow {
     pub hook: Option<String>,
     /// The W3C `traceparent` of the call that created it.
     pub traceparent: Option<String>,
+    /// The schedule that created it, if one did.
+    pub schedule_id: Option<Uuid>,
 }
 
 /// A job to insert.
@@ -102,7 +105,8 @@ const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_nam
     jobs."updatedAt" AS updated_at, jobs."leasedBy" AS leased_by,
     jobs."leaseExpiresAt" AS lease_expires_at, jobs."workerId" AS worker_id,
     jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
-    jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent"#;
+    jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent,
+    jobs."scheduleId" AS schedule_id"#;
 
 fn interval(duration: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
@@ -216,6 +220,8 @@ pub struct JobFilter {
     pub created_until: Option<NaiveDateTime>,
     /// Continue before this (createdAt, id): the list runs newest first.
     pub before: Option<(NaiveDateTime, Uuid)>,
+    /// Created by this schedule.
+    pub schedule_id: Option<Uuid>,
 }
 
 /// Jobs newest first.
@@ -239,6 +245,9 @@ pub async fn list(
     }
     if let Some(until) = filter.created_until {
         query = query.filter(jobs::created_at.lt(until));
+    }
+    if let Some(schedule) = filter.schedule_id {
+        query = query.filter(jobs::schedule_id.eq(schedule));
     }
     if let Some((time, id)) = filter.before {
         query = query.filter(
