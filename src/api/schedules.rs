@@ -119,7 +119,10 @@ impl ScheduleService for ScheduleApi {
         request: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
         let actor = actor_of(&request)?;
-        let (job, schedule) = self.schedules.trigger(&actor, &request.get_ref().id).await?;
+        let (job, schedule) = self
+            .schedules
+            .trigger(&actor, &request.get_ref().id)
+            .await?;
         Ok(Response::new(pb::TriggerScheduleResponse {
             job: Some(job_message(job)),
             schedule: Some(schedule_message(schedule)),

@@ -137,14 +137,16 @@ pub fn schedule_update(
     };
     if wants("job_template") {
         let message = schedule.job_template.clone().ok_or_else(|| {
-            AppError::invalid("schedule.job_template", "is required when the mask names it")
+            AppError::invalid(
+                "schedule.job_template",
+                "is required when the mask names it",
+            )
         })?;
         update.job_template = Some(template(message));
     }
     if wants("overlap_policy") {
         update.overlap_policy = Some(
-            overlap_policy("schedule.overlap_policy", schedule.overlap_policy)?
-                .unwrap_or_default(),
+            overlap_policy("schedule.overlap_policy", schedule.overlap_policy)?.unwrap_or_default(),
         );
     }
     if wants("missed_fire_policy") {

@@ -275,17 +275,30 @@ mod tests {
 
     #[test]
     fn bad_expressions_and_zones_name_their_field() {
-        for bad in ["", "* * * *", "* * * * * * *", "@reboot", "61 * * * *", "* * * * FOO"] {
-            let error = CronSchedule::parse(bad, "UTC", "cron_expression", "time_zone")
-                .expect_err(bad);
+        for bad in [
+            "",
+            "* * * *",
+            "* * * * * * *",
+            "@reboot",
+            "61 * * * *",
+            "* * * * FOO",
+        ] {
+            let error =
+                CronSchedule::parse(bad, "UTC", "cron_expression", "time_zone").expect_err(bad);
             assert!(
                 error.to_string().starts_with("cron_expression: "),
                 "{bad}: {error}"
             );
         }
-        let error = CronSchedule::parse("* * * * *", "Mars/Olympus", "cron", "time_zone")
-            .unwrap_err();
+        let error =
+            CronSchedule::parse("* * * * *", "Mars/Olympus", "cron", "time_zone").unwrap_err();
         assert!(error.to_string().starts_with("time_zone: "), "{error}");
+    }
+
+    #[test]
+    fn an_expression_that_never_fires_has_no_next_time() {
+        let february_30 = cron("0 0 30 2 *", "UTC");
+        assert_eq!(february_30.next_after(utc(2026, 1, 1, 0, 0, 0)), None);
     }
 
     #[test]
@@ -316,11 +329,23 @@ mod tests {
         let hourly = cron("0 * * * *", "UTC");
         let due = utc(2026, 1, 1, 0, 0, 0);
         let now = utc(2026, 1, 1, 5, 30, 0);
-        let skip = plan(&hourly, due, now, Duration::from_secs(60), MissedFirePolicy::Skip);
+        let skip = plan(
+            &hourly,
+            due,
+            now,
+            Duration::from_secs(60),
+            MissedFirePolicy::Skip,
+        );
         assert_eq!(skip.fires, []);
         assert_eq!(skip.skipped, 6);
         assert_eq!(skip.next, Some(utc(2026, 1, 1, 6, 0, 0)));
-        let once = plan(&hourly, due, now, Duration::from_secs(60), MissedFirePolicy::RunOnce);
+        let once = plan(
+            &hourly,
+            due,
+            now,
+            Duration::from_secs(60),
+            MissedFirePolicy::RunOnce,
+        );
         assert_eq!(once.fires, [due]);
         assert_eq!(once.next, Some(utc(2026, 1, 1, 6, 0, 0)));
         // A fire time just within the grace is not missed.

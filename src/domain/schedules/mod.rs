@@ -112,7 +112,10 @@ impl Schedules {
             "time_zone",
         )?;
         let template = spec.job_template.ok_or_else(|| {
-            AppError::invalid("job_template", "is required: the job to create at each fire time")
+            AppError::invalid(
+                "job_template",
+                "is required: the job to create at each fire time",
+            )
         })?;
         let row = db::transaction(&self.pool, "schedules.create", async |conn| {
             let module = self.check_template(conn, actor, &template).await?;
@@ -134,8 +137,10 @@ impl Schedules {
                 priority: template.priority,
                 max_attempts: template.max_attempts,
                 overlap_policy: spec.overlap_policy.unwrap_or_default().label().to_owned(),
-                missed_fire_policy: missed_label(spec.missed_fire_policy.unwrap_or(MissedFirePolicy::Skip))
-                    .to_owned(),
+                missed_fire_policy: missed_label(
+                    spec.missed_fire_policy.unwrap_or(MissedFirePolicy::Skip),
+                )
+                .to_owned(),
                 paused: spec.paused,
                 next_fire_at: next,
                 last_fire_at: None,
@@ -147,10 +152,16 @@ impl Schedules {
             };
             let row = rows::insert(conn, &row).await?;
             announce(conn).await?;
-            record(conn, actor, AuditAction::CreateSchedule, &row, json!({
-                "cron": row.cron, "time_zone": row.time_zone, "job": row.job_name,
-                "module": row.module_name, "paused": row.paused,
-            }))
+            record(
+                conn,
+                actor,
+                AuditAction::CreateSchedule,
+                &row,
+                json!({
+                    "cron": row.cron, "time_zone": row.time_zone, "job": row.job_name,
+                    "module": row.module_name, "paused": row.paused,
+                }),
+            )
             .await?;
             Ok(row)
         })
@@ -208,7 +219,9 @@ impl Schedules {
             changes.description = Some(description("schedule.description", text)?);
         }
         changes.overlap_policy = update.overlap_policy.map(|p| p.label().to_owned());
-        changes.missed_fire_policy = update.missed_fire_policy.map(|p| missed_label(p).to_owned());
+        changes.missed_fire_policy = update
+            .missed_fire_policy
+            .map(|p| missed_label(p).to_owned());
         let row = db::transaction(&self.pool, "schedules.update", async |conn| {
             let row = lock(conn, &key).await?;
             ensure_may_write(actor, row.module_name.as_deref())?;
@@ -231,7 +244,9 @@ impl Schedules {
                 }
             }
             if let Some(template) = &update.job_template {
-                let module = self.check_template_at(conn, actor, template, "schedule.job_template.").await?;
+                let module = self
+                    .check_template_at(conn, actor, template, "schedule.job_template.")
+                    .await?;
                 changes.job_name = Some(template.name.clone());
                 changes.module_name = Some(module);
                 changes.payload = Some(template.payload.clone());
@@ -242,9 +257,15 @@ impl Schedules {
             changes.updated_at = Some(rows::database_now(conn).await?);
             let updated = rows::update(conn, row.id, &changes).await?;
             announce(conn).await?;
-            record(conn, actor, AuditAction::UpdateSchedule, &updated, json!({
-                "fields": update.fields(),
-            }))
+            record(
+                conn,
+                actor,
+                AuditAction::UpdateSchedule,
+                &updated,
+                json!({
+                    "fields": update.fields(),
+                }),
+            )
             .await?;
             Ok(updated)
         })
@@ -337,9 +358,15 @@ impl Schedules {
             let updated = rows::update(conn, row.id, &changes).await?;
             let mut job = job;
             job.schedule_id = Some(row.id);
-            record(conn, actor, AuditAction::TriggerSchedule, &updated, json!({
-                "job": job.id,
-            }))
+            record(
+                conn,
+                actor,
+                AuditAction::TriggerSchedule,
+                &updated,
+                json!({
+                    "job": job.id,
+                }),
+            )
             .await?;
             Ok((job, updated))
         })
