@@ -386,7 +386,9 @@ async fn seeding_twice_changes_nothing() {
     let before = lines(&db.url(), snapshot).await;
     assert!(before.iter().any(|l| l.contains(r#"role operator ["modules:read", "modules:write", "modules:execute", "jobs:read", "jobs:write", "users:read", "schedules:read", "schedules:write"]"#)), "{before:#?}");
     assert!(before.iter().any(|l| l.starts_with("role admin [\"*:*\"]")));
-    assert!(before.iter().any(|l| l.starts_with("role viewer [\"modules:read\", \"jobs:read\", \"users:read\", \"schedules:read\"]")));
+    assert!(before.iter().any(|l| l.starts_with(
+        "role viewer [\"modules:read\", \"jobs:read\", \"users:read\", \"schedules:read\"]"
+    )));
 
     let second = seed::run(
         &pool,

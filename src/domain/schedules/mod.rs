@@ -18,7 +18,9 @@ pub mod firing;
 mod spec;
 
 pub use cron::{CronSchedule, MissedFirePolicy};
-pub use spec::{JobTemplate, OverlapPolicy, ScheduleSpec, ScheduleUpdate};
+pub use spec::{
+    JobTemplate, OverlapPolicy, ScheduleSpec, ScheduleUpdate, TEMPLATE_PAYLOAD_MAX_BYTES,
+};
 
 use std::{sync::Arc, time::Duration};
 
