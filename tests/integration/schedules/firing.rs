@@ -60,6 +60,30 @@ async fn jobs_per_fire_time(app: &TestApp, schedule: &str) -> Vec<(i64, i64)> {
     rows.into_iter().map(|r| (r.at, r.jobs)).collect()
 }
 
+#[derive(diesel::QueryableByName)]
+struct Lateness {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    p50_ms: f64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    max_ms: f64,
+}
+
+/// How long after its fire time each job of a schedule was created
+/// (median and worst, in ms, by the database's clock).
+async fn lateness_ms(app: &TestApp, schedule: &str) -> Lateness {
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::sql_query(
+        r#"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50_ms,
+                  max(ms)::float8 AS max_ms
+           FROM (SELECT (extract(epoch FROM "createdAt" - "scheduleFireAt") * 1000)::float8 AS ms
+                 FROM jobs WHERE "scheduleId" = $1::uuid AND "scheduleFireAt" IS NOT NULL) l"#,
+    )
+    .bind::<diesel::sql_types::Text, _>(schedule)
+    .get_result(&mut conn)
+    .await
+    .unwrap()
+}
+
 /// Waits until `check` holds, for at most `patience`.
 async fn eventually<F, Fut>(patience: Duration, what: &str, mut check: F)
 where
@@ -103,6 +127,14 @@ async fn every_second_on_two_replicas_makes_one_job_per_fire_time() {
     assert!(listed.iter().all(|job| job.schedule_id == schedule.id));
     let after = get(&app, &token, "tick").await.unwrap();
     assert_eq!(after.last_fire_time.unwrap().seconds, last);
+    // How late jobs were created, for the record (timing is never asserted).
+    let lateness = lateness_ms(&app, &schedule.id).await;
+    eprintln!(
+        "schedule lateness over {} fire times: p50 {} ms, max {} ms",
+        fires.len(),
+        lateness.p50_ms,
+        lateness.max_ms
+    );
     assert!(listed.iter().any(|job| job.id == after.last_job_id));
     replica.stop().await;
     app.stop().await;
@@ -331,5 +363,74 @@ async fn module_schedules_are_held_while_disabled_and_go_with_the_module() {
     // Its jobs stay findable by the schedule's id.
     assert!(!jobs_of(&app, &token, &schedule.id).await.is_empty());
     let _ = common::audit_count(&app, "schedules.create", "success").await;
+    app.stop().await;
+}
+
+/// The real binary as a second replica on the test database.
+fn spawn_replica_process(database_url: &str, listen: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("JWT_SECRET", common::JWT_SECRET)
+        .env("LISTEN_ADDR", listen)
+        .env("BCRYPT_COST", "4")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start a replica")
+}
+
+/// A replica killed with SIGKILL, whatever it was doing (a claim's
+/// transaction rolls back with its connection): the other replica goes on,
+/// and every fire time still has exactly one job, none passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_with_sigkill_leaves_one_job_per_fire_time() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let listen = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let mut child = spawn_replica_process(&app.db.url(), &listen);
+    let schedule = create(
+        &app,
+        &token,
+        new_schedule("survivor", "* * * * * *", "tick.tock"),
+    )
+    .await
+    .unwrap();
+    // Both replicas fire for a while (the process serves once it answers).
+    eventually(Duration::from_secs(30), "the replica serving", || async {
+        tonic::transport::Endpoint::from_shared(format!("http://{listen}"))
+            .unwrap()
+            .connect()
+            .await
+            .is_ok()
+    })
+    .await;
+    let before = jobs_per_fire_time(&app, &schedule.id).await.len();
+    eventually(Duration::from_secs(20), "three more fire times", || async {
+        jobs_per_fire_time(&app, &schedule.id).await.len() >= before + 3
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let killed_at = jobs_per_fire_time(&app, &schedule.id).await.len();
+    eventually(
+        Duration::from_secs(20),
+        "three fire times after the kill",
+        || async { jobs_per_fire_time(&app, &schedule.id).await.len() >= killed_at + 3 },
+    )
+    .await;
+    pause(&app, &token, "survivor").await.unwrap();
+    let fires = jobs_per_fire_time(&app, &schedule.id).await;
+    assert!(fires.iter().all(|&(_, jobs)| jobs == 1), "{fires:?}");
+    let (first, last) = (fires[0].0, fires[fires.len() - 1].0);
+    assert_eq!(last - first + 1, fires.len() as i64, "{fires:?}");
     app.stop().await;
 }
