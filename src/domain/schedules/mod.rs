@@ -120,12 +120,14 @@ impl Schedules {
             )
         })?;
         let row = db::transaction(&self.pool, "schedules.create", async |conn| {
-            let module = self.check_template(conn, actor, &template).await?;
+            let module = self
+                .check_template(conn, actor, &template, "job_template.")
+                .await?;
             let now = rows::database_now(conn).await?;
             let next = if spec.paused {
                 None
             } else {
-                Some(first_fire(&cron, now)?)
+                Some(first_fire(&cron, now, "cron_expression")?)
             };
             let row = ScheduleRow {
                 id: Uuid::now_v7(),
@@ -227,6 +229,7 @@ impl Schedules {
         let row = db::transaction(&self.pool, "schedules.update", async |conn| {
             let row = lock(conn, &key).await?;
             ensure_may_write(actor, row.module_name.as_deref())?;
+            let now = rows::database_now(conn).await?;
             let mut changes = changes.clone();
             if update.cron_expression.is_some() || update.time_zone.is_some() {
                 let expression = update.cron_expression.as_deref().unwrap_or(&row.cron);
@@ -237,8 +240,7 @@ impl Schedules {
                     "schedule.cron_expression",
                     "schedule.time_zone",
                 )?;
-                let now = rows::database_now(conn).await?;
-                let next = first_fire_named(&cron, now, "schedule.cron_expression")?;
+                let next = first_fire(&cron, now, "schedule.cron_expression")?;
                 changes.cron = Some(expression.trim().to_owned());
                 changes.time_zone = Some(cron.zone_name().to_owned());
                 if !row.paused {
@@ -247,7 +249,7 @@ impl Schedules {
             }
             if let Some(template) = &update.job_template {
                 let module = self
-                    .check_template_at(conn, actor, template, "schedule.job_template.")
+                    .check_template(conn, actor, template, "schedule.job_template.")
                     .await?;
                 changes.job_name = Some(template.name.clone());
                 changes.module_name = Some(module);
@@ -256,7 +258,7 @@ impl Schedules {
                 changes.max_attempts = Some(template.max_attempts);
                 changes.last_error = Some(None);
             }
-            changes.updated_at = Some(rows::database_now(conn).await?);
+            changes.updated_at = Some(now);
             let updated = rows::update(conn, row.id, &changes).await?;
             announce(conn).await?;
             record(
@@ -313,7 +315,7 @@ impl Schedules {
                 None
             } else {
                 let cron = stored_cron(&row)?;
-                Some(first_fire(&cron, now)?)
+                Some(first_fire(&cron, now, "cron_expression")?)
             };
             let changes = ScheduleChanges {
                 paused: Some(paused),
@@ -385,17 +387,10 @@ impl Schedules {
         .await
     }
 
+    /// Checks a template as CreateJob checks a request (see
+    /// [`Jobs::check_template`]), with a payload bound of its own; returns
+    /// the module its job belongs to. `prefix` names its fields.
     async fn check_template(
-        &self,
-        conn: &mut AsyncPgConnection,
-        actor: &Actor,
-        template: &JobTemplate,
-    ) -> Result<Option<String>, AppError> {
-        self.check_template_at(conn, actor, template, "job_template.")
-            .await
-    }
-
-    async fn check_template_at(
         &self,
         conn: &mut AsyncPgConnection,
         actor: &Actor,
@@ -434,15 +429,9 @@ fn ensure_may_write(actor: &Actor, module: Option<&str>) -> Result<(), AppError>
     Ok(())
 }
 
-/// The first fire time after `now`, refusing an expression that never fires.
+/// The first fire time after `now`, refusing (on `field`) an expression
+/// that never fires.
 fn first_fire(
-    cron: &CronSchedule,
-    now: chrono::NaiveDateTime,
-) -> Result<chrono::NaiveDateTime, AppError> {
-    first_fire_named(cron, now, "cron_expression")
-}
-
-fn first_fire_named(
     cron: &CronSchedule,
     now: chrono::NaiveDateTime,
     field: &str,
