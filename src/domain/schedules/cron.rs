@@ -127,7 +127,7 @@ pub enum MissedFirePolicy {
 pub struct FirePlan {
     /// One job each, in order (the first may stand for every missed one).
     pub fires: Vec<NaiveDateTime>,
-    /// Fire times missed and not run (SKIP).
+    /// Fire times missed and not run (SKIP), counted up to 1,000.
     pub skipped: usize,
     /// The next fire time not acted on; `None` when the expression never
     /// fires again.
@@ -136,6 +136,9 @@ pub struct FirePlan {
 
 /// Most fire times one claim acts on; the rest wait for the next claim.
 pub const MAX_FIRES_PER_CLAIM: usize = 100;
+
+/// Most missed fire times one claim counts as skipped.
+const MAX_SKIPPED_COUNTED: usize = 1_000;
 
 /// The fire times to act on for a schedule whose next fire time is `due`,
 /// at `now`. A fire time older than `grace` is missed (no server acted on
@@ -157,12 +160,12 @@ pub fn plan(
         match missed {
             MissedFirePolicy::RunOnce => fires.push(due),
             MissedFirePolicy::Skip => {
-                // Counted up to a bound: a schedule held for a month of
-                // seconds is not walked second by second.
+                // Counted (for the metrics) up to a bound: a schedule held
+                // for a month of seconds is not walked second by second.
                 let mut at = Some(due);
                 while let Some(t) = at.filter(|t| *t < cutoff) {
                     skipped += 1;
-                    if skipped >= 10_000 {
+                    if skipped >= MAX_SKIPPED_COUNTED {
                         break;
                     }
                     at = cron.next_after(t);
