@@ -192,6 +192,13 @@ pub struct ServeArgs {
     #[arg(long, env = "METRICS_SAMPLE_INTERVAL_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub metrics_sample_interval_ms: u64,
+    /// How late a schedule's fire time may still be acted on, in
+    /// milliseconds; a later one (no server ran, or the schedule's module
+    /// was not ENABLED) is missed and follows the schedule's missed-fire
+    /// policy.
+    #[arg(long, env = "SCHEDULE_MISFIRE_GRACE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
+    pub schedule_misfire_grace_ms: u64,
     /// Do not apply pending migrations on start.
     #[arg(long, env = "SKIP_MIGRATIONS")]
     pub skip_migrations: bool,

@@ -269,6 +269,7 @@ fn unique_violation(constraint: Option<&str>) -> AppError {
         "users_username_key" => ("user", "username"),
         "roles_name_key" => ("role", "name"),
         "modules_name_key" => ("module", "name"),
+        "schedules_name_key" => ("schedule", "name"),
         "user_roles_userId_roleId_key" => ("role assignment", "user and role"),
         _ => ("record", "key"),
     };

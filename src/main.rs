@@ -18,6 +18,7 @@ use automation_control_plane::{
     },
     db::{self, PoolSettings, migrations, source::DatabaseSource},
     domain::jobs::JobSettings,
+    domain::schedules::ScheduleSettings,
     maintenance::retention::RetentionSettings,
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
@@ -236,6 +237,10 @@ async fn serve_on(
             http_listener,
             metrics_sample_interval: Duration::from_millis(args.metrics_sample_interval_ms),
             retention: RetentionSettings::from_args(&args.retention),
+            schedules: ScheduleSettings {
+                misfire_grace: Duration::from_millis(args.schedule_misfire_grace_ms),
+                ..ScheduleSettings::default()
+            },
         },
         shutdown_signal(),
     )

@@ -164,6 +164,10 @@ diesel::table! {
         progress_attempt -> Nullable<Int4>,
         #[sql_name = "progressAt"]
         progress_at -> Nullable<Timestamp>,
+        #[sql_name = "scheduleId"]
+        schedule_id -> Nullable<Uuid>,
+        #[sql_name = "scheduleFireAt"]
+        schedule_fire_at -> Nullable<Timestamp>,
     }
 }
 
@@ -246,6 +250,44 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    schedules (id) {
+        id -> Uuid,
+        name -> Varchar,
+        description -> Text,
+        cron -> Varchar,
+        #[sql_name = "timeZone"]
+        time_zone -> Varchar,
+        #[sql_name = "jobName"]
+        job_name -> Varchar,
+        #[sql_name = "moduleName"]
+        module_name -> Nullable<Varchar>,
+        payload -> Jsonb,
+        priority -> Int4,
+        #[sql_name = "maxAttempts"]
+        max_attempts -> Nullable<Int4>,
+        #[sql_name = "overlapPolicy"]
+        overlap_policy -> Varchar,
+        #[sql_name = "missedFirePolicy"]
+        missed_fire_policy -> Varchar,
+        paused -> Bool,
+        #[sql_name = "nextFireAt"]
+        next_fire_at -> Nullable<Timestamp>,
+        #[sql_name = "lastFireAt"]
+        last_fire_at -> Nullable<Timestamp>,
+        #[sql_name = "lastJobId"]
+        last_job_id -> Nullable<Uuid>,
+        #[sql_name = "lastError"]
+        last_error -> Nullable<Text>,
+        #[sql_name = "createdBy"]
+        created_by -> Nullable<Uuid>,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+        #[sql_name = "updatedAt"]
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(session_spent_tokens -> sessions (session_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -259,4 +301,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     login_throttles,
     api_keys,
     module_job_types,
+    schedules,
 );

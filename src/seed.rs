@@ -33,12 +33,14 @@ pub const DEFAULT_ROLES: &[(&str, &str, &[&str])] = &[
             "jobs:read",
             "jobs:write",
             "users:read",
+            "schedules:read",
+            "schedules:write",
         ],
     ),
     (
         "viewer",
         "Read-only",
-        &["modules:read", "jobs:read", "users:read"],
+        &["modules:read", "jobs:read", "users:read", "schedules:read"],
     ),
 ];
 

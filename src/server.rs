@@ -33,6 +33,7 @@ use crate::{
         api_keys::ApiKeys,
         jobs::{JobSettings, Jobs, leases::Leases},
         modules::Modules,
+        schedules::{ScheduleSettings, Schedules},
     },
     error::AppError,
     health::{self, Readiness},
@@ -101,6 +102,8 @@ pub struct ServerOptions {
     pub metrics_sample_interval: Duration,
     /// What the pruner deletes, and how often.
     pub retention: RetentionSettings,
+    /// How schedules fire.
+    pub schedules: ScheduleSettings,
 }
 
 impl Default for ServerOptions {
@@ -117,6 +120,7 @@ impl Default for ServerOptions {
             http_listener: None,
             metrics_sample_interval: Duration::from_secs(15),
             retention: RetentionSettings::default(),
+            schedules: ScheduleSettings::default(),
         }
     }
 }
@@ -134,6 +138,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <pb::job_service_server::JobServiceServer<api::jobs::JobApi> as NamedService>::NAME,
     <pb::audit_service_server::AuditServiceServer<api::audit::AuditApi> as NamedService>::NAME,
     <pb::api_key_service_server::ApiKeyServiceServer<api::api_keys::ApiKeyApi> as NamedService>::NAME,
+    <pb::schedule_service_server::ScheduleServiceServer<api::schedules::ScheduleApi> as NamedService>::NAME,
 ];
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight
@@ -206,6 +211,15 @@ pub async fn serve(
     let wake = Arc::new(tokio::sync::Notify::new());
     let jobs = Jobs::new(state.pool.clone(), state.jobs, wake.clone());
     let modules = Modules::new(state.pool.clone(), wake.clone());
+    // The schedule firing loop, woken by any replica's change to a schedule
+    // (through the dispatcher's LISTEN connection).
+    let schedules_wake = Arc::new(tokio::sync::Notify::new());
+    let schedules = Schedules::new(
+        state.pool.clone(),
+        jobs.clone(),
+        options.schedules,
+        schedules_wake.clone(),
+    );
     let (dispatcher, dispatch_tasks) = Dispatcher::start(DispatchParts {
         leases: Leases::new(state.pool.clone(), state.jobs),
         jobs: jobs.clone(),
@@ -213,8 +227,14 @@ pub async fn serve(
         sessions: identity.sessions.clone(),
         audit: identity.audit.clone(),
         wake,
+        schedules_wake: schedules_wake.clone(),
         database_url: state.database_url.clone(),
     });
+    let firing = tokio::spawn(maintenance::schedules::run(
+        schedules.clone(),
+        schedules_wake,
+        background.clone(),
+    ));
 
     let sampler = tokio::spawn(telemetry::sampler::run(
         state.pool.clone(),
@@ -245,6 +265,7 @@ pub async fn serve(
             modules,
             dispatcher: &dispatcher,
             api_keys: ApiKeys::new(state.pool.clone()),
+            schedules,
         },
         &caps,
     );
@@ -284,6 +305,7 @@ pub async fn serve(
     let _ = housekeeping.await;
     let _ = caller_changes.await;
     let _ = pruning.await;
+    let _ = firing.await;
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }
@@ -382,6 +404,7 @@ struct ApiParts<'a> {
     modules: Modules,
     dispatcher: &'a Dispatcher,
     api_keys: ApiKeys,
+    schedules: Schedules,
 }
 
 /// Adds the `automation.v1` services to `router`, each with its decoding
@@ -393,6 +416,7 @@ fn api_services<L>(router: Router<L>, api: ApiParts<'_>, caps: &MessageCaps) -> 
         modules,
         dispatcher,
         api_keys,
+        schedules,
     } = api;
     router
         .add_service(
@@ -438,6 +462,12 @@ fn api_services<L>(router: Router<L>, api: ApiParts<'_>, caps: &MessageCaps) -> 
                 identity.audit.clone(),
             ))
             .max_decoding_message_size(caps.service_max("AuditService")),
+        )
+        .add_service(
+            pb::schedule_service_server::ScheduleServiceServer::new(
+                api::schedules::ScheduleApi::new(schedules),
+            )
+            .max_decoding_message_size(caps.service_max("ScheduleService")),
         )
 }
 

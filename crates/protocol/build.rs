@@ -13,6 +13,7 @@ const PROTO_FILES: &[&str] = &[
     "automation/v1/modules.proto",
     "automation/v1/jobs.proto",
     "automation/v1/audit.proto",
+    "automation/v1/schedules.proto",
     "automation/v1/api_keys.proto",
 ];
 

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod jobs;
 pub mod modules;
 pub mod roles;
+pub mod schedules;
 pub mod users;
 
 use crate::{

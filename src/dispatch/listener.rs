@@ -67,6 +67,7 @@ fn caught_up(shared: &Shared) {
         .schedule_changed
         .store(true, std::sync::atomic::Ordering::Release);
     shared.wake.notify_one();
+    shared.schedules_wake.notify_one();
     shared.watchers.bump_all();
 }
 

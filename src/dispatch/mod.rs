@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub registry: Mutex<Registry>,
     /// Wakes the claim loop.
     pub wake: Arc<Notify>,
+    /// Wakes this replica's schedule firing loop.
+    pub schedules_wake: Arc<Notify>,
     /// Set when the schedule may have changed (a job due later).
     pub schedule_changed: std::sync::atomic::AtomicBool,
     pub watchers: Watchers,
@@ -133,6 +135,7 @@ impl Shared {
             }
             QueueEvent::Changed(ids) => self.watchers.bump(&ids),
             QueueEvent::Revoked(revocation) => self.revoke(revocation),
+            QueueEvent::Schedules => self.schedules_wake.notify_one(),
         }
     }
 
@@ -193,6 +196,9 @@ pub struct DispatchParts {
     pub audit: AuditTrail,
     /// The wake-up `jobs` rings after an enqueue.
     pub wake: Arc<Notify>,
+    /// The wake-up of the schedule firing loop, rung when any replica
+    /// changes a schedule.
+    pub schedules_wake: Arc<Notify>,
     /// URL for the dedicated LISTEN connection.
     pub database_url: String,
 }
@@ -212,6 +218,7 @@ impl Dispatcher {
             settings,
             registry: Mutex::new(Registry::new(settings.streams)),
             wake: parts.wake,
+            schedules_wake: parts.schedules_wake,
             schedule_changed: std::sync::atomic::AtomicBool::new(true),
             watchers: Watchers::new(&settings),
             reports: reports_tx,

@@ -103,6 +103,18 @@ pub enum AuditAction {
     ModuleHookSucceeded,
     /// A module's hook job failed for good: its transition was undone.
     ModuleHookFailed,
+    /// A schedule created.
+    CreateSchedule,
+    /// A schedule changed.
+    UpdateSchedule,
+    /// A schedule deleted.
+    DeleteSchedule,
+    /// A schedule paused.
+    PauseSchedule,
+    /// A schedule resumed.
+    ResumeSchedule,
+    /// A schedule run now.
+    TriggerSchedule,
     /// An API key created.
     CreateApiKey,
     /// An API key revoked.
@@ -149,6 +161,12 @@ impl AuditAction {
             Self::DeleteModule => "modules.delete",
             Self::ModuleHookSucceeded => "modules.hook_succeeded",
             Self::ModuleHookFailed => "modules.hook_failed",
+            Self::CreateSchedule => "schedules.create",
+            Self::UpdateSchedule => "schedules.update",
+            Self::DeleteSchedule => "schedules.delete",
+            Self::PauseSchedule => "schedules.pause",
+            Self::ResumeSchedule => "schedules.resume",
+            Self::TriggerSchedule => "schedules.trigger",
             Self::CreateApiKey => "api_keys.create",
             Self::RevokeApiKey => "api_keys.revoke",
             Self::ApiKeyUsed => "api_keys.use",

@@ -69,6 +69,9 @@ pub struct QueueChanges {
     pub runnable_later: bool,
     /// Leases taken from their holders.
     pub revoked: Vec<Revocation>,
+    /// Schedules may fire at other times now (one was written, or a module
+    /// became ENABLED): every replica's firing loop looks again.
+    pub schedules: bool,
 }
 
 impl QueueChanges {
@@ -106,6 +109,7 @@ impl QueueChanges {
             && !self.runnable_now
             && !self.runnable_later
             && self.revoked.is_empty()
+            && !self.schedules
     }
 
     /// Queues the notifications in `conn`'s transaction.
@@ -127,6 +131,9 @@ impl QueueChanges {
         for chunk in self.changed.chunks(IDS_PER_NOTIFICATION) {
             let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
             payloads.push(format!("c {}", ids.join(",")));
+        }
+        if self.schedules {
+            payloads.push("sc".to_owned());
         }
         for revoked in &self.revoked {
             payloads.push(format!(
@@ -152,6 +159,8 @@ pub enum QueueEvent {
     Changed(Vec<Uuid>),
     /// A lease was taken away.
     Revoked(Revocation),
+    /// Schedules changed: the firing loop looks again.
+    Schedules,
 }
 
 impl QueueEvent {
@@ -162,6 +171,7 @@ impl QueueEvent {
         match kind {
             "w" => Some(Self::Runnable),
             "s" => Some(Self::Scheduled),
+            "sc" => Some(Self::Schedules),
             "c" => Some(Self::Changed(
                 rest.split(',').filter_map(|id| id.parse().ok()).collect(),
             )),

@@ -12,6 +12,7 @@ pub mod events;
 pub mod jobs;
 pub mod modules;
 pub mod roles;
+pub mod schedules;
 pub mod sessions;
 pub mod throttle;
 pub mod validate;

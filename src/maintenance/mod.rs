@@ -5,6 +5,7 @@
 //! login counters) is [`retention`]'s, one replica at a time.
 
 pub mod retention;
+pub mod schedules;
 
 use std::time::Duration;
 

@@ -11,6 +11,7 @@ pub mod modules;
 pub mod pagination;
 pub mod retention;
 pub mod roles;
+pub mod schedules;
 pub mod sessions;
 pub mod stats;
 pub mod throttle;

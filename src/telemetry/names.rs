@@ -77,11 +77,16 @@ pub const INDEX_HIT_RATIO: &str = "pg_index_hit_ratio";
 /// Lock requests waiting (`pg_locks` not granted, sampled).
 pub const LOCK_WAITS: &str = "pg_lock_waits";
 /// Jobs cancelled, by cause (`api`: CancelJob; `module_removed`;
-/// `name_taken`: a module took the job's name), counted after commit.
+/// `name_taken`: a module took the job's name; `schedule_overlap`: a
+/// schedule's CANCEL_PREVIOUS), counted after commit.
 pub const JOBS_CANCELLED: &str = "queue_jobs_cancelled_total";
 /// Failed attempts sent back to PENDING for another try, counted after
 /// commit.
 pub const JOB_RETRIES: &str = "queue_job_retries_total";
+
+/// Fire times of schedules acted on, by outcome (`created`: a job was
+/// created; `skipped`: missed, overlapping or refused), after commit.
+pub const SCHEDULE_FIRES: &str = "schedule_fires_total";
 
 /// Samples of the statistics above that failed.
 pub const SAMPLE_ERRORS: &str = "telemetry_sample_errors_total";
@@ -101,6 +106,16 @@ pub fn connection_dropped(reason: &'static str) {
 pub fn jobs_cancelled(cause: &'static str, count: usize) {
     if count > 0 {
         metrics::counter!(JOBS_CANCELLED, "cause" => cause).increment(count as u64);
+    }
+}
+
+/// Counts the fire times one schedule claim acted on (after its commit).
+pub fn schedule_fired(created: u64, skipped: u64) {
+    if created > 0 {
+        metrics::counter!(SCHEDULE_FIRES, "outcome" => "created").increment(created);
+    }
+    if skipped > 0 {
+        metrics::counter!(SCHEDULE_FIRES, "outcome" => "skipped").increment(skipped);
     }
 }
 

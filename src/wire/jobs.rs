@@ -50,6 +50,7 @@ pub fn job_message(row: JobRow) -> pb::Job {
         lease_expire_time: row.lease_expires_at.filter(|_| running).map(timestamp),
         creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
         progress,
+        schedule_id: row.schedule_id.map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 
@@ -121,6 +122,10 @@ pub fn job_filter(request: &pb::ListJobsRequest) -> Result<JobFilter, AppError> 
         failed_until: optional_time("fail_time_end", request.fail_time_end.as_ref())?,
         finished_from: optional_time("finish_time_start", request.finish_time_start.as_ref())?,
         finished_until: optional_time("finish_time_end", request.finish_time_end.as_ref())?,
+        schedule_id: match request.schedule_id.as_str() {
+            "" => None,
+            id => Some(super::id("schedule_id", id)?),
+        },
     })
 }
 
@@ -163,6 +168,7 @@ mod tests {
             progress: None,
             progress_attempt: None,
             progress_at: None,
+            schedule_id: None,
         }
     }
 

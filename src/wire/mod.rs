@@ -20,6 +20,7 @@ pub mod mask;
 pub mod modules;
 pub mod queues;
 pub mod roles;
+pub mod schedules;
 pub mod sessions;
 pub mod time;
 pub mod users;

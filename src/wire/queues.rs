@@ -112,7 +112,7 @@ pub fn batch_selection(
                 n => i64::from(n).min(MAX_BATCH_PAGE),
             };
             Ok(BatchSelection::Filter {
-                filter: job_filter(filter)?,
+                filter: Box::new(job_filter(filter)?),
                 page: PageRequest {
                     limit,
                     after: Cursor::decode(page_token)?,
@@ -140,6 +140,10 @@ fn job_filter(filter: &pb::JobFilter) -> Result<JobFilter, AppError> {
         failed_until: time("fail_time_end", filter.fail_time_end.as_ref())?,
         finished_from: time("finish_time_start", filter.finish_time_start.as_ref())?,
         finished_until: time("finish_time_end", filter.finish_time_end.as_ref())?,
+        schedule_id: match filter.schedule_id.as_str() {
+            "" => None,
+            id => Some(super::id("filter.schedule_id", id)?),
+        },
         ..JobFilter::default()
     })
 }

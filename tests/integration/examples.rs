@@ -141,6 +141,21 @@ async fn the_grpcurl_examples_work_as_written() {
         assert!(progress.contains(line), "{line}:\n{progress}");
     }
 
+    let schedules = run("schedules.sh", &[], &with_token).await;
+    for line in [
+        "created: heartbeat-example ",
+        "triggered: heartbeat.ping of ",
+        "jobs of the schedule: at least 2",
+        "updated: 0 3 * * * Europe/Paris next ",
+        "paused: true",
+        "last job: ",
+        "schedules: heartbeat-example",
+        "schedules of no-such-module: 0",
+        "deleted: heartbeat-example",
+    ] {
+        assert!(schedules.contains(line), "{line}:\n{schedules}");
+    }
+
     let audit = run("audit.sh", &["modules.enable"], &with_token).await;
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(audit.contains("modules.enable success modules/"), "{audit}");

@@ -32,6 +32,7 @@ mod replicas;
 mod restart;
 mod retention;
 mod roles;
+mod schedules;
 mod server_process;
 mod tls;
 mod users;

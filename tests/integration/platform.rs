@@ -384,9 +384,11 @@ async fn seeding_twice_changes_nothing() {
     assert_eq!(first.roles_created, ["admin", "operator", "viewer"]);
     assert!(first.admin_created);
     let before = lines(&db.url(), snapshot).await;
-    assert!(before.iter().any(|l| l.contains(r#"role operator ["modules:read", "modules:write", "modules:execute", "jobs:read", "jobs:write", "users:read"]"#)), "{before:#?}");
+    assert!(before.iter().any(|l| l.contains(r#"role operator ["modules:read", "modules:write", "modules:execute", "jobs:read", "jobs:write", "users:read", "schedules:read", "schedules:write"]"#)), "{before:#?}");
     assert!(before.iter().any(|l| l.starts_with("role admin [\"*:*\"]")));
-    assert!(before.iter().any(|l| l.starts_with("role viewer [\"modules:read\", \"jobs:read\", \"users:read\"]")));
+    assert!(before.iter().any(|l| l.starts_with(
+        "role viewer [\"modules:read\", \"jobs:read\", \"users:read\", \"schedules:read\"]"
+    )));
 
     let second = seed::run(
         &pool,
@@ -486,6 +488,7 @@ async fn reflection_lists_every_service() {
             "automation.v1.JobService",
             "automation.v1.ModuleService",
             "automation.v1.RoleService",
+            "automation.v1.ScheduleService",
             "automation.v1.UserService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",

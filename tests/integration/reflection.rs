@@ -225,6 +225,7 @@ fn check_answers(answers: &[Answer], own: &str) {
         "automation.v1.JobService",
         "automation.v1.ModuleService",
         "automation.v1.RoleService",
+        "automation.v1.ScheduleService",
         "automation.v1.UserService",
         "grpc.health.v1.Health",
     ]

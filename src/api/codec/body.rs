@@ -59,6 +59,8 @@ impl Check {
             Shape::RegisterModule => "manifest",
             Shape::UpdateModule => "module",
             Shape::Work => "kind",
+            Shape::CreateSchedule => "job_template",
+            Shape::UpdateSchedule => "schedule",
         }
     }
 }

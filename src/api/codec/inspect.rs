@@ -7,7 +7,10 @@
 
 use super::json_wire::{JsonMeasure, Wire, enter, measure_struct, measure_value};
 use crate::{
-    domain::{jobs::leases::progress, modules::manifest::MAX_MANIFEST_BYTES},
+    domain::{
+        jobs::leases::progress, modules::manifest::MAX_MANIFEST_BYTES,
+        schedules::TEMPLATE_PAYLOAD_MAX_BYTES,
+    },
     error::AppError,
 };
 
@@ -28,6 +31,10 @@ pub enum Shape {
     /// protocol says, so only the cost is estimated. A progress report's
     /// `details` over its small bound is refused by name.
     Work,
+    /// `CreateScheduleRequest`: `job_template.payload`.
+    CreateSchedule,
+    /// `UpdateScheduleRequest`: `schedule.job_template.payload`.
+    UpdateSchedule,
 }
 
 impl Shape {
@@ -89,6 +96,12 @@ pub fn inspect(shape: Shape, message: &[u8], limits: JsonLimits) -> Result<Inspe
             }
             (Shape::Work, 8) => {
                 documents.add(&progress_report(wire.message(wire_type)?)?);
+            }
+            (Shape::CreateSchedule, 5) => {
+                documents.add(&job_template(wire.message(wire_type)?, "job_template.", 1)?);
+            }
+            (Shape::UpdateSchedule, 1) => {
+                documents.add(&schedule(wire.message(wire_type)?)?);
             }
             _ => wire.skip(number, wire_type, 0)?,
         }
@@ -158,6 +171,43 @@ fn module(message: &[u8]) -> Result<JsonMeasure, AppError> {
         }
     }
     documents.add(&manifest);
+    Ok(documents)
+}
+
+/// A schedule's `JobTemplate` at `depth`: its payload, bounded as the
+/// domain bounds a template's.
+fn job_template(message: &[u8], prefix: &str, depth: usize) -> Result<JsonMeasure, AppError> {
+    let mut payload = JsonMeasure::default();
+    let mut wire = Wire::new(message);
+    while let Some((number, wire_type)) = wire.field()? {
+        if number == 3 {
+            payload.add(&measure_struct(wire.message(wire_type)?, enter(depth)?)?);
+            bounded(
+                &format!("{prefix}payload"),
+                payload,
+                TEMPLATE_PAYLOAD_MAX_BYTES,
+            )?;
+        } else {
+            wire.skip(number, wire_type, depth)?;
+        }
+    }
+    Ok(payload)
+}
+
+/// An `UpdateScheduleRequest`'s `schedule`.
+fn schedule(message: &[u8]) -> Result<JsonMeasure, AppError> {
+    let mut documents = JsonMeasure::default();
+    let mut wire = Wire::new(message);
+    while let Some((number, wire_type)) = wire.field()? {
+        match number {
+            6 => documents.add(&job_template(
+                wire.message(wire_type)?,
+                "schedule.job_template.",
+                2,
+            )?),
+            _ => wire.skip(number, wire_type, 1)?,
+        }
+    }
     Ok(documents)
 }
 
@@ -264,6 +314,45 @@ mod tests {
             error.to_string(),
             "payload: is 1007 bytes as JSON; at most 1000 are accepted"
         );
+    }
+
+    #[test]
+    fn schedule_templates_are_held_to_their_own_bound() {
+        let template = |payload: serde_json::Value| pb::JobTemplate {
+            name: "x.y".into(),
+            payload: Some(json_to_struct(payload)),
+            ..Default::default()
+        };
+        let huge = serde_json::json!({ "x": "y".repeat(TEMPLATE_PAYLOAD_MAX_BYTES) });
+        let create = pb::CreateScheduleRequest {
+            job_template: Some(template(huge.clone())),
+            ..Default::default()
+        };
+        let error = inspect(Shape::CreateSchedule, &create.encode_to_vec(), LIMITS).unwrap_err();
+        assert!(
+            error.to_string().starts_with("job_template.payload: "),
+            "{error}"
+        );
+        let update = pb::UpdateScheduleRequest {
+            schedule: Some(pb::Schedule {
+                job_template: Some(template(huge)),
+                ..Default::default()
+            }),
+            update_mask: None,
+        };
+        let error = inspect(Shape::UpdateSchedule, &update.encode_to_vec(), LIMITS).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("schedule.job_template.payload: "),
+            "{error}"
+        );
+        // Under the bound (and over a job's, which does not apply): passes.
+        let small = pb::CreateScheduleRequest {
+            job_template: Some(template(objects(200))),
+            ..Default::default()
+        };
+        inspect(Shape::CreateSchedule, &small.encode_to_vec(), LIMITS).unwrap();
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   a failure's details (bounded like a payload) or a heartbeat naming
 //!   10,000 leases;
 //! - `RegisterModule`/`UpdateModule`: a manifest of 256 KiB as JSON;
+//! - `CreateSchedule`/`UpdateSchedule`: a job template's payload of 64 KiB
+//!   as JSON;
 //! - everything else: [`SMALL_MESSAGE_BYTES`].
 //!
 //! `GRPC_MAX_MESSAGE_BYTES` bounds them all from outside. A refusal is
@@ -40,7 +42,7 @@ use super::{
     budget::{Hold, HoldingBody, RequestBudget},
     inspect::{JsonLimits, Shape},
 };
-use crate::domain::modules::manifest::MAX_MANIFEST_BYTES;
+use crate::domain::{modules::manifest::MAX_MANIFEST_BYTES, schedules::TEMPLATE_PAYLOAD_MAX_BYTES};
 
 /// The largest protobuf encoding of a JSON document of `json_bytes` bytes,
 /// as `google.protobuf.Struct`/`Value`.
@@ -100,6 +102,7 @@ pub struct MessageCaps {
     batch_create_jobs: MessageCap,
     work: MessageCap,
     manifest: MessageCap,
+    schedule: MessageCap,
     small: MessageCap,
     /// `JOB_PAYLOAD_MAX_BYTES`, for the look at each payload.
     payload_max_bytes: usize,
@@ -111,6 +114,8 @@ const BATCH_CREATE_JOBS: &str = "/automation.v1.JobService/BatchCreateJobs";
 const WORK: &str = "/automation.v1.JobService/Work";
 const REGISTER_MODULE: &str = "/automation.v1.ModuleService/RegisterModule";
 const UPDATE_MODULE: &str = "/automation.v1.ModuleService/UpdateModule";
+const CREATE_SCHEDULE: &str = "/automation.v1.ScheduleService/CreateSchedule";
+const UPDATE_SCHEDULE: &str = "/automation.v1.ScheduleService/UpdateSchedule";
 
 impl MessageCaps {
     /// The caps that `settings` imply.
@@ -130,6 +135,9 @@ impl MessageCaps {
                     .max(HEARTBEAT_MAX_BYTES),
             ),
             manifest: MessageCap::fixed(struct_wire_bound(MAX_MANIFEST_BYTES) + ENVELOPE_BYTES),
+            schedule: MessageCap::fixed(
+                struct_wire_bound(TEMPLATE_PAYLOAD_MAX_BYTES) + ENVELOPE_BYTES,
+            ),
             small: MessageCap::fixed(SMALL_MESSAGE_BYTES),
             payload_max_bytes: settings.payload_max_bytes,
         };
@@ -138,6 +146,7 @@ impl MessageCaps {
             batch_create_jobs: caps.batch_create_jobs.within(outer),
             work: caps.work.within(outer),
             manifest: caps.manifest.within(outer),
+            schedule: caps.schedule.within(outer),
             small: caps.small.within(outer),
             payload_max_bytes: caps.payload_max_bytes,
         }
@@ -152,6 +161,7 @@ impl MessageCaps {
             BATCH_CREATE_JOBS => self.batch_create_jobs,
             WORK => self.work,
             REGISTER_MODULE | UPDATE_MODULE => self.manifest,
+            CREATE_SCHEDULE | UPDATE_SCHEDULE => self.schedule,
             _ if path.starts_with(PACKAGE_PREFIX) => self.small,
             _ => return None,
         })
@@ -168,6 +178,7 @@ impl MessageCaps {
                 .max(self.work.max_bytes)
                 .max(self.small.max_bytes),
             "ModuleService" => self.manifest.max_bytes.max(self.small.max_bytes),
+            "ScheduleService" => self.schedule.max_bytes.max(self.small.max_bytes),
             _ => self.small.max_bytes,
         }
     }
@@ -267,6 +278,8 @@ fn shape_of(path: &str) -> Option<Shape> {
         REGISTER_MODULE => Shape::RegisterModule,
         UPDATE_MODULE => Shape::UpdateModule,
         WORK => Shape::Work,
+        CREATE_SCHEDULE => Shape::CreateSchedule,
+        UPDATE_SCHEDULE => Shape::UpdateSchedule,
         _ => return None,
     })
 }
@@ -341,6 +354,8 @@ mod tests {
             WORK,
             REGISTER_MODULE,
             UPDATE_MODULE,
+            CREATE_SCHEDULE,
+            UPDATE_SCHEDULE,
         ] {
             assert!(
                 METHOD_ACCESS.iter().any(|(method, _)| *method == path),

@@ -335,6 +335,7 @@ mod tests {
             progress: None,
             progress_attempt: None,
             progress_at: None,
+            schedule_id: None,
         }
     }
 

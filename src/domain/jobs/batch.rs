@@ -40,7 +40,7 @@ pub enum BatchSelection {
     /// One page of the jobs matching a filter (its `before` is ignored: the
     /// page says where to start).
     Filter {
-        filter: JobFilter,
+        filter: Box<JobFilter>,
         page: PageRequest,
     },
 }

@@ -14,6 +14,7 @@ mod batch;
 pub mod leases;
 mod queues;
 mod rules;
+pub mod scheduled;
 mod settings;
 
 pub use batch::{BatchSelection, MAX_BATCH_PAGE};
@@ -63,7 +64,7 @@ pub const FREE_RETURNS: i32 = 10;
 
 /// A job to create, as a client asks for it (shapes already checked by
 /// [`JobSpec::validate`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobSpec {
     pub name: String,
     pub module_name: Option<String>,
@@ -218,7 +219,7 @@ impl Jobs {
                         .iter()
                         .any(|job| job.idempotency_key == spec.idempotency_key);
                 let (module, defaults) =
-                    job_module(actor, &owners, spec, &prefix(index), repeated)?;
+                    job_module(Some(actor), &owners, spec, &prefix(index), repeated)?;
                 new.push(NewJob {
                     id: Uuid::now_v7(),
                     name: spec.name.clone(),
@@ -400,9 +401,10 @@ struct ModuleDefaults {
 /// refused. The request's priority (when not 0) and attempts win over the
 /// manifest's defaults for the type, which win over the global ones. A
 /// `repeated` request (its key names a job of the caller's) is checked for
-/// the permission only: it writes nothing.
+/// the permission only: it writes nothing. Without an `actor` (a schedule
+/// firing: its writer was checked when writing it) no permission is checked.
 fn job_module<'a>(
-    actor: &Actor,
+    actor: Option<&Actor>,
     owners: &'a Owners,
     spec: &JobSpec,
     prefix: &str,
@@ -421,7 +423,9 @@ fn job_module<'a>(
     let Some(module) = module else {
         return Ok((None, plain));
     };
-    ensure_may_execute(actor)?;
+    if let Some(actor) = actor {
+        ensure_may_execute(actor)?;
+    }
     if repeated {
         return Ok((Some(module), plain));
     }

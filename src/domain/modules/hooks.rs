@@ -261,6 +261,8 @@ async fn settle_one(
                 }
             }
             announce.runnable_now = status == ModuleStatus::Enabled;
+            // Its schedules may fire again.
+            announce.schedules = status == ModuleStatus::Enabled;
             let after = rows::compare_and_set(conn, module.id, module.status, &changes).await?;
             if let Some(after) = &after {
                 hold_jobs_unless_enabled(conn, after).await?;

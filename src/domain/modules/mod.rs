@@ -563,6 +563,8 @@ async fn announce(
     QueueChanges {
         changed: vec![module.id],
         runnable_now: jobs_runnable,
+        // Its schedules may fire again.
+        schedules: module.status == ModuleStatus::Enabled,
         ..QueueChanges::default()
     }
     .announce(conn)

@@ -25,7 +25,8 @@ pub use settle::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
 /// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
-/// `x <stream> <job> <attempt> <cause>` (a lease was taken away).
+/// `x <stream> <job> <attempt> <cause>` (a lease was taken away), `sc`
+/// (schedules changed).
 pub const CHANNEL: &str = "automation_jobs";
 
 super::pg_enum! {
@@ -81,6 +82,8 @@ pub struct JobRow {
     pub progress_attempt: Option<i32>,
     /// When `progress` was stored.
     pub progress_at: Option<NaiveDateTime>,
+    /// The schedule that created it, if one did.
+    pub schedule_id: Option<Uuid>,
 }
 
 /// A job to insert.
@@ -114,7 +117,7 @@ const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_nam
     jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
     jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent,
     jobs.progress, jobs."progressAttempt" AS progress_attempt,
-    jobs."progressAt" AS progress_at"#;
+    jobs."progressAt" AS progress_at, jobs."scheduleId" AS schedule_id"#;
 
 fn interval(duration: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
@@ -238,6 +241,8 @@ pub struct JobFilter {
     pub finished_from: Option<NaiveDateTime>,
     /// Finished before.
     pub finished_until: Option<NaiveDateTime>,
+    /// Created by this schedule.
+    pub schedule_id: Option<Uuid>,
 }
 
 /// Jobs newest first.
@@ -277,6 +282,9 @@ fn filtered(
     }
     if let Some(until) = filter.created_until {
         query = query.filter(jobs::created_at.lt(until));
+    }
+    if let Some(schedule) = filter.schedule_id {
+        query = query.filter(jobs::schedule_id.eq(schedule));
     }
     if let Some((time, id)) = filter.before {
         query = query.filter(
