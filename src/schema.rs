@@ -159,6 +159,13 @@ diesel::table! {
         #[sql_name = "freeReturns"]
         free_returns -> Int4,
         traceparent -> Nullable<Varchar>,
+        #[sql_name = "concurrencyKey"]
+        concurrency_key -> Nullable<Varchar>,
+        #[sql_name = "concurrencyMax"]
+        concurrency_max -> Nullable<Int4>,
+        waiting -> Bool,
+        #[sql_name = "claimId"]
+        claim_id -> Nullable<Uuid>,
     }
 }
 
@@ -255,3 +262,12 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     module_job_types,
 );
+
+diesel::table! {
+    concurrency_keys (key) {
+        key -> Varchar,
+        max -> Int4,
+        #[sql_name = "servedAt"]
+        served_at -> Timestamp,
+    }
+}

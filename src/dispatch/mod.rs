@@ -313,11 +313,12 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
     let mut claimer = Claimer {
         url: database_url,
         conn: None,
+        lost: Vec::new(),
     };
     let mut next_due: Option<Instant> = None;
     let mut failures = 0u32;
-    // Set when a claim failed: it may have committed all the same.
-    let mut unsure = false;
+    // Waiting jobs may have fallen due: promote them before claiming.
+    let mut promote = true;
     loop {
         let poll = shared.settings.poll_interval;
         let wait = next_due
@@ -328,18 +329,29 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(wait) => {
                 shared.schedule_changed.store(true, std::sync::atomic::Ordering::Release);
+                promote = true;
             }
         }
-        if unsure {
-            match keepalive::give_back_unknown_leases(&shared).await {
-                Ok(_) => unsure = false,
+        if next_due.is_some_and(|due| due <= Instant::now()) {
+            promote = true;
+        }
+        if promote {
+            match shared.leases.promote_due().await {
+                Ok(_) => promote = false,
+                Err(error) => shared.note_db_failure(&error),
+            }
+        }
+        // A claim failed (its answer lost, its commit maybe made): hand
+        // back what it leased before claiming again.
+        if !claimer.lost.is_empty() {
+            match keepalive::give_back_unknown_leases(&shared, &claimer.lost).await {
+                Ok(_) => claimer.lost.clear(),
                 Err(error) => shared.note_db_failure(&error),
             }
         }
         match claim_rounds(&shared, &mut claimer).await {
             Ok(()) => failures = 0,
             Err(error) => {
-                unsure = true;
                 shared.note_db_failure(&error);
                 failures += 1;
                 let pause = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
@@ -364,6 +376,7 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
         }
         if next_due.is_some_and(|due| due <= Instant::now()) {
             next_due = None;
+            promote = true;
             shared
                 .schedule_changed
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -380,6 +393,10 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
 struct Claimer {
     url: String,
     conn: Option<AsyncPgConnection>,
+    /// The tags of claims that failed without an answer: each may have
+    /// committed, leasing jobs no stream was told of. Kept until
+    /// [`keepalive::give_back_unknown_leases`] handed those back.
+    lost: Vec<Uuid>,
 }
 
 impl Claimer {
@@ -401,17 +418,21 @@ impl Claimer {
             );
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan)).await;
+        let tag = Uuid::now_v7();
+        let claimed =
+            tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan, tag)).await;
         match claimed {
             Ok(Ok(jobs)) => Ok(jobs),
             Ok(Err(error)) => {
                 self.conn = None;
+                self.lost.push(tag);
                 Err(error)
             }
             Err(_) => {
                 // A claim that does not answer: the connection is gone
-                // (the statement, if it ran, committed or not as a whole).
+                // (the transaction, if it ran, committed or not as a whole).
                 self.conn = None;
+                self.lost.push(tag);
                 Err(AppError::Unavailable("a claim timed out".into()))
             }
         }

@@ -48,6 +48,7 @@ pub fn job_message(row: JobRow) -> pb::Job {
         worker_id: row.worker_id.unwrap_or_default(),
         lease_expire_time: row.lease_expires_at.filter(|_| running).map(timestamp),
         creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
+        concurrency_key: row.concurrency_key.unwrap_or_default(),
     }
 }
 
@@ -73,6 +74,11 @@ pub fn job_spec(request: pb::CreateJobRequest, prefix: &str) -> Result<JobSpec, 
         )?,
         idempotency_key: (!request.idempotency_key.is_empty()).then_some(request.idempotency_key),
         traceparent: None,
+        concurrency_key: (!request.concurrency_key.is_empty()).then_some(request.concurrency_key),
+        concurrency_max: match request.concurrency_max {
+            0 => None,
+            n => Some(n),
+        },
     })
 }
 
@@ -138,6 +144,8 @@ mod tests {
             attempt_budget: None,
             hook: None,
             traceparent: None,
+            concurrency_key: None,
+            concurrency_max: None,
         }
     }
 

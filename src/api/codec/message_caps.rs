@@ -299,6 +299,8 @@ mod tests {
                 nanos: 999_999_999,
             }),
             idempotency_key: "k".repeat(255),
+            concurrency_key: "c".repeat(255),
+            concurrency_max: -1,
         };
         let caps = MessageCaps::new(CapSettings {
             payload_max_bytes: limit,

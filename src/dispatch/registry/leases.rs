@@ -315,6 +315,8 @@ mod tests {
             attempt_budget: None,
             hook: None,
             traceparent: None,
+            concurrency_key: None,
+            concurrency_max: None,
         }
     }
 

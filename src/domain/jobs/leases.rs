@@ -30,6 +30,10 @@ use crate::{
 
 /// Most expired leases taken per reaper statement.
 const REAP_BATCH: i64 = 500;
+/// Most waiting jobs promoted per statement.
+const PROMOTE_BATCH: i64 = 10_000;
+/// Most concurrency keys one claim examines.
+const KEYS_PER_CLAIM: usize = 1024;
 
 /// What a worker says about one lease.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,15 +99,42 @@ impl Leases {
 
     /// Leases up to one runnable job per entry of `plan.owners` (fewer when
     /// fewer are runnable), on the dispatcher's own claiming connection: one
-    /// statement, which also announces the claimed jobs as changed.
+    /// transaction of two statements (the concurrency keys it examines are
+    /// locked first, see [`rows::lock_keys`]; then the claim, which also
+    /// announces the claimed jobs as changed). Every lease is tagged with
+    /// `claim`, which the dispatcher keeps until it has the answer: if the
+    /// answer is lost, [`Self::recover_claims`] finds what it leased.
     pub async fn claim(
         &self,
         conn: &mut diesel_async::AsyncPgConnection,
         filter: &ClaimFilter,
         plan: &ClaimPlan,
+        claim: Uuid,
     ) -> Result<Vec<JobRow>, AppError> {
+        use diesel_async::{AnsiTransactionManager, TransactionManager as _};
+        if plan.owners.is_empty() {
+            return Ok(Vec::new());
+        }
         let started = std::time::Instant::now();
-        let jobs = rows::claim(conn, filter, plan, self.settings.lease).await?;
+        // Keys examined per claim: enough to fill the batch with one job
+        // each, twice over; the rest wait their turn (round robin).
+        let examined = (2 * plan.owners.len()).clamp(16, KEYS_PER_CLAIM) as i64;
+        AnsiTransactionManager::begin_transaction(conn).await?;
+        let claimed = async {
+            let keys = rows::lock_keys(conn, examined).await?;
+            rows::claim(conn, filter, plan, self.settings.lease, &keys, claim).await
+        }
+        .await;
+        let jobs = match claimed {
+            Ok(jobs) => {
+                AnsiTransactionManager::commit_transaction(conn).await?;
+                jobs
+            }
+            Err(error) => {
+                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+                return Err(error.into());
+            }
+        };
         tracing::trace!(
             db.operation = "jobs.claim",
             duration_us = started.elapsed().as_micros() as u64,
@@ -111,6 +142,35 @@ impl Leases {
             "database operation"
         );
         Ok(jobs)
+    }
+
+    /// The leases still standing of claims whose answer was lost (see
+    /// [`rows::leases_of_claims`]).
+    pub async fn leases_of_claims(&self, claims: &[Uuid]) -> Result<Vec<LeaseRef>, AppError> {
+        db::with_connection(&self.pool, "jobs.leases_of_claims", async |conn| {
+            Ok(rows::leases_of_claims(conn, claims).await?)
+        })
+        .await
+    }
+
+    /// Moves the waiting jobs that fell due into the dispatch indexes, in
+    /// batches; returns how many. Other replicas are woken when any moved.
+    pub async fn promote_due(&self) -> Result<usize, AppError> {
+        let mut total = 0;
+        loop {
+            let promoted = db::transaction(&self.pool, "jobs.promote_due", async |conn| {
+                let promoted = rows::promote_due(conn, PROMOTE_BATCH).await?;
+                if promoted > 0 {
+                    rows::notify(conn, "w").await?;
+                }
+                Ok(promoted)
+            })
+            .await?;
+            total += promoted;
+            if (promoted as i64) < PROMOTE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// Applies a batch of reports in one transaction; the outcomes are in

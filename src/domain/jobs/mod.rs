@@ -11,6 +11,7 @@
 //! up) is [`super::events`], below both.
 
 pub mod leases;
+pub mod limits;
 mod settings;
 
 pub use settings::{JobSettings, StreamLimits};
@@ -71,6 +72,9 @@ pub struct JobSpec {
     pub idempotency_key: Option<String>,
     /// The W3C `traceparent` of the creating call, carried to the worker.
     pub traceparent: Option<String>,
+    /// At most `concurrency_max` (default 1) jobs of this key run at once.
+    pub concurrency_key: Option<String>,
+    pub concurrency_max: Option<i32>,
 }
 
 impl JobSpec {
@@ -108,6 +112,11 @@ impl JobSpec {
                 "must be printable and not blank",
             ));
         }
+        limits::validate(
+            prefix,
+            self.concurrency_key.as_deref(),
+            self.concurrency_max,
+        )?;
         if !self.payload.is_object() {
             return Err(AppError::invalid(field("payload"), "must be a JSON object"));
         }
@@ -226,6 +235,7 @@ impl Jobs {
                     created_by: Some(creator),
                     hook: None,
                     traceparent: spec.traceparent.clone(),
+                    concurrency: defaults.concurrency,
                 });
             }
             let inserted = rows::insert(conn, &new).await?;
@@ -435,6 +445,8 @@ fn request_prefix(batch: bool, index: usize) -> String {
 struct ModuleDefaults {
     priority: i32,
     max_attempts: i32,
+    /// The concurrency key and its maximum (see [`limits::resolve`]).
+    concurrency: Option<(String, i32)>,
 }
 
 /// The module a job is created for, and what it gets from the module's
@@ -458,9 +470,20 @@ fn job_module<'a>(
         &format!("{prefix}name"),
         &format!("{prefix}module_name"),
     )?;
+    let given = |declaration| {
+        limits::resolve(
+            prefix,
+            &spec.name,
+            &spec.payload,
+            spec.concurrency_key.as_deref(),
+            spec.concurrency_max,
+            declaration,
+        )
+    };
     let plain = ModuleDefaults {
         priority: spec.priority,
         max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        concurrency: given(None)?,
     };
     let Some(module) = module else {
         return Ok((None, plain));
@@ -492,6 +515,7 @@ fn job_module<'a>(
             .max_attempts
             .or(declaration.and_then(|d| d.max_attempts))
             .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        concurrency: given(declaration)?,
     };
     Ok((Some(module), defaults))
 }
