@@ -514,6 +514,8 @@ async fn jobs_scheduled_later_stay_out_of_the_claims_way() {
     let second = worker.assignment().await;
     assert_eq!(job_id(&second), soon.id, "the job due a second later, once due");
     worker.complete(&first, json!(null)).await;
+    assert!(worker.ack().await.accepted);
+    // Nothing else runs: tomorrow's jobs wait.
     worker.silent_for(Duration::from_millis(300)).await;
     app.stop().await;
 }
