@@ -319,6 +319,8 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
     let mut failures = 0u32;
     // Waiting jobs may have fallen due: promote them before claiming.
     let mut promote = true;
+    // Set when a claim failed: it may have committed all the same.
+    let mut unsure = false;
     loop {
         let poll = shared.settings.poll_interval;
         let wait = next_due
@@ -343,15 +345,19 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
         }
         // A claim failed (its answer lost, its commit maybe made): hand
         // back what it leased before claiming again.
-        if !claimer.lost.is_empty() {
+        if unsure || !claimer.lost.is_empty() {
             match keepalive::give_back_unknown_leases(&shared, &claimer.lost).await {
-                Ok(_) => claimer.lost.clear(),
+                Ok(_) => {
+                    claimer.lost.clear();
+                    unsure = false;
+                }
                 Err(error) => shared.note_db_failure(&error),
             }
         }
         match claim_rounds(&shared, &mut claimer).await {
             Ok(()) => failures = 0,
             Err(error) => {
+                unsure = true;
                 shared.note_db_failure(&error);
                 failures += 1;
                 let pause = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
