@@ -132,6 +132,15 @@ async fn the_grpcurl_examples_work_as_written() {
         assert!(jobs.contains(line), "{line}:\n{jobs}");
     }
 
+    let limits = run("limits.sh", &[], &with_token).await;
+    for line in [
+        "created: 4 jobs, keys customer-42 customer-7",
+        "running at once: customer-42=1 customer-7=1",
+        "waiting: 2 of customer-42",
+    ] {
+        assert!(limits.contains(line), "{line}:\n{limits}");
+    }
+
     let audit = run("audit.sh", &["modules.enable"], &with_token).await;
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(audit.contains("modules.enable success modules/"), "{audit}");
