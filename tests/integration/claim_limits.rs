@@ -519,3 +519,90 @@ async fn jobs_scheduled_later_stay_out_of_the_claims_way() {
     worker.silent_for(Duration::from_millis(300)).await;
     app.stop().await;
 }
+
+/// The real binary, serving the test database, with 2-second leases.
+fn spawn_replica_process(database_url: &str, listen: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("JWT_SECRET", common::JWT_SECRET)
+        .env("LISTEN_ADDR", listen)
+        .env("JOB_LEASE_SECS", "2")
+        .env("BCRYPT_COST", "4")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start a replica")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_with_sigkill_gives_its_slots_back() {
+    let mut options = TestOptions::default();
+    options.jobs.lease = Duration::from_secs(2);
+    let a = TestApp::spawn_with(options).await;
+    let token = a.admin_token().await;
+    let listen = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let mut child = spawn_replica_process(&a.db.url(), &listen);
+    let channel = {
+        let mut connected = None;
+        for _ in 0..300 {
+            if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))
+                .unwrap()
+                .connect()
+                .await
+            {
+                connected = Some(channel);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        connected.expect("the replica serves")
+    };
+    let mut doomed = TestWorker::connect(channel, &token, common::worker::hello(5))
+        .await
+        .expect("worker");
+    let requests = (0..4).map(|i| keyed("k9.job", "k9", 2, i)).collect();
+    create_all(&a, &token, requests).await;
+    let mut lost = vec![job_id(&doomed.assignment().await), job_id(&doomed.assignment().await)];
+    doomed.silent_for(Duration::from_millis(300)).await;
+    assert_eq!(running_of(&a, "k9").await, 2, "the key is saturated by the doomed replica");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    child.wait().expect("reaped");
+    // Its leases expire; the slots come back with them, and the key's four
+    // jobs run on the other replica, two at a time.
+    let mut rescuer = a.worker(5).await;
+    let mut rescued = Vec::new();
+    let mut acks = 0;
+    while acks < 4 {
+        match rescuer.next().await {
+            Ok(Some(In::Assignment(assignment))) => {
+                assert!(running_of(&a, "k9").await <= 2, "two at a time");
+                rescued.push((job_id(&assignment), assignment.attempt));
+                rescuer.complete(&assignment, json!(null)).await;
+            }
+            Ok(Some(In::Ack(ack))) => {
+                assert!(ack.accepted, "{ack:?}");
+                acks += 1;
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    lost.sort();
+    let mut again: Vec<String> = rescued
+        .iter()
+        .filter(|(_, attempt)| *attempt == 2)
+        .map(|(id, _)| id.clone())
+        .collect();
+    again.sort();
+    assert_eq!(again, lost, "the jobs the killed replica held ran again");
+    assert_eq!(rescued.len(), 4);
+    a.stop().await;
+}
