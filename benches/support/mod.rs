@@ -368,8 +368,12 @@ pub async fn holding_drain(
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let channel = bench.channel().await;
-        let (token, done, holding, most) =
-            (token.to_owned(), done.clone(), holding.clone(), most.clone());
+        let (token, done, holding, most) = (
+            token.to_owned(),
+            done.clone(),
+            holding.clone(),
+            most.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = mpsc::channel(8192);
             tx.send(pb::WorkRequest {

@@ -17,9 +17,7 @@ use std::{
     time::Duration,
 };
 
-use automation_control_plane::proto::automation_v1::{
-    self as pb, work_response::Kind as In,
-};
+use automation_control_plane::proto::automation_v1::{self as pb, work_response::Kind as In};
 use common::{
     JobServiceClient, ModuleServiceClient, TestApp, TestOptions, authed, new_job,
     worker::{TestWorker, job_id, json_struct},
@@ -37,7 +35,11 @@ fn keyed(name: &str, key: &str, max: i32, i: usize) -> pb::CreateJobRequest {
     }
 }
 
-async fn create_all(app: &TestApp, token: &str, requests: Vec<pb::CreateJobRequest>) -> Vec<pb::Job> {
+async fn create_all(
+    app: &TestApp,
+    token: &str,
+    requests: Vec<pb::CreateJobRequest>,
+) -> Vec<pb::Job> {
     JobServiceClient::new(app.channel().await)
         .batch_create_jobs(authed(token, pb::BatchCreateJobsRequest { requests }))
         .await
@@ -122,7 +124,9 @@ async fn a_key_runs_at_most_its_max_with_workers_on_two_replicas() {
     let a = TestApp::spawn().await;
     let b = a.replica(TestOptions::default()).await;
     let token = a.admin_token().await;
-    let requests = (0..JOBS).map(|i| keyed("limited.job", "tenant-1", MAX, i)).collect();
+    let requests = (0..JOBS)
+        .map(|i| keyed("limited.job", "tenant-1", MAX, i))
+        .collect();
     create_all(&a, &token, requests).await;
     // A watcher reading the database while the workers race.
     let stop = Arc::new(AtomicBool::new(false));
@@ -162,7 +166,11 @@ async fn a_key_runs_at_most_its_max_with_workers_on_two_replicas() {
     }
     stop.store(true, Ordering::SeqCst);
     let most_running = watcher.await.expect("watcher");
-    assert_eq!(tally.done.load(Ordering::SeqCst), JOBS, "every job finished");
+    assert_eq!(
+        tally.done.load(Ordering::SeqCst),
+        JOBS,
+        "every job finished"
+    );
     assert!(
         tally.most.load(Ordering::SeqCst) <= i64::from(MAX),
         "the workers held {} jobs of the key at once",
@@ -189,7 +197,12 @@ async fn assignments_until_quiet(worker: &mut TestWorker) -> Vec<pb::JobAssignme
 }
 
 fn key_of(assignment: &pb::JobAssignment) -> String {
-    assignment.job.as_ref().expect("job").concurrency_key.clone()
+    assignment
+        .job
+        .as_ref()
+        .expect("job")
+        .concurrency_key
+        .clone()
 }
 
 #[tokio::test]
@@ -223,7 +236,9 @@ async fn keys_are_served_in_turns() {
     let token = app.admin_token().await;
     // One busy key with a thousand jobs (and room for them all), created
     // first; then ten keys with one job each.
-    let busy = (0..1000).map(|i| keyed("turns.job", "busy", 1000, i)).collect();
+    let busy = (0..1000)
+        .map(|i| keyed("turns.job", "busy", 1000, i))
+        .collect();
     create_all(&app, &token, busy).await;
     let small: Vec<_> = (0..10)
         .map(|i| keyed("turns.job", &format!("small-{i}"), 1, i))
@@ -271,7 +286,12 @@ async fn a_slot_comes_back_on_failure_cancel_and_lease_loss() {
     worker.silent_for(Duration::from_millis(400)).await;
     // A cancel gives it back.
     JobServiceClient::new(app.channel().await)
-        .cancel_job(authed(&token, pb::CancelJobRequest { id: job_id(&second) }))
+        .cancel_job(authed(
+            &token,
+            pb::CancelJobRequest {
+                id: job_id(&second),
+            },
+        ))
         .await
         .expect("cancel");
     let mut third = None;
@@ -290,7 +310,11 @@ async fn a_slot_comes_back_on_failure_cancel_and_lease_loss() {
     let fourth = other.assignment().await;
     assert_ne!(job_id(&fourth), job_id(&third));
     let lost = app.job(&token, &job_id(&third)).await;
-    assert_ne!(lost.status(), pb::JobStatus::Running, "the lost lease ended");
+    assert_ne!(
+        lost.status(),
+        pb::JobStatus::Running,
+        "the lost lease ended"
+    );
     other.complete(&fourth, json!(null)).await;
     assert!(other.ack().await.accepted);
     let fifth = other.assignment().await;
@@ -318,7 +342,11 @@ async fn an_expired_lease_gives_its_slot_back() {
     let taken = silent.assignment().await;
     let mut other = app.worker(2).await;
     let next = other.assignment().await;
-    assert_ne!(job_id(&next), job_id(&taken), "the other job, once the lease expired");
+    assert_ne!(
+        job_id(&next),
+        job_id(&taken),
+        "the other job, once the lease expired"
+    );
     drop(silent);
     app.stop().await;
 }
@@ -349,7 +377,12 @@ async fn a_job_type_may_declare_its_key() {
         .expect("register");
     modules()
         .await
-        .enable_module(authed(&token, pb::EnableModuleRequest { id: "mailer".into() }))
+        .enable_module(authed(
+            &token,
+            pb::EnableModuleRequest {
+                id: "mailer".into(),
+            },
+        ))
         .await
         .expect("enable");
     let job = app
@@ -469,7 +502,9 @@ async fn jobs_scheduled_later_stay_out_of_the_claims_way() {
         use diesel_async::{RunQueryDsl as _, SimpleAsyncConnection as _};
         let mut conn = app.pool.get().await.expect("connection");
         // The claimer's session settings (store::jobs::CLAIM_SESSION_SETTINGS).
-        conn.batch_execute("VACUUM ANALYZE jobs").await.expect("vacuum");
+        conn.batch_execute("VACUUM ANALYZE jobs")
+            .await
+            .expect("vacuum");
         conn.batch_execute(
             "SET enable_sort = off; SET enable_bitmapscan = off; SET enable_seqscan = off",
         )
@@ -512,7 +547,11 @@ async fn jobs_scheduled_later_stay_out_of_the_claims_way() {
     let first = worker.assignment().await;
     assert_eq!(job_id(&first), now.id, "the runnable job, not tomorrow's");
     let second = worker.assignment().await;
-    assert_eq!(job_id(&second), soon.id, "the job due a second later, once due");
+    assert_eq!(
+        job_id(&second),
+        soon.id,
+        "the job due a second later, once due"
+    );
     worker.complete(&first, json!(null)).await;
     assert!(worker.ack().await.accepted);
     // Nothing else runs: tomorrow's jobs wait.
@@ -567,9 +606,16 @@ async fn a_replica_killed_with_sigkill_gives_its_slots_back() {
         .expect("worker");
     let requests = (0..4).map(|i| keyed("k9.job", "k9", 2, i)).collect();
     create_all(&a, &token, requests).await;
-    let mut lost = vec![job_id(&doomed.assignment().await), job_id(&doomed.assignment().await)];
+    let mut lost = vec![
+        job_id(&doomed.assignment().await),
+        job_id(&doomed.assignment().await),
+    ];
     doomed.silent_for(Duration::from_millis(300)).await;
-    assert_eq!(running_of(&a, "k9").await, 2, "the key is saturated by the doomed replica");
+    assert_eq!(
+        running_of(&a, "k9").await,
+        2,
+        "the key is saturated by the doomed replica"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,

@@ -20,7 +20,10 @@ pub fn validate(prefix: &str, key: Option<&str>, max: Option<i32>) -> Result<(),
     if let Some(max) = max {
         let field = format!("{prefix}concurrency_max");
         if key.is_none() {
-            return Err(AppError::invalid(field, "is only accepted with concurrency_key"));
+            return Err(AppError::invalid(
+                field,
+                "is only accepted with concurrency_key",
+            ));
         }
         if !MAX_RANGE.contains(&max) {
             return Err(AppError::invalid(
@@ -130,7 +133,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, Some(("mail.send:7".into(), 2)));
-        let missing = resolve("requests[1].", "mail.send", &json!({}), None, None, Some(&declared(2)));
+        let missing = resolve(
+            "requests[1].",
+            "mail.send",
+            &json!({}),
+            None,
+            None,
+            Some(&declared(2)),
+        );
         assert!(format!("{missing:?}").contains("requests[1].payload.customer_id"));
     }
 

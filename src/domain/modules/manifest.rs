@@ -88,7 +88,11 @@ fn concurrency_of(at: &str, item: &Value) -> Result<Option<ConcurrencyDeclaratio
                 .ok_or_else(|| {
                     AppError::invalid(
                         format!("{field}.max"),
-                        format!("must be a whole number within {}..{}", range.start(), range.end()),
+                        format!(
+                            "must be a whole number within {}..{}",
+                            range.start(),
+                            range.end()
+                        ),
                     )
                 })?;
             Ok(Some(ConcurrencyDeclaration {
