@@ -115,6 +115,10 @@ pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<
 ///   from the key's own index. A saturated key costs one count, however
 ///   many jobs it holds pending, and does not stand in anyone's way.
 ///
+/// The jobs of a key are read without locks and only the batch's worth is
+/// locked: no other claim can be taking them (it would need the key's lock,
+/// which this transaction holds), so nothing is locked that is not leased.
+///
 /// The jobs found are dealt in turns, within each priority: the first of
 /// each key (and the first keyless one), then the second of each… so a
 /// busy key cannot take a batch from the others. The keys examined go to
@@ -177,26 +181,34 @@ pub async fn claim(
                                WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING') AS free
                FROM unnest($10::text[], $11::int[]) WITH ORDINALITY AS k(key, max, turn)
            ),
-           keyed AS (
-               SELECT c.*, room.key, room.turn FROM room, LATERAL (
+           keyed_pick AS (
+               SELECT c.id, c.priority, c."scheduledAt", room.turn,
+                      row_number() OVER (PARTITION BY room.key
+                                         ORDER BY c.priority DESC, c."scheduledAt", c.id) AS rank
+               FROM room, LATERAL (
                    SELECT j.id, j.priority, j."scheduledAt"
                    FROM jobs j
                    WHERE j."concurrencyKey" = room.key AND {runnable}
                      AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
-                   LIMIT LEAST(GREATEST(room.free, 0), $3)
-                   FOR UPDATE OF j SKIP LOCKED) c
+                   LIMIT LEAST(GREATEST(room.free, 0), $3)) c
                WHERE room.free > 0
+           ),
+           keyed AS (
+               SELECT k.id, k.priority, k."scheduledAt", k.turn, k.rank
+               FROM (SELECT * FROM keyed_pick
+                     ORDER BY priority DESC, rank, turn, "scheduledAt", id
+                     LIMIT $3) k
+               JOIN jobs j ON j.id = k.id
+               WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+               FOR UPDATE OF j SKIP LOCKED
            ),
            candidates AS (
                SELECT id, priority, "scheduledAt", 0::bigint AS turn,
                       row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS rank
                FROM (SELECT * FROM plain UNION ALL SELECT * FROM named) keyless
                UNION ALL
-               SELECT id, priority, "scheduledAt", turn,
-                      row_number() OVER (PARTITION BY key
-                                         ORDER BY priority DESC, "scheduledAt", id) AS rank
-               FROM keyed
+               SELECT id, priority, "scheduledAt", turn, rank FROM keyed
            ),
            numbered AS (
                SELECT id, row_number() OVER (ORDER BY priority DESC, rank, turn,
