@@ -166,6 +166,8 @@ diesel::table! {
         waiting -> Bool,
         #[sql_name = "claimId"]
         claim_id -> Nullable<Uuid>,
+        #[sql_name = "rateLimit"]
+        rate_limit -> Nullable<Varchar>,
     }
 }
 
@@ -269,5 +271,24 @@ diesel::table! {
         max -> Int4,
         #[sql_name = "servedAt"]
         served_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    rate_limits (name) {
+        name -> Varchar,
+        units -> Int4,
+        #[sql_name = "intervalMs"]
+        interval_ms -> Int8,
+        burst -> Int4,
+        tokens -> Float8,
+        #[sql_name = "refilledAt"]
+        refilled_at -> Timestamp,
+        #[sql_name = "servedAt"]
+        served_at -> Timestamp,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+        #[sql_name = "updatedAt"]
+        updated_at -> Timestamp,
     }
 }

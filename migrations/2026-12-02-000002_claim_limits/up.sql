@@ -13,6 +13,9 @@ ALTER TABLE "jobs" ADD COLUMN "concurrencyMax" INTEGER;
 -- after a failure): out of the dispatch indexes until the dispatcher
 -- promotes it when it falls due, so that no claim walks past it.
 ALTER TABLE "jobs" ADD COLUMN "waiting" BOOLEAN NOT NULL DEFAULT false;
+-- The rate limit (a token bucket of `rate_limits`) the job takes a token
+-- from when it is leased.
+ALTER TABLE "jobs" ADD COLUMN "rateLimit" VARCHAR(128);
 -- The claim that took the current lease: a claim whose answer was lost is
 -- found by it and its leases handed back uncharged.
 ALTER TABLE "jobs" ADD COLUMN "claimId" UUID;
@@ -32,13 +35,40 @@ CREATE TABLE "concurrency_keys" (
 );
 CREATE INDEX "concurrency_keys_servedAt_idx" ON "concurrency_keys"("servedAt", "key");
 
--- The dispatch index holds only jobs runnable by time and free of any key.
+-- Named token buckets: `units` tokens every `intervalMs`, at most `burst`
+-- held. `tokens` is what the bucket held at `refilledAt`; what it holds now
+-- is computed from the database's clock. `servedAt`: when a claim last
+-- drew from it (buckets are examined in turns).
+CREATE TABLE "rate_limits" (
+    "name" VARCHAR(128) NOT NULL,
+    "units" INTEGER NOT NULL,
+    "intervalMs" BIGINT NOT NULL,
+    "burst" INTEGER NOT NULL,
+    "tokens" DOUBLE PRECISION NOT NULL,
+    "refilledAt" TIMESTAMP(6) NOT NULL,
+    "servedAt" TIMESTAMP(6) NOT NULL,
+    "createdAt" TIMESTAMP(3) NOT NULL,
+    "updatedAt" TIMESTAMP(3) NOT NULL,
+    CONSTRAINT "rate_limits_pkey" PRIMARY KEY ("name")
+);
+CREATE INDEX "rate_limits_servedAt_idx" ON "rate_limits"("servedAt", "name");
+
+-- The dispatch index holds only jobs runnable by time and free of any key
+-- or rate limit.
 DROP INDEX "jobs_dispatch_idx";
 CREATE INDEX "jobs_dispatch_idx" ON "jobs"("priority" DESC, "scheduledAt", "id")
-    WHERE "status" = 'PENDING' AND NOT "held" AND NOT "waiting" AND "concurrencyKey" IS NULL;
+    WHERE "status" = 'PENDING' AND NOT "held" AND NOT "waiting" AND "concurrencyKey" IS NULL
+      AND "rateLimit" IS NULL;
 -- Claims filtered by job names walk their names' jobs only.
 CREATE INDEX "jobs_dispatch_name_idx" ON "jobs"("name", "priority" DESC, "scheduledAt", "id")
-    WHERE "status" = 'PENDING' AND NOT "held" AND NOT "waiting" AND "concurrencyKey" IS NULL;
+    WHERE "status" = 'PENDING' AND NOT "held" AND NOT "waiting" AND "concurrencyKey" IS NULL
+      AND "rateLimit" IS NULL;
+-- A bucket's runnable jobs, in dispatch order.
+CREATE INDEX "jobs_dispatch_rate_idx" ON "jobs"("rateLimit", "priority" DESC, "scheduledAt", "id")
+    WHERE "status" = 'PENDING' AND NOT "held" AND NOT "waiting" AND "rateLimit" IS NOT NULL;
+-- Whether open jobs name a bucket (DeleteRateLimit).
+CREATE INDEX "jobs_rate_open_idx" ON "jobs"("rateLimit")
+    WHERE "status" IN ('PENDING', 'RUNNING') AND "rateLimit" IS NOT NULL;
 -- A key's runnable jobs, in dispatch order.
 CREATE INDEX "jobs_dispatch_key_idx" ON "jobs"("concurrencyKey", "priority" DESC, "scheduledAt", "id")
     WHERE "status" = 'PENDING' AND NOT "held" AND NOT "waiting" AND "concurrencyKey" IS NOT NULL;

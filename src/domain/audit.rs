@@ -95,6 +95,10 @@ pub enum AuditAction {
     ModuleHookSucceeded,
     /// A module's hook job failed for good: its transition was undone.
     ModuleHookFailed,
+    /// A rate limit created or replaced.
+    PutRateLimit,
+    /// A rate limit deleted.
+    DeleteRateLimit,
     /// An API key created.
     CreateApiKey,
     /// An API key revoked.
@@ -137,6 +141,8 @@ impl AuditAction {
             Self::DeleteModule => "modules.delete",
             Self::ModuleHookSucceeded => "modules.hook_succeeded",
             Self::ModuleHookFailed => "modules.hook_failed",
+            Self::PutRateLimit => "rate_limits.put",
+            Self::DeleteRateLimit => "rate_limits.delete",
             Self::CreateApiKey => "api_keys.create",
             Self::RevokeApiKey => "api_keys.revoke",
             Self::ApiKeyUsed => "api_keys.use",

@@ -49,6 +49,7 @@ pub fn job_message(row: JobRow) -> pb::Job {
         lease_expire_time: row.lease_expires_at.filter(|_| running).map(timestamp),
         creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
         concurrency_key: row.concurrency_key.unwrap_or_default(),
+        rate_limit: row.rate_limit.unwrap_or_default(),
     }
 }
 
@@ -79,6 +80,7 @@ pub fn job_spec(request: pb::CreateJobRequest, prefix: &str) -> Result<JobSpec, 
             0 => None,
             n => Some(n),
         },
+        rate_limit: (!request.rate_limit.is_empty()).then_some(request.rate_limit),
     })
 }
 
@@ -146,6 +148,7 @@ mod tests {
             traceparent: None,
             concurrency_key: None,
             concurrency_max: None,
+            rate_limit: None,
         }
     }
 

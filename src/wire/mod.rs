@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod json;
 pub mod mask;
 pub mod modules;
+pub mod rate_limits;
 pub mod roles;
 pub mod sessions;
 pub mod time;

@@ -519,7 +519,8 @@ async fn jobs_scheduled_later_stay_out_of_the_claims_way() {
             r#"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
                SELECT j.id FROM jobs j
                WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
-                 AND j."concurrencyKey" IS NULL AND j."scheduledAt" <= LOCALTIMESTAMP
+                 AND j."concurrencyKey" IS NULL AND j."rateLimit" IS NULL
+                 AND j."scheduledAt" <= LOCALTIMESTAMP
                ORDER BY j.priority DESC, j."scheduledAt", j.id
                LIMIT 10 FOR UPDATE OF j SKIP LOCKED"#,
         )

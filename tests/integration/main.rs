@@ -25,6 +25,7 @@ mod modules;
 mod observability;
 mod pgbouncer;
 mod platform;
+mod rate_limits;
 mod rbac;
 mod reflection;
 mod replicas;

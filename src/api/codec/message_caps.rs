@@ -301,6 +301,7 @@ mod tests {
             idempotency_key: "k".repeat(255),
             concurrency_key: "c".repeat(255),
             concurrency_max: -1,
+            rate_limit: "r".repeat(128),
         };
         let caps = MessageCaps::new(CapSettings {
             payload_max_bytes: limit,

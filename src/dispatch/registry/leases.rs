@@ -317,6 +317,7 @@ mod tests {
             traceparent: None,
             concurrency_key: None,
             concurrency_max: None,
+            rate_limit: None,
         }
     }
 

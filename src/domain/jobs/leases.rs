@@ -122,7 +122,17 @@ impl Leases {
         AnsiTransactionManager::begin_transaction(conn).await?;
         let claimed = async {
             let keys = rows::lock_keys(conn, examined).await?;
-            rows::claim(conn, filter, plan, self.settings.lease, &keys, claim).await
+            let buckets = crate::store::rate_limits::lock_buckets(conn, examined).await?;
+            rows::claim(
+                conn,
+                filter,
+                plan,
+                self.settings.lease,
+                &keys,
+                &buckets,
+                claim,
+            )
+            .await
         }
         .await;
         let jobs = match claimed {

@@ -88,6 +88,79 @@ pub fn resolve(
     Ok(Some((key, declared.max)))
 }
 
+/// Checks a client-given rate limit's name; a job takes a concurrency key
+/// or a rate limit, not both (the claim serves each from its own index).
+pub fn validate_rate_limit(
+    prefix: &str,
+    rate_limit: Option<&str>,
+    keyed: bool,
+) -> Result<(), AppError> {
+    let Some(name) = rate_limit else {
+        return Ok(());
+    };
+    let field = format!("{prefix}rate_limit");
+    crate::domain::validate::job_name(&field, name)?;
+    if keyed {
+        return Err(AppError::invalid(
+            field,
+            "a job takes a concurrency key or a rate limit, not both",
+        ));
+    }
+    Ok(())
+}
+
+/// The rate limit a new job of a declared type gets: the request's, else
+/// the declaration's (unless the request gave a concurrency key).
+pub fn rate_limit_of(
+    prefix: &str,
+    given: Option<&str>,
+    keyed: bool,
+    declaration: Option<&JobDeclaration>,
+) -> Result<Option<String>, AppError> {
+    if let Some(name) = given {
+        return Ok(Some(name.to_owned()));
+    }
+    match declaration.and_then(|d| d.rate_limit.as_deref()) {
+        Some(_) if keyed || declaration.is_some_and(|d| d.concurrency.is_some()) => {
+            Err(AppError::invalid(
+                format!("{prefix}concurrency_key"),
+                "the job type declares a rate limit: a job takes a concurrency key or a rate \
+                 limit, not both",
+            ))
+        }
+        declared => Ok(declared.map(str::to_owned)),
+    }
+}
+
+/// Checks that the rate limits `jobs` name exist, and holds them (key-share
+/// locked) until the transaction commits, so that a concurrent
+/// DeleteRateLimit waits and then sees the jobs. An unknown one is
+/// INVALID_ARGUMENT on the first request naming it.
+pub async fn lock_rate_limits(
+    conn: &mut diesel_async::AsyncPgConnection,
+    jobs: &[crate::store::jobs::NewJob],
+    batch: bool,
+) -> Result<(), AppError> {
+    let mut names: Vec<String> = jobs.iter().filter_map(|j| j.rate_limit.clone()).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    names.dedup();
+    let existing = crate::store::rate_limits::lock_existing(conn, &names).await?;
+    for (index, job) in jobs.iter().enumerate() {
+        if let Some(name) = &job.rate_limit
+            && !existing.contains(name)
+        {
+            return Err(AppError::invalid(
+                format!("{}rate_limit", super::request_prefix(batch, index)),
+                format!("no rate limit is named '{name}' (PutRateLimit declares one)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -104,6 +177,7 @@ mod tests {
                 key: "customer_id".into(),
                 max,
             }),
+            rate_limit: None,
         }
     }
 

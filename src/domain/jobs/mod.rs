@@ -12,6 +12,7 @@
 
 pub mod leases;
 pub mod limits;
+pub mod rate_limits;
 mod settings;
 
 pub use settings::{JobSettings, StreamLimits};
@@ -75,6 +76,8 @@ pub struct JobSpec {
     /// At most `concurrency_max` (default 1) jobs of this key run at once.
     pub concurrency_key: Option<String>,
     pub concurrency_max: Option<i32>,
+    /// The rate limit it takes a token from (it must exist).
+    pub rate_limit: Option<String>,
 }
 
 impl JobSpec {
@@ -116,6 +119,11 @@ impl JobSpec {
             prefix,
             self.concurrency_key.as_deref(),
             self.concurrency_max,
+        )?;
+        limits::validate_rate_limit(
+            prefix,
+            self.rate_limit.as_deref(),
+            self.concurrency_key.is_some(),
         )?;
         if !self.payload.is_object() {
             return Err(AppError::invalid(field("payload"), "must be a JSON object"));
@@ -236,8 +244,10 @@ impl Jobs {
                     hook: None,
                     traceparent: spec.traceparent.clone(),
                     concurrency: defaults.concurrency,
+                    rate_limit: defaults.rate_limit,
                 });
             }
+            limits::lock_rate_limits(conn, &new, batch).await?;
             let inserted = rows::insert(conn, &new).await?;
             let jobs = resolve_idempotent(conn, creator, &new, inserted, batch).await?;
             let fresh: Vec<&JobRow> = jobs
@@ -447,6 +457,8 @@ struct ModuleDefaults {
     max_attempts: i32,
     /// The concurrency key and its maximum (see [`limits::resolve`]).
     concurrency: Option<(String, i32)>,
+    /// The rate limit (the request's, else the job type's).
+    rate_limit: Option<String>,
 }
 
 /// The module a job is created for, and what it gets from the module's
@@ -484,6 +496,7 @@ fn job_module<'a>(
         priority: spec.priority,
         max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
         concurrency: given(None)?,
+        rate_limit: spec.rate_limit.clone(),
     };
     let Some(module) = module else {
         return Ok((None, plain));
@@ -516,6 +529,12 @@ fn job_module<'a>(
             .or(declaration.and_then(|d| d.max_attempts))
             .unwrap_or(DEFAULT_MAX_ATTEMPTS),
         concurrency: given(declaration)?,
+        rate_limit: limits::rate_limit_of(
+            prefix,
+            spec.rate_limit.as_deref(),
+            spec.concurrency_key.is_some(),
+            declaration,
+        )?,
     };
     Ok((Some(module), defaults))
 }

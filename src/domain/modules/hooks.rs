@@ -96,6 +96,7 @@ async fn enqueue(
         hook: Some(kind.key().to_owned()),
         traceparent: None,
         concurrency: None,
+        rate_limit: None,
     };
     let job = job_rows::insert(conn, std::slice::from_ref(&new))
         .await?

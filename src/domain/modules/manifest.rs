@@ -52,6 +52,8 @@ pub struct JobDeclaration {
     /// `"concurrency": {"key": "<payload field>", "max": N}`: its jobs take
     /// their concurrency key from that payload field.
     pub concurrency: Option<ConcurrencyDeclaration>,
+    /// `"rate_limit": "<bucket>"`: its jobs take a token from that bucket.
+    pub rate_limit: Option<String>,
 }
 
 /// A job type's concurrency declaration.
@@ -61,6 +63,26 @@ pub struct ConcurrencyDeclaration {
     pub key: String,
     /// At most this many jobs of one key run at once.
     pub max: i32,
+}
+
+/// Reads `item.rate_limit` (or `rateLimit`), if present: a bucket's name
+/// (whether it exists is checked when jobs are created). Not beside a
+/// concurrency declaration: a job takes one or the other.
+fn rate_limit_of(at: &str, item: &Value) -> Result<Option<String>, AppError> {
+    let field = format!("{at}.rate_limit");
+    match item.get("rate_limit").or_else(|| item.get("rateLimit")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => {
+            if item.get("concurrency").is_some_and(|c| !c.is_null()) {
+                return Err(AppError::invalid(
+                    field,
+                    "a job type declares a concurrency key or a rate limit, not both",
+                ));
+            }
+            validate::job_name(&field, name).map(Some)
+        }
+        Some(_) => Err(AppError::invalid(field, "must name a rate limit")),
+    }
 }
 
 /// Reads `item.concurrency`, if present; errors name `at.concurrency…`.
@@ -276,6 +298,7 @@ impl JobTypes {
                         priority: integer("priority", validate::PRIORITY_RANGE)?,
                         max_attempts: integer("max_attempts", 1..=validate::MAX_ATTEMPTS_LIMIT)?,
                         concurrency: concurrency_of(&at, item)?,
+                        rate_limit: rate_limit_of(&at, item)?,
                         name,
                     };
                     types

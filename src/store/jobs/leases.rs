@@ -127,6 +127,11 @@ pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<
 /// is deleted (a create holds its key's row until it commits, so a job
 /// created meanwhile is either seen here or recreates the row).
 ///
+/// - jobs with a rate limit, for each bucket of `buckets`: as many as it
+///   holds whole tokens (computed by `rate_limits::lock_buckets` from the
+///   database's clock), from the bucket's own index; the claim takes one
+///   token per job leased and records the draw in the same statement.
+///
 /// Jobs scheduled later are not in these indexes (`waiting`, see
 /// [`super::promote_due`]); neither are held ones.
 ///
@@ -141,6 +146,7 @@ pub async fn claim(
     plan: &ClaimPlan,
     lease: std::time::Duration,
     keys: &[LockedKey],
+    buckets: &[crate::store::rate_limits::LockedBucket],
     claim: Uuid,
 ) -> QueryResult<Vec<JobRow>> {
     if plan.owners.is_empty() {
@@ -161,7 +167,8 @@ pub async fn claim(
         r#"WITH plain AS (
                SELECT j.id, j.priority, j."scheduledAt"
                FROM jobs j
-               WHERE cardinality($1::text[]) = 0 AND j."concurrencyKey" IS NULL AND {runnable}
+               WHERE cardinality($1::text[]) = 0 AND j."concurrencyKey" IS NULL
+                 AND j."rateLimit" IS NULL AND {runnable}
                ORDER BY j.priority DESC, j."scheduledAt", j.id
                LIMIT $3
                FOR UPDATE OF j SKIP LOCKED
@@ -170,7 +177,8 @@ pub async fn claim(
                SELECT c.* FROM unnest($1::text[]) AS n(name), LATERAL (
                    SELECT j.id, j.priority, j."scheduledAt"
                    FROM jobs j
-                   WHERE j.name = n.name AND j."concurrencyKey" IS NULL AND {runnable}
+                   WHERE j.name = n.name AND j."concurrencyKey" IS NULL
+                     AND j."rateLimit" IS NULL AND {runnable}
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
                    LIMIT $3
                    FOR UPDATE OF j SKIP LOCKED) c
@@ -203,12 +211,40 @@ pub async fn claim(
                WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
                FOR UPDATE OF j SKIP LOCKED
            ),
+           bucket_room AS (
+               SELECT b.name, b.turn, floor(b.available)::bigint AS free
+               FROM unnest($13::text[], $14::float8[]) WITH ORDINALITY AS b(name, available, turn)
+           ),
+           bucket_pick AS (
+               SELECT c.id, c.priority, c."scheduledAt", bucket_room.turn,
+                      row_number() OVER (PARTITION BY bucket_room.name
+                                         ORDER BY c.priority DESC, c."scheduledAt", c.id) AS rank
+               FROM bucket_room, LATERAL (
+                   SELECT j.id, j.priority, j."scheduledAt"
+                   FROM jobs j
+                   WHERE j."rateLimit" = bucket_room.name AND {runnable}
+                     AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
+                   ORDER BY j.priority DESC, j."scheduledAt", j.id
+                   LIMIT LEAST(GREATEST(bucket_room.free, 0), $3)) c
+               WHERE bucket_room.free > 0
+           ),
+           bucketed AS (
+               SELECT k.id, k.priority, k."scheduledAt", k.turn, k.rank
+               FROM (SELECT * FROM bucket_pick
+                     ORDER BY priority DESC, rank, turn, "scheduledAt", id
+                     LIMIT $3) k
+               JOIN jobs j ON j.id = k.id
+               WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+               FOR UPDATE OF j SKIP LOCKED
+           ),
            candidates AS (
                SELECT id, priority, "scheduledAt", 0::bigint AS turn,
                       row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS rank
                FROM (SELECT * FROM plain UNION ALL SELECT * FROM named) keyless
                UNION ALL
                SELECT id, priority, "scheduledAt", turn, rank FROM keyed
+               UNION ALL
+               SELECT id, priority, "scheduledAt", turn, rank FROM bucketed
            ),
            numbered AS (
                SELECT id, row_number() OVER (ORDER BY priority DESC, rank, turn,
@@ -252,6 +288,17 @@ pub async fn claim(
                WHERE concurrency_keys.key = open_keys.key AND NOT open_keys.open
                RETURNING 1
            ),
+           drawn AS (
+               UPDATE rate_limits r
+               SET tokens = b.available - COALESCE(t.n, 0),
+                   "refilledAt" = GREATEST(r."refilledAt", LOCALTIMESTAMP),
+                   "servedAt" = LOCALTIMESTAMP
+               FROM unnest($13::text[], $14::float8[]) AS b(name, available)
+               LEFT JOIN (SELECT rate_limit, count(*) AS n FROM claimed GROUP BY rate_limit) t
+                 ON t.rate_limit = b.name
+               WHERE r.name = b.name
+               RETURNING 1
+           ),
            announced AS (
                SELECT pg_notify($7, 'c ' || string_agg(id::text, ','))
                FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM claimed) c
@@ -276,6 +323,10 @@ pub async fn claim(
     .bind::<Array<Text>, _>(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(keys.iter().map(|k| k.max).collect::<Vec<_>>())
     .bind::<SqlUuid, _>(claim)
+    .bind::<Array<Text>, _>(buckets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>())
+    .bind::<Array<diesel::sql_types::Double>, _>(
+        buckets.iter().map(|b| b.available).collect::<Vec<_>>(),
+    )
     .load(conn)
     .await
 }

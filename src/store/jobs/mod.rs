@@ -75,6 +75,8 @@ pub struct JobRow {
     pub concurrency_key: Option<String>,
     /// The key's maximum this job was created with.
     pub concurrency_max: Option<i32>,
+    /// The rate limit it takes a token from when leased.
+    pub rate_limit: Option<String>,
 }
 
 /// A job to insert.
@@ -96,6 +98,8 @@ pub struct NewJob {
     pub traceparent: Option<String>,
     /// Its concurrency key and the key's maximum (both or neither).
     pub concurrency: Option<(String, i32)>,
+    /// The rate limit it takes a token from (the bucket must exist).
+    pub rate_limit: Option<String>,
 }
 
 /// Every column of a job under its Rust name, for raw statements returning
@@ -109,7 +113,8 @@ const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_nam
     jobs."leaseExpiresAt" AS lease_expires_at, jobs."workerId" AS worker_id,
     jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
     jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent,
-    jobs."concurrencyKey" AS concurrency_key, jobs."concurrencyMax" AS concurrency_max"#;
+    jobs."concurrencyKey" AS concurrency_key, jobs."concurrencyMax" AS concurrency_max,
+    jobs."rateLimit" AS rate_limit"#;
 
 fn interval(duration: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
@@ -140,16 +145,16 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
            INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts,
                "maxAttempts", "attemptBudget", "scheduledAt", "createdAt", "updatedAt",
                "idempotencyKey", "createdBy", hook, traceparent, "concurrencyKey",
-               "concurrencyMax", waiting)
+               "concurrencyMax", waiting, "rateLimit")
            SELECT n.id, n.name, n.module, 'PENDING', n.priority, n.payload, 0, n.max, n.max,
                   COALESCE(n.scheduled, LOCALTIMESTAMP), LOCALTIMESTAMP, LOCALTIMESTAMP,
                   n.key, n.creator, n.hook, n.trace, n.ckey, n.cmax,
-                  COALESCE(n.scheduled > LOCALTIMESTAMP, false)
+                  COALESCE(n.scheduled > LOCALTIMESTAMP, false), n.rate
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
                        $7::timestamp[], $8::text[], $9::uuid[], $10::text[], $11::text[],
-                       $12::text[], $13::int[])
+                       $12::text[], $13::int[], $14::text[])
                 AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook,
-                     trace, ckey, cmax)
+                     trace, ckey, cmax, rate)
            ORDER BY n.creator, n.key, n.id
            ON CONFLICT ("createdBy", "idempotencyKey") WHERE "idempotencyKey" IS NOT NULL
            DO NOTHING
@@ -197,6 +202,7 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
             .map(|j| j.concurrency.as_ref().map(|(_, max)| *max))
             .collect::<Vec<_>>(),
     )
+    .bind::<Array<Nullable<Text>>, _>(new.iter().map(|j| j.rate_limit.clone()).collect::<Vec<_>>())
     .load(conn)
     .await
 }
