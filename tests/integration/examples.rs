@@ -134,9 +134,11 @@ async fn the_grpcurl_examples_work_as_written() {
 
     let limits = run("limits.sh", &[], &with_token).await;
     for line in [
-        "created: 4 jobs, keys customer-42 customer-7",
-        "running at once: customer-42=1 customer-7=1",
+        "bucket: example-smtp 2 per 3600s",
+        "created: 7 jobs, keys customer-42 customer-7",
+        "running at once: customer-42=1 customer-7=1 example-smtp=2",
         "waiting: 2 of customer-42",
+        "tokens left: 0",
     ] {
         assert!(limits.contains(line), "{line}:\n{limits}");
     }
