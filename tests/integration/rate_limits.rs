@@ -280,3 +280,57 @@ async fn declaring_a_bucket_needs_its_own_permission() {
         .expect("put");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_job_type_may_declare_its_bucket() {
+    use common::{ModuleServiceClient, worker::json_struct};
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    put(&app, &token, bucket("crm-api", 1, 3600, 1)).await.expect("put");
+    let register = |name: &str, manifest: serde_json::Value| {
+        let app = &app;
+        let token = token.clone();
+        let name = name.to_owned();
+        async move {
+            ModuleServiceClient::new(app.channel().await)
+                .register_module(authed(
+                    &token,
+                    pb::RegisterModuleRequest {
+                        name: name.clone(),
+                        version: "1.0.0".into(),
+                        display_name: name,
+                        description: String::new(),
+                        manifest: Some(json_struct(manifest)),
+                    },
+                ))
+                .await
+        }
+    };
+    register(
+        "crm",
+        json!({ "jobs": [{ "name": "crm.sync", "rate_limit": "crm-api" }] }),
+    )
+    .await
+    .expect("register");
+    ModuleServiceClient::new(app.channel().await)
+        .enable_module(authed(&token, pb::EnableModuleRequest { id: "crm".into() }))
+        .await
+        .expect("enable");
+    let job = app.create_job(&token, new_job("crm.sync", json!({}))).await;
+    assert_eq!(job.rate_limit, "crm-api");
+    let both = register(
+        "both",
+        json!({ "jobs": [{
+            "name": "both.x", "rate_limit": "crm-api",
+            "concurrency": { "key": "k", "max": 1 }
+        }] }),
+    )
+    .await
+    .expect_err("both");
+    assert_eq!(field_of(&both), "manifest.jobs[0].rate_limit");
+    // The bucket's one token goes to the first job; the second waits.
+    app.create_job(&token, new_job("crm.sync", json!({}))).await;
+    let mut worker = app.worker(5).await;
+    assert_eq!(assignments_until_quiet(&mut worker).await, 1);
+    app.stop().await;
+}
