@@ -286,7 +286,9 @@ async fn a_job_type_may_declare_its_bucket() {
     use common::{ModuleServiceClient, worker::json_struct};
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
-    put(&app, &token, bucket("crm-api", 1, 3600, 1)).await.expect("put");
+    put(&app, &token, bucket("crm-api", 1, 3600, 1))
+        .await
+        .expect("put");
     let register = |name: &str, manifest: serde_json::Value| {
         let app = &app;
         let token = token.clone();
