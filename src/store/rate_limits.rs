@@ -164,15 +164,26 @@ pub struct LockedBucket {
 }
 
 /// The first statement of a claim (beside `jobs::lock_keys`): locks up to
-/// `limit` buckets, least recently drawn from first, skipping those another
-/// claim holds, with the tokens each holds now (read from the locked row,
-/// so from the latest claim's draw).
+/// `limit` buckets holding a whole token and naming a runnable job, least
+/// recently drawn from first, skipping those another claim holds, with the
+/// tokens each holds now (read from the locked row, so from the latest
+/// claim's draw). An empty bucket is passed over without a lock.
+///
+/// The token test before the lock reads the row as the statement found it;
+/// a bucket another claim drained meanwhile is locked and re-read (its
+/// tokens are recomputed from the locked row), so its draw is never more
+/// than it holds.
 pub async fn lock_buckets(
     conn: &mut AsyncPgConnection,
     limit: i64,
 ) -> QueryResult<Vec<LockedBucket>> {
     diesel::sql_query(format!(
         r#"SELECT r.name, {TOKENS_NOW} AS available FROM rate_limits r
+           WHERE {TOKENS_NOW} >= 1
+             AND EXISTS (SELECT 1 FROM jobs j
+                         WHERE j."rateLimit" = r.name AND j.status = 'PENDING'
+                           AND NOT j.held AND NOT j.waiting
+                           AND j."scheduledAt" <= LOCALTIMESTAMP)
            ORDER BY r."servedAt", r.name
            LIMIT $1
            FOR NO KEY UPDATE SKIP LOCKED"#

@@ -116,9 +116,9 @@ impl Leases {
             return Ok(Vec::new());
         }
         let started = std::time::Instant::now();
-        // Keys examined per claim: enough to fill the batch with one job
-        // each, twice over; the rest wait their turn (round robin).
-        let examined = (2 * plan.owners.len()).clamp(16, KEYS_PER_CLAIM) as i64;
+        // Keys (and buckets) locked per claim: enough to fill the batch with
+        // one job each; the rest wait their turn (round robin).
+        let examined = plan.owners.len().clamp(16, KEYS_PER_CLAIM) as i64;
         AnsiTransactionManager::begin_transaction(conn).await?;
         let claimed = async {
             let keys = rows::lock_keys(conn, examined).await?;

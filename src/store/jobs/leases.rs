@@ -74,8 +74,14 @@ pub struct LockedKey {
 }
 
 /// The first statement of a claim's transaction: locks up to `limit`
-/// concurrency keys, least recently examined first (round robin), skipping
-/// keys another claim (or a create) holds.
+/// concurrency keys that look worth claiming for, least recently served
+/// first (round robin), skipping keys another claim (or a create) holds.
+/// Worth claiming for: a runnable job and fewer RUNNING jobs than the
+/// maximum (two index probes; a saturated key is passed over without a
+/// lock or a write, however many jobs it holds pending), or no open job at
+/// all (the claim deletes the key). What this statement reads of the jobs
+/// is only a hint (it may be a moment old); the claim recounts under the
+/// lock.
 ///
 /// Why a statement of its own: the claim counts each key's RUNNING jobs,
 /// and in READ COMMITTED a statement reads the rows as they were when it
@@ -86,8 +92,17 @@ pub struct LockedKey {
 /// are held, so it sees every claim of its keys that came before.
 pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<LockedKey>> {
     diesel::sql_query(
-        r#"SELECT key, max FROM concurrency_keys
-           ORDER BY "servedAt", key
+        r#"SELECT k.key, k.max FROM concurrency_keys k
+           WHERE (EXISTS (SELECT 1 FROM jobs j
+                          WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
+                            AND NOT j.held AND NOT j.waiting
+                            AND j."scheduledAt" <= LOCALTIMESTAMP)
+                  AND k.max > (SELECT count(*) FROM jobs r
+                               WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING'))
+              OR NOT EXISTS (SELECT 1 FROM jobs o
+                             WHERE o."concurrencyKey" = k.key
+                               AND o.status IN ('PENDING', 'RUNNING'))
+           ORDER BY k."servedAt", k.key
            LIMIT $1
            FOR UPDATE SKIP LOCKED"#,
     )
@@ -121,9 +136,8 @@ pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<
 ///
 /// The jobs found are dealt in turns, within each priority: the first of
 /// each key (and the first keyless one), then the second of each… so a
-/// busy key cannot take a batch from the others. The keys examined go to
-/// the back of the round robin (served or not, so that every key is
-/// examined in turn however many there are); a key with no open job left
+/// busy key cannot take a batch from the others. The keys locked go to
+/// the back of the round robin; a key with no open job left
 /// is deleted (a create holds its key's row until it commits, so a job
 /// created meanwhile is either seen here or recreates the row).
 ///
