@@ -14,6 +14,11 @@
 //!   on the same PostgreSQL (batched mode, and default mode on a tenth of
 //!   them), with the ratio: the reference measured in the same run.
 //!
+//! - concurrency keys, after the empty-table drain: the same number of jobs
+//!   spread over 1,000 keys of maximum 1, drained by the same workers, as a
+//!   ratio of the plain drain of the same run; then 2,000 jobs of one key of
+//!   maximum 5 held 5 ms each by the workers, which count how many they hold
+//!   at once;
 //! - with `BENCH_PRUNE=1`, instead: retention deleting the 1,000,000 finished
 //!   jobs (a pruner as another replica runs it, in batches of 1,000) while
 //!   the idle latency probe and a drain run, beside the same two measured
@@ -37,7 +42,7 @@ mod support;
 use std::time::Instant;
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
-use support::{Bench, drain, enqueue, latency, start};
+use support::{Bench, drain, enqueue, enqueue_with, latency, start};
 
 async fn throughput(bench: &Bench, token: &str, count: usize, label: &str) -> f64 {
     let enqueued = enqueue(bench, token, count).await;
@@ -118,6 +123,10 @@ fn main() {
             return;
         }
         let ours = throughput(&bench, &token, count, "empty table").await;
+        keys(&bench, &token, count, ours).await;
+        if std::env::var("BENCH_ONLY").as_deref() == Ok("keys") {
+            return;
+        }
         reference(&bench, count, ours).await;
         add_finished_jobs(&bench, 1_000_000).await;
         throughput(&bench, &token, count, "1,000,000 finished jobs").await;
@@ -180,5 +189,45 @@ async fn prune_while_dispatching(bench: &Bench, token: &str, count: usize) {
         before_latency.returned[1],
         during_latency.returned[1] / before_latency.returned[1],
         during / before
+    );
+}
+
+/// Concurrency keys: the drain of `count` jobs over 1,000 keys of maximum
+/// 1 beside the plain drain (`plain`, jobs/s) of the same run; then one key
+/// of maximum 5, whose jobs the workers hold a few milliseconds each while
+/// counting how many they hold at once.
+async fn keys(bench: &Bench, token: &str, count: usize, plain: f64) {
+    fn spread(i: usize) -> automation_control_plane::proto::automation_v1::CreateJobRequest {
+        automation_control_plane::proto::automation_v1::CreateJobRequest {
+            concurrency_key: format!("customer-{}", i % 1000),
+            concurrency_max: 1,
+            ..common::new_job("bench.keyed", serde_json::json!({ "i": i }))
+        }
+    }
+    let enqueued = enqueue_with(bench, token, count, spread).await;
+    println!(
+        "1,000 keys of max 1: enqueued {count} jobs in {:.2} s",
+        enqueued.as_secs_f64()
+    );
+    let (workers, concurrency) = (4, 128);
+    let rate = drain(bench, token, count, workers, concurrency).await;
+    println!(
+        "1,000 keys of max 1: drained by {workers} workers x {concurrency}: {rate:.0} jobs/s \
+         end to end; {:.2}x the plain drain of this run ({plain:.0} jobs/s)",
+        rate / plain
+    );
+    const FIVE: usize = 2000;
+    fn one_key(i: usize) -> automation_control_plane::proto::automation_v1::CreateJobRequest {
+        automation_control_plane::proto::automation_v1::CreateJobRequest {
+            concurrency_key: "one-key".into(),
+            concurrency_max: 5,
+            ..common::new_job("bench.five", serde_json::json!({ "i": i }))
+        }
+    }
+    enqueue_with(bench, token, FIVE, one_key).await;
+    let (most, rate) = support::holding_drain(bench, token, FIVE, workers, concurrency).await;
+    println!(
+        "one key of max 5: {FIVE} jobs held 5 ms each by {workers} workers x {concurrency}: \
+         at most {most} held at once (measured by the workers); {rate:.0} jobs/s"
     );
 }

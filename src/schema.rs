@@ -168,6 +168,15 @@ diesel::table! {
         schedule_id -> Nullable<Uuid>,
         #[sql_name = "scheduleFireAt"]
         schedule_fire_at -> Nullable<Timestamp>,
+        #[sql_name = "concurrencyKey"]
+        concurrency_key -> Nullable<Varchar>,
+        #[sql_name = "concurrencyMax"]
+        concurrency_max -> Nullable<Int4>,
+        waiting -> Bool,
+        #[sql_name = "claimId"]
+        claim_id -> Nullable<Uuid>,
+        #[sql_name = "rateLimit"]
+        rate_limit -> Nullable<Varchar>,
     }
 }
 
@@ -303,3 +312,31 @@ diesel::allow_tables_to_appear_in_same_query!(
     module_job_types,
     schedules,
 );
+
+diesel::table! {
+    concurrency_keys (key) {
+        key -> Varchar,
+        max -> Int4,
+        #[sql_name = "servedAt"]
+        served_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    rate_limits (name) {
+        name -> Varchar,
+        units -> Int4,
+        #[sql_name = "intervalMs"]
+        interval_ms -> Int8,
+        burst -> Int4,
+        tokens -> Float8,
+        #[sql_name = "refilledAt"]
+        refilled_at -> Timestamp,
+        #[sql_name = "servedAt"]
+        served_at -> Timestamp,
+        #[sql_name = "createdAt"]
+        created_at -> Timestamp,
+        #[sql_name = "updatedAt"]
+        updated_at -> Timestamp,
+    }
+}

@@ -226,6 +226,42 @@ pub async fn enqueue(bench: &Bench, token: &str, count: usize) -> Duration {
     started.elapsed()
 }
 
+/// Enqueues `count` jobs made by `make` (from their index) in batches of
+/// 1,000, four batches at a time; returns the time it took.
+pub async fn enqueue_with(
+    bench: &Bench,
+    token: &str,
+    count: usize,
+    make: fn(usize) -> pb::CreateJobRequest,
+) -> Duration {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = JobServiceClient::new(bench.channel().await);
+        let token = token.to_owned();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            loop {
+                let start = next.fetch_add(1000, Ordering::SeqCst);
+                if start >= count {
+                    return;
+                }
+                let requests = (start..(start + 1000).min(count)).map(make).collect();
+                client
+                    .batch_create_jobs(authed(&token, pb::BatchCreateJobsRequest { requests }))
+                    .await
+                    .expect("batch");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed()
+}
+
 /// One worker: completes every job it gets at once, until `done` reaches
 /// `target`.
 pub async fn worker(
@@ -311,6 +347,93 @@ pub async fn drain(
         task.await.unwrap();
     }
     count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Drains `count` jobs with `workers` streams of `concurrency` that hold
+/// each job 5 ms before completing it, counting the jobs all of them hold
+/// at once (from the assignment's arrival to the completion's sending);
+/// returns the most held at once and jobs per second.
+pub async fn holding_drain(
+    bench: &Bench,
+    token: &str,
+    count: usize,
+    workers: usize,
+    concurrency: i32,
+) -> (i64, f64) {
+    use std::sync::atomic::AtomicI64;
+    let done = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicI64::new(0));
+    let most = Arc::new(AtomicI64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let channel = bench.channel().await;
+        let (token, done, holding, most) = (
+            token.to_owned(),
+            done.clone(),
+            holding.clone(),
+            most.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(8192);
+            tx.send(pb::WorkRequest {
+                kind: Some(Out::Hello(pb::WorkerHello {
+                    worker_id: "bench".into(),
+                    job_names: vec![],
+                    module_names: vec![],
+                    max_concurrency: concurrency,
+                })),
+            })
+            .await
+            .unwrap();
+            let mut inbound = JobServiceClient::new(channel)
+                .work(authed(&token, ReceiverStream::new(rx)))
+                .await
+                .expect("work")
+                .into_inner();
+            while done.load(Ordering::Relaxed) < count {
+                let message = tokio::select! {
+                    message = inbound.message() => message.expect("stream").expect("open"),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                };
+                match message.kind {
+                    Some(In::Assignment(assignment)) => {
+                        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let (tx, holding) = (tx.clone(), holding.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            holding.fetch_sub(1, Ordering::SeqCst);
+                            let job = assignment.job.expect("job");
+                            let _ = tx
+                                .send(pb::WorkRequest {
+                                    kind: Some(Out::Completion(pb::JobCompletion {
+                                        lease: Some(pb::JobLeaseRef {
+                                            job_id: job.id,
+                                            attempt: assignment.attempt,
+                                        }),
+                                        result: None,
+                                    })),
+                                })
+                                .await;
+                        });
+                    }
+                    Some(In::Ack(ack)) => {
+                        assert!(ack.accepted, "{ack:?}");
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (
+        most.load(Ordering::SeqCst),
+        count as f64 / started.elapsed().as_secs_f64(),
+    )
 }
 
 /// CreateJob returning → the idle worker receiving the job.

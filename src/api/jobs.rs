@@ -13,6 +13,7 @@ use crate::{
         self,
         jobs::{job_filter, job_message, job_spec},
         queues::{batch_selection, pause_message, queue_key, queue_message},
+        rate_limits::{rate_limit_message, rate_limit_spec},
     },
 };
 
@@ -207,6 +208,42 @@ impl JobService for JobApi {
         let actor = actor_of(&request)?;
         let id = wire::id("id", &request.get_ref().id)?;
         Ok(Response::new(self.dispatcher.watch_job(actor, id).await?))
+    }
+
+    async fn put_rate_limit(
+        &self,
+        request: Request<pb::PutRateLimitRequest>,
+    ) -> Result<Response<pb::PutRateLimitResponse>, Status> {
+        let actor = actor_of(&request)?;
+        let spec = rate_limit_spec(request.into_inner().rate_limit);
+        let row = self.jobs.put_rate_limit(&actor, spec).await?;
+        Ok(Response::new(pb::PutRateLimitResponse {
+            rate_limit: Some(rate_limit_message(row)),
+        }))
+    }
+
+    async fn list_rate_limits(
+        &self,
+        request: Request<pb::ListRateLimitsRequest>,
+    ) -> Result<Response<pb::ListRateLimitsResponse>, Status> {
+        let body = request.get_ref();
+        let page = PageRequest::parse(body.page_size, &body.page_token)?;
+        let page = self.jobs.list_rate_limits(page).await?;
+        Ok(Response::new(pb::ListRateLimitsResponse {
+            rate_limits: page.items.into_iter().map(rate_limit_message).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn delete_rate_limit(
+        &self,
+        request: Request<pb::DeleteRateLimitRequest>,
+    ) -> Result<Response<pb::DeleteRateLimitResponse>, Status> {
+        let actor = actor_of(&request)?;
+        self.jobs
+            .delete_rate_limit(&actor, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(pb::DeleteRateLimitResponse {}))
     }
 
     type WorkStream = crate::dispatch::WorkStream;

@@ -87,21 +87,30 @@ pub fn lose_in_background(shared: &Arc<Shared>, stream: Uuid, jobs: Vec<Uuid>) {
 }
 
 /// After a claim whose answer was lost (its connection failed or timed
-/// out), the claim may have committed all the same: jobs leased to streams
-/// of this replica that none of them knows of, which no worker will ever
-/// get. Finds them and hands them back as never sent (they cost no
-/// attempt); returns how many.
-pub async fn give_back_unknown_leases(shared: &Arc<Shared>) -> Result<usize, AppError> {
+/// out), the claim may have committed all the same: jobs leased that no
+/// stream was told of, which no worker will ever get. Finds them — by the
+/// tags of the lost claims (`lost`), whichever stream they were for, even
+/// one that closed since; and any lease a stream of this replica holds in
+/// the database that the stream does not know of — and hands them back as
+/// never sent (they cost no attempt); returns how many.
+pub async fn give_back_unknown_leases(
+    shared: &Arc<Shared>,
+    lost: &[Uuid],
+) -> Result<usize, AppError> {
     let streams = shared.registry().stream_ids();
-    if streams.is_empty() {
-        return Ok(0);
+    let mut held = shared.leases.leases_of_claims(lost).await?;
+    if !streams.is_empty() {
+        held.extend(shared.leases.held_by(&streams).await?);
     }
-    let held = shared.leases.held_by(&streams).await?;
     let unknown: Vec<LeaseRef> = {
         let registry = shared.registry();
-        held.into_iter()
+        let mut unknown: Vec<LeaseRef> = held
+            .into_iter()
             .filter(|lease| !registry.accounts_for(lease))
-            .collect()
+            .collect();
+        unknown.sort_by_key(|lease| lease.job);
+        unknown.dedup();
+        unknown
     };
     if unknown.is_empty() {
         return Ok(0);

@@ -50,7 +50,10 @@ use crate::{
     domain::{
         audit::AuditTrail,
         events::{QueueEvent, Revocation},
-        jobs::{JobSettings, Jobs, leases::Leases},
+        jobs::{
+            JobSettings, Jobs,
+            leases::{Leases, LimitsPhase},
+        },
         modules::Modules,
         sessions::Sessions,
     },
@@ -329,9 +332,13 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
     let mut claimer = Claimer {
         url: database_url,
         conn: None,
+        lost: Vec::new(),
+        limits_checked: None,
     };
     let mut next_due: Option<Instant> = None;
     let mut failures = 0u32;
+    // Waiting jobs may have fallen due: promote them before claiming.
+    let mut promote = true;
     // Set when a claim failed: it may have committed all the same.
     let mut unsure = false;
     loop {
@@ -344,11 +351,26 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(wait) => {
                 shared.schedule_changed.store(true, std::sync::atomic::Ordering::Release);
+                promote = true;
             }
         }
-        if unsure {
-            match keepalive::give_back_unknown_leases(&shared).await {
-                Ok(_) => unsure = false,
+        if next_due.is_some_and(|due| due <= Instant::now()) {
+            promote = true;
+        }
+        if promote {
+            match shared.leases.promote_due().await {
+                Ok(_) => promote = false,
+                Err(error) => shared.note_db_failure(&error),
+            }
+        }
+        // A claim failed (its answer lost, its commit maybe made): hand
+        // back what it leased before claiming again.
+        if unsure || !claimer.lost.is_empty() {
+            match keepalive::give_back_unknown_leases(&shared, &claimer.lost).await {
+                Ok(_) => {
+                    claimer.lost.clear();
+                    unsure = false;
+                }
                 Err(error) => shared.note_db_failure(&error),
             }
         }
@@ -380,6 +402,7 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
         }
         if next_due.is_some_and(|due| due <= Instant::now()) {
             next_due = None;
+            promote = true;
             shared
                 .schedule_changed
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -396,15 +419,31 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
 struct Claimer {
     url: String,
     conn: Option<AsyncPgConnection>,
+    /// The tags of claims that failed without an answer: each may have
+    /// committed, leasing jobs no stream was told of. Kept until
+    /// [`keepalive::give_back_unknown_leases`] handed those back.
+    lost: Vec<Uuid>,
+    /// When the last claim examined keys and buckets, and whether it found
+    /// any with room: while it does, every claim examines them; otherwise at
+    /// most once per [`LIMITS_RECHECK`], so a drain of plain jobs claims in
+    /// one round trip and a job of a key or bucket waits at most that long
+    /// behind it (an idle dispatcher examines them on its next claim).
+    limits_checked: Option<(Instant, bool)>,
 }
 
+/// How long claims may go without examining concurrency keys and buckets
+/// while the last look found none with room.
+const LIMITS_RECHECK: Duration = Duration::from_millis(20);
+
 impl Claimer {
+    /// Claims for one group of streams; also answers whether every lane
+    /// (keys and buckets too) was looked at.
     async fn claim(
         &mut self,
         leases: &Leases,
         filter: &ClaimFilter,
         plan: &ClaimPlan,
-    ) -> Result<Vec<JobRow>, AppError> {
+    ) -> Result<(Vec<JobRow>, bool), AppError> {
         if self.conn.is_none() {
             self.conn = Some(
                 db::dedicated_connection(
@@ -417,17 +456,37 @@ impl Claimer {
             );
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan)).await;
+        let tag = Uuid::now_v7();
+        let phase = match self.limits_checked {
+            Some((at, false)) if at.elapsed() < LIMITS_RECHECK => LimitsPhase::Skip,
+            _ => LimitsPhase::Run,
+        };
+        let claimed =
+            tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan, tag, phase)).await;
         match claimed {
-            Ok(Ok(jobs)) => Ok(jobs),
+            Ok(Ok(claimed)) => {
+                let complete = phase == LimitsPhase::Run;
+                self.limits_checked = if complete {
+                    Some((Instant::now(), claimed.limits_found))
+                } else if claimed.jobs.len() < plan.owners.len() {
+                    // Short of plain jobs: a key or a bucket may have some,
+                    // so the next claim (the caller's next turn) looks.
+                    None
+                } else {
+                    self.limits_checked
+                };
+                Ok((claimed.jobs, complete))
+            }
             Ok(Err(error)) => {
                 self.conn = None;
+                self.lost.push(tag);
                 Err(error)
             }
             Err(_) => {
                 // A claim that does not answer: the connection is gone
-                // (the statement, if it ran, committed or not as a whole).
+                // (the transaction, if it ran, committed or not as a whole).
                 self.conn = None;
+                self.lost.push(tag);
                 Err(AppError::Unavailable("a claim timed out".into()))
             }
         }
@@ -451,8 +510,10 @@ async fn claim_rounds(shared: &Arc<Shared>, claimer: &mut Claimer) -> Result<(),
                 continue;
             }
             claimed_any = true;
-            let jobs = claimer.claim(&shared.leases, &filter, &plan).await?;
-            if jobs.len() < plan.owners.len() {
+            let (jobs, every_lane) = claimer.claim(&shared.leases, &filter, &plan).await?;
+            // Dry only once every lane was looked at: a claim of the plain
+            // lane alone that came back short is followed by a full one.
+            if jobs.len() < plan.owners.len() && every_lane {
                 dry.insert(filter);
             }
             // Leased to a stream that left meanwhile: never sent.

@@ -115,6 +115,10 @@ pub enum AuditAction {
     ResumeSchedule,
     /// A schedule run now.
     TriggerSchedule,
+    /// A rate limit created or replaced.
+    PutRateLimit,
+    /// A rate limit deleted.
+    DeleteRateLimit,
     /// An API key created.
     CreateApiKey,
     /// An API key revoked.
@@ -167,6 +171,8 @@ impl AuditAction {
             Self::PauseSchedule => "schedules.pause",
             Self::ResumeSchedule => "schedules.resume",
             Self::TriggerSchedule => "schedules.trigger",
+            Self::PutRateLimit => "rate_limits.put",
+            Self::DeleteRateLimit => "rate_limits.delete",
             Self::CreateApiKey => "api_keys.create",
             Self::RevokeApiKey => "api_keys.revoke",
             Self::ApiKeyUsed => "api_keys.use",

@@ -6,6 +6,9 @@ use uuid::Uuid;
 
 use crate::{auth::policy::validate_permission, error::AppError};
 
+/// The range of a concurrency key's maximum (a job's, or a job type's
+/// declaration's).
+pub const CONCURRENCY_MAX_RANGE: std::ops::RangeInclusive<i32> = 1..=10_000;
 /// Attempts a job gets when neither the request nor its module says.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 /// Most attempts a job may ask for.

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod models;
 pub mod modules;
 pub mod pagination;
+pub mod rate_limits;
 pub mod retention;
 pub mod roles;
 pub mod schedules;

@@ -51,6 +51,8 @@ pub fn job_message(row: JobRow) -> pb::Job {
         creator: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
         progress,
         schedule_id: row.schedule_id.map(|id| id.to_string()).unwrap_or_default(),
+        concurrency_key: row.concurrency_key.unwrap_or_default(),
+        rate_limit: row.rate_limit.unwrap_or_default(),
     }
 }
 
@@ -91,6 +93,12 @@ pub fn job_spec(request: pb::CreateJobRequest, prefix: &str) -> Result<JobSpec, 
         )?,
         idempotency_key: (!request.idempotency_key.is_empty()).then_some(request.idempotency_key),
         traceparent: None,
+        concurrency_key: (!request.concurrency_key.is_empty()).then_some(request.concurrency_key),
+        concurrency_max: match request.concurrency_max {
+            0 => None,
+            n => Some(n),
+        },
+        rate_limit: (!request.rate_limit.is_empty()).then_some(request.rate_limit),
     })
 }
 
@@ -169,6 +177,9 @@ mod tests {
             progress_attempt: None,
             progress_at: None,
             schedule_id: None,
+            concurrency_key: None,
+            concurrency_max: None,
+            rate_limit: None,
         }
     }
 

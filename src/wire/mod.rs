@@ -19,6 +19,7 @@ pub mod json;
 pub mod mask;
 pub mod modules;
 pub mod queues;
+pub mod rate_limits;
 pub mod roles;
 pub mod schedules;
 pub mod sessions;

@@ -156,6 +156,17 @@ async fn the_grpcurl_examples_work_as_written() {
         assert!(schedules.contains(line), "{line}:\n{schedules}");
     }
 
+    let limits = run("limits.sh", &[], &with_token).await;
+    for line in [
+        "bucket: example-smtp 2 per 3600s",
+        "created: 7 jobs, keys customer-42 customer-7",
+        "running at once: customer-42=1 customer-7=1 example-smtp=2",
+        "waiting: 2 of customer-42",
+        "tokens left: 0",
+    ] {
+        assert!(limits.contains(line), "{line}:\n{limits}");
+    }
+
     let audit = run("audit.sh", &["modules.enable"], &with_token).await;
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(audit.contains("modules.enable success modules/"), "{audit}");

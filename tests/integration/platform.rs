@@ -137,7 +137,7 @@ VALUES ('6a1d2c3e-0000-4000-8000-000000000007', '6a1d2c3e-0000-4000-8000-0000000
 
 /// Every row of the platform's tables, as JSON, as the platform wrote it:
 /// later migrations only add columns, null on rows that were there before
-/// them (or, for `jobs.held`, false, and `jobs.freeReturns`, 0), and those
+/// them (or, for `jobs.held` and `jobs.waiting`, false, and `jobs.freeReturns`, 0), and those
 /// are left out.
 const PLATFORM_ROWS: &str = "\
     SELECT 'users ' || jsonb_strip_nulls(to_jsonb(t))::text AS line FROM users t \
@@ -145,7 +145,7 @@ const PLATFORM_ROWS: &str = "\
     UNION ALL SELECT 'user_roles ' || jsonb_strip_nulls(to_jsonb(t))::text FROM user_roles t \
     UNION ALL SELECT 'sessions ' || jsonb_strip_nulls(to_jsonb(t))::text FROM sessions t \
     UNION ALL SELECT 'modules ' || jsonb_strip_nulls(to_jsonb(t))::text FROM modules t \
-    UNION ALL SELECT 'jobs ' || jsonb_strip_nulls(to_jsonb(t) - 'held' - 'freeReturns')::text FROM jobs t \
+    UNION ALL SELECT 'jobs ' || jsonb_strip_nulls(to_jsonb(t) - 'held' - 'freeReturns' - 'waiting')::text FROM jobs t \
     UNION ALL SELECT 'audit_logs ' || jsonb_strip_nulls(to_jsonb(t))::text FROM audit_logs t \
     UNION ALL SELECT '_prisma_migrations ' || jsonb_strip_nulls(to_jsonb(t))::text FROM _prisma_migrations t";
 

@@ -312,6 +312,9 @@ mod tests {
                 nanos: 999_999_999,
             }),
             idempotency_key: "k".repeat(255),
+            concurrency_key: "c".repeat(255),
+            concurrency_max: -1,
+            rate_limit: "r".repeat(128),
         };
         let caps = MessageCaps::new(CapSettings {
             payload_max_bytes: limit,

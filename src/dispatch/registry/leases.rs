@@ -336,6 +336,9 @@ mod tests {
             progress_attempt: None,
             progress_at: None,
             schedule_id: None,
+            concurrency_key: None,
+            concurrency_max: None,
+            rate_limit: None,
         }
     }
 

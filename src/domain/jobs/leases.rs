@@ -32,6 +32,10 @@ use crate::{
 
 /// Most expired leases taken per reaper statement.
 const REAP_BATCH: i64 = 500;
+/// Most waiting jobs promoted per statement.
+const PROMOTE_BATCH: i64 = 10_000;
+/// Most concurrency keys one claim examines.
+const KEYS_PER_CLAIM: usize = 1024;
 
 /// What a worker says about one lease.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +81,30 @@ pub fn failure_error(
     })
 }
 
+/// Whether a claim also examines concurrency keys and rate-limit buckets.
+/// That phase costs a transaction and two statements more (four round
+/// trips instead of one), which a drain of plain jobs should not pay on
+/// every claim; the dispatcher runs it whenever it can matter (see
+/// `dispatch::Claimer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitsPhase {
+    /// Lock the keys with room and the buckets holding a token, then claim
+    /// from every lane.
+    Run,
+    /// Claim jobs of no key and no bucket only.
+    Skip,
+}
+
+/// What a claim leased.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The jobs, in dispatch order.
+    pub jobs: Vec<JobRow>,
+    /// Whether the limits phase found a key with room or a bucket with a
+    /// token (false when it was skipped).
+    pub limits_found: bool,
+}
+
 /// The lease service.
 #[derive(Clone)]
 pub struct Leases {
@@ -97,22 +125,107 @@ impl Leases {
 
     /// Leases up to one runnable job per entry of `plan.owners` (fewer when
     /// fewer are runnable), on the dispatcher's own claiming connection: one
-    /// statement, which also announces the claimed jobs as changed.
+    /// transaction of two statements (the concurrency keys it examines are
+    /// locked first, see [`rows::lock_keys`]; then the claim, which also
+    /// announces the claimed jobs as changed). Every lease is tagged with
+    /// `claim`, which the dispatcher keeps until it has the answer: if the
+    /// answer is lost, [`Self::recover_claims`] finds what it leased.
     pub async fn claim(
         &self,
         conn: &mut diesel_async::AsyncPgConnection,
         filter: &ClaimFilter,
         plan: &ClaimPlan,
-    ) -> Result<Vec<JobRow>, AppError> {
+        claim: Uuid,
+        limits: LimitsPhase,
+    ) -> Result<Claimed, AppError> {
+        use diesel_async::{AnsiTransactionManager, TransactionManager as _};
+        if plan.owners.is_empty() {
+            return Ok(Claimed::default());
+        }
         let started = std::time::Instant::now();
-        let jobs = rows::claim(conn, filter, plan, self.settings.lease).await?;
+        if limits == LimitsPhase::Skip {
+            // Only the plain lane: one statement, atomic on its own, and
+            // one round trip, as the claim was before keys and buckets.
+            let jobs =
+                rows::claim(conn, filter, plan, self.settings.lease, &[], &[], claim).await?;
+            tracing::trace!(
+                db.operation = "jobs.claim",
+                duration_us = started.elapsed().as_micros() as u64,
+                claimed = jobs.len(),
+                "database operation"
+            );
+            return Ok(Claimed {
+                jobs,
+                limits_found: false,
+            });
+        }
+        // Keys (and buckets) locked per claim: enough to fill the batch with
+        // one job each; the rest wait their turn (round robin).
+        let examined = plan.owners.len().clamp(16, KEYS_PER_CLAIM) as i64;
+        AnsiTransactionManager::begin_transaction(conn).await?;
+        let claimed = async {
+            let keys = rows::lock_keys(conn, examined).await?;
+            let buckets = crate::store::rate_limits::lock_buckets(conn, examined).await?;
+            let limits_found = !keys.is_empty() || !buckets.is_empty();
+            rows::claim(
+                conn,
+                filter,
+                plan,
+                self.settings.lease,
+                &keys,
+                &buckets,
+                claim,
+            )
+            .await
+            .map(|jobs| (jobs, limits_found))
+        }
+        .await;
+        let (jobs, limits_found) = match claimed {
+            Ok(claimed) => {
+                AnsiTransactionManager::commit_transaction(conn).await?;
+                claimed
+            }
+            Err(error) => {
+                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+                return Err(error.into());
+            }
+        };
         tracing::trace!(
             db.operation = "jobs.claim",
             duration_us = started.elapsed().as_micros() as u64,
             claimed = jobs.len(),
             "database operation"
         );
-        Ok(jobs)
+        Ok(Claimed { jobs, limits_found })
+    }
+
+    /// The leases still standing of claims whose answer was lost (see
+    /// [`rows::leases_of_claims`]).
+    pub async fn leases_of_claims(&self, claims: &[Uuid]) -> Result<Vec<LeaseRef>, AppError> {
+        db::with_connection(&self.pool, "jobs.leases_of_claims", async |conn| {
+            Ok(rows::leases_of_claims(conn, claims).await?)
+        })
+        .await
+    }
+
+    /// Moves the waiting jobs that fell due into the dispatch indexes, in
+    /// batches; returns how many. Other replicas are woken when any moved.
+    pub async fn promote_due(&self) -> Result<usize, AppError> {
+        let mut total = 0;
+        loop {
+            let promoted = db::transaction(&self.pool, "jobs.promote_due", async |conn| {
+                let promoted = rows::promote_due(conn, PROMOTE_BATCH).await?;
+                if promoted > 0 {
+                    rows::notify(conn, "w").await?;
+                }
+                Ok(promoted)
+            })
+            .await?;
+            total += promoted;
+            if (promoted as i64) < PROMOTE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// Applies a batch of reports in one transaction; the outcomes are in

@@ -12,7 +12,9 @@
 
 mod batch;
 pub mod leases;
+pub mod limits;
 mod queues;
+pub mod rate_limits;
 mod rules;
 pub mod scheduled;
 mod settings;
@@ -77,6 +79,11 @@ pub struct JobSpec {
     pub idempotency_key: Option<String>,
     /// The W3C `traceparent` of the creating call, carried to the worker.
     pub traceparent: Option<String>,
+    /// At most `concurrency_max` (default 1) jobs of this key run at once.
+    pub concurrency_key: Option<String>,
+    pub concurrency_max: Option<i32>,
+    /// The rate limit it takes a token from (it must exist).
+    pub rate_limit: Option<String>,
 }
 
 impl JobSpec {
@@ -114,6 +121,16 @@ impl JobSpec {
                 "must be printable and not blank",
             ));
         }
+        limits::validate(
+            prefix,
+            self.concurrency_key.as_deref(),
+            self.concurrency_max,
+        )?;
+        limits::validate_rate_limit(
+            prefix,
+            self.rate_limit.as_deref(),
+            self.concurrency_key.is_some(),
+        )?;
         if !self.payload.is_object() {
             return Err(AppError::invalid(field("payload"), "must be a JSON object"));
         }
@@ -232,8 +249,11 @@ impl Jobs {
                     created_by: Some(creator),
                     hook: None,
                     traceparent: spec.traceparent.clone(),
+                    concurrency: defaults.concurrency,
+                    rate_limit: defaults.rate_limit,
                 });
             }
+            limits::lock_rate_limits(conn, &new, batch).await?;
             let inserted = rows::insert(conn, &new).await?;
             let jobs = resolve_idempotent(conn, creator, &new, inserted, batch).await?;
             let fresh: Vec<&JobRow> = jobs
@@ -392,6 +412,10 @@ fn request_prefix(batch: bool, index: usize) -> String {
 struct ModuleDefaults {
     priority: i32,
     max_attempts: i32,
+    /// The concurrency key and its maximum (see [`limits::resolve`]).
+    concurrency: Option<(String, i32)>,
+    /// The rate limit (the request's, else the job type's).
+    rate_limit: Option<String>,
 }
 
 /// The module a job is created for, and what it gets from the module's
@@ -416,9 +440,21 @@ fn job_module<'a>(
         &format!("{prefix}name"),
         &format!("{prefix}module_name"),
     )?;
+    let given = |declaration| {
+        limits::resolve(
+            prefix,
+            &spec.name,
+            &spec.payload,
+            spec.concurrency_key.as_deref(),
+            spec.concurrency_max,
+            declaration,
+        )
+    };
     let plain = ModuleDefaults {
         priority: spec.priority,
         max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        concurrency: given(None)?,
+        rate_limit: spec.rate_limit.clone(),
     };
     let Some(module) = module else {
         return Ok((None, plain));
@@ -452,6 +488,13 @@ fn job_module<'a>(
             .max_attempts
             .or(declaration.and_then(|d| d.max_attempts))
             .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        concurrency: given(declaration)?,
+        rate_limit: limits::rate_limit_of(
+            prefix,
+            spec.rate_limit.as_deref(),
+            spec.concurrency_key.is_some(),
+            declaration,
+        )?,
     };
     Ok((Some(module), defaults))
 }

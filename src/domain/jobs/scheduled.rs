@@ -118,6 +118,8 @@ impl Jobs {
             created_by,
             hook: None,
             traceparent: None,
+            concurrency: defaults.concurrency,
+            rate_limit: defaults.rate_limit,
         };
         let job = rows::insert(conn, std::slice::from_ref(&new))
             .await?

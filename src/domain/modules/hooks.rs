@@ -95,6 +95,8 @@ async fn enqueue(
         created_by: Some(actor.caller.user_id),
         hook: Some(kind.key().to_owned()),
         traceparent: None,
+        concurrency: None,
+        rate_limit: None,
     };
     let job = job_rows::insert(conn, std::slice::from_ref(&new))
         .await?

@@ -49,6 +49,84 @@ pub struct JobDeclaration {
     pub name: String,
     pub priority: Option<i32>,
     pub max_attempts: Option<i32>,
+    /// `"concurrency": {"key": "<payload field>", "max": N}`: its jobs take
+    /// their concurrency key from that payload field.
+    pub concurrency: Option<ConcurrencyDeclaration>,
+    /// `"rate_limit": "<bucket>"`: its jobs take a token from that bucket.
+    pub rate_limit: Option<String>,
+}
+
+/// A job type's concurrency declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcurrencyDeclaration {
+    /// The payload field the key is read from.
+    pub key: String,
+    /// At most this many jobs of one key run at once.
+    pub max: i32,
+}
+
+/// Reads `item.rate_limit` (or `rateLimit`), if present: a bucket's name
+/// (whether it exists is checked when jobs are created). Not beside a
+/// concurrency declaration: a job takes one or the other.
+fn rate_limit_of(at: &str, item: &Value) -> Result<Option<String>, AppError> {
+    let field = format!("{at}.rate_limit");
+    match item.get("rate_limit").or_else(|| item.get("rateLimit")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => {
+            if item.get("concurrency").is_some_and(|c| !c.is_null()) {
+                return Err(AppError::invalid(
+                    field,
+                    "a job type declares a concurrency key or a rate limit, not both",
+                ));
+            }
+            validate::job_name(&field, name).map(Some)
+        }
+        Some(_) => Err(AppError::invalid(field, "must name a rate limit")),
+    }
+}
+
+/// Reads `item.concurrency`, if present; errors name `at.concurrency…`.
+fn concurrency_of(at: &str, item: &Value) -> Result<Option<ConcurrencyDeclaration>, AppError> {
+    let field = format!("{at}.concurrency");
+    match item.get("concurrency") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(declared)) => {
+            let key = declared
+                .get("key")
+                .and_then(Value::as_str)
+                .filter(|key| !key.trim().is_empty() && key.len() <= 128)
+                .ok_or_else(|| {
+                    AppError::invalid(
+                        format!("{field}.key"),
+                        "must name a payload field (1 to 128 bytes)",
+                    )
+                })?;
+            let range = validate::CONCURRENCY_MAX_RANGE;
+            let max = declared
+                .get("max")
+                .and_then(Value::as_i64)
+                .and_then(|max| i32::try_from(max).ok())
+                .filter(|max| range.contains(max))
+                .ok_or_else(|| {
+                    AppError::invalid(
+                        format!("{field}.max"),
+                        format!(
+                            "must be a whole number within {}..{}",
+                            range.start(),
+                            range.end()
+                        ),
+                    )
+                })?;
+            Ok(Some(ConcurrencyDeclaration {
+                key: key.to_owned(),
+                max,
+            }))
+        }
+        Some(_) => Err(AppError::invalid(
+            field,
+            "must be an object: {\"key\": \"<payload field>\", \"max\": N}",
+        )),
+    }
 }
 
 /// What the control plane reads of a manifest: the job types it declares
@@ -219,6 +297,8 @@ impl JobTypes {
                     let declaration = JobDeclaration {
                         priority: integer("priority", validate::PRIORITY_RANGE)?,
                         max_attempts: integer("max_attempts", 1..=validate::MAX_ATTEMPTS_LIMIT)?,
+                        concurrency: concurrency_of(&at, item)?,
+                        rate_limit: rate_limit_of(&at, item)?,
                         name,
                     };
                     types

@@ -84,6 +84,12 @@ pub struct JobRow {
     pub progress_at: Option<NaiveDateTime>,
     /// The schedule that created it, if one did.
     pub schedule_id: Option<Uuid>,
+    /// At most its key's maximum jobs of this key run at once.
+    pub concurrency_key: Option<String>,
+    /// The key's maximum this job was created with.
+    pub concurrency_max: Option<i32>,
+    /// The rate limit it takes a token from when leased.
+    pub rate_limit: Option<String>,
 }
 
 /// A job to insert.
@@ -103,6 +109,10 @@ pub struct NewJob {
     pub hook: Option<String>,
     /// The W3C `traceparent` of the call that creates it.
     pub traceparent: Option<String>,
+    /// Its concurrency key and the key's maximum (both or neither).
+    pub concurrency: Option<(String, i32)>,
+    /// The rate limit it takes a token from (the bucket must exist).
+    pub rate_limit: Option<String>,
 }
 
 /// Every column of a job under its Rust name, for raw statements returning
@@ -117,7 +127,9 @@ const JOB_COLUMNS: &str = r#"jobs.id, jobs.name, jobs."moduleName" AS module_nam
     jobs."idempotencyKey" AS idempotency_key, jobs."createdBy" AS created_by,
     jobs."attemptBudget" AS attempt_budget, jobs.hook, jobs.traceparent,
     jobs.progress, jobs."progressAttempt" AS progress_attempt,
-    jobs."progressAt" AS progress_at, jobs."scheduleId" AS schedule_id"#;
+    jobs."progressAt" AS progress_at, jobs."scheduleId" AS schedule_id,
+    jobs."concurrencyKey" AS concurrency_key, jobs."concurrencyMax" AS concurrency_max,
+    jobs."rateLimit" AS rate_limit"#;
 
 fn interval(duration: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
@@ -133,25 +145,44 @@ fn interval(duration: std::time::Duration) -> PgInterval {
 /// hold one key while waiting for the other, a deadlock PostgreSQL breaks
 /// only after a second by aborting one. The rows returned are matched to
 /// the requests by id, never by position.
+///
+/// A job scheduled later goes in `waiting` (out of the dispatch indexes
+/// until [`promote_due`]). A job with a concurrency key creates or updates
+/// its key's row (the key's maximum becomes this job's) and holds that row
+/// locked until the transaction commits: a claim deleting the key as empty
+/// (see [`claim`]) either sees this job or runs after it.
 pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult<Vec<JobRow>> {
     if new.is_empty() {
         return Ok(Vec::new());
     }
     diesel::sql_query(format!(
-        r#"INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts,
+        r#"WITH inserted AS (
+           INSERT INTO jobs (id, name, "moduleName", status, priority, payload, attempts,
                "maxAttempts", "attemptBudget", "scheduledAt", "createdAt", "updatedAt",
-               "idempotencyKey", "createdBy", hook, traceparent, held)
+               "idempotencyKey", "createdBy", hook, traceparent, held, "concurrencyKey",
+               "concurrencyMax", waiting, "rateLimit")
            SELECT n.id, n.name, n.module, 'PENDING', n.priority, n.payload, 0, n.max, n.max,
                   COALESCE(n.scheduled, LOCALTIMESTAMP), LOCALTIMESTAMP, LOCALTIMESTAMP,
-                  n.key, n.creator, n.hook, n.trace, {HELD_NEW}
+                  n.key, n.creator, n.hook, n.trace, {HELD_NEW}, n.ckey, n.cmax,
+                  COALESCE(n.scheduled > LOCALTIMESTAMP, false), n.rate
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::int[],
-                       $7::timestamp[], $8::text[], $9::uuid[], $10::text[], $11::text[])
+                       $7::timestamp[], $8::text[], $9::uuid[], $10::text[], $11::text[],
+                       $12::text[], $13::int[], $14::text[])
                 AS n(id, name, module, priority, payload, max, scheduled, key, creator, hook,
-                     trace)
+                     trace, ckey, cmax, rate)
            ORDER BY n.creator, n.key, n.id
            ON CONFLICT ("createdBy", "idempotencyKey") WHERE "idempotencyKey" IS NOT NULL
            DO NOTHING
-           RETURNING {JOB_COLUMNS}"#
+           RETURNING {JOB_COLUMNS}
+           ),
+           keys AS (
+               INSERT INTO concurrency_keys (key, max)
+               SELECT DISTINCT ON (concurrency_key) concurrency_key, concurrency_max
+               FROM inserted WHERE concurrency_key IS NOT NULL
+               ORDER BY concurrency_key, concurrency_max DESC
+               ON CONFLICT (key) DO UPDATE SET max = EXCLUDED.max
+           )
+           SELECT * FROM inserted"#
     ))
     .bind::<Array<SqlUuid>, _>(new.iter().map(|j| j.id).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(new.iter().map(|j| j.name.clone()).collect::<Vec<_>>())
@@ -176,6 +207,17 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &[NewJob]) -> QueryResult
             .map(|j| j.traceparent.clone())
             .collect::<Vec<_>>(),
     )
+    .bind::<Array<Nullable<Text>>, _>(
+        new.iter()
+            .map(|j| j.concurrency.as_ref().map(|(key, _)| key.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Integer>>, _>(
+        new.iter()
+            .map(|j| j.concurrency.as_ref().map(|(_, max)| *max))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(new.iter().map(|j| j.rate_limit.clone()).collect::<Vec<_>>())
     .load(conn)
     .await
 }
@@ -314,14 +356,26 @@ pub async fn set_status(
 }
 
 /// Puts a locked FAILED or CANCELLED job back in the queue, now, with a
-/// fresh attempt budget and its free hand-backs restored.
+/// fresh attempt budget and its free hand-backs restored. A job with a
+/// concurrency key recreates its key's row (a claim deletes the rows of
+/// keys without open jobs), locked until the transaction commits.
 pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<JobRow> {
     diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = 'PENDING', held = {HELD_UNLESS_ENABLED}, "freeReturns" = 0,
+        r#"WITH requeued AS (
+           UPDATE jobs SET status = 'PENDING', held = {HELD_UNLESS_ENABLED}, waiting = false,
+               "freeReturns" = 0,
                "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
                "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
-           WHERE id = $1 RETURNING {JOB_COLUMNS}"#
+           WHERE id = $1 RETURNING {JOB_COLUMNS}
+           ),
+           keys AS (
+               INSERT INTO concurrency_keys (key, max)
+               SELECT concurrency_key, COALESCE(concurrency_max, 1)
+               FROM requeued WHERE concurrency_key IS NOT NULL
+               ON CONFLICT (key) DO UPDATE SET max = EXCLUDED.max
+           )
+           SELECT * FROM requeued"#
     ))
     .bind::<SqlUuid, _>(id)
     .get_result(conn)
@@ -336,14 +390,14 @@ struct NextRun {
     now: NaiveDateTime,
 }
 
-/// How long until the earliest pending job that is not runnable yet becomes
-/// runnable; `None` when there is none.
+/// How long until the earliest waiting job falls due (zero when one is
+/// due and not promoted yet); `None` when none waits.
 pub async fn time_to_next_scheduled(
     conn: &mut AsyncPgConnection,
 ) -> QueryResult<Option<std::time::Duration>> {
     let row: NextRun = diesel::sql_query(
-        r#"SELECT (SELECT min("scheduledAt") FROM jobs
-                   WHERE status = 'PENDING' AND NOT held AND "scheduledAt" > LOCALTIMESTAMP) AS next,
+        r#"SELECT (SELECT min("scheduledAt") FROM jobs WHERE status = 'PENDING' AND waiting)
+                  AS next,
                   LOCALTIMESTAMP AS now"#,
     )
     .get_result(conn)
@@ -351,6 +405,27 @@ pub async fn time_to_next_scheduled(
     Ok(row
         .next
         .map(|next| (next - row.now).to_std().unwrap_or_default()))
+}
+
+/// Promotes up to `limit` waiting jobs that fell due into the dispatch
+/// indexes; returns how many. Waiting jobs stay out of those indexes so that
+/// a claim never walks past jobs scheduled later (a million high-priority
+/// jobs due tomorrow sit at the head of a `priority DESC` order otherwise).
+/// Rows another statement holds are left for the next call.
+pub async fn promote_due(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<usize> {
+    diesel::sql_query(
+        r#"WITH due AS (
+               SELECT id FROM jobs
+               WHERE status = 'PENDING' AND waiting AND "scheduledAt" <= LOCALTIMESTAMP
+               ORDER BY "scheduledAt"
+               LIMIT $1
+               FOR UPDATE SKIP LOCKED
+           )
+           UPDATE jobs SET waiting = false FROM due WHERE jobs.id = due.id"#,
+    )
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .execute(conn)
+    .await
 }
 
 /// Sends `payload` on the queue's channel when the transaction commits.

@@ -443,18 +443,30 @@ pub async fn lock_jobs(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResul
 }
 
 /// Puts locked FAILED or CANCELLED jobs back in the queue, as
-/// [`super::requeue`] does one.
+/// [`super::requeue`] does one (their concurrency keys' rows recreated:
+/// a claim deletes the rows of keys without open jobs).
 pub async fn requeue_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<JobRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = 'PENDING', held = {HELD_UNLESS_ENABLED}, "freeReturns" = 0,
+        r#"WITH requeued AS (
+           UPDATE jobs SET status = 'PENDING', held = {HELD_UNLESS_ENABLED}, waiting = false,
+               "freeReturns" = 0,
                "maxAttempts" = attempts + COALESCE("attemptBudget", "maxAttempts"),
                "scheduledAt" = LOCALTIMESTAMP, "failedAt" = NULL, "completedAt" = NULL,
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
            WHERE id = ANY($1) AND status IN ('FAILED', 'CANCELLED')
-           RETURNING {JOB_COLUMNS}"#
+           RETURNING {JOB_COLUMNS}
+           ),
+           keys AS (
+               INSERT INTO concurrency_keys (key, max)
+               SELECT DISTINCT ON (concurrency_key) concurrency_key, COALESCE(concurrency_max, 1)
+               FROM requeued WHERE concurrency_key IS NOT NULL
+               ORDER BY concurrency_key
+               ON CONFLICT (key) DO UPDATE SET max = EXCLUDED.max
+           )
+           SELECT * FROM requeued"#
     ))
     .bind::<Array<SqlUuid>, _>(ids)
     .load(conn)

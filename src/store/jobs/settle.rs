@@ -137,6 +137,7 @@ pub async fn fail(
                                         * (0.75 + random() * 0.5)) END,
                error = r.error, "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                held = {HELD_UNLESS_ENABLED},
+               waiting = NOT (r.permanent OR jobs.attempts >= jobs."maxAttempts"),
                "updatedAt" = LOCALTIMESTAMP
            FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[], $7::bool[])
                 AS r(id, attempt, stream, error, permanent)
@@ -221,6 +222,7 @@ pub async fn hand_back(
                                                     'cause', 'handed_back_too_often')
                             ELSE jobs.error END,
                held = {HELD_UNLESS_ENABLED},
+               waiting = NOT ($4::int = 1 OR {spent}),
                "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP
            FROM r JOIN locked ON locked.id = r.id
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
