@@ -63,6 +63,12 @@ pub struct ScheduleSettings {
     /// Longest the loop sleeps without looking (a safety net: it is woken
     /// when any replica changes a schedule).
     pub max_sleep: Duration,
+    /// Shortest time between two fire times of an expression a schedule
+    /// may be written with (`SCHEDULE_MIN_INTERVAL_SECS`): every schedule
+    /// is a standing rate of job creation.
+    pub min_interval: Duration,
+    /// Most schedules one account may have created (`SCHEDULES_MAX`).
+    pub max_per_creator: u64,
 }
 
 impl Default for ScheduleSettings {
@@ -70,6 +76,8 @@ impl Default for ScheduleSettings {
         Self {
             misfire_grace: Duration::from_secs(60),
             max_sleep: Duration::from_secs(30),
+            min_interval: Duration::from_secs(1),
+            max_per_creator: 1_000,
         }
     }
 }
@@ -83,6 +91,9 @@ pub struct Schedules {
     /// Wakes this replica's firing loop at once after a local change (other
     /// replicas hear the NOTIFY).
     wake: Arc<Notify>,
+    /// Failed claims in a row of each schedule, as this replica saw them:
+    /// how long a failing schedule backs off ([`firing`]).
+    failures: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
 }
 
 impl Schedules {
@@ -94,6 +105,7 @@ impl Schedules {
             jobs,
             settings,
             wake,
+            failures: Arc::default(),
         }
     }
 
@@ -113,6 +125,7 @@ impl Schedules {
             "cron_expression",
             "time_zone",
         )?;
+        self.check_interval(&cron, "cron_expression")?;
         let template = spec.job_template.ok_or_else(|| {
             AppError::invalid(
                 "job_template",
@@ -120,6 +133,7 @@ impl Schedules {
             )
         })?;
         let row = db::transaction(&self.pool, "schedules.create", async |conn| {
+            self.ensure_below_max(conn, actor).await?;
             let module = self
                 .check_template(conn, actor, &template, "job_template.")
                 .await?;
@@ -240,6 +254,7 @@ impl Schedules {
                     "schedule.cron_expression",
                     "schedule.time_zone",
                 )?;
+                self.check_interval(&cron, "schedule.cron_expression")?;
                 let next = first_fire(&cron, now, "schedule.cron_expression")?;
                 changes.cron = Some(expression.trim().to_owned());
                 changes.time_zone = Some(cron.zone_name().to_owned());
@@ -387,6 +402,51 @@ impl Schedules {
         .await
     }
 
+    /// Refuses (on `field`) an expression two of whose next
+    /// [`INTERVAL_CHECKED_FIRES`] fire times come closer than
+    /// `min_interval`: a schedule is a standing rate of job creation.
+    fn check_interval(&self, cron: &CronSchedule, field: &str) -> Result<(), AppError> {
+        let min = self.settings.min_interval;
+        let now = chrono::Utc::now().naive_utc();
+        if let Some(gap) = shortest_gap(cron, now, INTERVAL_CHECKED_FIRES)
+            && gap < min
+        {
+            return Err(AppError::invalid(
+                field,
+                format!(
+                    "fires {} ms apart, more often than the {} s this server allows \
+                     (SCHEDULE_MIN_INTERVAL_SECS)",
+                    gap.as_millis(),
+                    min.as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a new schedule of an account that created `max_per_creator`
+    /// already (counted under a lock, so concurrent creates cannot both
+    /// pass).
+    async fn ensure_below_max(
+        &self,
+        conn: &mut AsyncPgConnection,
+        actor: &Actor,
+    ) -> Result<(), AppError> {
+        let max = self.settings.max_per_creator;
+        let count = rows::count_created_by(conn, actor.caller.user_id).await?;
+        if u64::try_from(count).unwrap_or(0) >= max {
+            return Err(AppError::LimitExceeded {
+                limit: "SCHEDULES_MAX",
+                message: format!(
+                    "this account has created {count} schedules, the most allowed \
+                     (SCHEDULES_MAX = {max}); delete one first"
+                ),
+                retry_after: Duration::from_secs(60),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks a template as CreateJob checks a request (see
     /// [`Jobs::check_template`]), with a payload bound of its own; returns
     /// the module its job belongs to. `prefix` names its fields.
@@ -440,6 +500,27 @@ fn first_fire(
         .ok_or_else(|| AppError::invalid(field, "never fires (no fire time within a year)"))
 }
 
+/// Consecutive fire times [`Schedules::check_interval`] looks at: enough
+/// for an expression whose seconds or minutes list close values to show
+/// them, whichever of its fire times comes first.
+const INTERVAL_CHECKED_FIRES: usize = 16;
+
+/// The shortest time between two consecutive of the first `fires` fire
+/// times after `now`; `None` when it fires less than twice.
+fn shortest_gap(cron: &CronSchedule, now: chrono::NaiveDateTime, fires: usize) -> Option<Duration> {
+    let mut at = cron.next_after(now)?;
+    let mut shortest: Option<Duration> = None;
+    for _ in 1..fires {
+        let Some(next) = cron.next_after(at) else {
+            break;
+        };
+        let gap = (next - at).to_std().unwrap_or_default();
+        shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        at = next;
+    }
+    shortest
+}
+
 /// The expression of a stored schedule.
 fn stored_cron(row: &ScheduleRow) -> Result<CronSchedule, AppError> {
     CronSchedule::parse(&row.cron, &row.time_zone, "cron_expression", "time_zone")
@@ -457,6 +538,29 @@ pub fn missed_policy(label: &str) -> MissedFirePolicy {
     match label {
         "RUN_ONCE" => MissedFirePolicy::RunOnce,
         _ => MissedFirePolicy::Skip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gap(expression: &str) -> Option<Duration> {
+        let cron = CronSchedule::parse(expression, "UTC", "cron", "zone").unwrap();
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 3, 1)
+            .unwrap()
+            .and_hms_opt(12, 0, 30)
+            .unwrap();
+        shortest_gap(&cron, now, INTERVAL_CHECKED_FIRES)
+    }
+
+    #[test]
+    fn the_shortest_gap_between_fire_times() {
+        assert_eq!(gap("* * * * * *"), Some(Duration::from_secs(1)));
+        assert_eq!(gap("0 * * * * *"), Some(Duration::from_secs(60)));
+        // Close fire times once an hour, after a long wait: still seen.
+        assert_eq!(gap("0,1 0 * * * *"), Some(Duration::from_secs(1)));
+        assert_eq!(gap("*/5 59 * * * *"), Some(Duration::from_secs(5)));
     }
 }
 

@@ -434,3 +434,101 @@ async fn a_replica_killed_with_sigkill_leaves_one_job_per_fire_time() {
     assert_eq!(last - first + 1, fires.len() as i64, "{fires:?}");
     app.stop().await;
 }
+
+#[derive(diesel::QueryableByName)]
+struct LockedJob {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    #[allow(dead_code)]
+    id: uuid::Uuid,
+}
+
+/// A schedule whose claim fails (CANCEL_PREVIOUS cannot lock its previous
+/// job: a stuck transaction holds it) says why and backs off, and another
+/// due schedule keeps firing meanwhile; once the lock is gone it fires
+/// again.
+#[tokio::test]
+async fn a_failing_schedule_backs_off_while_another_keeps_firing() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let stuck = create(
+        &app,
+        &token,
+        pb::CreateScheduleRequest {
+            overlap_policy: pb::OverlapPolicy::CancelPrevious.into(),
+            ..new_schedule("stuck", "* * * * * *", "stuck.job")
+        },
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "a first job", || async {
+        !jobs_of(&app, &token, &stuck.id).await.is_empty()
+    })
+    .await;
+    // A transaction holds the schedule's waiting job (no worker takes it).
+    let mut holder = app.pool.get().await.unwrap();
+    diesel::sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let locked: Vec<LockedJob> = diesel::sql_query(
+            r#"SELECT id FROM jobs WHERE "scheduleId" = $1::uuid AND status = 'PENDING'
+               FOR UPDATE"#,
+        )
+        .bind::<diesel::sql_types::Text, _>(&stuck.id)
+        .load(&mut holder)
+        .await
+        .unwrap();
+        if !locked.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pending job to hold");
+    }
+    let held_jobs = jobs_of(&app, &token, &stuck.id).await.len();
+
+    let healthy = create(
+        &app,
+        &token,
+        new_schedule("healthy", "* * * * * *", "healthy.job"),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the stuck schedule's error and the other's jobs",
+        || async {
+            let error = get(&app, &token, "stuck").await.unwrap().last_error;
+            error.contains("could not fire") && jobs_of(&app, &token, &healthy.id).await.len() >= 4
+        },
+    )
+    .await;
+    let failing = get(&app, &token, "stuck").await.unwrap();
+    eprintln!("the stuck schedule says: {}", failing.last_error);
+    assert_eq!(
+        jobs_of(&app, &token, &stuck.id).await.len(),
+        held_jobs,
+        "a failed claim made no job"
+    );
+
+    diesel::sql_query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the stuck schedule firing again",
+        || async {
+            get(&app, &token, "stuck")
+                .await
+                .unwrap()
+                .last_error
+                .is_empty()
+                && jobs_of(&app, &token, &stuck.id).await.len() > held_jobs
+        },
+    )
+    .await;
+    pause(&app, &token, "stuck").await.unwrap();
+    pause(&app, &token, "healthy").await.unwrap();
+    app.stop().await;
+}
