@@ -149,6 +149,9 @@ impl Schedules {
         // An internal error's text is the server's, not the schedule
         // reader's: its kind is enough.
         let why = match error {
+            AppError::Internal(detail) if detail.contains("lock timeout") => {
+                "a job or row it must change stayed locked by another transaction".to_owned()
+            }
             AppError::Internal(_) | AppError::Config(_) => error.reason().to_owned(),
             other => format!("{}: {other}", other.reason()),
         };
