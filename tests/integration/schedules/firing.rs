@@ -532,3 +532,75 @@ async fn a_failing_schedule_backs_off_while_another_keeps_firing() {
     pause(&app, &token, "healthy").await.unwrap();
     app.stop().await;
 }
+
+#[derive(diesel::QueryableByName)]
+struct Fired {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    jobs: i64,
+}
+
+/// How many fires a second one replica sustains: `BENCH_SCHEDULES`
+/// schedules (copied behind the API's back, past `SCHEDULES_MAX`) all due
+/// at once, each making one job. A figure for BENCHMARKS.md, not a check:
+/// `cargo test --test integration schedules::firing::fire_rate -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement; run by hand"]
+async fn fire_rate_of_one_replica() {
+    let count: i64 = std::env::var("BENCH_SCHEDULES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000);
+    let app = TestApp::spawn_with(TestOptions {
+        pool_size: 16,
+        ..TestOptions::default()
+    })
+    .await;
+    let token = app.admin_token().await;
+    create(&app, &token, new_schedule("model", "@yearly", "bench.fire"))
+        .await
+        .unwrap();
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::sql_query(
+        r#"INSERT INTO schedules (id, name, description, cron, "timeZone", "jobName",
+               "moduleName", payload, priority, "maxAttempts", "overlapPolicy",
+               "missedFirePolicy", paused, "nextFireAt", "createdBy", "createdAt", "updatedAt")
+           SELECT gen_random_uuid(), 'bench-' || g, description, cron, "timeZone", "jobName",
+               "moduleName", payload, priority, "maxAttempts", "overlapPolicy",
+               "missedFirePolicy", false, LOCALTIMESTAMP(3) + interval '2 seconds', "createdBy",
+               "createdAt", "updatedAt"
+           FROM schedules, generate_series(1, $1) g WHERE name = 'model'"#,
+    )
+    .bind::<diesel::sql_types::BigInt, _>(count)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // Any write wakes the loop, which then sleeps until they are due.
+    pause(&app, &token, "model").await.unwrap();
+    let jobs = async |conn: &mut _| -> i64 {
+        let row: Fired = diesel::sql_query(
+            r#"SELECT count(*) AS jobs FROM jobs WHERE "scheduleId" IS NOT NULL"#,
+        )
+        .get_result(conn)
+        .await
+        .unwrap();
+        row.jobs
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while jobs(&mut conn).await == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    while jobs(&mut conn).await < count {
+        assert!(Instant::now() < deadline, "not all fired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{count} due schedules fired in {:.2} s: {:.0} fires/s (firing tasks: {})",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        automation_control_plane::domain::schedules::firing::FIRING_TASKS
+    );
+    app.stop().await;
+}
