@@ -199,6 +199,17 @@ pub struct ServeArgs {
     #[arg(long, env = "SCHEDULE_MISFIRE_GRACE_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
     pub schedule_misfire_grace_ms: u64,
+    /// Shortest time between two fire times of a schedule's expression, in
+    /// seconds: a schedule written with a closer one is refused (every
+    /// schedule is a standing rate of job creation).
+    #[arg(long, env = "SCHEDULE_MIN_INTERVAL_SECS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub schedule_min_interval_secs: u64,
+    /// Most schedules one account may have created; CreateSchedule past it
+    /// is refused (LIMIT_EXCEEDED).
+    #[arg(long, env = "SCHEDULES_MAX", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub schedules_max: u64,
     /// Do not apply pending migrations on start.
     #[arg(long, env = "SKIP_MIGRATIONS")]
     pub skip_migrations: bool,

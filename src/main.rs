@@ -239,6 +239,8 @@ async fn serve_on(
             retention: RetentionSettings::from_args(&args.retention),
             schedules: ScheduleSettings {
                 misfire_grace: Duration::from_millis(args.schedule_misfire_grace_ms),
+                min_interval: Duration::from_secs(args.schedule_min_interval_secs),
+                max_per_creator: args.schedules_max,
                 ..ScheduleSettings::default()
             },
         },

@@ -8,7 +8,11 @@
 //! Reports come only for leases a stream holds (checked by the session), and
 //! the write is fenced again in the database; the last report of a lease
 //! that is then completed, failed or released is taken by its report
-//! ([`ProgressBuffer::take`]) and stored with it, in its transaction.
+//! ([`ProgressBuffer::take`]) and stored with it, in its transaction. That
+//! includes a report the writer has taken but not yet stored (it stays
+//! "in flight" until the write is done): otherwise a completion settled
+//! meanwhile would make the writer's fenced write a no-op, and the finished
+//! job would keep an older progress.
 
 use std::{
     collections::HashMap,
@@ -37,6 +41,8 @@ const WRITE_BATCH: usize = 1000;
 #[derive(Debug, Default)]
 pub struct ProgressBuffer {
     pending: Mutex<HashMap<Uuid, ProgressWrite>>,
+    /// What the writer took and is storing (locked after `pending`).
+    in_flight: Mutex<HashMap<Uuid, ProgressWrite>>,
     /// Rung when something waits where nothing did.
     waiting: Notify,
 }
@@ -55,20 +61,33 @@ impl ProgressBuffer {
         }
     }
 
-    /// Takes the progress waiting for `lease`, if any: its report stores it.
+    /// Takes the progress waiting for `lease`, if any, or a copy of the one
+    /// the writer is storing: its report stores it (the writer's fenced
+    /// write may come after the report settled, and then changes nothing).
     pub fn take(&self, lease: &LeaseRef) -> Option<ProgressWrite> {
         let mut pending = crate::sync::lock(&self.pending);
         match pending.get(&lease.job) {
             Some(write) if write.lease == *lease => pending.remove(&lease.job),
-            _ => None,
+            Some(_) => None,
+            None => crate::sync::lock(&self.in_flight)
+                .get(&lease.job)
+                .filter(|write| write.lease == *lease)
+                .cloned(),
         }
     }
 
-    /// Everything waiting.
+    /// Everything waiting; it stays in flight until [`Self::written`].
     fn take_all(&self) -> Vec<ProgressWrite> {
-        std::mem::take(&mut *crate::sync::lock(&self.pending))
-            .into_values()
-            .collect()
+        let mut pending = crate::sync::lock(&self.pending);
+        let mut in_flight = crate::sync::lock(&self.in_flight);
+        in_flight.clear();
+        in_flight.extend(pending.iter().map(|(job, write)| (*job, write.clone())));
+        std::mem::take(&mut *pending).into_values().collect()
+    }
+
+    /// The writer is done with what it took.
+    fn written(&self) {
+        crate::sync::lock(&self.in_flight).clear();
     }
 
     /// Puts back writes that could not be stored, unless a newer report of
@@ -136,6 +155,7 @@ pub async fn run_writer(shared: Arc<Shared>) {
                 }
             }
         }
+        buffer.written();
     }
 }
 
@@ -178,5 +198,28 @@ mod tests {
         buffer.put(write(b, 1, 8));
         buffer.restore(vec![write(b, 1, 7), write(a, 1, 5)], |lease| lease.job == b);
         assert_eq!(buffer.take_all(), vec![write(b, 1, 8)]);
+    }
+
+    #[test]
+    fn a_report_takes_the_progress_the_writer_is_storing() {
+        let buffer = ProgressBuffer::default();
+        let job = Uuid::now_v7();
+        buffer.put(write(job, 1, 40));
+        assert_eq!(buffer.take_all(), vec![write(job, 1, 40)]);
+        // The completion comes while the writer stores it: it takes a copy
+        // (another attempt's lease takes nothing).
+        assert_eq!(buffer.take(&write(job, 2, 0).lease), None);
+        assert_eq!(
+            buffer.take(&write(job, 1, 0).lease).map(|w| w.progress),
+            Some(json!({ "percent": 40 }))
+        );
+        // A newer report waiting wins over the one in flight.
+        buffer.put(write(job, 1, 41));
+        assert_eq!(
+            buffer.take(&write(job, 1, 0).lease).map(|w| w.progress),
+            Some(json!({ "percent": 41 }))
+        );
+        buffer.written();
+        assert_eq!(buffer.take(&write(job, 1, 0).lease), None);
     }
 }

@@ -177,7 +177,11 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool>
 /// the database's clock), locked, skipping those another replica holds: the
 /// claim of the firing loop. A schedule whose module is not ENABLED is held
 /// and not claimed (it is not due until the module is).
-pub async fn claim_due(conn: &mut AsyncPgConnection) -> QueryResult<Option<ScheduleRow>> {
+/// Schedules in `passed` (those that failed this round) are not claimed.
+pub async fn claim_due(
+    conn: &mut AsyncPgConnection,
+    passed: &[Uuid],
+) -> QueryResult<Option<ScheduleRow>> {
     diesel::sql_query(
         r#"SELECT s.id, s.name, s.description, s.cron, s."timeZone" AS time_zone,
                   s."jobName" AS job_name, s."moduleName" AS module_name, s.payload,
@@ -193,13 +197,80 @@ pub async fn claim_due(conn: &mut AsyncPgConnection) -> QueryResult<Option<Sched
              AND (s."moduleName" IS NULL OR EXISTS (
                     SELECT 1 FROM modules m
                     WHERE m.name = s."moduleName" AND m.status = 'ENABLED'))
+             AND NOT (s.id = ANY($1::uuid[]))
            ORDER BY s."nextFireAt"
            LIMIT 1
            FOR UPDATE OF s SKIP LOCKED"#,
     )
+    .bind::<Array<SqlUuid>, _>(passed)
     .get_result(conn)
     .await
     .optional()
+}
+
+/// Puts off a schedule whose claim failed: its next fire time becomes
+/// `delay` from now and `lastError` says why, unless another replica has
+/// moved it on since (`nextFireAt` is no longer `due`) or holds it now (its
+/// claim deals with it). Returns whether it was put off.
+pub async fn back_off(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    due: NaiveDateTime,
+    delay: std::time::Duration,
+    error: &str,
+) -> QueryResult<bool> {
+    diesel::sql_query(
+        r#"UPDATE schedules
+           SET "nextFireAt" = LOCALTIMESTAMP(3) + make_interval(secs => $3), "lastError" = $4
+           WHERE id = (SELECT id FROM schedules WHERE id = $1 AND "nextFireAt" = $2
+                       FOR UPDATE SKIP LOCKED)"#,
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Timestamp, _>(due)
+    .bind::<diesel::sql_types::Double, _>(delay.as_secs_f64())
+    .bind::<Text, _>(error)
+    .execute(conn)
+    .await
+    .map(|n| n > 0)
+}
+
+/// Bounds how long the firing transaction waits for a row lock (a job of
+/// the schedule that CANCEL_PREVIOUS cancels, held by a stuck transaction):
+/// past it the claim fails and the schedule backs off.
+pub async fn bound_lock_waits(
+    conn: &mut AsyncPgConnection,
+    wait: std::time::Duration,
+) -> QueryResult<()> {
+    diesel::sql_query(format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        wait.as_millis().max(1)
+    ))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// How many schedules `creator` created (that still exist), after taking a
+/// transaction-level lock on that count, so that two concurrent creates
+/// cannot both pass the bound.
+pub async fn count_created_by(conn: &mut AsyncPgConnection, creator: Uuid) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('schedules:' || $1::text, 0))",
+    )
+    .bind::<SqlUuid, _>(creator)
+    .execute(conn)
+    .await?;
+    let row: Count =
+        diesel::sql_query(r#"SELECT count(*) AS count FROM schedules WHERE "createdBy" = $1"#)
+            .bind::<SqlUuid, _>(creator)
+            .get_result(conn)
+            .await?;
+    Ok(row.count)
 }
 
 #[derive(QueryableByName)]

@@ -87,6 +87,8 @@ pub const JOB_RETRIES: &str = "queue_job_retries_total";
 /// Fire times of schedules acted on, by outcome (`created`: a job was
 /// created; `skipped`: missed, overlapping or refused), after commit.
 pub const SCHEDULE_FIRES: &str = "schedule_fires_total";
+/// Claims of a schedule that failed (rolled back; the schedule backs off).
+pub const SCHEDULE_FIRE_FAILURES: &str = "schedule_fire_failures_total";
 
 /// Samples of the statistics above that failed.
 pub const SAMPLE_ERRORS: &str = "telemetry_sample_errors_total";
@@ -117,6 +119,11 @@ pub fn schedule_fired(created: u64, skipped: u64) {
     if skipped > 0 {
         metrics::counter!(SCHEDULE_FIRES, "outcome" => "skipped").increment(skipped);
     }
+}
+
+/// Counts a schedule claim that failed and was backed off.
+pub fn schedule_fire_failed() {
+    metrics::counter!(SCHEDULE_FIRE_FAILURES).increment(1);
 }
 
 /// Counts `count` failed attempts retried (after their commit).

@@ -57,9 +57,12 @@ pub fn job_message(row: JobRow) -> pb::Job {
 }
 
 /// The progress a job shows: what was last reported on its latest attempt
-/// (a new attempt starts with none; a finished job keeps its last).
+/// (a new attempt starts with none; a finished job keeps its last). Never
+/// while PENDING: a job retried (RetryJob) or whose lease was lost waits
+/// with the attempt count of its last run, whose progress is not the next
+/// run's.
 fn progress_message(row: &JobRow) -> Option<pb::JobProgress> {
-    if row.progress_attempt != Some(row.attempts) {
+    if row.status == JobStatus::Pending || row.progress_attempt != Some(row.attempts) {
         return None;
     }
     let progress = Progress::from_json(row.progress.as_ref()?);

@@ -458,3 +458,48 @@ async fn a_progress_flood_past_the_budget_ends_the_stream() {
     );
     app.stop().await;
 }
+
+/// A retried job waits PENDING with the attempt count of its last run:
+/// that run's progress is not shown until the new attempt reports.
+#[tokio::test]
+async fn a_retried_job_shows_no_progress_while_pending() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let job = app
+        .create_job(&token, new_job("progress.pending", json!({})))
+        .await;
+    let mut worker = app.worker(1).await;
+    let first = worker.assignment().await;
+    worker
+        .send(progress(lease_of(&first), Some(70.0), "first run", None))
+        .await;
+    wait_for_progress(&app, &token, &job.id, |p| p.message == "first run").await;
+    worker.fail(&first, "broken", true).await;
+    assert!(worker.ack().await.accepted);
+    let failed = app.job(&token, &job.id).await;
+    assert_eq!(failed.status(), pb::JobStatus::Failed);
+    assert_eq!(message_of(&failed), "first run", "a failed job keeps it");
+    // The worker's one slot is taken while the retry waits: it stays
+    // PENDING.
+    app.create_job(&token, new_job("progress.blocker", json!({})))
+        .await;
+    let blocker = worker.assignment().await;
+    JobServiceClient::new(app.channel().await)
+        .retry_job(authed(&token, pb::RetryJobRequest { id: job.id.clone() }))
+        .await
+        .unwrap();
+    let pending = app.job(&token, &job.id).await;
+    assert_eq!(pending.status(), pb::JobStatus::Pending);
+    assert_eq!(pending.progress, None, "a waiting retry shows no progress");
+
+    worker.complete(&blocker, json!("ok")).await;
+    assert!(worker.ack().await.accepted);
+    let second = worker.assignment().await;
+    assert_eq!(second.attempt, first.attempt + 1);
+    assert_eq!(app.job(&token, &job.id).await.progress, None);
+    worker
+        .send(progress(lease_of(&second), Some(5.0), "second run", None))
+        .await;
+    wait_for_progress(&app, &token, &job.id, |p| p.message == "second run").await;
+    app.stop().await;
+}

@@ -572,3 +572,81 @@ async fn existing_default_roles_get_the_new_permissions() {
     }
     app.stop().await;
 }
+
+/// `SCHEDULE_MIN_INTERVAL_SECS` refuses an expression firing too often, by
+/// field, on create and update; `SCHEDULES_MAX` bounds an account's
+/// schedules, also when creates race.
+#[tokio::test]
+async fn schedules_are_bounded_in_rate_and_number() {
+    let mut options = common::TestOptions::default();
+    options.server.schedules.min_interval = std::time::Duration::from_secs(60);
+    options.server.schedules.max_per_creator = 2;
+    let app = TestApp::spawn_with(options).await;
+    let token = app.admin_token().await;
+    for cron in ["* * * * * *", "0,30 * * * * *", "*/5 0 * * * *"] {
+        let refused = create(&app, &token, new_schedule("often", cron, "often.job"))
+            .await
+            .unwrap_err();
+        assert_eq!(field_of(&refused), "cron_expression", "{cron}");
+        assert!(
+            refused.message().contains("SCHEDULE_MIN_INTERVAL_SECS"),
+            "{refused:?}"
+        );
+    }
+    let first = create(
+        &app,
+        &token,
+        new_schedule("minutely", "0 * * * * *", "m.job"),
+    )
+    .await
+    .unwrap();
+    let refused = client(app.channel().await)
+        .update_schedule(authed(
+            &token,
+            pb::UpdateScheduleRequest {
+                schedule: Some(pb::Schedule {
+                    id: first.id.clone(),
+                    cron_expression: "*/10 * * * * *".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["cron_expression"]),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&refused), "schedule.cron_expression");
+
+    // One left under the bound: of eight racing creates, exactly one wins.
+    let racers = (0..8).map(|n| {
+        let (app, token) = (&app, &token);
+        async move {
+            create(
+                app,
+                token,
+                new_schedule(&format!("racer-{n}"), "@hourly", "r.job"),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(racers).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        let info = refused.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "LIMIT_EXCEEDED");
+        assert_eq!(
+            info.metadata.get("limit").map(String::as_str),
+            Some("SCHEDULES_MAX")
+        );
+    }
+    // Deleting one makes room.
+    client(app.channel().await)
+        .delete_schedule(authed(&token, pb::DeleteScheduleRequest { id: first.id }))
+        .await
+        .unwrap();
+    create(&app, &token, new_schedule("again", "@daily", "r.job"))
+        .await
+        .unwrap();
+    app.stop().await;
+}

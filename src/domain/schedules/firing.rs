@@ -1,10 +1,19 @@
 //! Firing: turning a due schedule's fire times into jobs, exactly one per
-//! fire time whatever the number of replicas. Each replica's loop claims one
-//! due schedule at a time (`FOR UPDATE SKIP LOCKED`, due by the database's
-//! clock) and, in the same transaction, creates its jobs through CreateJob's
+//! fire time whatever the number of replicas. Each replica's loop runs a
+//! few claims at once, each claiming one due schedule
+//! (`FOR UPDATE SKIP LOCKED`, due by the database's clock) and, in the same
+//! transaction, creates its jobs through CreateJob's
 //! rules, ties each to its fire time (unique per schedule in the database)
 //! and advances the schedule's next fire time. A replica that dies midway
 //! rolls back; another claims the schedule again.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::NaiveDateTime;
 use diesel_async::AsyncPgConnection;
@@ -41,30 +50,130 @@ pub struct Fired {
 /// loop looks up between bursts.
 const MAX_CLAIMS_PER_ROUND: usize = 1000;
 
+/// Claims fired at once by one replica, each in its own transaction (and
+/// on its own pooled connection): a slow schedule holds one of them, not
+/// every other due schedule.
+pub const FIRING_TASKS: usize = 4;
+
+/// Longest a firing transaction waits for a row lock before it fails and
+/// its schedule backs off.
+const FIRE_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// First pause of a schedule whose claim failed; it doubles with each
+/// failure in a row (as this replica counts them) up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What the claims of one round share.
+#[derive(Default)]
+struct Round {
+    fired: Mutex<Vec<Fired>>,
+    /// Schedules whose claim failed this round: not claimed again in it.
+    passed: Mutex<Vec<Uuid>>,
+    claims: AtomicUsize,
+}
+
 impl Schedules {
-    /// Fires every schedule due now, one transaction each; returns what
-    /// each claim did.
+    /// Fires every schedule due now, [`FIRING_TASKS`] claims at a time,
+    /// one transaction each; returns what each claim did. A claim that
+    /// fails (a lock wait past [`FIRE_LOCK_TIMEOUT`], a deadlock, an
+    /// internal error) rolls back, and its schedule backs off in a
+    /// transaction of its own (see [`Self::back_off`]) while the round goes
+    /// on with the others: one failing schedule never stops the rest. An
+    /// `Err` is a claim that could not even be made (the database is away).
     pub async fn fire_due(&self) -> Result<Vec<Fired>, AppError> {
-        let mut done = Vec::new();
-        while done.len() < MAX_CLAIMS_PER_ROUND {
-            let fired = db::transaction(&self.pool, "schedules.fire", async |conn| {
-                let Some(row) = rows::claim_due(conn).await? else {
+        let round = Round::default();
+        let tasks = (0..FIRING_TASKS).map(|_| self.fire_some(&round));
+        let ended = futures_util::future::join_all(tasks).await;
+        let fired = round.fired.into_inner().unwrap_or_else(|e| e.into_inner());
+        match ended.into_iter().find_map(Result::err) {
+            Some(error) if fired.is_empty() => Err(error),
+            _ => Ok(fired),
+        }
+    }
+
+    /// One firing task of a round: claims and fires until nothing is due.
+    async fn fire_some(&self, round: &Round) -> Result<(), AppError> {
+        while round.claims.fetch_add(1, Ordering::Relaxed) < MAX_CLAIMS_PER_ROUND {
+            let passed = crate::sync::lock(&round.passed).clone();
+            let claimed = Mutex::new(None);
+            let result = db::transaction(&self.pool, "schedules.fire", async |conn| {
+                let Some(row) = rows::claim_due(conn, &passed).await? else {
                     return Ok(None);
                 };
+                *crate::sync::lock(&claimed) = Some((row.id, row.next_fire_at));
+                rows::bound_lock_waits(conn, FIRE_LOCK_TIMEOUT).await?;
                 self.fire(conn, row).await.map(Some)
             })
-            .await?;
-            match fired {
-                Some(fired) => {
+            .await;
+            let claimed = claimed.into_inner().unwrap_or_else(|e| e.into_inner());
+            match (result, claimed) {
+                (Ok(Some(fired)), _) => {
                     if fired.created > 0 {
                         self.jobs.wake_dispatch();
                     }
-                    done.push(fired);
+                    self.forget_failures(fired.schedule);
+                    crate::sync::lock(&round.fired).push(fired);
                 }
-                None => break,
+                (Ok(None), _) => return Ok(()),
+                (Err(error), Some((schedule, Some(due)))) => {
+                    crate::sync::lock(&round.passed).push(schedule);
+                    self.back_off(schedule, due, &error).await?;
+                }
+                (Err(error), _) => return Err(error),
             }
         }
-        Ok(done)
+        Ok(())
+    }
+
+    /// Puts off a schedule whose claim failed with `error`: its next fire
+    /// time moves [`BACKOFF_FIRST`] from now, doubling with each failure in
+    /// a row up to [`BACKOFF_MAX`], and `lastError` says why (its fire
+    /// time, when it fires, is that later time). Counted in
+    /// `schedule_fire_failures_total`.
+    async fn back_off(
+        &self,
+        schedule: Uuid,
+        due: NaiveDateTime,
+        error: &AppError,
+    ) -> Result<(), AppError> {
+        let failures = {
+            let mut failures = crate::sync::lock(&self.failures);
+            let count = failures.entry(schedule).or_insert(0);
+            *count = count.saturating_add(1);
+            *count
+        };
+        let delay = BACKOFF_FIRST
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+            .min(BACKOFF_MAX);
+        // An internal error's text is the server's, not the schedule
+        // reader's: its kind is enough.
+        let why = match error {
+            AppError::Internal(detail) if detail.contains("lock timeout") => {
+                "a job or row it must change stayed locked by another transaction".to_owned()
+            }
+            AppError::Internal(_) | AppError::Config(_) => error.reason().to_owned(),
+            other => format!("{}: {other}", other.reason()),
+        };
+        let text = format!(
+            "could not fire ({why}); failure {failures} in a row, tried again in {}s",
+            delay.as_secs()
+        );
+        tracing::warn!(%schedule, %error, failures, "a schedule could not fire; backing off");
+        crate::telemetry::names::schedule_fire_failed();
+        db::transaction(&self.pool, "schedules.back_off", async |conn| {
+            rows::back_off(conn, schedule, due, delay, &text).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A schedule fired: its failures in a row start again from none.
+    fn forget_failures(&self, schedule: Uuid) {
+        let mut failures = crate::sync::lock(&self.failures);
+        if !failures.is_empty() {
+            failures.remove(&schedule);
+        }
     }
 
     /// Acts on a claimed (locked) schedule's due fire times.

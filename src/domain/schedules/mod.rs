@@ -15,6 +15,7 @@
 
 pub mod cron;
 pub mod firing;
+mod limits;
 mod spec;
 
 pub use cron::{CronSchedule, MissedFirePolicy};
@@ -63,6 +64,12 @@ pub struct ScheduleSettings {
     /// Longest the loop sleeps without looking (a safety net: it is woken
     /// when any replica changes a schedule).
     pub max_sleep: Duration,
+    /// Shortest time between two fire times of an expression a schedule
+    /// may be written with (`SCHEDULE_MIN_INTERVAL_SECS`): every schedule
+    /// is a standing rate of job creation.
+    pub min_interval: Duration,
+    /// Most schedules one account may have created (`SCHEDULES_MAX`).
+    pub max_per_creator: u64,
 }
 
 impl Default for ScheduleSettings {
@@ -70,6 +77,8 @@ impl Default for ScheduleSettings {
         Self {
             misfire_grace: Duration::from_secs(60),
             max_sleep: Duration::from_secs(30),
+            min_interval: Duration::from_secs(1),
+            max_per_creator: 1_000,
         }
     }
 }
@@ -83,6 +92,9 @@ pub struct Schedules {
     /// Wakes this replica's firing loop at once after a local change (other
     /// replicas hear the NOTIFY).
     wake: Arc<Notify>,
+    /// Failed claims in a row of each schedule, as this replica saw them:
+    /// how long a failing schedule backs off ([`firing`]).
+    failures: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
 }
 
 impl Schedules {
@@ -94,6 +106,7 @@ impl Schedules {
             jobs,
             settings,
             wake,
+            failures: Arc::default(),
         }
     }
 
@@ -113,6 +126,7 @@ impl Schedules {
             "cron_expression",
             "time_zone",
         )?;
+        self.check_interval(&cron, "cron_expression")?;
         let template = spec.job_template.ok_or_else(|| {
             AppError::invalid(
                 "job_template",
@@ -120,6 +134,7 @@ impl Schedules {
             )
         })?;
         let row = db::transaction(&self.pool, "schedules.create", async |conn| {
+            self.ensure_below_max(conn, actor).await?;
             let module = self
                 .check_template(conn, actor, &template, "job_template.")
                 .await?;
@@ -240,6 +255,7 @@ impl Schedules {
                     "schedule.cron_expression",
                     "schedule.time_zone",
                 )?;
+                self.check_interval(&cron, "schedule.cron_expression")?;
                 let next = first_fire(&cron, now, "schedule.cron_expression")?;
                 changes.cron = Some(expression.trim().to_owned());
                 changes.time_zone = Some(cron.zone_name().to_owned());

@@ -434,3 +434,173 @@ async fn a_replica_killed_with_sigkill_leaves_one_job_per_fire_time() {
     assert_eq!(last - first + 1, fires.len() as i64, "{fires:?}");
     app.stop().await;
 }
+
+#[derive(diesel::QueryableByName)]
+struct LockedJob {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    #[allow(dead_code)]
+    id: uuid::Uuid,
+}
+
+/// A schedule whose claim fails (CANCEL_PREVIOUS cannot lock its previous
+/// job: a stuck transaction holds it) says why and backs off, and another
+/// due schedule keeps firing meanwhile; once the lock is gone it fires
+/// again.
+#[tokio::test]
+async fn a_failing_schedule_backs_off_while_another_keeps_firing() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let stuck = create(
+        &app,
+        &token,
+        pb::CreateScheduleRequest {
+            overlap_policy: pb::OverlapPolicy::CancelPrevious.into(),
+            ..new_schedule("stuck", "* * * * * *", "stuck.job")
+        },
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "a first job", || async {
+        !jobs_of(&app, &token, &stuck.id).await.is_empty()
+    })
+    .await;
+    // A transaction holds the schedule's waiting job (no worker takes it).
+    let mut holder = app.pool.get().await.unwrap();
+    diesel::sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let locked: Vec<LockedJob> = diesel::sql_query(
+            r#"SELECT id FROM jobs WHERE "scheduleId" = $1::uuid AND status = 'PENDING'
+               FOR UPDATE"#,
+        )
+        .bind::<diesel::sql_types::Text, _>(&stuck.id)
+        .load(&mut holder)
+        .await
+        .unwrap();
+        if !locked.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pending job to hold");
+    }
+    let held_jobs = jobs_of(&app, &token, &stuck.id).await.len();
+
+    let healthy = create(
+        &app,
+        &token,
+        new_schedule("healthy", "* * * * * *", "healthy.job"),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the stuck schedule's error and the other's jobs",
+        || async {
+            let error = get(&app, &token, "stuck").await.unwrap().last_error;
+            error.contains("could not fire") && jobs_of(&app, &token, &healthy.id).await.len() >= 4
+        },
+    )
+    .await;
+    let failing = get(&app, &token, "stuck").await.unwrap();
+    eprintln!("the stuck schedule says: {}", failing.last_error);
+    assert_eq!(
+        jobs_of(&app, &token, &stuck.id).await.len(),
+        held_jobs,
+        "a failed claim made no job"
+    );
+
+    diesel::sql_query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the stuck schedule firing again",
+        || async {
+            get(&app, &token, "stuck")
+                .await
+                .unwrap()
+                .last_error
+                .is_empty()
+                && jobs_of(&app, &token, &stuck.id).await.len() > held_jobs
+        },
+    )
+    .await;
+    pause(&app, &token, "stuck").await.unwrap();
+    pause(&app, &token, "healthy").await.unwrap();
+    app.stop().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Fired {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    jobs: i64,
+}
+
+/// How many fires a second one replica sustains: `BENCH_SCHEDULES`
+/// schedules (copied behind the API's back, past `SCHEDULES_MAX`) all due
+/// at once, each making one job. A figure for BENCHMARKS.md, not a check:
+/// `cargo test --test integration schedules::firing::fire_rate -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement; run by hand"]
+async fn fire_rate_of_one_replica() {
+    let count: i64 = std::env::var("BENCH_SCHEDULES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000);
+    let app = TestApp::spawn_with(TestOptions {
+        pool_size: 16,
+        ..TestOptions::default()
+    })
+    .await;
+    let token = app.admin_token().await;
+    create(&app, &token, new_schedule("model", "@yearly", "bench.fire"))
+        .await
+        .unwrap();
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::sql_query(
+        r#"INSERT INTO schedules (id, name, description, cron, "timeZone", "jobName",
+               "moduleName", payload, priority, "maxAttempts", "overlapPolicy",
+               "missedFirePolicy", paused, "nextFireAt", "createdBy", "createdAt", "updatedAt")
+           SELECT gen_random_uuid(), 'bench-' || g, description, cron, "timeZone", "jobName",
+               "moduleName", payload, priority, "maxAttempts", "overlapPolicy",
+               "missedFirePolicy", false, LOCALTIMESTAMP(3) + interval '2 seconds', "createdBy",
+               "createdAt", "updatedAt"
+           FROM schedules, generate_series(1, $1) g WHERE name = 'model'"#,
+    )
+    .bind::<diesel::sql_types::BigInt, _>(count)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // Any write wakes the loop, which then sleeps until they are due.
+    pause(&app, &token, "model").await.unwrap();
+    let jobs = async |conn: &mut _| -> i64 {
+        let row: Fired = diesel::sql_query(
+            r#"SELECT count(*) AS jobs FROM jobs WHERE "scheduleId" IS NOT NULL"#,
+        )
+        .get_result(conn)
+        .await
+        .unwrap();
+        row.jobs
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while jobs(&mut conn).await == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    while jobs(&mut conn).await < count {
+        assert!(Instant::now() < deadline, "not all fired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{count} due schedules fired in {:.2} s: {:.0} fires/s (firing tasks: {})",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        automation_control_plane::domain::schedules::firing::FIRING_TASKS
+    );
+    app.stop().await;
+}
