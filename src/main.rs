@@ -236,6 +236,7 @@ async fn serve_on(
             http_listener,
             metrics_sample_interval: Duration::from_millis(args.metrics_sample_interval_ms),
             retention: RetentionSettings::from_args(&args.retention),
+            console: args.console,
         },
         shutdown_signal(),
     )

@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod backup;
 mod caller_cache;
+mod console;
 mod database;
 mod escalation;
 mod examples;

@@ -103,6 +103,8 @@ pub struct StreamEntry {
     /// were never sent, and their leases are kept alive however long they
     /// wait (see [`Registry::kept_by_server`]).
     outbox: Option<Arc<Outbox>>,
+    /// When its worker last sent a heartbeat (the console's Workers page).
+    last_heartbeat: Option<SystemTime>,
 }
 
 impl StreamEntry {
@@ -123,6 +125,7 @@ impl StreamEntry {
             accepting: true,
             commands,
             outbox: None,
+            last_heartbeat: None,
         }
     }
 

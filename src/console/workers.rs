@@ -1,0 +1,38 @@
+//! Workers: the Work streams connected to this replica, as the dispatcher's
+//! registry knows them (a read-only snapshot), with the account each works
+//! for. Needs what ListJobs needs.
+
+use std::collections::HashMap;
+
+use axum::response::Response;
+use uuid::Uuid;
+
+use super::{Console, rpc, session::Viewer, views};
+
+/// `GET /console/workers`
+pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
+    if let Err(refused) = viewer.require(&ctx, rpc::LIST_JOBS).await {
+        return refused;
+    }
+    let streams = ctx.dispatcher.workers();
+    // One read per distinct account (a handful: workers share accounts).
+    let mut callers: HashMap<Uuid, String> = HashMap::new();
+    for stream in &streams {
+        if !callers.contains_key(&stream.caller) {
+            let name = match ctx.identity.accounts.get(stream.caller).await {
+                Ok(account) => account.user.username,
+                Err(_) => stream.caller.to_string(),
+            };
+            callers.insert(stream.caller, name);
+        }
+    }
+    views::page(
+        &viewer,
+        views::Shell {
+            title: "Workers",
+            current: "Workers",
+            live: None,
+        },
+        views::workers::content(&streams, &callers, &ctx.replica),
+    )
+}
