@@ -79,6 +79,7 @@ async fn an_operator_finds_a_failed_job_retries_it_and_cancels_it_while_it_runs(
     let assignment = worker.assignment().await;
     assert_eq!(job_id(&assignment), failed.id);
     worker.fail(&assignment, "disk full", true).await;
+    worker.ack().await;
     wait_for_status(&app, &token, &failed.id, pb::JobStatus::Failed).await;
 
     browser.login(&base, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
@@ -99,9 +100,10 @@ async fn an_operator_finds_a_failed_job_retries_it_and_cancels_it_while_it_runs(
     form.set_by_name("name", "report.build")
         .await
         .expect("name");
-    form.select_by_value("status", "FAILED").await.expect("status");
+    form.set_by_name("status", "FAILED").await.expect("status");
     form.submit().await.expect("filter");
-    browser.wait_for_text("FAILED").await;
+    browser.wait_for_url("status=FAILED").await;
+    browser.wait_for_text("badge failed").await;
     assert!(
         browser.source().await.contains(&failed.id[..8]),
         "the failed job is listed"
@@ -159,6 +161,7 @@ async fn enabling_a_module_runs_its_hook_job_and_a_revoked_session_ends_the_cons
     // The worker carries the hook out; its job's page shows it done.
     let hook = worker.assignment().await;
     worker.complete(&hook, json!({"installed": true})).await;
+    worker.ack().await;
     browser.click("tr#module-backup a.hook").await;
     browser.wait_for_text("COMPLETED").await;
     assert!(browser.source().await.contains(&job_id(&hook)));

@@ -136,6 +136,19 @@ impl Browser {
         );
     }
 
+    /// Waits until the browser is on a page whose URL holds `part`.
+    pub async fn wait_for_url(&self, part: &str) {
+        for _ in 0..100 {
+            if let Ok(url) = self.client.current_url().await
+                && url.as_str().contains(part)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the browser never reached a URL holding {part:?}");
+    }
+
     /// Clicks the first element `css` finds.
     pub async fn click(&self, css: &str) {
         self.client
