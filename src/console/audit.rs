@@ -3,10 +3,9 @@
 //! key). Needs what ListAuditLogs needs.
 
 use axum::{extract::Query, response::Response};
-use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Console, rpc, session::Viewer, views};
+use super::{Console, rpc, session::Viewer, views, views::audit::AuditQuery};
 use crate::{
     error::AppError,
     store::{
@@ -17,24 +16,6 @@ use crate::{
 
 /// Rows per page.
 const PAGE_SIZE: i64 = 50;
-
-/// The filters, as the query string carries them (empty: any).
-#[derive(Debug, Default, Deserialize)]
-pub struct AuditQuery {
-    #[serde(default)]
-    pub action: String,
-    /// An account id.
-    #[serde(default)]
-    pub user: String,
-    /// The exact subject (`jobs/<id>`).
-    #[serde(default)]
-    pub resource: String,
-    /// `success` or `failure`.
-    #[serde(default)]
-    pub outcome: String,
-    #[serde(default)]
-    pub page: String,
-}
 
 fn filter_of(query: &AuditQuery) -> Result<AuditFilter, AppError> {
     let text = |value: &str| Some(value.trim().to_owned()).filter(|v| !v.is_empty());
@@ -59,7 +40,11 @@ fn filter_of(query: &AuditQuery) -> Result<AuditFilter, AppError> {
 }
 
 /// `GET /console/audit`
-pub async fn page(Console(ctx): Console, viewer: Viewer, Query(query): Query<AuditQuery>) -> Response {
+pub async fn page(
+    Console(ctx): Console,
+    viewer: Viewer,
+    Query(query): Query<AuditQuery>,
+) -> Response {
     if let Err(refused) = viewer.require(&ctx, rpc::LIST_AUDIT_LOGS).await {
         return refused;
     }

@@ -15,10 +15,9 @@ use axum::{
 };
 use chrono::NaiveDateTime;
 use futures_util::StreamExt as _;
-use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Console, rpc, session::CsrfForm, session::Viewer, views};
+use super::{Console, rpc, session::CsrfForm, session::Viewer, views, views::jobs::JobsQuery};
 use crate::{
     error::AppError,
     proto::automation_v1 as pb,
@@ -30,25 +29,6 @@ use crate::{
 
 /// Rows per page.
 const PAGE_SIZE: i64 = 50;
-
-/// The list's filters, as the query string carries them (empty: any).
-#[derive(Debug, Default, Deserialize)]
-pub struct JobsQuery {
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub module: String,
-    /// Created at or after (`YYYY-MM-DDTHH:MM`, UTC).
-    #[serde(default)]
-    pub from: String,
-    /// Created before.
-    #[serde(default)]
-    pub until: String,
-    #[serde(default)]
-    pub page: String,
-}
 
 fn parse_time(field: &str, text: &str) -> Result<Option<NaiveDateTime>, AppError> {
     let text = text.trim();
@@ -85,7 +65,11 @@ fn filter_of(query: &JobsQuery) -> Result<JobFilter, AppError> {
 }
 
 /// `GET /console/jobs`
-pub async fn list(Console(ctx): Console, viewer: Viewer, Query(query): Query<JobsQuery>) -> Response {
+pub async fn list(
+    Console(ctx): Console,
+    viewer: Viewer,
+    Query(query): Query<JobsQuery>,
+) -> Response {
     if let Err(refused) = viewer.require(&ctx, rpc::LIST_JOBS).await {
         return refused;
     }
@@ -172,7 +156,11 @@ pub async fn events(Console(ctx): Console, viewer: Viewer, Path(id): Path<String
                 let status = pb::JobStatus::try_from(job.status)
                     .map(|s| s.as_str_name())
                     .unwrap_or("JOB_STATUS_UNSPECIFIED");
-                Ok::<_, Infallible>(Event::default().event("job").data(format!("{status}|{}", job.attempts)))
+                Ok::<_, Infallible>(
+                    Event::default()
+                        .event("job")
+                        .data(format!("{status}|{}", job.attempts)),
+                )
             }))
         });
     Sse::new(events)
@@ -194,7 +182,9 @@ async fn act(
     } else {
         ctx.jobs.retry(&viewer.actor, id).await
     };
-    result.map(|job| job.id).map_err(|e| views::error_response(&e))
+    result
+        .map(|job| job.id)
+        .map_err(|e| views::error_response(&e))
 }
 
 /// `POST /console/jobs/{id}/cancel`: CancelJob.

@@ -58,8 +58,15 @@ pub struct NewKeyForm {
 }
 
 /// `POST /console/keys`: CreateApiKey; the answer shows the secret once.
-pub async fn create(Console(ctx): Console, viewer: Viewer, Form(form): Form<NewKeyForm>) -> Response {
-    if let Err(refused) = viewer.authorize(&ctx, &form.csrf, rpc::CREATE_API_KEY).await {
+pub async fn create(
+    Console(ctx): Console,
+    viewer: Viewer,
+    Form(form): Form<NewKeyForm>,
+) -> Response {
+    if let Err(refused) = viewer
+        .authorize(&ctx, &form.csrf, rpc::CREATE_API_KEY)
+        .await
+    {
         return refused;
     }
     let permissions = form
@@ -101,7 +108,10 @@ pub async fn revoke(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = viewer.authorize(&ctx, &form.csrf, rpc::REVOKE_API_KEY).await {
+    if let Err(refused) = viewer
+        .authorize(&ctx, &form.csrf, rpc::REVOKE_API_KEY)
+        .await
+    {
         return refused;
     }
     let result = match Uuid::try_parse(&id) {

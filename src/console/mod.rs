@@ -27,6 +27,7 @@ pub mod modules;
 pub mod overview;
 pub mod people;
 pub mod session;
+pub mod viewer;
 pub mod views;
 pub mod workers;
 

@@ -28,7 +28,7 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
             current: "Overview",
             live: None,
         },
-        views::overview::content(&queue, workers, database.as_deref()),
+        views::overview::content(&queue, workers, database),
     )
 }
 

@@ -12,7 +12,9 @@ use axum::{
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Console, Ctx, rpc, session::CsrfForm, session::Viewer, views};
+use super::{
+    Console, Ctx, rpc, session::CsrfForm, session::Viewer, views, views::people::PeopleQuery,
+};
 use crate::{
     domain::accounts::{AccountChanges, AccountQuery, NewAccount},
     error::AppError,
@@ -22,17 +24,12 @@ use crate::{
 /// Rows per page.
 const PAGE_SIZE: i64 = 50;
 
-/// The list's filter and page.
-#[derive(Debug, Default, Deserialize)]
-pub struct PeopleQuery {
-    #[serde(default)]
-    pub q: String,
-    #[serde(default)]
-    pub page: String,
-}
-
 /// `GET /console/users`
-pub async fn page(Console(ctx): Console, viewer: Viewer, Query(query): Query<PeopleQuery>) -> Response {
+pub async fn page(
+    Console(ctx): Console,
+    viewer: Viewer,
+    Query(query): Query<PeopleQuery>,
+) -> Response {
     if let Err(refused) = viewer.require(&ctx, rpc::LIST_USERS).await {
         return refused;
     }
@@ -54,7 +51,11 @@ pub async fn page(Console(ctx): Console, viewer: Viewer, Query(query): Query<Peo
             )
             .await?;
         let roles = if viewer.may(rpc::LIST_ROLES) {
-            ctx.identity.roles.list(PageRequest::first(500)).await?.items
+            ctx.identity
+                .roles
+                .list(PageRequest::first(500))
+                .await?
+                .items
         } else {
             Vec::new()
         };
@@ -91,7 +92,11 @@ pub struct NewUserForm {
 }
 
 /// `POST /console/users`: CreateUser.
-pub async fn create(Console(ctx): Console, viewer: Viewer, Form(form): Form<NewUserForm>) -> Response {
+pub async fn create(
+    Console(ctx): Console,
+    viewer: Viewer,
+    Form(form): Form<NewUserForm>,
+) -> Response {
     if let Err(refused) = viewer.authorize(&ctx, &form.csrf, rpc::CREATE_USER).await {
         return refused;
     }

@@ -24,10 +24,10 @@ use axum::{
 use serde::Deserialize;
 use uuid::Uuid;
 
+pub use super::viewer::Viewer;
 use super::{Console, ConsoleSlot, Ctx, rpc, views};
 use crate::{
     auth::{
-        caller::Caller,
         client::ClientInfo,
         policy::{self, AccessRule},
         tokens::TokenSubject,
@@ -44,30 +44,7 @@ pub const COOKIE: &str = "console_session";
 /// The login form's double-submit cookie (there is no session to sign yet).
 pub const LOGIN_COOKIE: &str = "console_login";
 
-/// The signed-in person of a request.
-#[derive(Debug, Clone)]
-pub struct Viewer {
-    /// The caller and the client, as every domain function takes them.
-    pub actor: Actor,
-    /// The CSRF token every form of this session carries.
-    pub csrf: String,
-}
-
 impl Viewer {
-    /// The caller.
-    pub fn caller(&self) -> &Caller {
-        &self.actor.caller
-    }
-
-    /// Whether the caller may call `rpc` (the RPC's declared rule).
-    pub fn may(&self, rpc: &str) -> bool {
-        match policy::rule_for(rpc) {
-            Some(AccessRule::Permission(required)) => self.caller().holds(required),
-            Some(AccessRule::Authenticated | AccessRule::Public) => true,
-            None => false,
-        }
-    }
-
     /// Lets a read through, or answers 403 (audited as a denial).
     pub async fn require(&self, ctx: &Ctx, rpc: &str) -> Result<(), Response> {
         if self.may(rpc) {
@@ -79,10 +56,11 @@ impl Viewer {
     /// Lets an action through when its CSRF token is right and the caller
     /// may call `rpc`; otherwise answers 403, audited as a denial.
     pub async fn authorize(&self, ctx: &Ctx, csrf: &str, rpc: &str) -> Result<(), Response> {
-        if !ctx.key.verify(&csrf_message(self.caller().session_id), csrf) {
-            return Err(self
-                .deny(ctx, rpc, "missing or wrong CSRF token")
-                .await);
+        if !ctx
+            .key
+            .verify(&csrf_message(self.caller().session_id), csrf)
+        {
+            return Err(self.deny(ctx, rpc, "missing or wrong CSRF token").await);
         }
         self.require(ctx, rpc).await
     }
@@ -293,7 +271,10 @@ pub async fn login(
         header::SET_COOKIE,
         set_cookie(&ctx, COOKIE, &cookie_value(&ctx, &subject), None),
     );
-    headers.append(header::SET_COOKIE, set_cookie(&ctx, LOGIN_COOKIE, "", Some(0)));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(&ctx, LOGIN_COOKIE, "", Some(0)),
+    );
     response
 }
 

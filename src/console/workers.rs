@@ -18,12 +18,12 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
     // One read per distinct account (a handful: workers share accounts).
     let mut callers: HashMap<Uuid, String> = HashMap::new();
     for stream in &streams {
-        if !callers.contains_key(&stream.caller) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = callers.entry(stream.caller) {
             let name = match ctx.identity.accounts.get(stream.caller).await {
                 Ok(account) => account.user.username,
                 Err(_) => stream.caller.to_string(),
             };
-            callers.insert(stream.caller, name);
+            entry.insert(name);
         }
     }
     views::page(

@@ -156,7 +156,7 @@ pub async fn serve(
         listener,
         routes.into_make_service_with_connect_info::<SocketAddr>(),
     )
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(|e| AppError::internal(format!("HTTP server: {e}")))
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
+    .map_err(|e| AppError::internal(format!("HTTP server: {e}")))
 }

@@ -82,7 +82,9 @@ async fn an_operator_finds_a_failed_job_retries_it_and_cancels_it_while_it_runs(
     worker.ack().await;
     wait_for_status(&app, &token, &failed.id, pb::JobStatus::Failed).await;
 
-    browser.login(&base, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    browser
+        .login(&base, seed::ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await;
     browser.wait_for_text("report.build").await;
     browser.screenshot("overview").await;
 
@@ -146,7 +148,9 @@ async fn enabling_a_module_runs_its_hook_job_and_a_revoked_session_ends_the_cons
     register_backup(&app, &token).await;
     let mut worker = app.worker(2).await;
 
-    browser.login(&base, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    browser
+        .login(&base, seed::ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await;
     browser
         .client
         .goto(&format!("{base}/console/modules"))
@@ -158,12 +162,14 @@ async fn enabling_a_module_runs_its_hook_job_and_a_revoked_session_ends_the_cons
         .await;
     browser.wait_for_text("INSTALLING").await;
 
-    // The worker carries the hook out; its job's page shows it done.
+    // The worker carries the hook out; its job's page, open meanwhile,
+    // follows it live (server-sent events: no reload by the test).
     let hook = worker.assignment().await;
+    browser.click("tr#module-backup a.hook").await;
+    browser.wait_for_text("badge running").await;
     worker.complete(&hook, json!({"installed": true})).await;
     worker.ack().await;
-    browser.click("tr#module-backup a.hook").await;
-    browser.wait_for_text("COMPLETED").await;
+    browser.wait_live("badge completed").await;
     assert!(browser.source().await.contains(&job_id(&hook)));
     browser.screenshot("job-completed").await;
     browser
@@ -291,7 +297,14 @@ async fn a_viewer_sees_no_write_buttons_and_a_forged_post_is_refused_and_audited
     // The same person forging the POST, with a valid CSRF token: refused
     // and audited as a denial; the job is untouched.
     let cookie = browser::login(http, "viewer", "user-password-1").await;
-    let page = request(http, "GET", &format!("/console/jobs/{}", job.id), Some(&cookie), None).await;
+    let page = request(
+        http,
+        "GET",
+        &format!("/console/jobs/{}", job.id),
+        Some(&cookie),
+        None,
+    )
+    .await;
     assert_eq!(page.status, 200);
     let csrf = page.csrf();
     let forged = request(
@@ -304,7 +317,10 @@ async fn a_viewer_sees_no_write_buttons_and_a_forged_post_is_refused_and_audited
     .await;
     assert_eq!(forged.status, 403, "{forged:?}");
     assert!(forged.body.contains("missing permission jobs:write"));
-    assert_eq!(app.job(&token, &job.id).await.status(), pb::JobStatus::Pending);
+    assert_eq!(
+        app.job(&token, &job.id).await.status(),
+        pb::JobStatus::Pending
+    );
     assert_eq!(audit_count(&app, "auth.denied", "failure").await, 1);
     let refused = request(
         http,
@@ -331,14 +347,24 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
         assert_eq!(answer.status, 403, "form {form:?}: {answer:?}");
         assert!(answer.body.contains("CSRF"));
     }
-    assert_eq!(app.job(&token, &job.id).await.status(), pb::JobStatus::Pending);
+    assert_eq!(
+        app.job(&token, &job.id).await.status(),
+        pb::JobStatus::Pending
+    );
     assert!(audit_count(&app, "auth.denied", "failure").await >= 1);
     // A token of another session does not pass either.
     let other = browser::login(http, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let csrf = request(http, "GET", "/console/jobs", Some(&other), None)
         .await
         .csrf();
-    let answer = request(http, "POST", &path, Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+    let answer = request(
+        http,
+        "POST",
+        &path,
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
     assert_eq!(answer.status, 403);
     // The login form needs its own token too.
     let answer = request(
@@ -354,9 +380,19 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
     let csrf = request(http, "GET", "/console/jobs", Some(&cookie), None)
         .await
         .csrf();
-    let answer = request(http, "POST", &path, Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+    let answer = request(
+        http,
+        "POST",
+        &path,
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
     assert_eq!(answer.status, 303, "{answer:?}");
-    assert_eq!(app.job(&token, &job.id).await.status(), pb::JobStatus::Cancelled);
+    assert_eq!(
+        app.job(&token, &job.id).await.status(),
+        pb::JobStatus::Cancelled
+    );
 }
 
 #[tokio::test]
@@ -374,8 +410,14 @@ async fn pages_render_with_scripts_off_under_a_strict_policy() {
     let cookie = browser::login(http, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let pages = [
         ("/console/", "report.build"),
-        ("/console/jobs?status=PENDING&name=report.build", &job.id[..8]),
-        (&format!("/console/jobs/{}", job.id) as &str, "&quot;month&quot;"),
+        (
+            "/console/jobs?status=PENDING&name=report.build",
+            &job.id[..8],
+        ),
+        (
+            &format!("/console/jobs/{}", job.id) as &str,
+            "&quot;month&quot;",
+        ),
         ("/console/workers", "No worker is connected"),
         ("/console/modules", "No module is registered"),
         ("/console/users", "admin"),
@@ -385,14 +427,23 @@ async fn pages_render_with_scripts_off_under_a_strict_policy() {
     for (path, expected) in pages {
         let page = request(http, "GET", path, Some(&cookie), None).await;
         assert_eq!(page.status, 200, "{path}: {page:?}");
-        assert!(page.body.contains(expected), "{path} lacks {expected:?}: {}", page.body);
+        assert!(
+            page.body.contains(expected),
+            "{path} lacks {expected:?}: {}",
+            page.body
+        );
         let policy = page.header("content-security-policy").expect("CSP");
-        assert!(policy.starts_with("default-src 'self'") && policy.contains("frame-ancestors 'none'"));
+        assert!(
+            policy.starts_with("default-src 'self'") && policy.contains("frame-ancestors 'none'")
+        );
         assert_eq!(page.header("x-frame-options"), Some("DENY"));
         assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
         assert!(page.header("referrer-policy").is_some());
         // No inline script: the one script is a file of the console's own.
-        assert!(!page.body.contains("<script>"), "{path} has an inline script");
+        assert!(
+            !page.body.contains("<script>"),
+            "{path} has an inline script"
+        );
     }
     // The cookie is HttpOnly, SameSite=Strict and scoped to the console.
     let login = request(http, "GET", "/console/login", None, None).await;
@@ -415,9 +466,20 @@ async fn pages_render_with_scripts_off_under_a_strict_policy() {
         .find(|(k, v)| k.eq_ignore_ascii_case("set-cookie") && v.starts_with("console_session="))
         .map(|(_, v)| v.clone())
         .expect("session cookie");
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/console"));
+    assert!(
+        set.contains("HttpOnly")
+            && set.contains("SameSite=Strict")
+            && set.contains("Path=/console")
+    );
     // The job's page follows it without scripts too (a refresh).
-    let page = request(http, "GET", &format!("/console/jobs/{}", job.id), Some(&cookie), None).await;
+    let page = request(
+        http,
+        "GET",
+        &format!("/console/jobs/{}", job.id),
+        Some(&cookie),
+        None,
+    )
+    .await;
     assert!(page.body.contains(r#"http-equiv="refresh""#));
     // A wrong password answers the form again, like Login.
     let answer = request(
@@ -431,8 +493,17 @@ async fn pages_render_with_scripts_off_under_a_strict_policy() {
     assert_eq!(answer.status, 401);
     assert!(answer.body.contains("invalid login or password"));
     // Logging out ends the session for good.
-    let csrf = request(http, "GET", "/console/", Some(&cookie), None).await.csrf();
-    let answer = request(http, "POST", "/console/logout", Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+    let csrf = request(http, "GET", "/console/", Some(&cookie), None)
+        .await
+        .csrf();
+    let answer = request(
+        http,
+        "POST",
+        "/console/logout",
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
     assert_eq!(answer.status, 303);
     let answer = request(http, "GET", "/console/", Some(&cookie), None).await;
     assert_eq!(answer.status, 303);

@@ -1,13 +1,28 @@
 //! The audit trail page.
 
 use maud::{Markup, html};
+use serde::Deserialize;
 
 use super::{overview::encode, time};
-use crate::{
-    console::audit::AuditQuery,
-    domain::Page,
-    store::models::AuditLogRow,
-};
+use crate::{domain::Page, store::models::AuditLogRow};
+
+/// The filters, as the query string carries them (empty: any).
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub action: String,
+    /// An account id.
+    #[serde(default)]
+    pub user: String,
+    /// The exact subject (`jobs/<id>`).
+    #[serde(default)]
+    pub resource: String,
+    /// `success` or `failure`.
+    #[serde(default)]
+    pub outcome: String,
+    #[serde(default)]
+    pub page: String,
+}
 
 /// Where a row's subject is shown in the console, if anywhere.
 pub fn subject_link(resource: &str) -> Option<String> {

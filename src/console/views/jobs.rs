@@ -1,13 +1,33 @@
 //! The Jobs list and a job's page.
 
 use maud::{Markup, html};
+use serde::Deserialize;
 
 use super::{action_button, badge, json, maybe_time, overview::encode, time};
 use crate::{
-    console::{jobs::JobsQuery, rpc, session::Viewer},
+    console::{rpc, viewer::Viewer},
     domain::Page,
     store::jobs::{JobRow, JobStatus},
 };
+
+/// The list's filters, as the query string carries them (empty: any).
+#[derive(Debug, Default, Deserialize)]
+pub struct JobsQuery {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub module: String,
+    /// Created at or after (`YYYY-MM-DDTHH:MM`, UTC).
+    #[serde(default)]
+    pub from: String,
+    /// Created before.
+    #[serde(default)]
+    pub until: String,
+    #[serde(default)]
+    pub page: String,
+}
 
 /// The filter form, the rows and the link to the next page.
 pub fn list(query: &JobsQuery, page: &Page<JobRow>) -> Markup {

@@ -4,7 +4,7 @@ use maud::{Markup, html};
 
 use super::{action_button, csrf, maybe_time, time};
 use crate::{
-    console::{rpc, session::Viewer},
+    console::{rpc, viewer::Viewer},
     store::{api_keys::ApiKeyRow, models::permission_list},
 };
 

@@ -18,7 +18,7 @@ use axum::{
 use chrono::NaiveDateTime;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::{BASE, NAV, session::Viewer};
+use super::{BASE, NAV, viewer::Viewer};
 use crate::error::AppError;
 
 /// What the shell needs besides the content.

@@ -4,7 +4,7 @@ use maud::{Markup, html};
 
 use super::{action_button, badge, json, maybe_time, overview::encode};
 use crate::{
-    console::{rpc, session::Viewer},
+    console::{rpc, viewer::Viewer},
     store::modules::{ModuleRow, ModuleStatus},
 };
 
@@ -42,7 +42,10 @@ pub fn content(viewer: &Viewer, modules: &[ModuleRow], more: bool) -> Markup {
 
 fn actions(viewer: &Viewer, module: &ModuleRow) -> Markup {
     let base = format!("/console/modules/{}", encode(&module.name));
-    let can_enable = matches!(module.status, ModuleStatus::Registered | ModuleStatus::Disabled);
+    let can_enable = matches!(
+        module.status,
+        ModuleStatus::Registered | ModuleStatus::Disabled
+    );
     let can_disable = module.status == ModuleStatus::Enabled;
     let can_remove = !matches!(module.status, ModuleStatus::Removing);
     html! {

@@ -1,16 +1,31 @@
 //! The Users & roles page.
 
 use maud::{Markup, html};
+use serde::Deserialize;
 
 use super::{action_button, csrf, maybe_time, overview::encode};
 use crate::{
-    console::{people::PeopleQuery, rpc, session::Viewer},
+    console::{rpc, viewer::Viewer},
     domain::{Page, accounts::Account},
     store::models::RoleRow,
 };
 
+/// The list's filter and page.
+#[derive(Debug, Default, Deserialize)]
+pub struct PeopleQuery {
+    #[serde(default)]
+    pub q: String,
+    #[serde(default)]
+    pub page: String,
+}
+
 /// Accounts, roles and the forms the viewer may use.
-pub fn content(viewer: &Viewer, query: &PeopleQuery, accounts: &Page<Account>, roles: &[RoleRow]) -> Markup {
+pub fn content(
+    viewer: &Viewer,
+    query: &PeopleQuery,
+    accounts: &Page<Account>,
+    roles: &[RoleRow],
+) -> Markup {
     let may_assign = viewer.may(rpc::ASSIGN_ROLE) && !roles.is_empty();
     html! {
         form.filters method="get" action="/console/users" {

@@ -19,7 +19,11 @@ fn connected_secs_ago(stream: &Uuid) -> Option<f64> {
 }
 
 /// The streams table.
-pub fn content(streams: &[StreamSnapshot], callers: &HashMap<Uuid, String>, replica: &str) -> Markup {
+pub fn content(
+    streams: &[StreamSnapshot],
+    callers: &HashMap<Uuid, String>,
+    replica: &str,
+) -> Markup {
     html! {
         p.muted { "Work streams connected to this replica (" (replica) "). Each replica shows its own." }
         @if streams.is_empty() {

@@ -37,7 +37,10 @@ impl Browser {
     /// CI, where that is a failure with the reason.
     pub async fn start(test: &str) -> Option<Self> {
         let driver = find_binary("CHROMEDRIVER", &["chromedriver"]);
-        let chromium = find_binary("CHROMIUM", &["chromium", "chromium-browser", "google-chrome"]);
+        let chromium = find_binary(
+            "CHROMIUM",
+            &["chromium", "chromium-browser", "google-chrome"],
+        );
         let (Some(driver), Some(chromium)) = (driver, chromium) else {
             let reason = "the console's browser tests need Debian's chromium and chromium-driver \
                           (apt-get install chromium chromium-driver; .ci/run installs them)";
@@ -134,6 +137,18 @@ impl Browser {
             "the page never showed {text:?}; it shows:\n{}",
             self.source().await
         );
+    }
+
+    /// Waits until the page holds `text` without reloading it: only the
+    /// page's own script (live updates) can bring it.
+    pub async fn wait_live(&self, text: &str) {
+        for _ in 0..100 {
+            if self.source().await.contains(text) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the page never showed {text:?} by itself");
     }
 
     /// Waits until the browser is on a page whose URL holds `part`.

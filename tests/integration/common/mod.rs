@@ -1,7 +1,7 @@
 //! The test harness: a real server over loopback on a database of its own.
 
-pub mod certs;
 pub mod browser;
+pub mod certs;
 pub mod cluster;
 pub mod pgbouncer;
 pub mod proxy;
