@@ -509,3 +509,89 @@ async fn pages_render_with_scripts_off_under_a_strict_policy() {
     assert_eq!(answer.status, 303);
     assert_eq!(audit_count(&app, "auth.logout", "success").await, 1);
 }
+
+/// The id in the first `/console/users/<id>/…` action after the row of
+/// `username`.
+fn user_id_on_page(page: &str, username: &str) -> String {
+    let row = page
+        .find(&format!(r#"id="user-{username}""#))
+        .expect("the user's row");
+    let marker = "/console/users/";
+    let start = row + page[row..].find(marker).expect("an action on the row") + marker.len();
+    page[start..start + 36].to_owned()
+}
+
+#[tokio::test]
+async fn users_are_created_given_roles_and_deactivated_from_the_console() {
+    let (app, http) = console_app().await;
+    let admin = browser::login(http, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let csrf = request(http, "GET", "/console/users", Some(&admin), None)
+        .await
+        .csrf();
+    let created = request(
+        http,
+        "POST",
+        "/console/users",
+        Some(&admin),
+        Some(&format!(
+            "csrf={csrf}&email=ops%40example.test&username=ops&password=ops-password-1&role=viewer"
+        )),
+    )
+    .await;
+    assert_eq!(created.status, 303, "{created:?}");
+    assert_eq!(audit_count(&app, "users.create", "success").await, 1);
+    let page = request(http, "GET", "/console/users", Some(&admin), None).await;
+    let id = user_id_on_page(&page.body, "ops");
+
+    // The new account signs in; then it is given a role, then deactivated,
+    // which ends its console session at once.
+    let ops = browser::login(http, "ops", "ops-password-1").await;
+    assert_eq!(
+        request(http, "GET", "/console/jobs", Some(&ops), None)
+            .await
+            .status,
+        200
+    );
+    let assigned = request(
+        http,
+        "POST",
+        &format!("/console/users/{id}/roles"),
+        Some(&admin),
+        Some(&format!("csrf={csrf}&role=operator")),
+    )
+    .await;
+    assert_eq!(assigned.status, 303, "{assigned:?}");
+    assert_eq!(audit_count(&app, "roles.assign", "success").await, 1);
+    let page = request(http, "GET", "/console/users", Some(&admin), None).await;
+    assert!(page.body.contains("operator, viewer") || page.body.contains("viewer, operator"));
+    let deactivated = request(
+        http,
+        "POST",
+        &format!("/console/users/{id}/deactivate"),
+        Some(&admin),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(deactivated.status, 303, "{deactivated:?}");
+    assert_eq!(audit_count(&app, "users.update", "success").await, 1);
+    let answer = request(http, "GET", "/console/jobs", Some(&ops), None).await;
+    assert_eq!(answer.status, 303);
+    assert_eq!(answer.header("location"), Some("/console/login"));
+
+    // Console logins are throttled like Login.
+    let page = request(http, "GET", "/console/login", None, None).await;
+    let token = page.cookie("console_login").expect("login cookie");
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let answer = request(
+            http,
+            "POST",
+            "/console/login",
+            Some(&format!("console_login={token}")),
+            Some(&format!("login=admin&password=wrong&csrf={token}")),
+        )
+        .await;
+        statuses.push(answer.status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
