@@ -5,3 +5,10 @@
 -- finished job but a retry, which takes it out of the index).
 CREATE INDEX "jobs_finished_updatedAt_idx" ON "jobs"("updatedAt")
     WHERE "status" IN ('COMPLETED', 'FAILED');
+
+-- Failed jobs newest first (the Jobs page filtered on FAILED, where an
+-- operator looks for what broke): failed rows are few, so this index is
+-- small and costs only the failures, and the list reads a page of it
+-- instead of walking every job by creation time.
+CREATE INDEX "jobs_failed_createdAt_idx" ON "jobs"("createdAt" DESC, "id" DESC)
+    WHERE "status" = 'FAILED';
