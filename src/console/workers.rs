@@ -26,6 +26,13 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
             entry.insert(name);
         }
     }
+    let mut keys: HashMap<Uuid, String> = HashMap::new();
+    for key in streams.iter().filter_map(|s| s.api_key) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = keys.entry(key) {
+            let name = ctx.api_keys.name_of(key).await.ok().flatten();
+            entry.insert(name.unwrap_or_else(|| key.to_string()));
+        }
+    }
     views::page(
         &viewer,
         views::Shell {
@@ -33,6 +40,6 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
             current: "Workers",
             live: None,
         },
-        views::workers::content(&streams, &callers, &ctx.replica),
+        views::workers::content(&streams, &callers, &keys, &ctx.replica),
     )
 }

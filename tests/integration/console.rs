@@ -445,6 +445,31 @@ async fn pages_render_with_scripts_off_under_a_strict_policy() {
             "{path} has an inline script"
         );
     }
+    // A worker connected with an API key is shown with the key's name.
+    let secret = pb::api_key_service_client::ApiKeyServiceClient::new(app.channel().await)
+        .create_api_key(authed(
+            &token,
+            pb::CreateApiKeyRequest {
+                name: "nightly-worker".into(),
+                permissions: vec!["jobs:execute".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("API key")
+        .into_inner()
+        .secret;
+    let _worker =
+        common::worker::TestWorker::connect(app.channel().await, &secret, common::worker::hello(1))
+            .await
+            .expect("a worker with the key");
+    let page = request(http, "GET", "/console/workers", Some(&cookie), None).await;
+    assert!(
+        page.body.contains("test-worker") && page.body.contains("API key nightly-worker"),
+        "{}",
+        page.body
+    );
+
     // The cookie is HttpOnly, SameSite=Strict and scoped to the console.
     let login = request(http, "GET", "/console/login", None, None).await;
     let token_cookie = login.cookie("console_login").expect("login cookie");

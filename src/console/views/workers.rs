@@ -22,6 +22,7 @@ fn connected_secs_ago(stream: &Uuid) -> Option<f64> {
 pub fn content(
     streams: &[StreamSnapshot],
     callers: &HashMap<Uuid, String>,
+    keys: &HashMap<Uuid, String>,
     replica: &str,
 ) -> Markup {
     html! {
@@ -38,7 +39,12 @@ pub fn content(
                     @for stream in streams {
                         tr {
                             td { (stream.worker_id) br; span.muted { (stream.stream) } }
-                            td { (callers.get(&stream.caller).cloned().unwrap_or_else(|| stream.caller.to_string())) }
+                            td {
+                                (callers.get(&stream.caller).cloned().unwrap_or_else(|| stream.caller.to_string()))
+                                @if let Some(key) = stream.api_key.and_then(|k| keys.get(&k)) {
+                                    br; span.muted { "API key " (key) }
+                                }
+                            }
                             td {
                                 @if stream.names.is_empty() { span.muted { "any" } } @else { (stream.names.join(", ")) }
                                 @if !stream.modules.is_empty() { br; span.muted { "modules: " (stream.modules.join(", ")) } }

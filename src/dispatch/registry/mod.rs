@@ -105,6 +105,8 @@ pub struct StreamEntry {
     outbox: Option<Arc<Outbox>>,
     /// When its worker last sent a heartbeat (the console's Workers page).
     last_heartbeat: Option<SystemTime>,
+    /// The API key it connected with, if any (the console's Workers page).
+    api_key: Option<Uuid>,
 }
 
 impl StreamEntry {
@@ -126,6 +128,7 @@ impl StreamEntry {
             commands,
             outbox: None,
             last_heartbeat: None,
+            api_key: None,
         }
     }
 
@@ -133,6 +136,12 @@ impl StreamEntry {
     /// in.
     pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Self {
         self.outbox = Some(outbox);
+        self
+    }
+
+    /// The stream, noting the API key its caller connected with.
+    pub fn with_api_key(mut self, key: Option<Uuid>) -> Self {
+        self.api_key = key;
         self
     }
 

@@ -37,6 +37,8 @@ pub struct StreamSnapshot {
     pub stream: uuid::Uuid,
     /// The account it works for (an API key counts as its owner).
     pub caller: uuid::Uuid,
+    /// The API key it connected with, if any.
+    pub api_key: Option<uuid::Uuid>,
     /// What the worker calls itself.
     pub worker_id: String,
     /// Job names it takes; empty: any.
@@ -61,6 +63,7 @@ impl Registry {
             .map(|(id, entry)| StreamSnapshot {
                 stream: *id,
                 caller: entry.caller,
+                api_key: entry.api_key,
                 worker_id: entry.worker_id.clone(),
                 names: entry.filter.names.clone(),
                 modules: entry.filter.modules.clone(),
