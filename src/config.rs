@@ -503,6 +503,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn console_is_on_or_off() {
+        assert_eq!(parse_on_off(" ON "), Ok(true));
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
+    }
+
+    #[test]
     fn proxy_entries_are_ranges_or_addresses() {
         assert_eq!(
             proxy_entry(" 10.1.2.3/8 ").unwrap().to_string(),

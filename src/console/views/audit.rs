@@ -33,6 +33,7 @@ pub fn subject_link(resource: &str) -> Option<String> {
         "users" => Some(format!("/console/audit?user={id}")),
         "modules" => Some("/console/modules".to_owned()),
         "api_keys" => Some("/console/keys".to_owned()),
+        "work-streams" => Some("/console/workers".to_owned()),
         _ => None,
     }
 }
