@@ -46,15 +46,9 @@ pub async fn queue(pool: &DbPool) -> Result<QueueOverview, AppError> {
     // the slowest, not for the sum.
     let hour_ago = now - chrono::Duration::hours(1);
     let (unfinished, failed, per_minute) = tokio::try_join!(
-        db::with_connection(pool, "console.overview.unfinished", async |conn| {
-            Ok(stats::unfinished_jobs(conn).await?)
-        }),
-        db::with_connection(pool, "console.overview.failed", async |conn| {
-            Ok(console::failed_since(conn, hour_ago).await?)
-        }),
-        db::with_connection(pool, "console.overview.throughput", async |conn| {
-            Ok(console::finished_per_minute(conn, since).await?)
-        }),
+        unfinished(pool),
+        failed_since(pool, hour_ago),
+        per_minute(pool, since)
     )?;
     let mut names: BTreeMap<String, NameLine> = BTreeMap::new();
     for count in unfinished {
@@ -82,4 +76,31 @@ pub async fn queue(pool: &DbPool) -> Result<QueueOverview, AppError> {
         })
         .collect();
     Ok(QueueOverview { names, minutes })
+}
+
+async fn unfinished(pool: &DbPool) -> Result<Vec<stats::JobCount>, AppError> {
+    db::with_connection(pool, "console.overview.unfinished", async |conn| {
+        Ok(stats::unfinished_jobs(conn).await?)
+    })
+    .await
+}
+
+async fn failed_since(
+    pool: &DbPool,
+    since: NaiveDateTime,
+) -> Result<Vec<console::FailedCount>, AppError> {
+    db::with_connection(pool, "console.overview.failed", async |conn| {
+        Ok(console::failed_since(conn, since).await?)
+    })
+    .await
+}
+
+async fn per_minute(
+    pool: &DbPool,
+    since: NaiveDateTime,
+) -> Result<Vec<console::MinuteCount>, AppError> {
+    db::with_connection(pool, "console.overview.throughput", async |conn| {
+        Ok(console::finished_per_minute(conn, since).await?)
+    })
+    .await
 }

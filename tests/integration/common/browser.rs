@@ -76,7 +76,8 @@ impl Browser {
         );
         let url = format!("http://127.0.0.1:{port}");
         let mut last = None;
-        for _ in 0..100 {
+        // Patient: under a loaded CI machine Chromium takes its time.
+        for _ in 0..300 {
             match ClientBuilder::new(HttpConnector::new())
                 .capabilities(capabilities.clone())
                 .connect(&url)
@@ -124,7 +125,7 @@ impl Browser {
 
     /// Waits (reloading) until the page holds `text`.
     pub async fn wait_for_text(&self, text: &str) {
-        for attempt in 0..100 {
+        for attempt in 0..300 {
             if self.source().await.contains(text) {
                 return;
             }
@@ -142,7 +143,7 @@ impl Browser {
     /// Waits until the page holds `text` without reloading it: only the
     /// page's own script (live updates) can bring it.
     pub async fn wait_live(&self, text: &str) {
-        for _ in 0..100 {
+        for _ in 0..300 {
             if self.source().await.contains(text) {
                 return;
             }
@@ -153,7 +154,7 @@ impl Browser {
 
     /// Waits until the browser is on a page whose URL holds `part`.
     pub async fn wait_for_url(&self, part: &str) {
-        for _ in 0..100 {
+        for _ in 0..300 {
             if let Ok(url) = self.client.current_url().await
                 && url.as_str().contains(part)
             {
