@@ -21,7 +21,8 @@ pub struct Browser {
 
 fn find_binary(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Ok(path) = std::env::var(env) {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var("PATH").unwrap_or_default();
     names.iter().find_map(|name| {
