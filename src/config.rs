@@ -186,6 +186,10 @@ pub struct ServeArgs {
     /// /metrics; `off` (or empty) disables it.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9090")]
     pub http_addr: String,
+    /// Serve the web console under /console/ on the HTTP port (`on` or
+    /// `off`).
+    #[arg(long, env = "CONSOLE", default_value = "on", value_parser = parse_on_off)]
+    pub console: bool,
     /// How often the metrics that need a database query (jobs by name and
     /// status, table and index statistics, lock waits) are sampled, in
     /// milliseconds.
@@ -503,9 +507,25 @@ pub fn proxy_entry(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("'{text}' is neither an IP address nor a CIDR range"))
 }
 
+/// `on` or `off` (also true/false, 1/0, yes/no).
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        other => Err(format!("'{other}' is neither on nor off")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_is_on_or_off() {
+        assert_eq!(parse_on_off(" ON "), Ok(true));
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
+    }
 
     #[test]
     fn proxy_entries_are_ranges_or_addresses() {

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod dispatch;
 pub mod domain;

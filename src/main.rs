@@ -243,6 +243,7 @@ async fn serve_on(
                 max_per_creator: args.schedules_max,
                 ..ScheduleSettings::default()
             },
+            console: args.console,
         },
         shutdown_signal(),
     )

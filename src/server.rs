@@ -104,6 +104,8 @@ pub struct ServerOptions {
     pub retention: RetentionSettings,
     /// How schedules fire.
     pub schedules: ScheduleSettings,
+    /// Serve the web console on the HTTP port (`CONSOLE`).
+    pub console: bool,
 }
 
 impl Default for ServerOptions {
@@ -121,6 +123,7 @@ impl Default for ServerOptions {
             metrics_sample_interval: Duration::from_secs(15),
             retention: RetentionSettings::default(),
             schedules: ScheduleSettings::default(),
+            console: true,
         }
     }
 }
@@ -162,11 +165,13 @@ pub async fn serve(
     let metrics = telemetry::install();
     let (reporter, health_service, monitor, readiness) = start_health(&state, &options).await;
     let http_stop = tokio_util::sync::CancellationToken::new();
+    let console = options.console.then(crate::console::ConsoleSlot::new);
     let http = options.http_listener.clone().map(|listener| {
         tokio::spawn(crate::http::serve(
             listener,
             readiness.clone(),
             metrics,
+            console.clone(),
             http_stop.clone(),
         ))
     });
@@ -191,7 +196,7 @@ pub async fn serve(
         sessions: identity.sessions.clone(),
         audit: identity.audit.clone(),
         trusted_proxies: state.auth.trusted_proxies.clone(),
-        callers,
+        callers: callers.clone(),
     };
     let housekeeping = tokio::spawn(maintenance::run(
         identity.clone(),
@@ -235,6 +240,25 @@ pub async fn serve(
         schedules_wake,
         background.clone(),
     ));
+
+    if let (Some(slot), Some(listener)) = (&console, &options.http_listener) {
+        slot.fill(crate::console::ConsoleParts {
+            pool: state.pool.clone(),
+            identity: identity.clone(),
+            jobs: jobs.clone(),
+            modules: modules.clone(),
+            api_keys: ApiKeys::new(state.pool.clone()),
+            dispatcher: dispatcher.clone(),
+            readiness: readiness.clone(),
+            callers,
+            trusted_proxies: state.auth.trusted_proxies.clone(),
+            key: state.auth.console_key.clone(),
+            settings: crate::console::ConsoleSettings {
+                secure_cookie: options.tls.is_some(),
+            },
+            replica: listener.local_addr().to_string(),
+        });
+    }
 
     let sampler = tokio::spawn(telemetry::sampler::run(
         state.pool.clone(),

@@ -7,6 +7,7 @@
 pub mod caller;
 pub mod callers;
 pub mod client;
+pub mod console_key;
 pub mod passwords;
 pub mod policy;
 pub mod tokens;
@@ -39,6 +40,9 @@ pub struct AuthSettings {
     /// could be forged. Derived from the JWT secret, which every replica
     /// shares and nothing else knows.
     pub channel_key: callers::ChannelKey,
+    /// Signs the web console's session cookies and CSRF tokens (derived
+    /// from the JWT secret, like `channel_key`).
+    pub console_key: console_key::ConsoleKey,
 }
 
 /// Failed-login limits as configured.
@@ -80,6 +84,7 @@ impl AuthSettings {
             trusted_proxies: client::TrustedProxies::new(args.trusted_proxies.clone()),
             caller_cache_size: args.caller_cache_size,
             channel_key: callers::ChannelKey::derive(jwt_secret.as_bytes()),
+            console_key: console_key::ConsoleKey::derive(jwt_secret.as_bytes()),
         })
     }
 }

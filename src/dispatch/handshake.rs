@@ -150,7 +150,8 @@ pub fn admit(
         hello.filter.clone(),
         commands.clone(),
     )
-    .with_outbox(outbox.clone());
+    .with_outbox(outbox.clone())
+    .with_api_key(actor.caller.api_key);
     let admitted = shared.registry().register(id, entry, hello.capacity);
     if admitted.is_ok() {
         outbox.hold_slot(StreamSlot::new(shared, actor.caller.user_id));

@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use self::registry::stats::RegistryStats;
+pub use self::registry::stats::{RegistryStats, StreamSnapshot};
 pub use self::{
     outbox::ResponseStream as WorkStream, watch_stream::WatchStream, watchers::Watchers,
 };
@@ -250,6 +250,12 @@ impl Dispatcher {
     /// What the Work streams of this replica hold now (for the metrics).
     pub fn stats(&self) -> RegistryStats {
         self.shared.registry().stats()
+    }
+
+    /// The Work streams of this replica, read-only (the console's Workers
+    /// page).
+    pub fn workers(&self) -> Vec<StreamSnapshot> {
+        self.shared.registry().snapshot()
     }
 
     /// Serves one Work stream: returns the server's half; the session runs

@@ -417,6 +417,7 @@ impl WorkLoop<'_> {
             let lease = parse_lease(&format!("heartbeat.jobs[{index}]"), Some(lease), stream)?;
             named.insert((lease.job, lease.attempt));
         }
+        self.shared.registry().note_heartbeat(stream);
         if self.heartbeat_due().is_some_and(|due| Instant::now() < due) {
             if !named.is_empty() {
                 self.shared.registry().retain_held(stream, &mut named);

@@ -221,6 +221,15 @@ impl ApiKeys {
         }))
     }
 
+    /// A key's name (the console's Workers page names the key a worker
+    /// connected with); `None` when it is gone.
+    pub async fn name_of(&self, id: Uuid) -> Result<Option<String>, AppError> {
+        db::with_connection(&self.pool, "api_keys.name", async |conn| {
+            Ok(rows::find(conn, id).await?.map(|key| key.name))
+        })
+        .await
+    }
+
     /// Revokes a key; revoking it again changes nothing.
     pub async fn revoke(&self, actor: &Actor, id: Uuid) -> Result<ApiKeyRow, AppError> {
         refuse_keys(actor)?;

@@ -11,6 +11,7 @@ pub mod authority;
 pub mod events;
 pub mod jobs;
 pub mod modules;
+pub mod overview;
 pub mod roles;
 pub mod schedules;
 pub mod sessions;

@@ -540,6 +540,14 @@ impl Sessions {
             return api_keys::authenticate(&self.pool, &self.callers, bearer).await;
         }
         let subject = self.verify_token(bearer)?;
+        self.authenticate_session(subject).await
+    }
+
+    /// The caller of a session whose identity was verified otherwise (the
+    /// web console's signed cookie): the same lookup as for an access
+    /// token, so that logout, revocation, deactivation and role changes
+    /// apply to the console as they do to the API.
+    pub async fn authenticate_session(&self, subject: TokenSubject) -> Result<Caller, AppError> {
         let credential = Credential::Session(subject.session_id);
         let ticket = match self.callers.lookup(credential, store::now()) {
             // The token is signed: its session belongs to its user, but

@@ -9,6 +9,8 @@
 //!   recorder holds; nothing here queries the database (the gauges that
 //!   need it are sampled on an interval, see `telemetry::sampler`).
 //!
+//! - `/console/`: the web console (`crate::console`), unless `CONSOLE=off`.
+//!
 //! It starts with the server and stops after the gRPC server, so that
 //! readiness answers 503 during the whole drain.
 
@@ -28,7 +30,7 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{error::AppError, health::Readiness};
+use crate::{console::ConsoleSlot, error::AppError, health::Readiness};
 
 /// A bound HTTP listener, taken by the server when it starts. Bound early
 /// (a port in use fails before anything else starts) and cloneable, so
@@ -129,11 +131,13 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 /// Serves the HTTP port until `stop` is cancelled. The listener is taken:
-/// a second call with the same one serves nothing.
+/// a second call with the same one serves nothing. `console`: the web
+/// console's routes, answering once the slot is filled.
 pub async fn serve(
     listener: HttpListener,
     readiness: Readiness,
     metrics: Option<PrometheusHandle>,
+    console: Option<ConsoleSlot>,
     stop: CancellationToken,
 ) -> Result<(), AppError> {
     let Some(listener) = listener.take() else {
@@ -141,9 +145,18 @@ pub async fn serve(
     };
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| AppError::internal(format!("HTTP listener: {e}")))?;
-    tracing::info!(address = %listener.local_addr().map_err(|e| AppError::internal(e.to_string()))?, "serving HTTP (health, metrics)");
-    axum::serve(listener, router(readiness, metrics))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(|e| AppError::internal(format!("HTTP server: {e}")))
+    tracing::info!(address = %listener.local_addr().map_err(|e| AppError::internal(e.to_string()))?, console = console.is_some(), "serving HTTP (health, metrics)");
+    let mut routes = router(readiness, metrics);
+    if let Some(console) = console {
+        routes = routes.merge(crate::console::router(console));
+    }
+    // The peer address feeds the console's client info (audit rows, login
+    // throttling), as the gRPC transport's does.
+    axum::serve(
+        listener,
+        routes.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
+    .map_err(|e| AppError::internal(format!("HTTP server: {e}")))
 }

@@ -58,6 +58,16 @@ pub async fn list(
         .await
 }
 
+/// One key.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<ApiKeyRow>> {
+    api_keys::table
+        .find(id)
+        .select(ApiKeyRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// One key, locked until the transaction ends.
 pub async fn find_for_update(
     conn: &mut AsyncPgConnection,

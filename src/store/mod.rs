@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod caller_changes;
+pub mod console;
 pub mod jobs;
 pub mod models;
 pub mod modules;

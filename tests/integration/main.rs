@@ -11,6 +11,7 @@ mod auth;
 mod backup;
 mod caller_cache;
 mod claim_limits;
+mod console;
 mod database;
 mod escalation;
 mod examples;

@@ -103,6 +103,10 @@ pub struct StreamEntry {
     /// were never sent, and their leases are kept alive however long they
     /// wait (see [`Registry::kept_by_server`]).
     outbox: Option<Arc<Outbox>>,
+    /// When its worker last sent a heartbeat (the console's Workers page).
+    last_heartbeat: Option<SystemTime>,
+    /// The API key it connected with, if any (the console's Workers page).
+    api_key: Option<Uuid>,
 }
 
 impl StreamEntry {
@@ -123,6 +127,8 @@ impl StreamEntry {
             accepting: true,
             commands,
             outbox: None,
+            last_heartbeat: None,
+            api_key: None,
         }
     }
 
@@ -130,6 +136,12 @@ impl StreamEntry {
     /// in.
     pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Self {
         self.outbox = Some(outbox);
+        self
+    }
+
+    /// The stream, noting the API key its caller connected with.
+    pub fn with_api_key(mut self, key: Option<Uuid>) -> Self {
+        self.api_key = key;
         self
     }
 

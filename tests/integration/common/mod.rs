@@ -1,5 +1,6 @@
 //! The test harness: a real server over loopback on a database of its own.
 
+pub mod browser;
 pub mod certs;
 pub mod cluster;
 pub mod pgbouncer;
