@@ -236,6 +236,12 @@ pub async fn serve(
         background.clone(),
     ));
 
+    let walks = tokio::spawn(maintenance::walks::run(
+        jobs.clone(),
+        maintenance::walks::INTERVAL,
+        background.clone(),
+    ));
+
     let sampler = tokio::spawn(telemetry::sampler::run(
         state.pool.clone(),
         dispatcher.clone(),
@@ -306,6 +312,7 @@ pub async fn serve(
     let _ = caller_changes.await;
     let _ = pruning.await;
     let _ = firing.await;
+    let _ = walks.await;
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }
