@@ -50,5 +50,8 @@ CREATE TABLE "queue_walks" (
 );
 
 -- A walk over one job name's pending jobs in id order (batches of a few
--- thousand), and ListQueues' distinct pending names: pending rows only.
-CREATE INDEX "jobs_pending_name_idx" ON "jobs"("name", "id") WHERE "status" = 'PENDING';
+-- thousand), ListQueues' distinct pending names (a loose index scan) and
+-- the figures of the page's names (index only: module and schedule time
+-- are carried): pending rows only.
+CREATE INDEX "jobs_pending_name_idx" ON "jobs"("name", "id") INCLUDE ("moduleName", "scheduledAt")
+    WHERE "status" = 'PENDING';

@@ -219,20 +219,20 @@ parts AS (
            0::bigint AS running, 0::bigint AS failed,
            min("scheduledAt") FILTER (WHERE "scheduledAt" <= LOCALTIMESTAMP) AS oldest
     FROM jobs
-    WHERE status = 'PENDING' AND name IN (SELECT name FROM names)
+    WHERE status = 'PENDING' AND name = ANY (ARRAY(SELECT name FROM names))
       AND ($2::text IS NULL OR "moduleName" = $2)
     GROUP BY name, "moduleName"
     UNION ALL
     SELECT name, "moduleName", 0, 0, count(*), 0, NULL
     FROM jobs
-    WHERE status = 'RUNNING' AND "leasedBy" IS NOT NULL AND name IN (SELECT name FROM names)
+    WHERE status = 'RUNNING' AND "leasedBy" IS NOT NULL AND name = ANY (ARRAY(SELECT name FROM names))
       AND ($2::text IS NULL OR "moduleName" = $2)
     GROUP BY name, "moduleName"
     UNION ALL
     SELECT name, "moduleName", 0, 0, 0, count(*), NULL
     FROM jobs
     WHERE status = 'FAILED' AND "failedAt" >= LOCALTIMESTAMP - interval '1 hour'
-      AND name IN (SELECT name FROM names) AND ($2::text IS NULL OR "moduleName" = $2)
+      AND name = ANY (ARRAY(SELECT name FROM names)) AND ($2::text IS NULL OR "moduleName" = $2)
     GROUP BY name, "moduleName"
     UNION ALL
     SELECT n.name, NULL, 0, 0, 0, 0, NULL FROM names n
