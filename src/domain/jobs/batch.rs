@@ -328,3 +328,22 @@ fn audited_selection(selection: &BatchSelection) -> serde_json::Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{BatchSelection, audited_selection};
+    use crate::store::{jobs::JobFilter, pagination::PageRequest};
+
+    #[test]
+    fn the_audit_row_holds_every_field_of_the_filter() {
+        let schedule = uuid::Uuid::now_v7();
+        let audited = audited_selection(&BatchSelection::Filter {
+            filter: Box::new(JobFilter {
+                schedule_id: Some(schedule),
+                ..JobFilter::default()
+            }),
+            page: PageRequest::first(10),
+        });
+        assert_eq!(audited["filter"]["schedule_id"], schedule.to_string());
+    }
+}
