@@ -47,9 +47,15 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// answer with `settling` (the walk goes on).
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
-/// How long a walk waits for transactions older than it (see `walks.rs`)
-/// before it walks anyway and stays owed, to be walked again later.
+/// How long a walk right after a change waits for transactions older than
+/// it (see `store/jobs/walks.rs`) before it walks anyway and stays owed.
 const OLDER_WAIT: Duration = Duration::from_secs(10);
+
+/// The same wait for a walk taken over in the background: it walks only
+/// once no older transaction is open (else it waits for the next round),
+/// so that a session idle in a transaction for hours does not make every
+/// round walk the queue again.
+const OLDER_WAIT_OWED: Duration = Duration::from_secs(1);
 
 /// How old an owed walk must be before a background task takes it over
 /// (younger ones are most likely being walked by the call that owes it).
@@ -113,7 +119,7 @@ impl Jobs {
                 Ok((pause, created, generation))
             })
             .await?;
-        let walked = self.walk_answer(&key, generation).await?;
+        let walked = self.walk_answer(&key, generation, true).await?;
         if created {
             tracing::info!(queue = %resource(&key), held = walked.held_now, "queue paused");
         }
@@ -135,7 +141,7 @@ impl Jobs {
             Ok(None)
         })
         .await?;
-        let walked = self.walk_answer(&key, generation).await?;
+        let walked = self.walk_answer(&key, generation, false).await?;
         Ok((generation.is_some(), walked))
     }
 
@@ -161,22 +167,40 @@ impl Jobs {
         Ok(())
     }
 
-    /// Walks the queue (when a change owes it, `generation`) on a task of
+    /// Walks the queue when a change owes it (`generation`) on a task of
     /// its own, and waits for it at most [`ANSWER_WAIT`]: a longer walk
     /// goes on, and the answer says `settling`. Without a change (paused
-    /// already, not paused), what its pending jobs are is read by a walk
-    /// all the same, unless one is owed.
+    /// already, not paused) nothing is walked: the answer counts the held
+    /// jobs (`count_held`) and says whether an earlier walk is owed.
     async fn walk_answer(
         &self,
         key: &QueueKey,
         generation: Option<i64>,
+        count_held: bool,
     ) -> Result<Walked, AppError> {
+        let Some(generation) = generation else {
+            return db::transaction(&self.pool, "jobs.queue_held", async |conn| {
+                let held_now = if count_held {
+                    rows::held_count(conn, key).await?
+                } else {
+                    0
+                };
+                Ok(Walked {
+                    held_now,
+                    settling: rows::walk_owed(conn, key).await?,
+                    ..Walked::default()
+                })
+            })
+            .await;
+        };
         let progress = Arc::new(Mutex::new(Walked::default()));
         let jobs = self.clone();
         let task_key = key.clone();
         let task_progress = progress.clone();
         let task =
-            tokio::spawn(async move { jobs.walk(&task_key, generation, &task_progress).await });
+            tokio::spawn(
+                async move { jobs.walk(&task_key, generation, true, &task_progress).await },
+            );
         match tokio::time::timeout(ANSWER_WAIT, task).await {
             Ok(Ok(done)) => done,
             Ok(Err(join)) => Err(AppError::Internal(format!("queue walk: {join}"))),
@@ -190,18 +214,22 @@ impl Jobs {
 
     /// Recomputes `held` for the queue's pending jobs in batches (see
     /// `store/jobs/walks.rs`), tells every replica's dispatch when some
-    /// became runnable, and marks the walk of `generation` done.
+    /// became runnable, and marks the walk of `generation` done. Right
+    /// after the change (`now`) it walks even while older transactions
+    /// stay open (and the walk stays owed); taken over later, it walks
+    /// only once they have ended.
     async fn walk(
         &self,
         key: &QueueKey,
-        generation: Option<i64>,
+        generation: i64,
+        now: bool,
         progress: &Mutex<Walked>,
     ) -> Result<Walked, AppError> {
         let since = db::with_connection(&self.pool, "jobs.queue_walk", async |conn| {
             Ok(rows::database_now(conn).await?)
         })
         .await?;
-        let deadline = Instant::now() + OLDER_WAIT;
+        let deadline = Instant::now() + if now { OLDER_WAIT } else { OLDER_WAIT_OWED };
         let clean = loop {
             let older = db::with_connection(&self.pool, "jobs.queue_walk", async |conn| {
                 Ok(rows::older_transactions(conn, since).await?)
@@ -217,6 +245,12 @@ impl Jobs {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        if !clean && !now {
+            return Ok(Walked {
+                settling: true,
+                ..Walked::default()
+            });
+        }
         let names: Vec<(String, Option<String>)> = match key {
             QueueKey::Job(name) => vec![(name.clone(), None)],
             QueueKey::Module(module) => {
@@ -262,21 +296,18 @@ impl Jobs {
                 }
             }
         }
-        if let Some(generation) = generation.filter(|_| clean) {
+        if clean {
             db::with_connection(&self.pool, "jobs.queue_walk", async |conn| {
                 Ok(rows::settle_walk(conn, key, generation).await?)
             })
             .await?;
         }
-        walked.settling = match generation {
-            Some(_) if !clean => true,
-            _ => {
-                db::with_connection(&self.pool, "jobs.queue_walk", async |conn| {
-                    Ok(rows::walk_owed(conn, key).await?)
-                })
-                .await?
-            }
-        };
+        // Owed still: this walk could not settle, or a later change owes one.
+        walked.settling = !clean
+            || db::with_connection(&self.pool, "jobs.queue_walk", async |conn| {
+                Ok(rows::walk_owed(conn, key).await?)
+            })
+            .await?;
         Ok(walked)
     }
 
@@ -293,7 +324,10 @@ impl Jobs {
         let mut walked = 0;
         for walk in owed {
             let Some(key) = walk.key() else { continue };
-            self.walk(&key, Some(walk.generation), &progress).await?;
+            let done = self.walk(&key, walk.generation, false, &progress).await?;
+            if done.settling {
+                continue;
+            }
             tracing::info!(queue = %resource(&key), "owed queue walk finished");
             walked += 1;
         }

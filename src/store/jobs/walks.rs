@@ -289,6 +289,31 @@ pub async fn walk_batch(
     })
 }
 
+/// How many pending jobs of the queue are held. Run it in a transaction:
+/// it turns sequential scans off for the rest of it (the queue's pending
+/// rows are read through their partial index, whatever the statistics).
+pub async fn held_count(conn: &mut AsyncPgConnection, key: &QueueKey) -> QueryResult<i64> {
+    diesel::sql_query("SET LOCAL enable_seqscan = off")
+        .execute(conn)
+        .await?;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let column = match key {
+        QueueKey::Job(_) => "name",
+        QueueKey::Module(_) => r#""moduleName""#,
+    };
+    let row: Count = diesel::sql_query(format!(
+        "SELECT count(*) AS count FROM jobs WHERE {column} = $1 AND status = 'PENDING' AND held"
+    ))
+    .bind::<Text, _>(key.name())
+    .get_result(conn)
+    .await?;
+    Ok(row.count)
+}
+
 /// Whether a walk is owed for `key`.
 pub async fn walk_owed(conn: &mut AsyncPgConnection, key: &QueueKey) -> QueryResult<bool> {
     #[derive(QueryableByName)]

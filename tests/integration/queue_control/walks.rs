@@ -69,6 +69,18 @@ async fn walks_in_small_batches_hold_and_release_every_job_of_the_queue() {
         (held(&app, "tiny.a").await, held(&app, "tiny.b").await),
         (7, 0)
     );
+    // Pausing it again walks nothing and counts what is held.
+    let again = client
+        .pause_queue(authed(
+            &token,
+            pb::PauseQueueRequest {
+                queue: job_queue("tiny.a"),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.held_jobs, again.settling), (7, false));
     let module = client
         .pause_queue(authed(
             &token,
