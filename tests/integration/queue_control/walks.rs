@@ -434,3 +434,81 @@ async fn a_batch_by_ids_skips_jobs_that_moved_and_acts_on_the_rest() {
     assert_eq!(retried.skipped[0].id, pending.id);
     assert_eq!(retried.skipped[0].status, i32::from(pb::JobStatus::Pending));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_walk_blocks_neither_creates_nor_pauses_of_other_queues() {
+    use diesel_async::RunQueryDsl as _;
+    let app = TestApp::spawn_with(tiny_batches()).await;
+    let token = app.admin_token().await;
+    create_many(&app, &token, new_job("stuck.a", json!({})), 5).await;
+    // A transaction of someone else's holds one of the queue's jobs: the
+    // walk of its pause stops at that row until it ends.
+    let mut blocker = app.pool.get().await.expect("connection");
+    diesel::sql_query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    diesel::sql_query("SELECT id FROM jobs WHERE name = 'stuck.a' LIMIT 1 FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let pausing = {
+        let channel = app.channel().await;
+        let token = token.clone();
+        tokio::spawn(async move {
+            jobs(channel)
+                .pause_queue(authed(
+                    &token,
+                    pb::PauseQueueRequest {
+                        queue: job_queue("stuck.a"),
+                    },
+                ))
+                .await
+                .expect("pause")
+                .into_inner()
+        })
+    };
+    // Meanwhile a job of that queue is created, and another queue is
+    // paused and resumed: no table lock makes them wait for the walk.
+    let bound = Duration::from_secs(30);
+    tokio::time::timeout(
+        bound,
+        app.create_job(&token, new_job("stuck.a", json!({"late": true}))),
+    )
+    .await
+    .expect("a create does not wait for a walk");
+    let mut client = jobs(app.channel().await);
+    tokio::time::timeout(
+        bound,
+        client.pause_queue(authed(
+            &token,
+            pb::PauseQueueRequest {
+                queue: job_queue("other.b"),
+            },
+        )),
+    )
+    .await
+    .expect("another queue's pause does not wait for a walk")
+    .expect("pause other.b");
+    let answered = pausing.await.unwrap();
+    assert!(answered.settling, "{answered:?}");
+    diesel::sql_query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    drop(blocker);
+    // Once the row is free, the walk goes on and holds every job.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while held(&app, "stuck.a").await < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the walk never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while queue_named(&app, &token, "stuck.a").await.unwrap().settling {
+        assert!(tokio::time::Instant::now() < deadline, "still settling");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
