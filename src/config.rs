@@ -358,6 +358,17 @@ pub struct JobArgs {
     #[arg(long, env = "JOB_POLL_INTERVAL_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub job_poll_interval_ms: u64,
+    /// Pending jobs one transaction of a pause's or a resume's walk over
+    /// its queue updates (short transactions: no statement timeout, no
+    /// long row locks).
+    #[arg(long, env = "QUEUE_WALK_BATCH", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub queue_walk_batch: u64,
+    /// Most queue pauses stored at once (PauseQueue answers
+    /// RESOURCE_EXHAUSTED, reason LIMIT_EXCEEDED, beyond).
+    #[arg(long, env = "QUEUE_PAUSES_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub queue_pauses_max: u64,
     /// Work streams one caller (an account; its API keys count as it) may
     /// hold open on one replica.
     #[arg(long, env = "WORK_STREAMS_PER_CALLER", default_value_t = 256,

@@ -260,6 +260,12 @@ pub async fn serve(
         });
     }
 
+    let walks = tokio::spawn(maintenance::walks::run(
+        jobs.clone(),
+        maintenance::walks::INTERVAL,
+        background.clone(),
+    ));
+
     let sampler = tokio::spawn(telemetry::sampler::run(
         state.pool.clone(),
         dispatcher.clone(),
@@ -330,6 +336,7 @@ pub async fn serve(
     let _ = caller_changes.await;
     let _ = pruning.await;
     let _ = firing.await;
+    let _ = walks.await;
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }

@@ -35,7 +35,7 @@ jq -n --arg j "$JOB" '{name: $j, payload: {from: "queues.sh"}}' | call JobServic
 show() {
   jq -n '{pageSize: 500}' | call JobService/ListQueues |
     jq -r --arg j "$JOB" '(.queues // [])[] | select(.name == $j) |
-      "queue: \(.name) pending=\(.pendingCount // "0") scheduled=\(.scheduledCount // "0") running=\(.runningCount // "0") failed1h=\(.failedLastHourCount // "0") oldest=\(.oldestPendingAge // "-") paused=\(.paused // false)"'
+      "queue: \(.name) pending=\(.pendingCount // "0") scheduled=\(.scheduledCount // "0") running=\(.runningCount // "0") failed1h=\(.failedLastHourCount // "0") oldest=\(.oldestPendingAge // "-") paused=\(.paused // false) settling=\(.settling // false)"'
 }
 show
 

@@ -12,7 +12,7 @@ use crate::{
     wire::{
         self,
         jobs::{job_filter, job_message, job_spec},
-        queues::{batch_selection, pause_message, queue_key, queue_message},
+        queues::{batch_selection, pause_message, queue_key, queue_message, skipped_message},
         rate_limits::{rate_limit_message, rate_limit_spec},
     },
 };
@@ -132,10 +132,11 @@ impl JobService for JobApi {
             body.page_size,
             &body.page_token,
         )?;
-        let page = self.jobs.retry_batch(&actor, selection).await?;
+        let (page, skipped) = self.jobs.retry_batch(&actor, selection).await?;
         Ok(Response::new(pb::BatchRetryJobsResponse {
             jobs: page.items.into_iter().map(job_message).collect(),
             next_page_token: page.next_page_token,
+            skipped: skipped.into_iter().map(skipped_message).collect(),
         }))
     }
 
@@ -151,10 +152,11 @@ impl JobService for JobApi {
             body.page_size,
             &body.page_token,
         )?;
-        let page = self.jobs.cancel_batch(&actor, selection).await?;
+        let (page, skipped) = self.jobs.cancel_batch(&actor, selection).await?;
         Ok(Response::new(pb::BatchCancelJobsResponse {
             jobs: page.items.into_iter().map(job_message).collect(),
             next_page_token: page.next_page_token,
+            skipped: skipped.into_iter().map(skipped_message).collect(),
         }))
     }
 
@@ -164,10 +166,11 @@ impl JobService for JobApi {
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
         let actor = actor_of(&request)?;
         let key = queue_key(request.get_ref().queue.as_ref())?;
-        let (pause, held_jobs) = self.jobs.pause(&actor, key).await?;
+        let (pause, walked) = self.jobs.pause(&actor, key).await?;
         Ok(Response::new(pb::PauseQueueResponse {
             pause: Some(pause_message(pause)),
-            held_jobs,
+            held_jobs: walked.held_now,
+            settling: walked.settling,
         }))
     }
 
@@ -177,10 +180,11 @@ impl JobService for JobApi {
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
         let actor = actor_of(&request)?;
         let key = queue_key(request.get_ref().queue.as_ref())?;
-        let (resumed, released_jobs) = self.jobs.resume(&actor, key).await?;
+        let (resumed, walked) = self.jobs.resume(&actor, key).await?;
         Ok(Response::new(pb::ResumeQueueResponse {
             resumed,
-            released_jobs,
+            released_jobs: walked.released,
+            settling: walked.settling,
         }))
     }
 

@@ -6,6 +6,7 @@
 
 pub mod retention;
 pub mod schedules;
+pub mod walks;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use crate::{
     error::AppError,
     proto::automation_v1 as pb,
     store::{
-        jobs::{JobFilter, PauseRow, QueueFigures, QueueKey},
+        jobs::{JobFilter, JobStatus, PauseRow, QueueFigures, QueueKey},
         pagination::{Cursor, PageRequest},
     },
 };
@@ -75,6 +75,15 @@ pub fn queue_message(row: QueueFigures) -> pb::Queue {
             .oldest_pending_micros
             .map(|micros| duration_message(Duration::from_micros(micros.max(0) as u64))),
         paused: row.paused,
+        settling: row.settling,
+    }
+}
+
+/// The wire form of a job a batch call skipped.
+pub fn skipped_message((id, status): (uuid::Uuid, JobStatus)) -> pb::SkippedJob {
+    pb::SkippedJob {
+        id: id.to_string(),
+        status: super::jobs::status_message(status).into(),
     }
 }
 

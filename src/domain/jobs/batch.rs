@@ -3,8 +3,12 @@
 //! per page, in one transaction, audited once per call with the filter.
 //!
 //! All or nothing, precisely: with ids, a job missing or breaking a rule
-//! (wrong state, a hook, a permission) refuses the whole call and names
-//! it; nothing changes. With a filter, the page is the jobs that match it
+//! (a hook, a permission, its module) refuses the whole call and names
+//! it; nothing changes. A named job in a state the action does not apply
+//! to (a running job that completed, a failed one another call retried
+//! since it was listed) is skipped and reported in `skipped`: under load
+//! jobs move between a listing and the call, and refusing the rest for it
+//! would make the call rarely succeed. With a filter, the page is the jobs that match it
 //! *and* are in a state the action applies to (a filter can only select
 //! such states, and leaves hooks out), so a state never refuses a page;
 //! a job that a concurrent call changed between the selection and the lock
@@ -75,6 +79,9 @@ impl Action {
     }
 }
 
+/// A named job a call left alone, and its state when the call locked it.
+pub type Skipped = (Uuid, JobStatus);
+
 /// The page a call takes: the ids, in order, and the next page's token.
 struct Chosen {
     ids: Vec<Uuid>,
@@ -89,12 +96,12 @@ impl Jobs {
         &self,
         actor: &Actor,
         selection: BatchSelection,
-    ) -> Result<Page<JobRow>, AppError> {
-        let page = self.batch(actor, Action::Retry, selection).await?;
+    ) -> Result<(Page<JobRow>, Vec<Skipped>), AppError> {
+        let (page, skipped) = self.batch(actor, Action::Retry, selection).await?;
         if !page.items.is_empty() {
             self.wake.notify_one();
         }
-        Ok(page)
+        Ok((page, skipped))
     }
 
     /// Cancels the PENDING or RUNNING jobs `selection` names, all or none;
@@ -103,10 +110,10 @@ impl Jobs {
         &self,
         actor: &Actor,
         selection: BatchSelection,
-    ) -> Result<Page<JobRow>, AppError> {
-        let page = self.batch(actor, Action::Cancel, selection).await?;
+    ) -> Result<(Page<JobRow>, Vec<Skipped>), AppError> {
+        let (page, skipped) = self.batch(actor, Action::Cancel, selection).await?;
         crate::telemetry::names::jobs_cancelled("api", page.items.len());
-        Ok(page)
+        Ok((page, skipped))
     }
 
     async fn batch(
@@ -114,7 +121,7 @@ impl Jobs {
         actor: &Actor,
         action: Action,
         selection: BatchSelection,
-    ) -> Result<Page<JobRow>, AppError> {
+    ) -> Result<(Page<JobRow>, Vec<Skipped>), AppError> {
         let audited = audited_selection(&selection);
         db::transaction(&self.pool, action.operation(), async |conn| {
             if action == Action::Retry {
@@ -123,6 +130,7 @@ impl Jobs {
             let chosen = choose(conn, action, &selection).await?;
             let locked = rows::lock_jobs(conn, &chosen.ids).await?;
             let mut jobs = Vec::with_capacity(locked.len());
+            let mut skipped: Vec<Skipped> = Vec::new();
             for (index, id) in chosen.ids.iter().enumerate() {
                 let job = locked.iter().find(|job| job.id == *id);
                 let Some(job) = job else {
@@ -131,8 +139,12 @@ impl Jobs {
                     }
                     return Err(AppError::NotFound(format!("job {id} (ids[{index}])")));
                 };
-                if chosen.by_filter && !action.states().contains(&job.status) {
-                    // A concurrent call changed it since it was chosen.
+                if !action.states().contains(&job.status) {
+                    // A concurrent call (or a worker) changed it since it
+                    // was chosen (or listed, by the caller).
+                    if !chosen.by_filter {
+                        skipped.push((job.id, job.status));
+                    }
                     continue;
                 }
                 match action {
@@ -185,6 +197,7 @@ impl Jobs {
             if !changed.is_empty() {
                 let mut details = audited.clone();
                 details["count"] = json!(changed.len());
+                details["skipped"] = json!(skipped.len());
                 details["ids"] = json!(changed.iter().map(|job| job.id).collect::<Vec<_>>());
                 let event = AuditEvent::success(
                     action.audit(),
@@ -201,10 +214,13 @@ impl Jobs {
                     ordered.push(job.clone());
                 }
             }
-            Ok(Page {
-                items: ordered,
-                next_page_token: chosen.next_page_token,
-            })
+            Ok((
+                Page {
+                    items: ordered,
+                    next_page_token: chosen.next_page_token,
+                },
+                skipped,
+            ))
         })
         .await
     }
@@ -305,9 +321,29 @@ fn audited_selection(selection: &BatchSelection) -> serde_json::Value {
                     "fail_time_end": time(filter.failed_until),
                     "finish_time_start": time(filter.finished_from),
                     "finish_time_end": time(filter.finished_until),
+                    "schedule_id": filter.schedule_id,
                 },
                 "page_token": page.after.as_ref().map(Cursor::encode),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BatchSelection, audited_selection};
+    use crate::store::{jobs::JobFilter, pagination::PageRequest};
+
+    #[test]
+    fn the_audit_row_holds_every_field_of_the_filter() {
+        let schedule = uuid::Uuid::now_v7();
+        let audited = audited_selection(&BatchSelection::Filter {
+            filter: Box::new(JobFilter {
+                schedule_id: Some(schedule),
+                ..JobFilter::default()
+            }),
+            page: PageRequest::first(10),
+        });
+        assert_eq!(audited["filter"]["schedule_id"], schedule.to_string());
     }
 }

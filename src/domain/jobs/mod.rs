@@ -19,8 +19,8 @@ mod rules;
 pub mod scheduled;
 mod settings;
 
-pub use batch::{BatchSelection, MAX_BATCH_PAGE};
-pub use queues::QueuePage;
+pub use batch::{BatchSelection, MAX_BATCH_PAGE, Skipped};
+pub use queues::{QueuePage, Walked};
 pub use settings::{JobSettings, StreamLimits};
 
 use std::sync::Arc;

@@ -30,6 +30,10 @@ pub struct JobSettings {
     pub poll_interval: Duration,
     /// What streams may hold open on one replica.
     pub streams: StreamLimits,
+    /// Pending jobs one transaction of a pause's or resume's walk updates.
+    pub queue_walk_batch: i64,
+    /// Most pauses stored at once.
+    pub queue_pauses_max: i64,
 }
 
 /// Bounds on the long-lived streams callers open on one replica (Work,
@@ -124,6 +128,8 @@ impl Default for JobSettings {
             release_delay_cap: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             streams: StreamLimits::default(),
+            queue_walk_batch: 5_000,
+            queue_pauses_max: 10_000,
         }
     }
 }
@@ -149,6 +155,8 @@ impl JobSettings {
                 send_timeout: Duration::from_millis(args.stream_send_timeout_ms),
                 inbound_messages_per_sec: args.work_inbound_messages_per_sec,
             },
+            queue_walk_batch: args.queue_walk_batch as i64,
+            queue_pauses_max: args.queue_pauses_max as i64,
         }
     }
 }

@@ -232,6 +232,8 @@ async fn settle_one(
     let after = match target {
         Target::Deleted => {
             rows::delete_if(conn, module.id, module.status).await?;
+            // A module registered again under the name starts unpaused.
+            job_rows::delete_pauses_of_module(conn, &module.name).await?;
             None
         }
         Target::Status(status) => {

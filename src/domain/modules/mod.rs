@@ -413,6 +413,8 @@ impl Modules {
                 if !rows::delete_if(conn, module.id, module.status).await? {
                     return Err(raced(&module));
                 }
+                // A module registered again under the name starts unpaused.
+                crate::store::jobs::delete_pauses_of_module(conn, &module.name).await?;
                 announce(conn, &module, false).await?;
                 (Removal::Deleted(module.clone()), None)
             } else {

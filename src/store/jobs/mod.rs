@@ -22,6 +22,8 @@ pub use queues::*;
 mod progress;
 pub use progress::*;
 pub use settle::*;
+mod walks;
+pub use walks::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
 /// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),

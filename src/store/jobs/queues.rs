@@ -5,12 +5,10 @@
 //! A pause keeps its queue's pending jobs out of the dispatch index through
 //! the `held` column, which every statement making a job PENDING computes
 //! ([`super::HELD_UNLESS_ENABLED`], [`HELD_NEW`]); the claim itself never
-//! reads `queue_pauses`, so a million paused jobs cost it nothing. Those
-//! statements read `queue_pauses` (ACCESS SHARE, until their transaction
-//! ends); a pause or a resume changes it only under [`lock_pauses`] (ACCESS
-//! EXCLUSIVE), which waits for them all: a job is never written with a
-//! `held` computed from a pause that changed since, and the walk that
-//! follows ([`rehold_queue`]) sees every job written before.
+//! reads `queue_pauses`, so a million paused jobs cost it nothing. No
+//! table lock orders a pause against those statements: the walk that
+//! follows a change (`walks.rs`, which argues why it misses no job) fixes
+//! what they computed from the state before it.
 
 use chrono::NaiveDateTime;
 use diesel::{
@@ -95,49 +93,6 @@ impl PauseRow {
 
 const PAUSE_COLUMNS: &str = r#"kind, name, "pausedAt" AS paused_at, "pausedBy" AS paused_by"#;
 
-/// Takes `queue_pauses` for the rest of the transaction, after every
-/// transaction that read it (see the module's documentation) has ended.
-///
-/// A lock request waiting in PostgreSQL's queue makes every later reader
-/// wait behind it — every create and every failure report — and a reader
-/// that already holds the table while it waits for a row lock that a
-/// report batch holds (which in turn waits for the table) would close a
-/// deadlock, broken only after `deadlock_timeout`. So the request waits at
-/// most 50 ms at a time, in a savepoint, and steps out of the queue between
-/// tries; after about two seconds of tries it waits its turn.
-pub async fn lock_pauses(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-    const TRIES: u32 = 40;
-    const LOCK: &str = "LOCK TABLE queue_pauses IN ACCESS EXCLUSIVE MODE";
-    for _ in 0..TRIES {
-        diesel::sql_query("SAVEPOINT queue_pauses_lock")
-            .execute(conn)
-            .await?;
-        diesel::sql_query("SET LOCAL lock_timeout = '50ms'")
-            .execute(conn)
-            .await?;
-        match diesel::sql_query(LOCK).execute(conn).await {
-            Ok(_) => {
-                // Releasing the savepoint keeps its SET LOCAL: reset it.
-                diesel::sql_query("RELEASE SAVEPOINT queue_pauses_lock")
-                    .execute(conn)
-                    .await?;
-                diesel::sql_query("SET LOCAL lock_timeout = DEFAULT")
-                    .execute(conn)
-                    .await?;
-                return Ok(());
-            }
-            Err(diesel::result::Error::DatabaseError(..)) => {
-                diesel::sql_query("ROLLBACK TO SAVEPOINT queue_pauses_lock")
-                    .execute(conn)
-                    .await?;
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            Err(other) => return Err(other),
-        }
-    }
-    diesel::sql_query(LOCK).execute(conn).await.map(drop)
-}
-
 /// Stores a pause unless there is one; returns the pause that holds.
 pub async fn insert_pause(
     conn: &mut AsyncPgConnection,
@@ -179,71 +134,14 @@ pub async fn delete_pause(conn: &mut AsyncPgConnection, key: &QueueKey) -> Query
     Ok(deleted == 1)
 }
 
-/// Every pause, by kind and name.
-pub async fn pauses(conn: &mut AsyncPgConnection) -> QueryResult<Vec<PauseRow>> {
+/// The pauses by kind and name, at most `limit`.
+pub async fn pauses(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<PauseRow>> {
     diesel::sql_query(format!(
-        "SELECT {PAUSE_COLUMNS} FROM queue_pauses ORDER BY kind, name"
+        "SELECT {PAUSE_COLUMNS} FROM queue_pauses ORDER BY kind, name LIMIT $1"
     ))
+    .bind::<BigInt, _>(limit)
     .load(conn)
     .await
-}
-
-/// How a walk over a queue's pending jobs left them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rehold {
-    /// Jobs that became held.
-    pub held: i64,
-    /// Jobs that became dispatchable.
-    pub released: i64,
-    /// Pending jobs of the queue held now.
-    pub held_now: i64,
-}
-
-/// Recomputes `held` for the pending jobs of a queue (after its pause was
-/// stored or removed), through the pending-queue index. Run it in a
-/// transaction: it turns sequential scans off for the rest of it (a job
-/// name is not the index's first column, and the planner would rather read
-/// the whole table, finished rows and all).
-pub async fn rehold_queue(conn: &mut AsyncPgConnection, key: &QueueKey) -> QueryResult<Rehold> {
-    diesel::sql_query("SET LOCAL enable_seqscan = off")
-        .execute(conn)
-        .await?;
-    #[derive(QueryableByName)]
-    struct Counts {
-        #[diesel(sql_type = BigInt)]
-        held: i64,
-        #[diesel(sql_type = BigInt)]
-        released: i64,
-        #[diesel(sql_type = BigInt)]
-        held_now: i64,
-    }
-    let column = match key {
-        QueueKey::Job(_) => "name",
-        QueueKey::Module(_) => r#""moduleName""#,
-    };
-    let counts: Counts = diesel::sql_query(format!(
-        r#"WITH queue AS (
-               SELECT id, held AS was, {HELD_UNLESS_ENABLED} AS now FROM jobs
-               WHERE jobs.{column} = $1 AND jobs.status = 'PENDING' AND jobs.hook IS NULL
-           ),
-           changed AS (
-               UPDATE jobs SET held = queue.now
-               FROM queue
-               WHERE jobs.id = queue.id AND queue.was <> queue.now AND jobs.status = 'PENDING'
-               RETURNING jobs.held
-           )
-           SELECT (SELECT count(*) FROM changed WHERE held) AS held,
-                  (SELECT count(*) FROM changed WHERE NOT held) AS released,
-                  (SELECT count(*) FROM queue WHERE now) AS held_now"#
-    ))
-    .bind::<Text, _>(key.name())
-    .get_result(conn)
-    .await?;
-    Ok(Rehold {
-        held: counts.held,
-        released: counts.released,
-        held_now: counts.held_now,
-    })
 }
 
 /// The figures of one job name's queue.
@@ -266,41 +164,78 @@ pub struct QueueFigures {
     pub oldest_pending_micros: Option<i64>,
     #[diesel(sql_type = Bool)]
     pub paused: bool,
+    /// A pause or resume of it is still walking its pending jobs.
+    #[diesel(sql_type = Bool)]
+    pub settling: bool,
 }
 
 /// The statement of [`queue_figures`] (`$1`: names after this one, `$2`:
-/// only this module when not NULL, `$3`: at most this many). Every part
-/// reads unfinished or recently failed rows through a partial index:
-/// PENDING rows through `jobs_pending_queue_idx`, RUNNING rows through
-/// `jobs_leasedBy_idx`, failures of the last hour through
-/// `jobs_failed_idx` (tests/integration/queue_control.rs checks the plan
-/// and docs/api.md shows it).
+/// only this module when not NULL, `$3`: at most this many). It first
+/// picks the page's names cheaply: the pending ones by a loose index scan
+/// (one descent of `jobs_pending_name_idx`, or of `jobs_pending_queue_idx`
+/// for a module, per name), merged with the names of running jobs
+/// (`jobs_leasedBy_idx`), of failures of the last hour (`jobs_failed_idx`)
+/// and of pauses; then it counts the rows of those names only, so a page
+/// costs its own queues, not every pending job
+/// (tests/integration/queue_control.rs checks the plan and docs/api.md
+/// shows it).
 pub const QUEUE_FIGURES: &str = r#"
-WITH parts AS (
+WITH RECURSIVE pending_names(name) AS (
+    (SELECT name FROM jobs
+     WHERE status = 'PENDING' AND name > $1 AND ($2::text IS NULL OR "moduleName" = $2)
+     ORDER BY name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.name FROM jobs j
+            WHERE j.status = 'PENDING' AND j.name > pending_names.name
+              AND ($2::text IS NULL OR j."moduleName" = $2)
+            ORDER BY j.name LIMIT 1)
+    FROM pending_names WHERE pending_names.name IS NOT NULL
+),
+names AS (
+    SELECT name FROM (
+        (SELECT name FROM pending_names WHERE name IS NOT NULL LIMIT $3)
+        UNION
+        (SELECT DISTINCT name FROM jobs
+         WHERE status = 'RUNNING' AND "leasedBy" IS NOT NULL AND name > $1
+           AND ($2::text IS NULL OR "moduleName" = $2)
+         ORDER BY name LIMIT $3)
+        UNION
+        (SELECT DISTINCT name FROM jobs
+         WHERE status = 'FAILED' AND "failedAt" >= LOCALTIMESTAMP - interval '1 hour'
+           AND name > $1 AND ($2::text IS NULL OR "moduleName" = $2)
+         ORDER BY name LIMIT $3)
+        UNION
+        (SELECT p.name FROM queue_pauses p
+         WHERE p.kind = 'job' AND p.name > $1 AND $2::text IS NULL
+         ORDER BY p.name LIMIT $3)
+    ) candidates
+    ORDER BY name
+    LIMIT $3
+),
+parts AS (
     SELECT name, "moduleName" AS module,
            count(*) FILTER (WHERE "scheduledAt" <= LOCALTIMESTAMP) AS pending,
            count(*) FILTER (WHERE "scheduledAt" > LOCALTIMESTAMP) AS scheduled,
            0::bigint AS running, 0::bigint AS failed,
            min("scheduledAt") FILTER (WHERE "scheduledAt" <= LOCALTIMESTAMP) AS oldest
     FROM jobs
-    WHERE status = 'PENDING' AND name > $1 AND ($2::text IS NULL OR "moduleName" = $2)
+    WHERE status = 'PENDING' AND name = ANY (ARRAY(SELECT name FROM names))
+      AND ($2::text IS NULL OR "moduleName" = $2)
     GROUP BY name, "moduleName"
     UNION ALL
     SELECT name, "moduleName", 0, 0, count(*), 0, NULL
     FROM jobs
-    WHERE status = 'RUNNING' AND "leasedBy" IS NOT NULL AND name > $1
+    WHERE status = 'RUNNING' AND "leasedBy" IS NOT NULL AND name = ANY (ARRAY(SELECT name FROM names))
       AND ($2::text IS NULL OR "moduleName" = $2)
     GROUP BY name, "moduleName"
     UNION ALL
     SELECT name, "moduleName", 0, 0, 0, count(*), NULL
     FROM jobs
     WHERE status = 'FAILED' AND "failedAt" >= LOCALTIMESTAMP - interval '1 hour'
-      AND name > $1 AND ($2::text IS NULL OR "moduleName" = $2)
+      AND name = ANY (ARRAY(SELECT name FROM names)) AND ($2::text IS NULL OR "moduleName" = $2)
     GROUP BY name, "moduleName"
     UNION ALL
-    SELECT p.name, NULL, 0, 0, 0, 0, NULL
-    FROM queue_pauses p
-    WHERE p.kind = 'job' AND p.name > $1 AND $2::text IS NULL
+    SELECT n.name, NULL, 0, 0, 0, 0, NULL FROM names n
 ),
 queues AS (
     SELECT name, max(module) AS module, sum(pending)::bigint AS pending,
@@ -308,14 +243,15 @@ queues AS (
            sum(failed)::bigint AS failed_last_hour, min(oldest) AS oldest
     FROM parts
     GROUP BY name
-    ORDER BY name
-    LIMIT $3
 )
 SELECT q.name, q.module AS module_name, q.pending, q.scheduled, q.running, q.failed_last_hour,
        (extract(epoch FROM LOCALTIMESTAMP - q.oldest) * 1000000)::bigint AS oldest_pending_micros,
        EXISTS (SELECT 1 FROM queue_pauses p
                WHERE (p.kind = 'job' AND p.name = q.name)
-                  OR (p.kind = 'module' AND p.name = q.module)) AS paused
+                  OR (p.kind = 'module' AND p.name = q.module)) AS paused,
+       EXISTS (SELECT 1 FROM queue_walks w
+               WHERE (w.kind = 'job' AND w.name = q.name)
+                  OR (w.kind = 'module' AND w.name = q.module)) AS settling
 FROM queues q
 ORDER BY q.name"#;
 
