@@ -38,7 +38,7 @@ use axum::{
     extract::{FromRef, FromRequestParts},
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Redirect, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 
 use crate::{
@@ -228,8 +228,46 @@ pub fn router(slot: ConsoleSlot) -> Router {
         .route(&at("/audit"), get(audit::page))
         .route(&at("/assets/console.css"), get(assets::css))
         .route(&at("/assets/console.js"), get(assets::js))
+        // Unknown console paths answer here, so that they carry the
+        // console's headers too.
+        .route(&at("/{*rest}"), any(not_found))
         .with_state(slot)
+        .layer(axum::middleware::from_fn(same_origin_writes))
         .layer(axum::middleware::map_response(security_headers))
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "no such console page").into_response()
+}
+
+/// Refuses a write (any method but GET and HEAD) that a browser says came
+/// from another site: `Sec-Fetch-Site` other than `same-origin` (or `none`,
+/// typed by the person), else an `Origin` whose host is not this one. The
+/// CSRF tokens already refuse forged forms; this also covers the login
+/// form, whose token a sibling subdomain could plant as a cookie.
+async fn same_origin_writes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::Method;
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let cross_site = match text("sec-fetch-site") {
+        Some(site) => site != "same-origin" && site != "none",
+        None => match (text("origin"), text("host")) {
+            (Some(origin), Some(host)) => {
+                origin.split_once("://").map(|(_, rest)| rest) != Some(host)
+            }
+            _ => false,
+        },
+    };
+    if cross_site {
+        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+    }
+    next.run(request).await
 }
 
 /// The Content-Security-Policy of every console response: only the

@@ -339,7 +339,7 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
         url: database_url,
         conn: None,
         lost: Vec::new(),
-        limits_checked: None,
+        limits: LimitsWatch::new(),
     };
     let mut next_due: Option<Instant> = None;
     let mut failures = 0u32;
@@ -429,16 +429,65 @@ struct Claimer {
     /// committed, leasing jobs no stream was told of. Kept until
     /// [`keepalive::give_back_unknown_leases`] handed those back.
     lost: Vec<Uuid>,
-    /// When the last claim examined keys and buckets, and whether it found
-    /// any with room: while it does, every claim examines them; otherwise at
-    /// most once per [`LIMITS_RECHECK`], so a drain of plain jobs claims in
-    /// one round trip and a job of a key or bucket waits at most that long
-    /// behind it (an idle dispatcher examines them on its next claim).
-    limits_checked: Option<(Instant, bool)>,
+    /// Whether the next claim examines keys and buckets (see
+    /// [`LimitsPhase`]): it does while the last look found some with room,
+    /// right after a claim of plain jobs came back short (a key or bucket
+    /// may hold what it did not find), and when plain claims came back full
+    /// for [`LIMITS_RECHECK`] since the last look (so a busy drain of plain
+    /// jobs holds up a keyed job at most that long). Otherwise a claim takes
+    /// plain jobs in one short statement and one round trip.
+    limits: LimitsWatch,
 }
 
-/// How long claims may go without examining concurrency keys and buckets
-/// while the last look found none with room.
+/// What [`Claimer`] remembers of keys and buckets.
+#[derive(Debug, Clone, Copy)]
+struct LimitsWatch {
+    /// When keys and buckets were last examined.
+    looked: Instant,
+    /// Whether that look found any with room.
+    found: bool,
+    /// Whether a plain claim came back short since.
+    short: bool,
+    /// Whether a plain claim came back full since.
+    full: bool,
+}
+
+impl LimitsWatch {
+    fn new() -> Self {
+        Self {
+            looked: Instant::now(),
+            found: false,
+            short: false,
+            full: false,
+        }
+    }
+
+    fn phase(&self) -> LimitsPhase {
+        if self.found || self.short || (self.full && self.looked.elapsed() >= LIMITS_RECHECK) {
+            LimitsPhase::Run
+        } else {
+            LimitsPhase::Skip
+        }
+    }
+
+    fn note(&mut self, phase: LimitsPhase, found: bool, short: bool) {
+        match phase {
+            LimitsPhase::Run => {
+                *self = Self {
+                    looked: Instant::now(),
+                    found,
+                    short: false,
+                    full: false,
+                }
+            }
+            LimitsPhase::Skip if short => self.short = true,
+            LimitsPhase::Skip => self.full = true,
+        }
+    }
+}
+
+/// How long claims of plain jobs that come back full may go without
+/// examining concurrency keys and buckets.
 const LIMITS_RECHECK: Duration = Duration::from_millis(20);
 
 impl Claimer {
@@ -463,25 +512,14 @@ impl Claimer {
         }
         let conn = self.conn.as_mut().expect("connected above");
         let tag = Uuid::now_v7();
-        let phase = match self.limits_checked {
-            Some((at, false)) if at.elapsed() < LIMITS_RECHECK => LimitsPhase::Skip,
-            _ => LimitsPhase::Run,
-        };
+        let phase = self.limits.phase();
         let claimed =
             tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan, tag, phase)).await;
         match claimed {
             Ok(Ok(claimed)) => {
-                let complete = phase == LimitsPhase::Run;
-                self.limits_checked = if complete {
-                    Some((Instant::now(), claimed.limits_found))
-                } else if claimed.jobs.len() < plan.owners.len() {
-                    // Short of plain jobs: a key or a bucket may have some,
-                    // so the next claim (the caller's next turn) looks.
-                    None
-                } else {
-                    self.limits_checked
-                };
-                Ok((claimed.jobs, complete))
+                let short = claimed.jobs.len() < plan.owners.len();
+                self.limits.note(phase, claimed.limits_found, short);
+                Ok((claimed.jobs, phase == LimitsPhase::Run))
             }
             Ok(Err(error)) => {
                 self.conn = None;

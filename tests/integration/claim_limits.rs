@@ -388,7 +388,7 @@ async fn a_job_type_may_declare_its_key() {
     let job = app
         .create_job(&token, new_job("mailer.send", json!({ "customer_id": 42 })))
         .await;
-    assert_eq!(job.concurrency_key, "mailer.send:42");
+    assert_eq!(job.concurrency_key, "@mailer.send:42");
     let refused = JobServiceClient::new(app.channel().await)
         .create_job(authed(&token, new_job("mailer.send", json!({}))))
         .await

@@ -169,6 +169,7 @@ impl Jobs {
                     for job in &jobs {
                         rules::may_retry_owned(actor, &owners, job)?;
                     }
+                    rules::may_retry_buckets(conn, &jobs.iter().collect::<Vec<_>>()).await?;
                     let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
                     rows::requeue_all(conn, &ids).await?
                 }

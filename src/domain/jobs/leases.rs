@@ -146,8 +146,7 @@ impl Leases {
         if limits == LimitsPhase::Skip {
             // Only the plain lane: one statement, atomic on its own, and
             // one round trip, as the claim was before keys and buckets.
-            let jobs =
-                rows::claim(conn, filter, plan, self.settings.lease, &[], &[], claim).await?;
+            let jobs = rows::claim_plain(conn, filter, plan, self.settings.lease, claim).await?;
             tracing::trace!(
                 db.operation = "jobs.claim",
                 duration_us = started.elapsed().as_micros() as u64,

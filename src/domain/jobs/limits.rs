@@ -15,7 +15,17 @@ pub use crate::domain::validate::CONCURRENCY_MAX_RANGE as MAX_RANGE;
 /// Checks a client-given key and maximum; `prefix` is the request's path.
 pub fn validate(prefix: &str, key: Option<&str>, max: Option<i32>) -> Result<(), AppError> {
     if let Some(key) = key {
-        check_key(&format!("{prefix}concurrency_key"), key)?;
+        let field = format!("{prefix}concurrency_key");
+        check_key(&field, key)?;
+        if key.starts_with(DERIVED_KEY_PREFIX) {
+            return Err(AppError::invalid(
+                field,
+                format!(
+                    "must not start with '{DERIVED_KEY_PREFIX}': keys starting with it are \
+                     derived from job types' declarations"
+                ),
+            ));
+        }
     }
     if let Some(max) = max {
         let field = format!("{prefix}concurrency_max");
@@ -38,6 +48,11 @@ pub fn validate(prefix: &str, key: Option<&str>, max: Option<i32>) -> Result<(),
     }
     Ok(())
 }
+
+/// Keys derived from a job type's declaration start with this, and keys a
+/// client gives may not: a caller who may not run a module's jobs cannot
+/// share (and so resize or starve) the slots of that module's keys.
+pub const DERIVED_KEY_PREFIX: &str = "@";
 
 fn check_key(field: &str, key: &str) -> Result<(), AppError> {
     if key.trim().is_empty() || key.chars().any(char::is_control) {
@@ -83,7 +98,7 @@ pub fn resolve(
             ));
         }
     };
-    let key = format!("{name}:{value}");
+    let key = format!("{DERIVED_KEY_PREFIX}{name}:{value}");
     check_key(&field, &key)?;
     Ok(Some((key, declared.max)))
 }
@@ -118,6 +133,13 @@ pub fn rate_limit_of(
     declaration: Option<&JobDeclaration>,
 ) -> Result<Option<String>, AppError> {
     if let Some(name) = given {
+        if keyed {
+            return Err(AppError::invalid(
+                format!("{prefix}rate_limit"),
+                "the job has a concurrency key (given, or declared by its job type): a job takes \
+                 a concurrency key or a rate limit, not both",
+            ));
+        }
         return Ok(Some(name.to_owned()));
     }
     match declaration.and_then(|d| d.rate_limit.as_deref()) {

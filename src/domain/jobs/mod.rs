@@ -378,6 +378,7 @@ impl Jobs {
             let named: Vec<&str> = job.module_name.as_deref().into_iter().collect();
             let owners = Owners::read(conn, &self.manifests, &[&job.name], &named).await?;
             rules::may_retry_owned(actor, &owners, &job)?;
+            rules::may_retry_buckets(conn, &[&job]).await?;
             let requeued = rows::requeue(conn, id).await?;
             let mut changes = QueueChanges::default();
             changes.note(id, requeued.status, true);
@@ -489,12 +490,18 @@ fn job_module<'a>(
             .or(declaration.and_then(|d| d.max_attempts))
             .unwrap_or(DEFAULT_MAX_ATTEMPTS),
         concurrency: given(declaration)?,
+        rate_limit: None,
+    };
+    // Whether the job ends up keyed (given a key, or derived from its
+    // type's declaration) decides whether it may take a bucket: never both.
+    let defaults = ModuleDefaults {
         rate_limit: limits::rate_limit_of(
             prefix,
             spec.rate_limit.as_deref(),
-            spec.concurrency_key.is_some(),
+            defaults.concurrency.is_some(),
             declaration,
         )?,
+        ..defaults
     };
     Ok((Some(module), defaults))
 }

@@ -98,3 +98,32 @@ pub(super) fn may_cancel_in_batch(actor: &Actor, job: &JobRow) -> Result<(), App
     }
     Ok(())
 }
+
+/// A retried job takes tokens from the bucket it names when leased, so the
+/// bucket must still exist (a deleted one would leave the job pending for
+/// good); the buckets are key-share locked until the retry commits, so a
+/// concurrent DeleteRateLimit waits and then sees the job.
+pub(super) async fn may_retry_buckets(
+    conn: &mut diesel_async::AsyncPgConnection,
+    jobs: &[&JobRow],
+) -> Result<(), AppError> {
+    let mut names: Vec<String> = jobs.iter().filter_map(|j| j.rate_limit.clone()).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    names.dedup();
+    let existing = crate::store::rate_limits::lock_existing(conn, &names).await?;
+    match jobs.iter().find_map(|job| {
+        job.rate_limit
+            .as_ref()
+            .filter(|name| !existing.contains(name))
+            .map(|name| (job.id, name))
+    }) {
+        Some((id, name)) => Err(AppError::FailedPrecondition(format!(
+            "job {id} takes its tokens from rate limit '{name}', which was deleted: \
+             PutRateLimit it again before retrying"
+        ))),
+        None => Ok(()),
+    }
+}

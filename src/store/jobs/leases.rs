@@ -111,6 +111,105 @@ pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<
     .await
 }
 
+/// What makes a job claimable now (`j`), whatever its lane; `$2` is the
+/// claim's modules and `$9` its `plain_only`.
+const RUNNABLE: &str = r#"j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+                 AND j."scheduledAt" <= LOCALTIMESTAMP
+                 AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
+                 AND (NOT $9 OR j."moduleName" IS NULL)
+                 AND (j."moduleName" IS NULL OR EXISTS (
+                       SELECT 1 FROM modules m
+                       WHERE m.name = j."moduleName"
+                         AND (m.status = 'ENABLED'
+                              OR (j.hook = 'install' AND m.status = 'INSTALLING')
+                              OR (j.hook = 'update' AND m.status = 'UPDATING')
+                              OR (j.hook = 'remove' AND m.status = 'REMOVING'))))"#;
+
+/// [`claim`] for jobs of no key and no bucket only: the claim as it is
+/// while no key has room and no bucket holds a token (see
+/// `domain::jobs::leases::LimitsPhase`). One statement, atomic on its own,
+/// and short: PostgreSQL plans it at every call (statements built with
+/// `sql_query` are not kept prepared), and the full claim's lanes cost
+/// milliseconds of planning that a drain of plain jobs would pay per batch.
+pub async fn claim_plain(
+    conn: &mut AsyncPgConnection,
+    filter: &ClaimFilter,
+    plan: &ClaimPlan,
+    lease: std::time::Duration,
+    claim: Uuid,
+) -> QueryResult<Vec<JobRow>> {
+    if plan.owners.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(format!(
+        r#"WITH plain AS (
+               SELECT j.id, j.priority, j."scheduledAt"
+               FROM jobs j
+               WHERE cardinality($1::text[]) = 0 AND j."concurrencyKey" IS NULL
+                 AND j."rateLimit" IS NULL AND {RUNNABLE}
+               ORDER BY j.priority DESC, j."scheduledAt", j.id
+               LIMIT $3
+               FOR UPDATE OF j SKIP LOCKED
+           ),
+           named AS (
+               SELECT c.* FROM unnest($1::text[]) AS n(name), LATERAL (
+                   SELECT j.id, j.priority, j."scheduledAt"
+                   FROM jobs j
+                   WHERE j.name = n.name AND j."concurrencyKey" IS NULL
+                     AND j."rateLimit" IS NULL AND {RUNNABLE}
+                   ORDER BY j.priority DESC, j."scheduledAt", j.id
+                   LIMIT $3
+                   FOR UPDATE OF j SKIP LOCKED) c
+           ),
+           numbered AS (
+               SELECT id, row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS slot
+               FROM (SELECT * FROM plain UNION ALL SELECT * FROM named) keyless
+           ),
+           streams AS (
+               SELECT w.stream, w.worker, w.idx
+               FROM unnest($4::uuid[], $5::text[]) WITH ORDINALITY AS w(stream, worker, idx)
+           ),
+           slots AS (
+               SELECT streams.stream, streams.worker, s.slot
+               FROM unnest($8::int[]) WITH ORDINALITY AS s(owner, slot)
+               JOIN streams ON streams.idx = s.owner + 1
+           ),
+           claimed AS (
+               UPDATE jobs
+               SET status = 'RUNNING', attempts = jobs.attempts + 1,
+                   "startedAt" = LOCALTIMESTAMP, "leaseExpiresAt" = LOCALTIMESTAMP + $6,
+                   "leasedBy" = slots.stream, "workerId" = slots.worker,
+                   "claimId" = $10, "updatedAt" = LOCALTIMESTAMP
+               FROM numbered JOIN slots ON slots.slot = numbered.slot
+               WHERE jobs.id = numbered.id
+               RETURNING {JOB_COLUMNS}
+           ),
+           announced AS (
+               SELECT pg_notify($7, 'c ' || string_agg(id::text, ','))
+               FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM claimed) c
+               GROUP BY chunk
+           )
+           SELECT claimed.* FROM claimed WHERE (SELECT count(*) FROM announced) >= 0"#
+    ))
+    .bind::<Array<Text>, _>(&filter.names)
+    .bind::<Array<Text>, _>(&filter.modules)
+    .bind::<BigInt, _>(plan.owners.len() as i64)
+    .bind::<Array<SqlUuid>, _>(plan.streams.iter().map(|s| s.stream).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        plan.streams
+            .iter()
+            .map(|s| s.worker_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Interval, _>(interval(lease))
+    .bind::<Text, _>(CHANNEL)
+    .bind::<Array<Integer>, _>(&plan.owners)
+    .bind::<Bool, _>(filter.plain_only)
+    .bind::<SqlUuid, _>(claim)
+    .load(conn)
+    .await
+}
+
 /// Leases up to `plan.owners.len()` runnable jobs, skipping rows other
 /// replicas are claiming right now, and only jobs whose module is ENABLED
 /// (or, for lifecycle hook jobs, in the transition the hook carries out).
@@ -166,17 +265,7 @@ pub async fn claim(
     if plan.owners.is_empty() {
         return Ok(Vec::new());
     }
-    let runnable = r#"j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
-                 AND j."scheduledAt" <= LOCALTIMESTAMP
-                 AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
-                 AND (NOT $9 OR j."moduleName" IS NULL)
-                 AND (j."moduleName" IS NULL OR EXISTS (
-                       SELECT 1 FROM modules m
-                       WHERE m.name = j."moduleName"
-                         AND (m.status = 'ENABLED'
-                              OR (j.hook = 'install' AND m.status = 'INSTALLING')
-                              OR (j.hook = 'update' AND m.status = 'UPDATING')
-                              OR (j.hook = 'remove' AND m.status = 'REMOVING'))))"#;
+    let runnable = RUNNABLE;
     diesel::sql_query(format!(
         r#"WITH plain AS (
                SELECT j.id, j.priority, j."scheduledAt"
@@ -210,7 +299,7 @@ pub async fn claim(
                FROM room, LATERAL (
                    SELECT j.id, j.priority, j."scheduledAt"
                    FROM jobs j
-                   WHERE j."concurrencyKey" = room.key AND {runnable}
+                   WHERE j."concurrencyKey" = room.key AND j."rateLimit" IS NULL AND {runnable}
                      AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
                    LIMIT LEAST(GREATEST(room.free, 0), $3)) c
@@ -236,7 +325,8 @@ pub async fn claim(
                FROM bucket_room, LATERAL (
                    SELECT j.id, j.priority, j."scheduledAt"
                    FROM jobs j
-                   WHERE j."rateLimit" = bucket_room.name AND {runnable}
+                   WHERE j."rateLimit" = bucket_room.name AND j."concurrencyKey" IS NULL
+                     AND {runnable}
                      AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
                    LIMIT LEAST(GREATEST(bucket_room.free, 0), $3)) c
