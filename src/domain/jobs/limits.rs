@@ -218,6 +218,13 @@ mod tests {
     }
 
     #[test]
+    fn a_client_key_may_not_take_the_derived_prefix() {
+        let refused = validate("", Some("@mail.send:7"), None);
+        assert!(format!("{refused:?}").contains("concurrency_key"));
+        assert!(validate("", Some("customer-7"), Some(2)).is_ok());
+    }
+
+    #[test]
     fn a_declared_key_is_read_from_the_payload() {
         let got = resolve(
             "",
@@ -228,7 +235,7 @@ mod tests {
             Some(&declared(2)),
         )
         .unwrap();
-        assert_eq!(got, Some(("mail.send:7".into(), 2)));
+        assert_eq!(got, Some(("@mail.send:7".into(), 2)));
         let missing = resolve(
             "requests[1].",
             "mail.send",
