@@ -14,9 +14,11 @@ use uuid::Uuid;
 
 use crate::schema::{jobs, sql_types};
 
+mod claim;
 mod leases;
 mod queues;
 mod settle;
+pub use claim::*;
 pub use leases::*;
 pub use queues::*;
 mod progress;

@@ -1,0 +1,456 @@
+//! Claiming runnable jobs for Work streams: the plain claim, the claim of
+//! every lane (concurrency keys and rate-limit buckets too) after the keys
+//! are locked, and what a claim whose answer was lost leased.
+
+use diesel::{
+    prelude::*,
+    sql_types::{Array, BigInt, Bool, Integer, Interval, Text, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{CHANNEL, JOB_COLUMNS, JobRow, LeaseRef, interval};
+
+/// Which pending jobs a group of workers takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ClaimFilter {
+    /// Job names; empty means any.
+    pub names: Vec<String>,
+    /// Module names; empty means any.
+    pub modules: Vec<String>,
+    /// Only jobs of no module: the workers' caller does not hold
+    /// `modules:execute`, so a module's jobs (its hooks included) are not
+    /// theirs to run, whatever the names say.
+    pub plain_only: bool,
+}
+
+/// A Work stream a claim may lease jobs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The stream.
+    pub stream: Uuid,
+    /// The worker's name, recorded on the job.
+    pub worker_id: String,
+}
+
+/// Who the jobs of one [`claim`] go to: the n-th job claimed (in dispatch
+/// order) goes to `streams[owners[n]]`. Its size is what the claim leases
+/// (at most `owners.len()` jobs), never what the streams advertise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimPlan {
+    /// The streams offered jobs, each once.
+    pub streams: Vec<Slot>,
+    /// For each job to claim, the index in `streams` of its stream.
+    pub owners: Vec<i32>,
+}
+
+/// Session settings of the connection that claims: they pin the claim's
+/// plan to an ordered scan of the dispatch index. A queue's statistics are
+/// stale by nature (a hundred thousand rows enqueued a second ago look like
+/// fifty to the planner), and the plan the planner then picks — sort every
+/// runnable row to take the first few hundred — costs tens of milliseconds
+/// per claim where the index scan costs one or two. (The plan's estimated
+/// cost then looks enormous, which would make PostgreSQL compile it with
+/// JIT, for hundreds of milliseconds: JIT is off too.) Only the dedicated
+/// claiming connection runs with them.
+///
+/// The statement timeout is below the dispatcher's own wait for a claim
+/// (10 s): a claim the dispatcher gave up on is cancelled by the server
+/// rather than committing later, unseen, with leases no stream knows of.
+pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitmapscan = off; \
+     SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'";
+
+/// A concurrency key a claim holds locked: its name and maximum.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct LockedKey {
+    #[diesel(sql_type = Text)]
+    pub key: String,
+    #[diesel(sql_type = Integer)]
+    pub max: i32,
+}
+
+/// The first statement of a claim's transaction: locks up to `limit`
+/// concurrency keys that look worth claiming for, least recently served
+/// first (round robin), skipping keys another claim (or a create) holds.
+/// Worth claiming for: a runnable job and fewer RUNNING jobs than the
+/// maximum (two index probes; a saturated key is passed over without a
+/// lock or a write, however many jobs it holds pending), or no open job at
+/// all (the claim deletes the key). What this statement reads of the jobs
+/// is only a hint (it may be a moment old); the claim recounts under the
+/// lock.
+///
+/// Why a statement of its own: the claim counts each key's RUNNING jobs,
+/// and in READ COMMITTED a statement reads the rows as they were when it
+/// began. A single statement that locked a key and counted its running jobs
+/// could have begun before another replica's claim of that key committed,
+/// and would not see the jobs that claim started: both would take the last
+/// slot. The claim statement that follows this one begins after the locks
+/// are held, so it sees every claim of its keys that came before.
+pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<LockedKey>> {
+    diesel::sql_query(
+        r#"SELECT k.key, k.max FROM concurrency_keys k
+           WHERE (EXISTS (SELECT 1 FROM jobs j
+                          WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
+                            AND NOT j.held AND NOT j.waiting
+                            AND j."scheduledAt" <= LOCALTIMESTAMP)
+                  AND k.max > (SELECT count(*) FROM jobs r
+                               WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING'))
+              OR NOT EXISTS (SELECT 1 FROM jobs o
+                             WHERE o."concurrencyKey" = k.key
+                               AND o.status IN ('PENDING', 'RUNNING'))
+           ORDER BY k."servedAt", k.key
+           LIMIT $1
+           FOR UPDATE SKIP LOCKED"#,
+    )
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
+}
+
+/// What makes a job claimable now (`j`), whatever its lane; `$2` is the
+/// claim's modules and `$9` its `plain_only`.
+const RUNNABLE: &str = r#"j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+                 AND j."scheduledAt" <= LOCALTIMESTAMP
+                 AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
+                 AND (NOT $9 OR j."moduleName" IS NULL)
+                 AND (j."moduleName" IS NULL OR EXISTS (
+                       SELECT 1 FROM modules m
+                       WHERE m.name = j."moduleName"
+                         AND (m.status = 'ENABLED'
+                              OR (j.hook = 'install' AND m.status = 'INSTALLING')
+                              OR (j.hook = 'update' AND m.status = 'UPDATING')
+                              OR (j.hook = 'remove' AND m.status = 'REMOVING'))))"#;
+
+/// The keyless lanes of a claim (CTEs `plain` and `named`): jobs of no
+/// key and no bucket, from the dispatch index, or for a claim filtered by
+/// job names from the names index, one scan per name. `$1` names, `$3` the
+/// batch.
+fn keyless_lanes() -> String {
+    format!(
+        r#"plain AS (
+               SELECT j.id, j.priority, j."scheduledAt"
+               FROM jobs j
+               WHERE cardinality($1::text[]) = 0 AND j."concurrencyKey" IS NULL
+                 AND j."rateLimit" IS NULL AND {RUNNABLE}
+               ORDER BY j.priority DESC, j."scheduledAt", j.id
+               LIMIT $3
+               FOR UPDATE OF j SKIP LOCKED
+           ),
+           named AS (
+               SELECT c.* FROM unnest($1::text[]) AS n(name), LATERAL (
+                   SELECT j.id, j.priority, j."scheduledAt"
+                   FROM jobs j
+                   WHERE j.name = n.name AND j."concurrencyKey" IS NULL
+                     AND j."rateLimit" IS NULL AND {RUNNABLE}
+                   ORDER BY j.priority DESC, j."scheduledAt", j.id
+                   LIMIT $3
+                   FOR UPDATE OF j SKIP LOCKED) c
+           )"#
+    )
+}
+
+/// The lease itself (CTEs `streams`, `slots`, `claimed`): the n-th job of
+/// `numbered` goes to the stream `$8[n]` names (`$4` streams, `$5` their
+/// workers), for `$6`, tagged with the claim id `tag` (a parameter).
+fn lease_numbered(tag: &str) -> String {
+    format!(
+        r#"streams AS (
+               SELECT w.stream, w.worker, w.idx
+               FROM unnest($4::uuid[], $5::text[]) WITH ORDINALITY AS w(stream, worker, idx)
+           ),
+           slots AS (
+               SELECT streams.stream, streams.worker, s.slot
+               FROM unnest($8::int[]) WITH ORDINALITY AS s(owner, slot)
+               JOIN streams ON streams.idx = s.owner + 1
+           ),
+           claimed AS (
+               UPDATE jobs
+               SET status = 'RUNNING', attempts = jobs.attempts + 1,
+                   "startedAt" = LOCALTIMESTAMP, "leaseExpiresAt" = LOCALTIMESTAMP + $6,
+                   "leasedBy" = slots.stream, "workerId" = slots.worker,
+                   "claimId" = {tag}, "updatedAt" = LOCALTIMESTAMP
+               FROM numbered JOIN slots ON slots.slot = numbered.slot
+               WHERE jobs.id = numbered.id
+               RETURNING {JOB_COLUMNS}
+           )"#
+    )
+}
+
+/// The end of a claim: the claimed jobs announced as changed (`c`
+/// notifications of at most 200 ids, on channel `$7`), then returned.
+const ANNOUNCED: &str = r#"announced AS (
+               SELECT pg_notify($7, 'c ' || string_agg(id::text, ','))
+               FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM claimed) c
+               GROUP BY chunk
+           )
+           SELECT claimed.* FROM claimed WHERE (SELECT count(*) FROM announced) >= 0"#;
+
+/// [`claim`] for jobs of no key and no bucket only: the claim as it is
+/// while no key has room and no bucket holds a token (see
+/// `domain::jobs::leases::LimitsPhase`). One statement, atomic on its own,
+/// and short: PostgreSQL plans it at every call (statements built with
+/// `sql_query` are not kept prepared), and the full claim's lanes cost
+/// milliseconds of planning that a drain of plain jobs would pay per batch.
+pub async fn claim_plain(
+    conn: &mut AsyncPgConnection,
+    filter: &ClaimFilter,
+    plan: &ClaimPlan,
+    lease: std::time::Duration,
+    claim: Uuid,
+) -> QueryResult<Vec<JobRow>> {
+    if plan.owners.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keyless = keyless_lanes();
+    let leased = lease_numbered("$10");
+    diesel::sql_query(format!(
+        r#"WITH {keyless},
+           numbered AS (
+               SELECT id, row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS slot
+               FROM (SELECT * FROM plain UNION ALL SELECT * FROM named) keyless
+           ),
+           {leased},
+           {ANNOUNCED}"#
+    ))
+    .bind::<Array<Text>, _>(&filter.names)
+    .bind::<Array<Text>, _>(&filter.modules)
+    .bind::<BigInt, _>(plan.owners.len() as i64)
+    .bind::<Array<SqlUuid>, _>(plan.streams.iter().map(|s| s.stream).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        plan.streams
+            .iter()
+            .map(|s| s.worker_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Interval, _>(interval(lease))
+    .bind::<Text, _>(CHANNEL)
+    .bind::<Array<Integer>, _>(&plan.owners)
+    .bind::<Bool, _>(filter.plain_only)
+    .bind::<SqlUuid, _>(claim)
+    .load(conn)
+    .await
+}
+
+/// Leases up to `plan.owners.len()` runnable jobs, skipping rows other
+/// replicas are claiming right now, and only jobs whose module is ENABLED
+/// (or, for lifecycle hook jobs, in the transition the hook carries out).
+/// The n-th job goes to the stream `plan.owners[n]` names. Each lease is a
+/// new attempt, tagged with `claim` (see [`leases_of_claims`]). It also
+/// announces the claimed jobs as changed (`c` notifications of at most 200
+/// ids). Run it on a connection with [`CLAIM_SESSION_SETTINGS`], after
+/// [`lock_keys`] in the same transaction.
+///
+/// Where the jobs come from, each an ordered index scan that never walks a
+/// job it cannot take:
+/// - jobs without a key: the dispatch index (priority, then schedule, then
+///   id), or for a claim filtered by job names the names index, one scan
+///   per name;
+/// - jobs with a key, for each key of `keys`: as many of the key's jobs as
+///   it has free slots (its maximum less its RUNNING jobs, counted now),
+///   from the key's own index. A saturated key costs one count, however
+///   many jobs it holds pending, and does not stand in anyone's way.
+///
+/// The jobs of a key are read without locks and only the batch's worth is
+/// locked: no other claim can be taking them (it would need the key's lock,
+/// which this transaction holds), so nothing is locked that is not leased.
+///
+/// The jobs found are dealt in turns, within each priority: the first of
+/// each key (and the first keyless one), then the second of each… so a
+/// busy key cannot take a batch from the others. The keys locked go to
+/// the back of the round robin; a key with no open job left
+/// is deleted (a create holds its key's row until it commits, so a job
+/// created meanwhile is either seen here or recreates the row).
+///
+/// - jobs with a rate limit, for each bucket of `buckets`: as many as it
+///   holds whole tokens (computed by `rate_limits::lock_buckets` from the
+///   database's clock), from the bucket's own index; the claim takes one
+///   token per job leased and records the draw in the same statement.
+///
+/// Jobs scheduled later are not in these indexes (`waiting`, see
+/// [`super::promote_due`]); neither are held ones.
+///
+/// The slot count cannot drift: nothing stores it. RUNNING rows are the
+/// count, so a lease settled, lost to the reaper, taken from a stream a
+/// replica's kill -9 cut off, or cancelled gives its slot back in the same
+/// statement that ends it, whichever writer that is (another helper's bulk
+/// cancel, the platform's own backend), with nothing else to update.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    filter: &ClaimFilter,
+    plan: &ClaimPlan,
+    lease: std::time::Duration,
+    keys: &[LockedKey],
+    buckets: &[crate::store::rate_limits::LockedBucket],
+    claim: Uuid,
+) -> QueryResult<Vec<JobRow>> {
+    if plan.owners.is_empty() {
+        return Ok(Vec::new());
+    }
+    let runnable = RUNNABLE;
+    let keyless = keyless_lanes();
+    let leased = lease_numbered("$12");
+    diesel::sql_query(format!(
+        r#"WITH {keyless},
+           room AS (
+               SELECT k.key, k.turn,
+                      k.max - (SELECT count(*) FROM jobs r
+                               WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING') AS free
+               FROM unnest($10::text[], $11::int[]) WITH ORDINALITY AS k(key, max, turn)
+           ),
+           keyed_pick AS (
+               SELECT c.id, c.priority, c."scheduledAt", room.turn,
+                      row_number() OVER (PARTITION BY room.key
+                                         ORDER BY c.priority DESC, c."scheduledAt", c.id) AS rank
+               FROM room, LATERAL (
+                   SELECT j.id, j.priority, j."scheduledAt"
+                   FROM jobs j
+                   WHERE j."concurrencyKey" = room.key AND j."rateLimit" IS NULL AND {runnable}
+                     AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
+                   ORDER BY j.priority DESC, j."scheduledAt", j.id
+                   LIMIT LEAST(GREATEST(room.free, 0), $3)) c
+               WHERE room.free > 0
+           ),
+           keyed AS (
+               SELECT k.id, k.priority, k."scheduledAt", k.turn, k.rank
+               FROM (SELECT * FROM keyed_pick
+                     ORDER BY priority DESC, rank, turn, "scheduledAt", id
+                     LIMIT $3) k
+               JOIN jobs j ON j.id = k.id
+               WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+               FOR UPDATE OF j SKIP LOCKED
+           ),
+           bucket_room AS (
+               SELECT b.name, b.turn, floor(b.available)::bigint AS free
+               FROM unnest($13::text[], $14::float8[]) WITH ORDINALITY AS b(name, available, turn)
+           ),
+           bucket_pick AS (
+               SELECT c.id, c.priority, c."scheduledAt", bucket_room.turn,
+                      row_number() OVER (PARTITION BY bucket_room.name
+                                         ORDER BY c.priority DESC, c."scheduledAt", c.id) AS rank
+               FROM bucket_room, LATERAL (
+                   SELECT j.id, j.priority, j."scheduledAt"
+                   FROM jobs j
+                   WHERE j."rateLimit" = bucket_room.name AND j."concurrencyKey" IS NULL
+                     AND {runnable}
+                     AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
+                   ORDER BY j.priority DESC, j."scheduledAt", j.id
+                   LIMIT LEAST(GREATEST(bucket_room.free, 0), $3)) c
+               WHERE bucket_room.free > 0
+           ),
+           bucketed AS (
+               SELECT k.id, k.priority, k."scheduledAt", k.turn, k.rank
+               FROM (SELECT * FROM bucket_pick
+                     ORDER BY priority DESC, rank, turn, "scheduledAt", id
+                     LIMIT $3) k
+               JOIN jobs j ON j.id = k.id
+               WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+               FOR UPDATE OF j SKIP LOCKED
+           ),
+           candidates AS (
+               SELECT id, priority, "scheduledAt", 0::bigint AS turn,
+                      row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS rank
+               FROM (SELECT * FROM plain UNION ALL SELECT * FROM named) keyless
+               UNION ALL
+               SELECT id, priority, "scheduledAt", turn, rank FROM keyed
+               UNION ALL
+               SELECT id, priority, "scheduledAt", turn, rank FROM bucketed
+           ),
+           numbered AS (
+               SELECT id, row_number() OVER (ORDER BY priority DESC, rank, turn,
+                                                      "scheduledAt", id) AS slot
+               FROM candidates
+           ),
+           {leased},
+           open_keys AS (
+               SELECT room.key, EXISTS (
+                          SELECT 1 FROM jobs o
+                          WHERE o."concurrencyKey" = room.key
+                            AND o.status IN ('PENDING', 'RUNNING')) AS open
+               FROM room
+           ),
+           served AS (
+               UPDATE concurrency_keys SET "servedAt" = LOCALTIMESTAMP
+               FROM open_keys
+               WHERE concurrency_keys.key = open_keys.key AND open_keys.open
+               RETURNING 1
+           ),
+           emptied AS (
+               DELETE FROM concurrency_keys USING open_keys
+               WHERE concurrency_keys.key = open_keys.key AND NOT open_keys.open
+               RETURNING 1
+           ),
+           drawn AS (
+               UPDATE rate_limits r
+               SET tokens = b.available - COALESCE(t.n, 0),
+                   "refilledAt" = GREATEST(r."refilledAt", LOCALTIMESTAMP),
+                   "servedAt" = LOCALTIMESTAMP
+               FROM unnest($13::text[], $14::float8[]) AS b(name, available)
+               LEFT JOIN (SELECT rate_limit, count(*) AS n FROM claimed GROUP BY rate_limit) t
+                 ON t.rate_limit = b.name
+               WHERE r.name = b.name
+               RETURNING 1
+           ),
+           {ANNOUNCED}"#
+    ))
+    .bind::<Array<Text>, _>(&filter.names)
+    .bind::<Array<Text>, _>(&filter.modules)
+    .bind::<BigInt, _>(plan.owners.len() as i64)
+    .bind::<Array<SqlUuid>, _>(plan.streams.iter().map(|s| s.stream).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        plan.streams
+            .iter()
+            .map(|s| s.worker_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Interval, _>(interval(lease))
+    .bind::<Text, _>(CHANNEL)
+    .bind::<Array<Integer>, _>(&plan.owners)
+    .bind::<Bool, _>(filter.plain_only)
+    .bind::<Array<Text>, _>(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(keys.iter().map(|k| k.max).collect::<Vec<_>>())
+    .bind::<SqlUuid, _>(claim)
+    .bind::<Array<Text>, _>(buckets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>())
+    .bind::<Array<diesel::sql_types::Double>, _>(
+        buckets.iter().map(|b| b.available).collect::<Vec<_>>(),
+    )
+    .load(conn)
+    .await
+}
+
+/// The leases still standing that the claims `claims` took: after a claim
+/// whose answer was lost (its commit may have happened), none of them ever
+/// reached a stream. Reads only RUNNING rows (through their partial
+/// index), so it costs what runs, not what the table holds.
+pub async fn leases_of_claims(
+    conn: &mut AsyncPgConnection,
+    claims: &[Uuid],
+) -> QueryResult<Vec<LeaseRef>> {
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = Integer)]
+        attempts: i32,
+        #[diesel(sql_type = SqlUuid)]
+        stream: Uuid,
+    }
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held: Vec<Held> = diesel::sql_query(
+        r#"SELECT id, attempts, "leasedBy" AS stream FROM jobs
+           WHERE status = 'RUNNING' AND "leaseExpiresAt" IS NOT NULL
+             AND "claimId" = ANY($1) AND "leasedBy" IS NOT NULL"#,
+    )
+    .bind::<Array<SqlUuid>, _>(claims)
+    .load(conn)
+    .await?;
+    Ok(held
+        .into_iter()
+        .map(|h| LeaseRef {
+            job: h.id,
+            attempt: h.attempts,
+            stream: h.stream,
+        })
+        .collect())
+}
