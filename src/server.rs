@@ -169,6 +169,7 @@ pub async fn serve(
     let http = options.http_listener.clone().map(|listener| {
         tokio::spawn(crate::http::serve(
             listener,
+            tls.clone(),
             readiness.clone(),
             metrics,
             console.clone(),

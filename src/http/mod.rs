@@ -12,7 +12,12 @@
 //! - `/console/`: the web console (`crate::console`), unless `CONSOLE=off`.
 //!
 //! It starts with the server and stops after the gRPC server, so that
-//! readiness answers 503 during the whole drain.
+//! readiness answers 503 during the whole drain. When the server has a
+//! certificate (`TLS_CERT_FILE`), this port speaks HTTPS with it too,
+//! rotated with it, without asking for a client certificate (probes and
+//! Prometheus do not carry one; the console has its login).
+
+mod accept;
 
 use std::{
     fmt,
@@ -30,7 +35,7 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{console::ConsoleSlot, error::AppError, health::Readiness};
+use crate::{console::ConsoleSlot, error::AppError, health::Readiness, tls::TlsServer};
 
 /// A bound HTTP listener, taken by the server when it starts. Bound early
 /// (a port in use fails before anything else starts) and cloneable, so
@@ -132,9 +137,11 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
 
 /// Serves the HTTP port until `stop` is cancelled. The listener is taken:
 /// a second call with the same one serves nothing. `console`: the web
-/// console's routes, answering once the slot is filled.
+/// console's routes, answering once the slot is filled. `tls`: the gRPC
+/// port's certificate, which this port then serves HTTPS with.
 pub async fn serve(
     listener: HttpListener,
+    tls: Option<TlsServer>,
     readiness: Readiness,
     metrics: Option<PrometheusHandle>,
     console: Option<ConsoleSlot>,
@@ -145,18 +152,28 @@ pub async fn serve(
     };
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| AppError::internal(format!("HTTP listener: {e}")))?;
-    tracing::info!(address = %listener.local_addr().map_err(|e| AppError::internal(e.to_string()))?, console = console.is_some(), "serving HTTP (health, metrics)");
+    let local = listener
+        .local_addr()
+        .map_err(|e| AppError::internal(format!("HTTP listener: {e}")))?;
+    tracing::info!(address = %local, tls = tls.is_some(), console = console.is_some(), "serving HTTP (health, metrics)");
     let mut routes = router(readiness, metrics);
     if let Some(console) = console {
         routes = routes.merge(crate::console::router(console));
     }
     // The peer address feeds the console's client info (audit rows, login
     // throttling), as the gRPC transport's does.
-    axum::serve(
-        listener,
-        routes.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
-    .map_err(|e| AppError::internal(format!("HTTP server: {e}")))
+    let service = routes.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(tls) => {
+            axum::serve(accept::https(listener, local, tls), service)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        None => {
+            axum::serve(accept::plaintext(listener, local), service)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    };
+    served.map_err(|e| AppError::internal(format!("HTTP server: {e}")))
 }

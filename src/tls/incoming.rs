@@ -83,6 +83,33 @@ pub fn incoming(tls: TlsServer, tcp: TcpIncoming) -> TlsIncoming {
     })
 }
 
+/// The stream of TLS connections [`https`] hands to the HTTP port.
+pub type HttpsIncoming = ReceiverStream<Result<TlsStream<TcpStream>, io::Error>>;
+
+/// Accepts on `tcp` for the HTTP port and handshakes with the HTTP
+/// configuration in force at each connection's arrival, bounded like
+/// [`incoming`]. Ends when the HTTP server drops the stream.
+pub fn https(tls: TlsServer, tcp: TcpIncoming) -> HttpsIncoming {
+    gated(tcp, move |stream, peer| {
+        let acceptor = TlsAcceptor::from(tls.http_config());
+        async move {
+            match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(error)) => {
+                    tracing::debug!(?peer, %error, "TLS handshake on the HTTP port failed");
+                    names::connection_dropped("handshake_failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(?peer, "TLS handshake on the HTTP port timed out");
+                    names::connection_dropped("timeout");
+                    None
+                }
+            }
+        }
+    })
+}
+
 /// Accepts on `tcp`; a connection reaches tonic once its client has sent
 /// its first bytes. Ends like [`incoming`].
 pub fn plaintext(tcp: TcpIncoming) -> PlainIncoming {

@@ -1,4 +1,4 @@
-//! gRPC over TLS: the server's certificate (and, for mutual TLS, the CA its
+//! gRPC (and the HTTP port) over TLS: the server's certificate (and, for mutual TLS, the CA its
 //! clients' certificates must chain to) read from files, re-read when they
 //! change, and the accept loops (TLS and plaintext alike) that hand tonic
 //! only connections whose client has spoken, a bounded number at a time.
@@ -15,8 +15,8 @@ mod reloading;
 mod started;
 
 pub use incoming::{
-    FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_PENDING_CONNECTIONS, PlainIncoming, TlsIncoming,
-    incoming, plaintext,
+    FIRST_BYTES_TIMEOUT, HANDSHAKE_TIMEOUT, HttpsIncoming, MAX_PENDING_CONNECTIONS, PlainIncoming,
+    TlsIncoming, https, incoming, plaintext,
 };
 pub use reloading::{TlsFiles, TlsServer, provider};
 pub use started::Started;

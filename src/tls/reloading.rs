@@ -46,12 +46,38 @@ struct Contents {
     client_ca: Option<Vec<u8>>,
 }
 
-/// The TLS configuration in force, shared by the accept loop (which reads it
+/// The configurations built from one set of files: the gRPC port's, and the
+/// HTTP port's (same certificate; HTTP/1.1; no client certificate asked,
+/// since probes, Prometheus and browsers do not carry one and the console
+/// authenticates people by its login).
+#[derive(Clone)]
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn build(contents: &Contents) -> Result<Self, String> {
+        Ok(Self {
+            grpc: Arc::new(build(contents, Port::Grpc)?),
+            http: Arc::new(build(contents, Port::Http)?),
+        })
+    }
+}
+
+/// Which listener a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    Grpc,
+    Http,
+}
+
+/// The TLS configuration in force, shared by the accept loops (which read it
 /// per connection) and the reloader (which replaces it).
 #[derive(Clone)]
 pub struct TlsServer {
     files: TlsFiles,
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    current: Arc<RwLock<Configs>>,
     loaded: Arc<RwLock<Contents>>,
 }
 
@@ -68,10 +94,11 @@ impl TlsServer {
     /// does not load.
     pub async fn load(files: TlsFiles) -> Result<Self, AppError> {
         let contents = read(&files).await.map_err(AppError::Config)?;
-        let config = build(&contents).map_err(|e| AppError::Config(format!("TLS: {e}")))?;
+        let configs =
+            Configs::build(&contents).map_err(|e| AppError::Config(format!("TLS: {e}")))?;
         Ok(Self {
             files,
-            current: Arc::new(RwLock::new(Arc::new(config))),
+            current: Arc::new(RwLock::new(configs)),
             loaded: Arc::new(RwLock::new(contents)),
         })
     }
@@ -81,11 +108,23 @@ impl TlsServer {
         self.files.client_ca_file.is_some()
     }
 
-    /// The configuration the next connection is accepted with.
+    /// The configuration the next gRPC connection is accepted with.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .grpc
+            .clone()
+    }
+
+    /// The configuration the next connection to the HTTP port (probes,
+    /// metrics, console) is accepted with: the same certificate, rotated
+    /// with it.
+    pub fn http_config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .http
             .clone()
     }
 
@@ -108,12 +147,12 @@ impl TlsServer {
         if unchanged {
             return false;
         }
-        match build(&contents) {
-            Ok(config) => {
+        match Configs::build(&contents) {
+            Ok(configs) => {
                 *self
                     .current
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = configs;
                 *self
                     .loaded
                     .write()
@@ -175,16 +214,18 @@ async fn read(files: &TlsFiles) -> Result<Contents, String> {
     })
 }
 
-/// The rustls configuration from PEM bytes: TLS 1.2 and 1.3, ALPN `h2`
-/// (gRPC is HTTP/2 only), and the client verifier when mutual TLS is on.
-fn build(contents: &Contents) -> Result<ServerConfig, String> {
+/// The rustls configuration from PEM bytes: TLS 1.2 and 1.3; for gRPC, ALPN
+/// `h2` (gRPC is HTTP/2 only) and the client verifier when mutual TLS is
+/// on; for the HTTP port, ALPN `http/1.1` and no client certificate.
+fn build(contents: &Contents, port: Port) -> Result<ServerConfig, String> {
     let chain = certificates(&contents.cert, "TLS_CERT_FILE")?;
     let key = PrivateKeyDer::from_pem_slice(&contents.key)
         .map_err(|e| format!("TLS_KEY_FILE holds no usable private key: {e}"))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = match &contents.client_ca {
+    let client_ca = contents.client_ca.as_ref().filter(|_| port == Port::Grpc);
+    let builder = match client_ca {
         Some(pem) => {
             let mut roots = RootCertStore::empty();
             for cert in certificates(pem, "TLS_CLIENT_CA_FILE")? {
@@ -202,7 +243,10 @@ fn build(contents: &Contents) -> Result<ServerConfig, String> {
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("TLS_CERT_FILE and TLS_KEY_FILE: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = match port {
+        Port::Grpc => vec![b"h2".to_vec()],
+        Port::Http => vec![b"http/1.1".to_vec()],
+    };
     Ok(config)
 }
 

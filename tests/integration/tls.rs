@@ -8,6 +8,7 @@ use crate::common;
 
 mod accept_limits;
 mod examples;
+mod http_port;
 
 use std::{path::Path, time::Duration};
 
