@@ -31,6 +31,7 @@ use crate::{
     domain::{
         Identity,
         api_keys::ApiKeys,
+        fleet::Fleet,
         jobs::{JobSettings, Jobs, leases::Leases},
         modules::Modules,
         schedules::{ScheduleSettings, Schedules},
@@ -242,7 +243,13 @@ pub async fn serve(
         background.clone(),
     ));
 
-    if let (Some(slot), Some(listener)) = (&console, &options.http_listener) {
+    let fleet = Fleet::new(state.pool.clone(), replica_label(&listener).await);
+    let publishing = tokio::spawn(maintenance::fleet::run(
+        fleet.clone(),
+        dispatcher.clone(),
+        background.clone(),
+    ));
+    if let Some(slot) = &console {
         slot.fill(crate::console::ConsoleParts {
             pool: state.pool.clone(),
             identity: identity.clone(),
@@ -257,7 +264,7 @@ pub async fn serve(
             settings: crate::console::ConsoleSettings {
                 secure_cookie: options.tls.is_some(),
             },
-            replica: listener.local_addr().to_string(),
+            fleet,
         });
     }
 
@@ -338,6 +345,7 @@ pub async fn serve(
     let _ = pruning.await;
     let _ = firing.await;
     let _ = walks.await;
+    let _ = publishing.await;
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }
@@ -570,6 +578,21 @@ fn transport(options: &ServerOptions) -> Server {
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
+}
+
+/// How people tell this replica apart on the console's Workers page: its
+/// host name and gRPC address.
+async fn replica_label(listener: &TcpListener) -> String {
+    let host = tokio::fs::read_to_string("/proc/sys/kernel/hostname")
+        .await
+        .map(|h| h.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    format!("{host} {addr}").trim().chars().take(255).collect()
 }
 
 /// Accepted connections with Nagle off (small gRPC frames must not wait for

@@ -148,8 +148,9 @@ pub struct ConsoleParts {
     pub trusted_proxies: TrustedProxies,
     pub key: ConsoleKey,
     pub settings: ConsoleSettings,
-    /// How this replica is named on the Workers page (its HTTP address).
-    pub replica: String,
+    /// This replica among the others (the Workers page shows every
+    /// replica's streams).
+    pub fleet: crate::domain::fleet::Fleet,
 }
 
 /// The console's services, shared by every request.

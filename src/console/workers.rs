@@ -1,6 +1,7 @@
-//! Workers: the Work streams connected to this replica, as the dispatcher's
-//! registry knows them (a read-only snapshot), with the account each works
-//! for. Needs what ListJobs needs.
+//! Workers: the Work streams connected to every replica — this one's read
+//! live from the dispatcher's registry, the others' as they last published
+//! them (`domain::fleet`, at most a few seconds old) — with the account and
+//! API key each works for. Needs what ListJobs needs.
 
 use std::collections::HashMap;
 
@@ -8,6 +9,7 @@ use axum::response::Response;
 use uuid::Uuid;
 
 use super::{Console, rpc, session::Viewer, views};
+use crate::domain::fleet::ReplicaWorkers;
 
 /// `GET /console/workers`
 pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
@@ -15,9 +17,26 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
         return refused;
     }
     let streams = ctx.dispatcher.workers();
-    // One read per distinct account (a handful: workers share accounts).
+    let mut replicas = vec![ReplicaWorkers {
+        replica: ctx.fleet.replica(),
+        label: ctx.fleet.label().to_owned(),
+        total: streams.len(),
+        streams,
+        age_secs: 0.0,
+    }];
+    // Another replica's streams missing is no reason to hide this one's.
+    let others = match ctx.fleet.others().await {
+        Ok(others) => Some(others),
+        Err(error) => {
+            tracing::warn!(%error, "could not read the other replicas' workers");
+            None
+        }
+    };
+    replicas.extend(others.clone().unwrap_or_default());
+    // One read per distinct account and key (a handful: workers share them).
     let mut callers: HashMap<Uuid, String> = HashMap::new();
-    for stream in &streams {
+    let mut keys: HashMap<Uuid, String> = HashMap::new();
+    for stream in replicas.iter().flat_map(|r| &r.streams) {
         if let std::collections::hash_map::Entry::Vacant(entry) = callers.entry(stream.caller) {
             let name = match ctx.identity.accounts.get(stream.caller).await {
                 Ok(account) => account.user.username,
@@ -25,10 +44,9 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
             };
             entry.insert(name);
         }
-    }
-    let mut keys: HashMap<Uuid, String> = HashMap::new();
-    for key in streams.iter().filter_map(|s| s.api_key) {
-        if let std::collections::hash_map::Entry::Vacant(entry) = keys.entry(key) {
+        if let Some(key) = stream.api_key
+            && let std::collections::hash_map::Entry::Vacant(entry) = keys.entry(key)
+        {
             let name = ctx.api_keys.name_of(key).await.ok().flatten();
             entry.insert(name.unwrap_or_else(|| key.to_string()));
         }
@@ -40,6 +58,6 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
             current: "Workers",
             live: None,
         },
-        views::workers::content(&streams, &callers, &keys, &ctx.replica),
+        views::workers::content(&replicas, others.is_some(), &callers, &keys),
     )
 }

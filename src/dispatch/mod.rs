@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use self::registry::stats::{RegistryStats, StreamSnapshot};
+pub use self::registry::stats::RegistryStats;
 pub use self::{
     outbox::ResponseStream as WorkStream, watch_stream::WatchStream, watchers::Watchers,
 };
@@ -254,7 +254,7 @@ impl Dispatcher {
 
     /// The Work streams of this replica, read-only (the console's Workers
     /// page).
-    pub fn workers(&self) -> Vec<StreamSnapshot> {
+    pub fn workers(&self) -> Vec<crate::domain::fleet::WorkerStream> {
         self.shared.registry().snapshot()
     }
 

@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod authority;
 pub mod events;
+pub mod fleet;
 pub mod jobs;
 pub mod modules;
 pub mod overview;

@@ -4,6 +4,7 @@
 //! Deleting what is old (finished jobs, audit rows, ended sessions, stale
 //! login counters) is [`retention`]'s, one replica at a time.
 
+pub mod fleet;
 pub mod retention;
 pub mod schedules;
 pub mod walks;

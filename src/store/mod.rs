@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod caller_changes;
 pub mod console;
+pub mod fleet;
 pub mod jobs;
 pub mod models;
 pub mod modules;

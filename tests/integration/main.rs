@@ -16,6 +16,7 @@ mod database;
 mod escalation;
 mod examples;
 mod fencing;
+mod fleet;
 mod job_rules;
 mod jobs;
 mod lease_loss;

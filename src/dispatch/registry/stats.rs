@@ -1,6 +1,8 @@
-//! A read-only summary of the registry for the metrics sampler.
+//! Read-only views of the registry: a summary for the metrics sampler, and
+//! the streams for the fleet (the console's Workers page).
 
 use super::Registry;
+use crate::domain::fleet::WorkerStream;
 
 /// What the Work streams of this replica hold, at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,38 +31,13 @@ impl Registry {
     }
 }
 
-/// One Work stream as the console's Workers page shows it: a copy taken
-/// under the lock, so nothing outside the registry reads its maps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamSnapshot {
-    /// The stream (a time-ordered UUID: when it connected).
-    pub stream: uuid::Uuid,
-    /// The account it works for (an API key counts as its owner).
-    pub caller: uuid::Uuid,
-    /// The API key it connected with, if any.
-    pub api_key: Option<uuid::Uuid>,
-    /// What the worker calls itself.
-    pub worker_id: String,
-    /// Job names it takes; empty: any.
-    pub names: Vec<String>,
-    /// Module names it takes; empty: any.
-    pub modules: Vec<String>,
-    /// Jobs it may hold at once.
-    pub capacity: usize,
-    /// Leases it holds now.
-    pub held: usize,
-    /// False once its worker said it drains.
-    pub accepting: bool,
-    /// When its worker last sent a heartbeat.
-    pub last_heartbeat: Option<std::time::SystemTime>,
-}
-
 impl Registry {
-    /// Every stream, in order of arrival.
-    pub fn snapshot(&self) -> Vec<StreamSnapshot> {
+    /// Every stream, in order of arrival: a copy taken under the lock, so
+    /// nothing outside the registry reads its maps.
+    pub fn snapshot(&self) -> Vec<WorkerStream> {
         self.streams
             .iter()
-            .map(|(id, entry)| StreamSnapshot {
+            .map(|(id, entry)| WorkerStream {
                 stream: *id,
                 caller: entry.caller,
                 api_key: entry.api_key,

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS "replica_workers";

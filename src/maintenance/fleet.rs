@@ -1,0 +1,31 @@
+//! Publishing this replica's Work streams for the consoles of every replica
+//! (`domain::fleet`), until the server stops; then its row is deleted.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    dispatch::Dispatcher,
+    domain::fleet::{Fleet, PUBLISH_INTERVAL},
+};
+
+/// Publishes every [`PUBLISH_INTERVAL`] until `shutdown`, then leaves.
+pub async fn run(fleet: Fleet, dispatcher: Dispatcher, shutdown: CancellationToken) {
+    loop {
+        let streams = dispatcher.workers();
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            published = fleet.publish(&streams) => {
+                if let Err(error) = published {
+                    tracing::debug!(%error, "could not publish this replica's workers; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(PUBLISH_INTERVAL) => {}
+        }
+    }
+    if let Err(error) = fleet.leave().await {
+        tracing::debug!(%error, "could not withdraw this replica's workers");
+    }
+}
