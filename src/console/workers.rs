@@ -33,10 +33,19 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
         }
     };
     replicas.extend(others.clone().unwrap_or_default());
-    // One read per distinct account and key (a handful: workers share them).
+    // Names are shown as the API shows them: accounts' to whoever may list
+    // users (others see the account's id), API keys' to their owner only
+    // (others see that a key was used). One read per distinct account and
+    // key (a handful: workers share them).
+    let me = viewer.caller().user_id;
+    let sees_usernames = viewer.may(rpc::LIST_USERS);
     let mut callers: HashMap<Uuid, String> = HashMap::new();
     let mut keys: HashMap<Uuid, String> = HashMap::new();
     for stream in replicas.iter().flat_map(|r| &r.streams) {
+        let own = stream.caller == me;
+        if !(own || sees_usernames) {
+            continue;
+        }
         if let std::collections::hash_map::Entry::Vacant(entry) = callers.entry(stream.caller) {
             let name = match ctx.identity.accounts.get(stream.caller).await {
                 Ok(account) => account.user.username,
@@ -44,7 +53,7 @@ pub async fn page(Console(ctx): Console, viewer: Viewer) -> Response {
             };
             entry.insert(name);
         }
-        if let Some(key) = stream.api_key
+        if let Some(key) = stream.api_key.filter(|_| own)
             && let std::collections::hash_map::Entry::Vacant(entry) = keys.entry(key)
         {
             let name = ctx.api_keys.name_of(key).await.ok().flatten();

@@ -68,6 +68,20 @@ async fn the_workers_page_shows_the_streams_of_every_replica() {
     assert!(page.contains("2 Work streams on 2 replicas"), "{page}");
     assert!(page.contains("this replica"), "{page}");
 
+    assert!(page.contains("<td>admin</td>"), "{page}");
+
+    // Someone who may read jobs but not list users sees the workers, not
+    // whose accounts they run under.
+    common::account(&near, "job-reader", &["jobs:read"]).await;
+    let reader = login(addr, "job-reader", "user-password-1").await;
+    let seen = workers_page_until(addr, &reader, "the workers, for a job reader", |body| {
+        body.contains("far-worker") && body.contains("near-worker")
+    })
+    .await;
+    let admin_id = near.current_user(&token).await.id;
+    assert!(seen.contains(&admin_id), "{seen}");
+    assert!(!seen.contains("<td>admin</td>"), "{seen}");
+
     // The other replica stops: its streams leave the page.
     drop(far_worker);
     far.stop().await;

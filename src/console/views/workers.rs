@@ -70,8 +70,8 @@ fn row(
             td { (stream.worker_id) br; span.muted { (stream.stream) } }
             td {
                 (callers.get(&stream.caller).cloned().unwrap_or_else(|| stream.caller.to_string()))
-                @if let Some(key) = stream.api_key.and_then(|k| keys.get(&k)) {
-                    br; span.muted { "API key " (key) }
+                @if let Some(key) = stream.api_key {
+                    br; span.muted { @match keys.get(&key) { Some(name) => { "API key " (name) } None => { "an API key" } } }
                 }
             }
             td {
