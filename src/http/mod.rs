@@ -160,20 +160,9 @@ pub async fn serve(
     if let Some(console) = console {
         routes = routes.merge(crate::console::router(console));
     }
-    // The peer address feeds the console's client info (audit rows, login
-    // throttling), as the gRPC transport's does.
-    let service = routes.into_make_service_with_connect_info::<SocketAddr>();
-    let served = match tls {
-        Some(tls) => {
-            axum::serve(accept::https(listener, local, tls), service)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-        None => {
-            axum::serve(accept::plaintext(listener, local), service)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-    };
-    served.map_err(|e| AppError::internal(format!("HTTP server: {e}")))
+    match tls {
+        Some(tls) => accept::serve(accept::https(listener, tls), routes, stop).await,
+        None => accept::serve(accept::plaintext(listener), routes, stop).await,
+    }
+    Ok(())
 }

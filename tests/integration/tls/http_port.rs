@@ -2,6 +2,7 @@
 //! it speaks HTTPS with the gRPC port's certificate, rotated with it, and
 //! no plaintext; it asks no client certificate even when gRPC is mutual
 //! (probes and Prometheus carry none); the console's cookie is `Secure`.
+//! On any HTTP port, a client that never finishes its headers is closed.
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -148,5 +149,60 @@ async fn the_http_port_speaks_tls_with_the_grpc_certificate_and_follows_its_rota
     let live = served.expect("the rotated certificate on the HTTP port");
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
     assert!(https_get(addr, &ca, "/health/live").await.is_err());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_closed_while_others_are_served() {
+    let listener = HttpListener::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let addr = listener.local_addr();
+    let mut options = TestOptions::default();
+    options.server.http_listener = Some(listener);
+    let app = TestApp::spawn_with(options).await;
+
+    // Half a request, then a byte now and then: never a complete header.
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("write");
+    let started = tokio::time::Instant::now();
+    let closed = async {
+        let mut buf = [0; 256];
+        loop {
+            tokio::select! {
+                read = slow.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return started.elapsed(),
+                    // hyper may answer 408 before closing.
+                    Ok(_) => continue,
+                },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if slow.write_all(b"X").await.is_err() {
+                        return started.elapsed();
+                    }
+                }
+            }
+        }
+    };
+    // Meanwhile an honest client is served.
+    let honest = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        plain_get(addr, "/health/live").await
+    };
+    let (closed, honest) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(closed, honest)
+    })
+    .await
+    .expect("the trickling client is closed within 30 s");
+    assert!(
+        honest
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200"),
+        "{honest:?}"
+    );
+    assert!(
+        closed >= Duration::from_secs(5),
+        "closed after {closed:?}: too early for a 10 s header timeout"
+    );
     app.stop().await;
 }
