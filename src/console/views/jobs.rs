@@ -131,7 +131,10 @@ pub fn show(viewer: &Viewer, job: &JobRow, state: &str) -> Markup {
                     @if let Some(hook) = &job.hook { " (" (hook) " hook)" }
                 } @else { span.muted { "none" } } }
                 dt { "Schedule" } dd { @if let Some(schedule) = job.schedule_id {
-                    a.schedule href={ "/console/schedules/" (schedule) } { (schedule) }
+                    @if viewer.may(rpc::GET_SCHEDULE) {
+                        a.schedule href={ "/console/schedules/" (schedule) } { (schedule) }
+                    } @else { code { (schedule) } }
+                    " " a href={ "/console/jobs?schedule=" (schedule) } { "its jobs" }
                 } @else { span.muted { "none" } } }
                 dt { "Priority" } dd { (job.priority) }
                 dt { "Attempts" } dd { (job.attempts) " of " (job.max_attempts)
