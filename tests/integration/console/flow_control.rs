@@ -437,3 +437,94 @@ async fn a_reader_sees_no_flow_control_actions_and_a_forged_post_is_refused_and_
     assert_eq!(answer.status, 403);
     assert_eq!(audit_count(&app, "jobs.resume_queue", "success").await, 0);
 }
+
+#[tokio::test]
+async fn a_partial_permission_set_gets_exactly_its_actions() {
+    let (app, http) = console_app().await;
+    let token = app.admin_token().await;
+    super::register_backup(&app, &token).await;
+    let admin = browser::login(http, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let csrf = request(http, "GET", "/console/schedules", Some(&admin), None)
+        .await
+        .csrf();
+    let created = request(
+        http,
+        "POST",
+        "/console/schedules",
+        Some(&admin),
+        Some(&format!(
+            "csrf={csrf}&name=hourly&cron=0+*+*+*+*&job_name=report-build"
+        )),
+    )
+    .await;
+    assert_eq!(created.status, 303, "{created:?}");
+    let schedule = created
+        .header("location")
+        .expect("location")
+        .rsplit('/')
+        .next()
+        .expect("id")
+        .to_owned();
+    app.create_job(&token, new_job("mail-send", json!({})))
+        .await;
+
+    // Jobs' reader and writer, schedules' reader only, no module rights.
+    account(
+        &app,
+        "operator",
+        &["jobs:read", "jobs:write", "schedules:read"],
+    )
+    .await;
+    let operator = browser::login(http, "operator", "user-password-1").await;
+    let page = request(http, "GET", "/console/queues", Some(&operator), None).await;
+    assert!(page.body.contains("action=\"/console/queues/pause\""));
+    let page = request(
+        http,
+        "GET",
+        &format!("/console/schedules/{schedule}"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("/trigger\"") && !page.body.contains("/pause\""));
+    let csrf = page.csrf();
+
+    // A schedule action: refused by its permission.
+    let answer = request(
+        http,
+        "POST",
+        &format!("/console/schedules/{schedule}/trigger"),
+        Some(&operator),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert!(answer.body.contains("schedules:write"));
+    // A module's queue: refused by the domain's rule (modules:execute),
+    // as PauseQueue refuses it.
+    let answer = request(
+        http,
+        "POST",
+        "/console/queues/pause",
+        Some(&operator),
+        Some(&format!("csrf={csrf}&kind=module&name=backup")),
+    )
+    .await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert!(answer.body.contains("modules:execute"), "{}", answer.body);
+    // A job name's queue: allowed, audited as the RPC.
+    let answer = request(
+        http,
+        "POST",
+        "/console/queues/pause",
+        Some(&operator),
+        Some(&format!("csrf={csrf}&kind=job&name=mail-send")),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    assert_eq!(audit_count(&app, "jobs.pause_queue", "success").await, 1);
+    assert_eq!(audit_count(&app, "schedules.trigger", "success").await, 0);
+    let page = request(http, "GET", "/console/queues", Some(&operator), None).await;
+    assert!(page.body.contains("badge paused"));
+}
