@@ -255,6 +255,7 @@ pub async fn serve(
             identity: identity.clone(),
             jobs: jobs.clone(),
             modules: modules.clone(),
+            schedules: schedules.clone(),
             api_keys: ApiKeys::new(state.pool.clone()),
             dispatcher: dispatcher.clone(),
             readiness: readiness.clone(),

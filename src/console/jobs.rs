@@ -42,7 +42,13 @@ fn parse_time(field: &str, text: &str) -> Result<Option<NaiveDateTime>, AppError
         .ok_or_else(|| AppError::invalid(field, "expected YYYY-MM-DDTHH:MM (UTC)"))
 }
 
+/// The longest error prefix a filter takes (ListJobs' bound).
+const ERROR_PREFIX_MAX_BYTES: usize = 1024;
+
 fn filter_of(query: &JobsQuery) -> Result<JobFilter, AppError> {
+    if query.error.len() > ERROR_PREFIX_MAX_BYTES {
+        return Err(AppError::invalid("error", "is too long"));
+    }
     let status = match query.status.trim() {
         "" => None,
         label => Some(
@@ -60,6 +66,14 @@ fn filter_of(query: &JobsQuery) -> Result<JobFilter, AppError> {
         module_name: text(&query.module),
         created_from: parse_time("from", &query.from)?,
         created_until: parse_time("until", &query.until)?,
+        schedule_id: match query.schedule.trim() {
+            "" => None,
+            id => Some(
+                Uuid::try_parse(id)
+                    .map_err(|_| AppError::invalid("schedule", "is not a schedule id"))?,
+            ),
+        },
+        error_prefix: Some(query.error.clone()).filter(|p| !p.is_empty()),
         ..JobFilter::default()
     })
 }
@@ -129,13 +143,36 @@ pub async fn show(Console(ctx): Console, viewer: Viewer, Path(id): Path<String>)
 }
 
 /// What the script compares each event with: the page is reloaded when
-/// the job's status or attempt changed since it was rendered.
+/// the job's status, attempt or shown progress changed since it was
+/// rendered (progress is written at most once a second).
 pub fn live_state(job: &JobRow) -> String {
-    format!("JOB_STATUS_{}|{}", job.status.label(), job.attempts)
+    let progress = views::jobs::shown_progress(job)
+        .and(job.progress_at)
+        .map(|at| at.and_utc().timestamp_millis().to_string())
+        .unwrap_or_default();
+    format!(
+        "JOB_STATUS_{}|{}|{progress}",
+        job.status.label(),
+        job.attempts
+    )
+}
+
+/// The same state of a job as WatchJob sends it.
+fn event_state(job: &pb::Job) -> String {
+    let status = pb::JobStatus::try_from(job.status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("JOB_STATUS_UNSPECIFIED");
+    let progress = job
+        .progress
+        .as_ref()
+        .and_then(|p| p.update_time.as_ref())
+        .map(|t| (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).to_string())
+        .unwrap_or_default();
+    format!("{status}|{}|{progress}", job.attempts)
 }
 
 /// `GET /console/jobs/{id}/events`: the job's changes as server-sent
-/// events (each event's data: `<status>|<attempt>`), from the WatchJob
+/// events (each event's data: `<status>|<attempt>|<progress time>`), from the WatchJob
 /// machinery with its limits; ends when the job is settled.
 pub async fn events(Console(ctx): Console, viewer: Viewer, Path(id): Path<String>) -> Response {
     if let Err(refused) = viewer.require(&ctx, rpc::WATCH_JOB).await {
@@ -153,14 +190,7 @@ pub async fn events(Console(ctx): Console, viewer: Viewer, Path(id): Path<String
         .take_while(|item| std::future::ready(item.is_ok()))
         .filter_map(|item| {
             std::future::ready(item.ok().and_then(|message| message.job).map(|job| {
-                let status = pb::JobStatus::try_from(job.status)
-                    .map(|s| s.as_str_name())
-                    .unwrap_or("JOB_STATUS_UNSPECIFIED");
-                Ok::<_, Infallible>(
-                    Event::default()
-                        .event("job")
-                        .data(format!("{status}|{}", job.attempts)),
-                )
+                Ok::<_, Infallible>(Event::default().event("job").data(event_state(&job)))
             }))
         });
     Sse::new(events)

@@ -21,11 +21,14 @@
 
 pub mod assets;
 pub mod audit;
+pub mod dead_letters;
 pub mod jobs;
 pub mod keys;
 pub mod modules;
 pub mod overview;
 pub mod people;
+pub mod queues;
+pub mod schedules;
 pub mod session;
 pub mod viewer;
 pub mod views;
@@ -45,7 +48,7 @@ use crate::{
     auth::{callers::listener::CallerFeed, client::TrustedProxies, console_key::ConsoleKey},
     db::DbPool,
     dispatch::Dispatcher,
-    domain::{Identity, api_keys::ApiKeys, jobs::Jobs, modules::Modules},
+    domain::{Identity, api_keys::ApiKeys, jobs::Jobs, modules::Modules, schedules::Schedules},
     health::Readiness,
 };
 
@@ -61,8 +64,8 @@ pub struct NavEntry {
     pub rpc: Option<&'static str>,
 }
 
-/// The navigation bar, in order. Areas added later (schedules, queues,
-/// dead letters) add an entry here and their routes in [`router`].
+/// The navigation bar, in order. A new area adds an entry here and its
+/// routes in [`router`].
 pub const NAV: &[NavEntry] = &[
     NavEntry {
         path: "/",
@@ -73,6 +76,21 @@ pub const NAV: &[NavEntry] = &[
         path: "/jobs",
         label: "Jobs",
         rpc: Some(rpc::LIST_JOBS),
+    },
+    NavEntry {
+        path: "/queues",
+        label: "Queues",
+        rpc: Some(rpc::LIST_QUEUES),
+    },
+    NavEntry {
+        path: "/dead-letters",
+        label: "Dead letters",
+        rpc: Some(rpc::LIST_JOBS),
+    },
+    NavEntry {
+        path: "/schedules",
+        label: "Schedules",
+        rpc: Some(rpc::LIST_SCHEDULES),
     },
     NavEntry {
         path: "/workers",
@@ -108,6 +126,18 @@ pub mod rpc {
     pub const WATCH_JOB: &str = "/automation.v1.JobService/WatchJob";
     pub const CANCEL_JOB: &str = "/automation.v1.JobService/CancelJob";
     pub const RETRY_JOB: &str = "/automation.v1.JobService/RetryJob";
+    pub const BATCH_RETRY_JOBS: &str = "/automation.v1.JobService/BatchRetryJobs";
+    pub const BATCH_CANCEL_JOBS: &str = "/automation.v1.JobService/BatchCancelJobs";
+    pub const LIST_QUEUES: &str = "/automation.v1.JobService/ListQueues";
+    pub const PAUSE_QUEUE: &str = "/automation.v1.JobService/PauseQueue";
+    pub const RESUME_QUEUE: &str = "/automation.v1.JobService/ResumeQueue";
+    pub const LIST_SCHEDULES: &str = "/automation.v1.ScheduleService/ListSchedules";
+    pub const GET_SCHEDULE: &str = "/automation.v1.ScheduleService/GetSchedule";
+    pub const CREATE_SCHEDULE: &str = "/automation.v1.ScheduleService/CreateSchedule";
+    pub const DELETE_SCHEDULE: &str = "/automation.v1.ScheduleService/DeleteSchedule";
+    pub const PAUSE_SCHEDULE: &str = "/automation.v1.ScheduleService/PauseSchedule";
+    pub const RESUME_SCHEDULE: &str = "/automation.v1.ScheduleService/ResumeSchedule";
+    pub const TRIGGER_SCHEDULE: &str = "/automation.v1.ScheduleService/TriggerSchedule";
     pub const LIST_MODULES: &str = "/automation.v1.ModuleService/ListModules";
     pub const ENABLE_MODULE: &str = "/automation.v1.ModuleService/EnableModule";
     pub const DISABLE_MODULE: &str = "/automation.v1.ModuleService/DisableModule";
@@ -139,6 +169,7 @@ pub struct ConsoleParts {
     pub identity: Identity,
     pub jobs: Jobs,
     pub modules: Modules,
+    pub schedules: Schedules,
     pub api_keys: ApiKeys,
     pub dispatcher: Dispatcher,
     pub readiness: Readiness,
@@ -218,6 +249,16 @@ pub fn router(slot: ConsoleSlot) -> Router {
         .route(&at("/jobs/{id}/events"), get(jobs::events))
         .route(&at("/jobs/{id}/cancel"), post(jobs::cancel))
         .route(&at("/jobs/{id}/retry"), post(jobs::retry))
+        .route(&at("/queues"), get(queues::page))
+        .route(&at("/queues/{action}"), post(queues::act))
+        .route(&at("/dead-letters"), get(dead_letters::page))
+        .route(&at("/dead-letters/{action}"), post(dead_letters::act))
+        .route(
+            &at("/schedules"),
+            get(schedules::list).post(schedules::create),
+        )
+        .route(&at("/schedules/{id}"), get(schedules::show))
+        .route(&at("/schedules/{id}/{action}"), post(schedules::act))
         .route(&at("/workers"), get(workers::page))
         .route(&at("/modules"), get(modules::page))
         .route(&at("/modules/{name}/{action}"), post(modules::act))

@@ -2,7 +2,8 @@
 //! waits, what runs, what failed in the last hour and how long the oldest
 //! due job has waited, plus the last hour's throughput per minute. No
 //! statement reads finished jobs older than the hour
-//! (see `store::console`).
+//! (see `store::console`). And the Dead letters page's groups of failures
+//! ([`dead_letters`]).
 
 use std::collections::BTreeMap;
 
@@ -103,4 +104,54 @@ async fn per_minute(
         Ok(console::finished_per_minute(conn, since).await?)
     })
     .await
+}
+
+/// Failures the Dead letters page reads at most (the newest ones).
+pub const DEAD_LETTERS_READ: i64 = 10_000;
+
+/// Groups the Dead letters page shows at most.
+pub const DEAD_LETTER_GROUPS: i64 = 200;
+
+/// The dead letters of a window: FAILED jobs grouped by name and the start
+/// of their error message.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    /// Newest group first.
+    pub groups: Vec<console::FailureGroup>,
+    /// Failed at or after this.
+    pub since: NaiveDateTime,
+    /// Only the newest [`DEAD_LETTERS_READ`] failures were counted, or only
+    /// the newest [`DEAD_LETTER_GROUPS`] groups are shown.
+    pub partial: bool,
+}
+
+/// Reads the dead letters of the last `window` (of `name` only, when
+/// given), grouping messages by their first `chars` characters. Bounded
+/// whatever the number of failures (see [`console::failure_groups`]).
+pub async fn dead_letters(
+    pool: &DbPool,
+    window: chrono::Duration,
+    name: Option<String>,
+    chars: i32,
+) -> Result<DeadLetters, AppError> {
+    let since = store::now() - window;
+    let groups = db::with_connection(pool, "console.dead_letters", async |conn| {
+        Ok(console::failure_groups(
+            conn,
+            since,
+            name.as_deref(),
+            chars,
+            DEAD_LETTERS_READ,
+            DEAD_LETTER_GROUPS,
+        )
+        .await?)
+    })
+    .await?;
+    let read: i64 = groups.iter().map(|group| group.count).sum();
+    let partial = read >= DEAD_LETTERS_READ || groups.len() as i64 >= DEAD_LETTER_GROUPS;
+    Ok(DeadLetters {
+        groups,
+        since,
+        partial,
+    })
 }

@@ -2,14 +2,16 @@
 //! statements read finished jobs only through the partial index
 //! `jobs_finished_updatedAt_idx` (migration `…000005_console`), so they cost
 //! the last hour's rows whatever the size of the table; unfinished jobs are
-//! counted by [`super::stats::unfinished_jobs`].
+//! counted by [`super::stats::unfinished_jobs`]. The Dead letters page
+//! groups the newest failures ([`failure_groups`]).
 
 use chrono::NaiveDateTime;
 use diesel::{
     QueryResult, QueryableByName,
-    sql_types::{BigInt, Text, Timestamp},
+    sql_types::{BigInt, Integer, Nullable, Text, Timestamp, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use uuid::Uuid;
 
 /// Jobs of one name that failed for good since a moment.
 #[derive(Debug, Clone, QueryableByName)]
@@ -65,6 +67,65 @@ pub async fn finished_per_minute(
            GROUP BY 1 ORDER BY 1"#,
     )
     .bind::<Timestamp, _>(since)
+    .load(conn)
+    .await
+}
+
+/// Failed jobs of one name whose error messages start alike.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct FailureGroup {
+    /// The job name.
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// Its module, if it has one.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub module_name: Option<String>,
+    /// The messages' common start (empty: no message).
+    #[diesel(sql_type = Text)]
+    pub prefix: String,
+    /// How many (among the failures read).
+    #[diesel(sql_type = BigInt)]
+    pub count: i64,
+    /// The newest failure's time and job.
+    #[diesel(sql_type = Timestamp)]
+    pub newest_at: NaiveDateTime,
+    #[diesel(sql_type = SqlUuid)]
+    pub newest_id: Uuid,
+}
+
+/// The dead letters: the newest `scan` FAILED jobs since `since` (of
+/// `name` only when given), grouped by name and the first `chars`
+/// characters of their error message, newest group first, at most
+/// `groups` of them. The failures are read newest first through the
+/// partial index `jobs_failed_idx`, so a call costs at most `scan` rows
+/// however many jobs failed.
+pub async fn failure_groups(
+    conn: &mut AsyncPgConnection,
+    since: NaiveDateTime,
+    name: Option<&str>,
+    chars: i32,
+    scan: i64,
+    groups: i64,
+) -> QueryResult<Vec<FailureGroup>> {
+    diesel::sql_query(
+        r#"SELECT name, max(module_name) AS module_name, prefix, count(*) AS count,
+                  max(failed_at) AS newest_at,
+                  (array_agg(id ORDER BY failed_at DESC))[1] AS newest_id
+           FROM (SELECT name, "moduleName" AS module_name, "failedAt" AS failed_at, id,
+                        left(coalesce(error ->> 'message', ''), $2) AS prefix
+                 FROM jobs
+                 WHERE status = 'FAILED' AND "failedAt" >= $1
+                   AND ($3::text IS NULL OR name = $3)
+                 ORDER BY "failedAt" DESC LIMIT $4) AS failures
+           GROUP BY name, prefix
+           ORDER BY newest_at DESC, name, prefix
+           LIMIT $5"#,
+    )
+    .bind::<Timestamp, _>(since)
+    .bind::<Integer, _>(chars)
+    .bind::<Nullable<Text>, _>(name)
+    .bind::<BigInt, _>(scan)
+    .bind::<BigInt, _>(groups)
     .load(conn)
     .await
 }

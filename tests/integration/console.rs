@@ -622,3 +622,5 @@ async fn users_are_created_given_roles_and_deactivated_from_the_console() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+mod flow_control;

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{action_button, badge, json, maybe_time, overview::encode, time};
 use crate::{
     console::{rpc, viewer::Viewer},
-    domain::Page,
+    domain::{Page, jobs::leases::progress::Progress},
     store::jobs::{JobRow, JobStatus},
 };
 
@@ -25,6 +25,12 @@ pub struct JobsQuery {
     /// Created before.
     #[serde(default)]
     pub until: String,
+    /// Created by this schedule (its id).
+    #[serde(default)]
+    pub schedule: String,
+    /// The last error's message starts with this.
+    #[serde(default)]
+    pub error: String,
     #[serde(default)]
     pub page: String,
 }
@@ -32,12 +38,14 @@ pub struct JobsQuery {
 /// The filter form, the rows and the link to the next page.
 pub fn list(query: &JobsQuery, page: &Page<JobRow>) -> Markup {
     let next = format!(
-        "/console/jobs?status={}&name={}&module={}&from={}&until={}&page={}",
+        "/console/jobs?status={}&name={}&module={}&from={}&until={}&schedule={}&error={}&page={}",
         encode(&query.status),
         encode(&query.name),
         encode(&query.module),
         encode(&query.from),
         encode(&query.until),
+        encode(&query.schedule),
+        encode(&query.error),
         encode(&page.next_page_token)
     );
     html! {
@@ -54,6 +62,8 @@ pub fn list(query: &JobsQuery, page: &Page<JobRow>) -> Markup {
             label { "Module " input name="module" value=(query.module); }
             label { "Created from " input name="from" type="datetime-local" value=(query.from); }
             label { "until " input name="until" type="datetime-local" value=(query.until); }
+            label { "Schedule " input name="schedule" value=(query.schedule) placeholder="schedule id"; }
+            label { "Error starts with " input name="error" value=(query.error); }
             button type="submit" { "Filter" }
             " " a href="/console/jobs" { "Clear" }
         }
@@ -87,6 +97,15 @@ pub fn list(query: &JobsQuery, page: &Page<JobRow>) -> Markup {
     }
 }
 
+/// The progress a job's page shows: the last report of its latest attempt
+/// (as GetJob shows it), none while it waits.
+pub fn shown_progress(job: &JobRow) -> Option<Progress> {
+    if job.status == JobStatus::Pending || job.progress_attempt != Some(job.attempts) {
+        return None;
+    }
+    job.progress.as_ref().map(Progress::from_json)
+}
+
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
@@ -111,6 +130,12 @@ pub fn show(viewer: &Viewer, job: &JobRow, state: &str) -> Markup {
                     a href="/console/modules" { (module) }
                     @if let Some(hook) = &job.hook { " (" (hook) " hook)" }
                 } @else { span.muted { "none" } } }
+                dt { "Schedule" } dd { @if let Some(schedule) = job.schedule_id {
+                    @if viewer.may(rpc::GET_SCHEDULE) {
+                        a.schedule href={ "/console/schedules/" (schedule) } { (schedule) }
+                    } @else { code { (schedule) } }
+                    " " a href={ "/console/jobs?schedule=" (schedule) } { "its jobs" }
+                } @else { span.muted { "none" } } }
                 dt { "Priority" } dd { (job.priority) }
                 dt { "Attempts" } dd { (job.attempts) " of " (job.max_attempts)
                     @if let Some(budget) = job.attempt_budget { span.muted { " (budget " (budget) ")" } } }
@@ -126,6 +151,18 @@ pub fn show(viewer: &Viewer, job: &JobRow, state: &str) -> Markup {
                 dt { "Updated" } dd { (time(job.updated_at)) }
                 @if let Some(key) = &job.idempotency_key { dt { "Idempotency key" } dd { code { (key) } } }
                 @if let Some(trace) = &job.traceparent { dt { "traceparent" } dd { code { (trace) } } }
+            }
+            @if let Some(progress) = shown_progress(job) {
+                h2 { "Progress" }
+                div.progress {
+                    @if let Some(percent) = progress.percent {
+                        progress value=(percent) max="100" { (format!("{percent:.0}%")) }
+                        " " strong.percent { (format!("{percent:.1}%")) }
+                    }
+                    @if !progress.message.is_empty() { " " span.message { (progress.message) } }
+                    @if let Some(at) = job.progress_at { " " span.muted { "reported " (time(at)) } }
+                }
+                @if let Some(details) = &progress.details { (json(details)) }
             }
             h2 { "Payload" }
             (json(&job.payload))

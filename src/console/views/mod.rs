@@ -3,12 +3,15 @@
 //! a query.
 
 pub mod audit;
+pub mod dead_letters;
 pub mod jobs;
 pub mod keys;
 pub mod login;
 pub mod modules;
 pub mod overview;
 pub mod people;
+pub mod queues;
+pub mod schedules;
 pub mod workers;
 
 use axum::{
