@@ -18,6 +18,7 @@ mod examples;
 mod fencing;
 mod job_rules;
 mod jobs;
+mod key_counts;
 mod lease_loss;
 mod limits;
 mod lockout;

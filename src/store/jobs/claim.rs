@@ -60,44 +60,43 @@ pub struct ClaimPlan {
 pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitmapscan = off; \
      SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'";
 
-/// A concurrency key a claim holds locked: its name and maximum.
+/// A concurrency key a claim holds locked: its name and how many more of
+/// its jobs may run now.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct LockedKey {
     #[diesel(sql_type = Text)]
     pub key: String,
+    /// Its maximum less its RUNNING jobs, read under the lock.
     #[diesel(sql_type = Integer)]
-    pub max: i32,
+    pub free: i32,
 }
 
 /// The first statement of a claim's transaction: locks up to `limit`
 /// concurrency keys that look worth claiming for, least recently served
-/// first (round robin), skipping keys another claim (or a create) holds.
-/// Worth claiming for: a runnable job and fewer RUNNING jobs than the
-/// maximum (two index probes; a saturated key is passed over without a
-/// lock or a write, however many jobs it holds pending), or no open job at
-/// all (the claim deletes the key). What this statement reads of the jobs
-/// is only a hint (it may be a moment old); the claim recounts under the
-/// lock.
+/// first (round robin), skipping keys another claim (or a create, or a
+/// settle of one of their jobs) holds. Worth claiming for: fewer RUNNING
+/// jobs than the maximum, and a runnable job or no open job at all (the
+/// claim deletes the key).
 ///
-/// Why a statement of its own: the claim counts each key's RUNNING jobs,
-/// and in READ COMMITTED a statement reads the rows as they were when it
-/// began. A single statement that locked a key and counted its running jobs
-/// could have begun before another replica's claim of that key committed,
-/// and would not see the jobs that claim started: both would take the last
-/// slot. The claim statement that follows this one begins after the locks
-/// are held, so it sees every claim of its keys that came before.
+/// A key's row counts its RUNNING jobs (`running`, kept by triggers on
+/// `jobs` in the transaction that changes a keyed job's status: see the
+/// `claim_speed` migration), so a saturated key is passed over on its row
+/// alone, without probing its jobs; only keys with room cost an index probe
+/// (their runnable job). What the probe reads is only a hint (it may be a
+/// moment old); the count is not: every change of a key's count holds the
+/// key's row until it commits, and `FOR UPDATE` returns the row as the last
+/// of them left it, so `free` is exact for as long as the lock is held.
 pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<LockedKey>> {
     diesel::sql_query(
-        r#"SELECT k.key, k.max FROM concurrency_keys k
-           WHERE (EXISTS (SELECT 1 FROM jobs j
+        r#"SELECT k.key, k.max - k.running AS free FROM concurrency_keys k
+           WHERE k.running < k.max
+             AND (EXISTS (SELECT 1 FROM jobs j
                           WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
                             AND NOT j.held AND NOT j.waiting
                             AND j."scheduledAt" <= LOCALTIMESTAMP)
-                  AND k.max > (SELECT count(*) FROM jobs r
-                               WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING'))
-              OR NOT EXISTS (SELECT 1 FROM jobs o
-                             WHERE o."concurrencyKey" = k.key
-                               AND o.status IN ('PENDING', 'RUNNING'))
+                  OR NOT EXISTS (SELECT 1 FROM jobs o
+                                 WHERE o."concurrencyKey" = k.key
+                                   AND o.status IN ('PENDING', 'RUNNING')))
            ORDER BY k."servedAt", k.key
            LIMIT $1
            FOR UPDATE SKIP LOCKED"#,
@@ -246,8 +245,8 @@ pub async fn claim_plain(
 ///   id), or for a claim filtered by job names the names index, one scan
 ///   per name;
 /// - jobs with a key, for each key of `keys`: as many of the key's jobs as
-///   it has free slots (its maximum less its RUNNING jobs, counted now),
-///   from the key's own index. A saturated key costs one count, however
+///   it has free slots (`free`, read by [`lock_keys`] under the key's lock),
+///   from the key's own index. A saturated key is not among `keys`, however
 ///   many jobs it holds pending, and does not stand in anyone's way.
 ///
 /// The jobs of a key are read without locks and only the batch's worth is
@@ -269,11 +268,12 @@ pub async fn claim_plain(
 /// Jobs scheduled later are not in these indexes (`waiting`, see
 /// [`super::promote_due`]); neither are held ones.
 ///
-/// The slot count cannot drift: nothing stores it. RUNNING rows are the
-/// count, so a lease settled, lost to the reaper, taken from a stream a
-/// replica's kill -9 cut off, or cancelled gives its slot back in the same
-/// statement that ends it, whichever writer that is (another helper's bulk
-/// cancel, the platform's own backend), with nothing else to update.
+/// The slot count cannot drift: the key's `running` is written by triggers
+/// on `jobs` in the same transaction as the status change it counts, so a
+/// lease taken here, settled, lost to the reaper, taken from a stream a
+/// replica's kill -9 cut off, or cancelled changes it in the statement that
+/// changes the job, whichever writer that is (a bulk cancel, the platform's
+/// own backend), and commits or rolls back with it.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     filter: &ClaimFilter,
@@ -292,10 +292,8 @@ pub async fn claim(
     diesel::sql_query(format!(
         r#"WITH {keyless},
            room AS (
-               SELECT k.key, k.turn,
-                      k.max - (SELECT count(*) FROM jobs r
-                               WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING') AS free
-               FROM unnest($10::text[], $11::int[]) WITH ORDINALITY AS k(key, max, turn)
+               SELECT k.key, k.turn, k.free
+               FROM unnest($10::text[], $11::int[]) WITH ORDINALITY AS k(key, free, turn)
            ),
            keyed_pick AS (
                SELECT c.id, c.priority, c."scheduledAt", room.turn,
@@ -407,7 +405,7 @@ pub async fn claim(
     .bind::<Array<Integer>, _>(&plan.owners)
     .bind::<Bool, _>(filter.plain_only)
     .bind::<Array<Text>, _>(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(keys.iter().map(|k| k.max).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(keys.iter().map(|k| k.free).collect::<Vec<_>>())
     .bind::<SqlUuid, _>(claim)
     .bind::<Array<Text>, _>(buckets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>())
     .bind::<Array<diesel::sql_types::Double>, _>(
