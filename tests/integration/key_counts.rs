@@ -17,16 +17,16 @@ use std::{
     time::Duration,
 };
 
+use automation_control_plane::db::DbPool;
 use automation_control_plane::proto::automation_v1::{
     self as pb, work_request::Kind as Out, work_response::Kind as In,
 };
-use automation_control_plane::db::DbPool;
 use common::{
     JobServiceClient, TestApp, TestOptions, authed, new_job,
     worker::{TestWorker, hello, job_id, lease_of},
 };
-use tonic::transport::Channel;
 use serde_json::json;
+use tonic::transport::Channel;
 
 #[derive(diesel::QueryableByName)]
 struct Count {
@@ -61,13 +61,11 @@ pub async fn keys_in_disagreement(pool: &DbPool) -> i64 {
 async fn open_jobs(app: &TestApp) -> i64 {
     use diesel_async::RunQueryDsl as _;
     let mut conn = app.pool.get().await.expect("connection");
-    diesel::sql_query(
-        r#"SELECT count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING')"#,
-    )
-    .get_result::<Count>(&mut conn)
-    .await
-    .expect("count")
-    .n
+    diesel::sql_query(r#"SELECT count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING')"#)
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("count")
+        .n
 }
 
 /// A worker that holds what it gets for a turn, then ends each job one of

@@ -2,7 +2,8 @@
 //! leases (claiming is `claim.rs`; settling reports and handing jobs back is
 //! `settle.rs`).
 //! Every statement that changes a leased row locks rows in id order (or
-//! skips locked ones), so they never deadlock with each other.
+//! skips locked ones), then the concurrency keys of those it ends in key
+//! order, so they never deadlock with each other.
 
 use chrono::NaiveDateTime;
 use diesel::{
@@ -194,7 +195,7 @@ pub async fn extend_leases(
 ///
 /// Then, in key order, the rows of the concurrency keys of those jobs that
 /// are RUNNING: ending them changes their keys' `running` counts (a trigger
-/// on `jobs`, see [`super::lock_keys`]), and two batches settling jobs of
+/// on `jobs`, see the `claim_speed` migration), and two batches settling jobs of
 /// the same keys would otherwise lock the keys in the order their rows
 /// happen to be updated, and could deadlock. Jobs of no key lock nothing
 /// more. Returns how many jobs were locked.
