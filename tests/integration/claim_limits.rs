@@ -181,6 +181,7 @@ async fn a_key_runs_at_most_its_max_with_workers_on_two_replicas() {
         "{most_running} jobs of the key were RUNNING at once"
     );
     assert_eq!(running_of(&a, "tenant-1").await, 0);
+    assert_eq!(crate::key_counts::keys_in_disagreement(&a.pool).await, 0);
     b.stop().await;
     a.stop().await;
 }
@@ -320,6 +321,7 @@ async fn a_slot_comes_back_on_failure_cancel_and_lease_loss() {
     let fifth = other.assignment().await;
     other.complete(&fifth, json!(null)).await;
     assert_eq!(jobs.len(), 5);
+    assert_eq!(crate::key_counts::keys_in_disagreement(&app.pool).await, 0);
     app.stop().await;
 }
 
@@ -651,5 +653,6 @@ async fn a_replica_killed_with_sigkill_gives_its_slots_back() {
     again.sort();
     assert_eq!(again, lost, "the jobs the killed replica held ran again");
     assert_eq!(rescued.len(), 4);
+    assert_eq!(crate::key_counts::keys_in_disagreement(&a.pool).await, 0);
     a.stop().await;
 }

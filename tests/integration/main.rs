@@ -19,6 +19,7 @@ mod fencing;
 mod fleet;
 mod job_rules;
 mod jobs;
+mod key_counts;
 mod lease_loss;
 mod limits;
 mod lockout;

@@ -82,10 +82,10 @@ pub fn failure_error(
 }
 
 /// Whether a claim also examines concurrency keys and rate-limit buckets.
-/// That phase costs a transaction and two statements more (four round
-/// trips instead of one), which a drain of plain jobs should not pay on
-/// every claim; the dispatcher runs it whenever it can matter (see
-/// `dispatch::Claimer`).
+/// That phase makes the claim a statement several times the size of the
+/// plain one (milliseconds of planning at every call), which a drain of
+/// plain jobs should not pay on every claim; the dispatcher runs it
+/// whenever it can matter (see `dispatch::Claimer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitsPhase {
     /// Lock the keys with room and the buckets holding a token, then claim
@@ -100,8 +100,8 @@ pub enum LimitsPhase {
 pub struct Claimed {
     /// The jobs, in dispatch order.
     pub jobs: Vec<JobRow>,
-    /// Whether the limits phase found a key with room or a bucket with a
-    /// token (false when it was skipped).
+    /// Whether the limits phase leased a job of a concurrency key or of a
+    /// rate-limit bucket: some had room (false when it was skipped).
     pub limits_found: bool,
 }
 
@@ -125,9 +125,8 @@ impl Leases {
 
     /// Leases up to one runnable job per entry of `plan.owners` (fewer when
     /// fewer are runnable), on the dispatcher's own claiming connection: one
-    /// transaction of two statements (the concurrency keys it examines are
-    /// locked first, see [`rows::lock_keys`]; then the claim, which also
-    /// announces the claimed jobs as changed). Every lease is tagged with
+    /// statement, which locks the concurrency keys and buckets it examines,
+    /// claims, and announces the claimed jobs as changed (see [`rows::claim`]). Every lease is tagged with
     /// `claim`, which the dispatcher keeps until it has the answer: if the
     /// answer is lost, [`Self::recover_claims`] finds what it leased.
     pub async fn claim(
@@ -138,7 +137,6 @@ impl Leases {
         claim: Uuid,
         limits: LimitsPhase,
     ) -> Result<Claimed, AppError> {
-        use diesel_async::{AnsiTransactionManager, TransactionManager as _};
         if plan.owners.is_empty() {
             return Ok(Claimed::default());
         }
@@ -159,36 +157,16 @@ impl Leases {
             });
         }
         // Keys (and buckets) locked per claim: enough to fill the batch with
-        // one job each; the rest wait their turn (round robin).
+        // one job each; the rest wait their turn (round robin). One
+        // statement, which locks them, claims and commits (see
+        // [`rows::claim`] for why that is safe).
         let examined = plan.owners.len().clamp(16, KEYS_PER_CLAIM) as i64;
-        AnsiTransactionManager::begin_transaction(conn).await?;
-        let claimed = async {
-            let keys = rows::lock_keys(conn, examined).await?;
-            let buckets = crate::store::rate_limits::lock_buckets(conn, examined).await?;
-            let limits_found = !keys.is_empty() || !buckets.is_empty();
-            rows::claim(
-                conn,
-                filter,
-                plan,
-                self.settings.lease,
-                &keys,
-                &buckets,
-                claim,
-            )
-            .await
-            .map(|jobs| (jobs, limits_found))
-        }
-        .await;
-        let (jobs, limits_found) = match claimed {
-            Ok(claimed) => {
-                AnsiTransactionManager::commit_transaction(conn).await?;
-                claimed
-            }
-            Err(error) => {
-                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
-                return Err(error.into());
-            }
-        };
+        let jobs = rows::claim(conn, filter, plan, self.settings.lease, examined, claim).await?;
+        // Whether keys or buckets had room, as far as this claim can tell:
+        // it leased a job of one.
+        let limits_found = jobs
+            .iter()
+            .any(|job| job.concurrency_key.is_some() || job.rate_limit.is_some());
         tracing::trace!(
             db.operation = "jobs.claim",
             duration_us = started.elapsed().as_micros() as u64,

@@ -1,6 +1,6 @@
 //! Claiming runnable jobs for Work streams: the plain claim, the claim of
-//! every lane (concurrency keys and rate-limit buckets too) after the keys
-//! are locked, and what a claim whose answer was lost leased.
+//! every lane (concurrency keys and rate-limit buckets too, which it locks
+//! itself), and what a claim whose answer was lost leased.
 
 use diesel::{
     prelude::*,
@@ -60,52 +60,47 @@ pub struct ClaimPlan {
 pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitmapscan = off; \
      SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'";
 
-/// A concurrency key a claim holds locked: its name and maximum.
-#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
-pub struct LockedKey {
-    #[diesel(sql_type = Text)]
-    pub key: String,
-    #[diesel(sql_type = Integer)]
-    pub max: i32,
-}
-
-/// The first statement of a claim's transaction: locks up to `limit`
-/// concurrency keys that look worth claiming for, least recently served
-/// first (round robin), skipping keys another claim (or a create) holds.
-/// Worth claiming for: a runnable job and fewer RUNNING jobs than the
-/// maximum (two index probes; a saturated key is passed over without a
-/// lock or a write, however many jobs it holds pending), or no open job at
-/// all (the claim deletes the key). What this statement reads of the jobs
-/// is only a hint (it may be a moment old); the claim recounts under the
-/// lock.
+/// The keys a claim locks (CTE `locked_keys`): up to `$10` concurrency
+/// keys that look worth claiming for, least recently served first (round
+/// robin), skipping keys another claim (or a create, or a settle of one of
+/// their jobs) holds. Worth claiming for: fewer RUNNING jobs than the
+/// maximum, and a runnable job or no open job at all (the claim deletes
+/// the key).
 ///
-/// Why a statement of its own: the claim counts each key's RUNNING jobs,
-/// and in READ COMMITTED a statement reads the rows as they were when it
-/// began. A single statement that locked a key and counted its running jobs
-/// could have begun before another replica's claim of that key committed,
-/// and would not see the jobs that claim started: both would take the last
-/// slot. The claim statement that follows this one begins after the locks
-/// are held, so it sees every claim of its keys that came before.
-pub async fn lock_keys(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<LockedKey>> {
-    diesel::sql_query(
-        r#"SELECT k.key, k.max FROM concurrency_keys k
-           WHERE (EXISTS (SELECT 1 FROM jobs j
-                          WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
-                            AND NOT j.held AND NOT j.waiting
-                            AND j."scheduledAt" <= LOCALTIMESTAMP)
-                  AND k.max > (SELECT count(*) FROM jobs r
-                               WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING'))
-              OR NOT EXISTS (SELECT 1 FROM jobs o
-                             WHERE o."concurrencyKey" = k.key
-                               AND o.status IN ('PENDING', 'RUNNING'))
-           ORDER BY k."servedAt", k.key
-           LIMIT $1
-           FOR UPDATE SKIP LOCKED"#,
-    )
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await
-}
+/// A key's row counts its RUNNING jobs (`running`, kept by triggers on
+/// `jobs` in the transaction that changes a keyed job's status: see the
+/// `claim_speed` migration), so a saturated key is passed over on its row
+/// alone, without probing its jobs; only keys with room cost an index probe
+/// (their runnable job). What the probe reads is only a hint (the
+/// statement's snapshot may be a moment old); `free` is not: every change
+/// of a key's count holds the key's row until it commits, and `FOR UPDATE`
+/// returns the row as the last of them left it (re-read after the lock), so
+/// `free` is exact for as long as the claim holds the lock.
+///
+/// `OFFSET 0` keeps each `EXISTS` a probe of the key's index: without it,
+/// PostgreSQL may hash the subquery instead (an `EXISTS` under an `OR` is
+/// turned into a hashed `ANY`), reading every pending job of every key
+/// (90 ms mid-drain over 1,000 keys, against ~1 ms of probes). Which is why
+/// the lock, the count and the claim may share one statement: the count is
+/// not read from the jobs under the statement's snapshot (which could
+/// predate another replica's claim of the same key), and a job another
+/// claim leased after that snapshot is re-read when `keyed` locks it, and
+/// passed over.
+const LOCK_KEYS: &str = r#"SELECT k.key, k.max - k.running AS free, k."servedAt"
+               FROM concurrency_keys k
+               WHERE k.running < k.max
+                 AND (EXISTS (SELECT 1 FROM jobs j
+                              WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
+                                AND NOT j.held AND NOT j.waiting
+                                AND j."scheduledAt" <= LOCALTIMESTAMP
+                              OFFSET 0)
+                      OR NOT EXISTS (SELECT 1 FROM jobs o
+                                     WHERE o."concurrencyKey" = k.key
+                                       AND o.status IN ('PENDING', 'RUNNING')
+                                     OFFSET 0))
+               ORDER BY k."servedAt", k.key
+               LIMIT $10
+               FOR UPDATE SKIP LOCKED"#;
 
 /// What makes a job claimable now (`j`), whatever its lane; `$2` is the
 /// claim's modules and `$9` its `plain_only`.
@@ -149,28 +144,24 @@ fn keyless_lanes() -> String {
     )
 }
 
-/// The lease itself (CTEs `streams`, `slots`, `claimed`): the n-th job of
-/// `numbered` goes to the stream `$8[n]` names (`$4` streams, `$5` their
-/// workers), for `$6`, tagged with the claim id `tag` (a parameter).
+/// The lease itself (CTE `claimed`): the n-th job of `numbered` goes to
+/// the stream `$8[n]` names (`$4` streams, `$5` their workers), for `$6`,
+/// tagged with the claim id `tag` (a parameter). Jobs past the end of `$8`
+/// are not leased. The stream and worker are read from the arrays by
+/// subscript, not joined: a join of `numbered` with the slots was planned
+/// as a nested loop that re-ran `numbered` (its sort and window) once per
+/// job, ~17 ms for 128 jobs.
 fn lease_numbered(tag: &str) -> String {
     format!(
-        r#"streams AS (
-               SELECT w.stream, w.worker, w.idx
-               FROM unnest($4::uuid[], $5::text[]) WITH ORDINALITY AS w(stream, worker, idx)
-           ),
-           slots AS (
-               SELECT streams.stream, streams.worker, s.slot
-               FROM unnest($8::int[]) WITH ORDINALITY AS s(owner, slot)
-               JOIN streams ON streams.idx = s.owner + 1
-           ),
-           claimed AS (
+        r#"claimed AS (
                UPDATE jobs
                SET status = 'RUNNING', attempts = jobs.attempts + 1,
                    "startedAt" = LOCALTIMESTAMP, "leaseExpiresAt" = LOCALTIMESTAMP + $6,
-                   "leasedBy" = slots.stream, "workerId" = slots.worker,
+                   "leasedBy" = ($4::uuid[])[($8::int[])[numbered.slot] + 1],
+                   "workerId" = ($5::text[])[($8::int[])[numbered.slot] + 1],
                    "claimId" = {tag}, "updatedAt" = LOCALTIMESTAMP
-               FROM numbered JOIN slots ON slots.slot = numbered.slot
-               WHERE jobs.id = numbered.id
+               FROM numbered
+               WHERE jobs.id = numbered.id AND numbered.slot <= cardinality($8::int[])
                RETURNING {JOB_COLUMNS}
            )"#
     )
@@ -237,22 +228,23 @@ pub async fn claim_plain(
 /// The n-th job goes to the stream `plan.owners[n]` names. Each lease is a
 /// new attempt, tagged with `claim` (see [`leases_of_claims`]). It also
 /// announces the claimed jobs as changed (`c` notifications of at most 200
-/// ids). Run it on a connection with [`CLAIM_SESSION_SETTINGS`], after
-/// [`lock_keys`] in the same transaction.
+/// ids). One statement, atomic on its own: it locks the keys and buckets
+/// it claims for itself (up to `examined` of each). Run it on a connection
+/// with [`CLAIM_SESSION_SETTINGS`].
 ///
 /// Where the jobs come from, each an ordered index scan that never walks a
 /// job it cannot take:
 /// - jobs without a key: the dispatch index (priority, then schedule, then
 ///   id), or for a claim filtered by job names the names index, one scan
 ///   per name;
-/// - jobs with a key, for each key of `keys`: as many of the key's jobs as
-///   it has free slots (its maximum less its RUNNING jobs, counted now),
-///   from the key's own index. A saturated key costs one count, however
-///   many jobs it holds pending, and does not stand in anyone's way.
+/// - jobs with a key, for each key locked (see [`LOCK_KEYS`]): as many of
+///   the key's jobs as it has free slots (`free`, read under the key's
+///   lock), from the key's own index. A saturated key is not locked,
+///   however many jobs it holds pending, and does not stand in anyone's way.
 ///
 /// The jobs of a key are read without locks and only the batch's worth is
 /// locked: no other claim can be taking them (it would need the key's lock,
-/// which this transaction holds), so nothing is locked that is not leased.
+/// which this statement holds), so nothing is locked that is not leased.
 ///
 /// The jobs found are dealt in turns, within each priority: the first of
 /// each key (and the first keyless one), then the second of each… so a
@@ -261,26 +253,30 @@ pub async fn claim_plain(
 /// is deleted (a create holds its key's row until it commits, so a job
 /// created meanwhile is either seen here or recreates the row).
 ///
-/// - jobs with a rate limit, for each bucket of `buckets`: as many as it
-///   holds whole tokens (computed by `rate_limits::lock_buckets` from the
-///   database's clock), from the bucket's own index; the claim takes one
-///   token per job leased and records the draw in the same statement.
+/// - jobs with a rate limit, for each bucket locked (up to `examined`
+///   holding a whole token and naming a runnable job, least recently drawn
+///   from first, skipping those another claim holds): as many as it holds
+///   whole tokens, computed from the database's clock on the locked row (so
+///   from the latest claim's draw: a bucket another claim drained after this
+///   statement's snapshot is re-read when locked), from the bucket's own
+///   index; the claim takes one token per job leased and records the draw
+///   in the same statement.
 ///
 /// Jobs scheduled later are not in these indexes (`waiting`, see
 /// [`super::promote_due`]); neither are held ones.
 ///
-/// The slot count cannot drift: nothing stores it. RUNNING rows are the
-/// count, so a lease settled, lost to the reaper, taken from a stream a
-/// replica's kill -9 cut off, or cancelled gives its slot back in the same
-/// statement that ends it, whichever writer that is (another helper's bulk
-/// cancel, the platform's own backend), with nothing else to update.
+/// The slot count cannot drift: the key's `running` is written by triggers
+/// on `jobs` in the same transaction as the status change it counts, so a
+/// lease taken here, settled, lost to the reaper, taken from a stream a
+/// replica's kill -9 cut off, or cancelled changes it in the statement that
+/// changes the job, whichever writer that is (a bulk cancel, the platform's
+/// own backend), and commits or rolls back with it.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     filter: &ClaimFilter,
     plan: &ClaimPlan,
     lease: std::time::Duration,
-    keys: &[LockedKey],
-    buckets: &[crate::store::rate_limits::LockedBucket],
+    examined: i64,
     claim: Uuid,
 ) -> QueryResult<Vec<JobRow>> {
     if plan.owners.is_empty() {
@@ -288,14 +284,17 @@ pub async fn claim(
     }
     let runnable = RUNNABLE;
     let keyless = keyless_lanes();
-    let leased = lease_numbered("$12");
+    let leased = lease_numbered("$11");
+    let keys = LOCK_KEYS;
+    let tokens = crate::store::rate_limits::TOKENS_NOW;
     diesel::sql_query(format!(
         r#"WITH {keyless},
+           locked_keys AS (
+               {keys}
+           ),
            room AS (
-               SELECT k.key, k.turn,
-                      k.max - (SELECT count(*) FROM jobs r
-                               WHERE r."concurrencyKey" = k.key AND r.status = 'RUNNING') AS free
-               FROM unnest($10::text[], $11::int[]) WITH ORDINALITY AS k(key, max, turn)
+               SELECT key, free, row_number() OVER (ORDER BY "servedAt", key) AS turn
+               FROM locked_keys
            ),
            keyed_pick AS (
                SELECT c.id, c.priority, c."scheduledAt", room.turn,
@@ -319,9 +318,21 @@ pub async fn claim(
                WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
                FOR UPDATE OF j SKIP LOCKED
            ),
+           locked_buckets AS (
+               SELECT r.name, {tokens} AS available, r."servedAt" FROM rate_limits r
+               WHERE {tokens} >= 1
+                 AND EXISTS (SELECT 1 FROM jobs j
+                             WHERE j."rateLimit" = r.name AND j.status = 'PENDING'
+                               AND NOT j.held AND NOT j.waiting
+                               AND j."scheduledAt" <= LOCALTIMESTAMP)
+               ORDER BY r."servedAt", r.name
+               LIMIT $10
+               FOR NO KEY UPDATE SKIP LOCKED
+           ),
            bucket_room AS (
-               SELECT b.name, b.turn, floor(b.available)::bigint AS free
-               FROM unnest($13::text[], $14::float8[]) WITH ORDINALITY AS b(name, available, turn)
+               SELECT b.name, floor(b.available)::bigint AS free,
+                      row_number() OVER (ORDER BY b."servedAt", b.name) AS turn
+               FROM locked_buckets b
            ),
            bucket_pick AS (
                SELECT c.id, c.priority, c."scheduledAt", bucket_room.turn,
@@ -365,7 +376,8 @@ pub async fn claim(
                SELECT room.key, EXISTS (
                           SELECT 1 FROM jobs o
                           WHERE o."concurrencyKey" = room.key
-                            AND o.status IN ('PENDING', 'RUNNING')) AS open
+                            AND o.status IN ('PENDING', 'RUNNING')
+                          OFFSET 0) AS open
                FROM room
            ),
            served AS (
@@ -384,7 +396,7 @@ pub async fn claim(
                SET tokens = b.available - COALESCE(t.n, 0),
                    "refilledAt" = GREATEST(r."refilledAt", LOCALTIMESTAMP),
                    "servedAt" = LOCALTIMESTAMP
-               FROM unnest($13::text[], $14::float8[]) AS b(name, available)
+               FROM locked_buckets b
                LEFT JOIN (SELECT rate_limit, count(*) AS n FROM claimed GROUP BY rate_limit) t
                  ON t.rate_limit = b.name
                WHERE r.name = b.name
@@ -406,13 +418,8 @@ pub async fn claim(
     .bind::<Text, _>(CHANNEL)
     .bind::<Array<Integer>, _>(&plan.owners)
     .bind::<Bool, _>(filter.plain_only)
-    .bind::<Array<Text>, _>(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(keys.iter().map(|k| k.max).collect::<Vec<_>>())
+    .bind::<BigInt, _>(examined)
     .bind::<SqlUuid, _>(claim)
-    .bind::<Array<Text>, _>(buckets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>())
-    .bind::<Array<diesel::sql_types::Double>, _>(
-        buckets.iter().map(|b| b.available).collect::<Vec<_>>(),
-    )
     .load(conn)
     .await
 }

@@ -2,7 +2,8 @@
 //! leases (claiming is `claim.rs`; settling reports and handing jobs back is
 //! `settle.rs`).
 //! Every statement that changes a leased row locks rows in id order (or
-//! skips locked ones), so they never deadlock with each other.
+//! skips locked ones), then the concurrency keys of those it ends in key
+//! order, so they never deadlock with each other.
 
 use chrono::NaiveDateTime;
 use diesel::{
@@ -66,6 +67,20 @@ const LOSE_LEASE: &str = r#"
                                'cause', 'lease_lost'),
     "leaseExpiresAt" = NULL, "leasedBy" = NULL, "updatedAt" = LOCALTIMESTAMP"#;
 
+/// The concurrency keys of the leases a statement takes (CTE `keys`, of the
+/// CTE `lost`), locked in key order before the jobs change: ending a keyed
+/// lease changes its key's `running` (a trigger on `jobs`), and a statement
+/// that let the trigger lock its keys in the order its rows happen to be
+/// updated could deadlock with a report batch ending leases of the same
+/// keys (see [`lock_in_order`]). The statement must read `keys` before it
+/// updates a row, in a condition of its own.
+const LOST_KEYS: &str = r#"keys AS MATERIALIZED (
+               SELECT k.key FROM concurrency_keys k
+               JOIN (SELECT DISTINCT key FROM lost WHERE key IS NOT NULL) l ON l.key = k.key
+               ORDER BY k.key
+               FOR NO KEY UPDATE OF k
+           )"#;
+
 const LOST_COLUMNS: &str = r#"jobs.id, jobs.attempts AS attempt, lost.holder,
     jobs.status::text AS status, jobs.hook, jobs."moduleName" AS module_name, jobs.error"#;
 
@@ -82,13 +97,14 @@ pub async fn lose_leases_of(
     }
     diesel::sql_query(format!(
         r#"WITH lost AS (
-               SELECT id, "leasedBy" AS holder FROM jobs
+               SELECT id, "leasedBy" AS holder, "concurrencyKey" AS key FROM jobs
                WHERE status = 'RUNNING' AND "leasedBy" = $2 AND id = ANY($3)
                ORDER BY id
                FOR UPDATE
-           )
+           ),
+           {LOST_KEYS}
            UPDATE jobs SET {LOSE_LEASE}, held = {HELD_UNLESS_ENABLED}
-           FROM lost WHERE jobs.id = lost.id
+           FROM lost WHERE jobs.id = lost.id AND (SELECT count(*) FROM keys) >= 0
            RETURNING {LOST_COLUMNS}"#
     ))
     .bind::<Text, _>(reason)
@@ -107,14 +123,15 @@ pub async fn reap_expired(
 ) -> QueryResult<Vec<LostLease>> {
     diesel::sql_query(format!(
         r#"WITH lost AS (
-               SELECT id, "leasedBy" AS holder FROM jobs
+               SELECT id, "leasedBy" AS holder, "concurrencyKey" AS key FROM jobs
                WHERE status = 'RUNNING' AND "leaseExpiresAt" < LOCALTIMESTAMP
                ORDER BY "leaseExpiresAt"
                LIMIT $2
                FOR UPDATE SKIP LOCKED
-           )
+           ),
+           {LOST_KEYS}
            UPDATE jobs SET {LOSE_LEASE}, held = {HELD_UNLESS_ENABLED}
-           FROM lost WHERE jobs.id = lost.id
+           FROM lost WHERE jobs.id = lost.id AND (SELECT count(*) FROM keys) >= 0
            RETURNING {LOST_COLUMNS}"#
     ))
     .bind::<Text, _>(reason)
@@ -175,14 +192,45 @@ pub async fn extend_leases(
 /// completions, then failures, then releases) takes every row it may touch
 /// first, in the one order every lease statement uses, so it never holds
 /// one row while waiting for another that a heartbeat or a hand-back holds.
+///
+/// Then, in key order, the rows of the concurrency keys of those jobs that
+/// are RUNNING: ending them changes their keys' `running` counts (a trigger
+/// on `jobs`, see the `claim_speed` migration), and two batches settling jobs of
+/// the same keys would otherwise lock the keys in the order their rows
+/// happen to be updated, and could deadlock. Jobs of no key lock nothing
+/// more. Returns how many jobs were locked.
 pub async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
+    #[derive(QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = BigInt)]
+        jobs: i64,
+        #[diesel(sql_type = BigInt)]
+        #[allow(dead_code, reason = "read to run the CTE that locks the keys")]
+        keys: i64,
+    }
     if ids.is_empty() {
         return Ok(0);
     }
-    diesel::sql_query(r#"SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"#)
-        .bind::<Array<SqlUuid>, _>(ids)
-        .execute(conn)
-        .await
+    // The select list's subqueries run in order: every job is locked (and
+    // `locked` materialized) before the first key is.
+    let locked: Locked = diesel::sql_query(
+        r#"WITH locked AS MATERIALIZED (
+               SELECT id, status, "concurrencyKey" AS key FROM jobs
+               WHERE id = ANY($1) ORDER BY id FOR UPDATE
+           ),
+           keys AS MATERIALIZED (
+               SELECT k.key FROM concurrency_keys k
+               JOIN (SELECT DISTINCT key FROM locked
+                     WHERE key IS NOT NULL AND status = 'RUNNING') l ON l.key = k.key
+               ORDER BY k.key
+               FOR NO KEY UPDATE OF k
+           )
+           SELECT (SELECT count(*) FROM locked) AS jobs, (SELECT count(*) FROM keys) AS keys"#,
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .get_result(conn)
+    .await?;
+    Ok(locked.jobs as usize)
 }
 
 /// Extends exactly these leases (job, attempt and holding stream) where

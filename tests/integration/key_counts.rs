@@ -1,0 +1,202 @@
+//! The RUNNING count a concurrency key's row keeps (`concurrency_keys.
+//! running`, written by triggers on `jobs`) against the jobs themselves,
+//! over real gRPC with real PostgreSQL: with workers on two replicas
+//! completing, failing, handing back and dropping their streams while
+//! jobs are cancelled under them, every snapshot of the database agrees
+//! with a count of the RUNNING rows, and nothing is left counted at the
+//! end. (The kill -9 case is `claim_limits::a_replica_killed_with_sigkill_
+//! gives_its_slots_back`, which checks the same agreement.)
+
+use crate::common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use automation_control_plane::db::DbPool;
+use automation_control_plane::proto::automation_v1::{
+    self as pb, work_request::Kind as Out, work_response::Kind as In,
+};
+use common::{
+    JobServiceClient, TestApp, TestOptions, authed, new_job,
+    worker::{TestWorker, hello, job_id, lease_of},
+};
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// How many keys disagree with the jobs, in one snapshot: a row whose
+/// `running` is not the number of its RUNNING jobs or exceeds its maximum,
+/// or a RUNNING keyed job whose key has no row.
+pub async fn keys_in_disagreement(pool: &DbPool) -> i64 {
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = pool.get().await.expect("connection");
+    diesel::sql_query(
+        r#"SELECT (SELECT count(*) FROM concurrency_keys k
+                   WHERE k.running > k.max
+                      OR k.running <> (SELECT count(*) FROM jobs j
+                                       WHERE j."concurrencyKey" = k.key
+                                         AND j.status = 'RUNNING'))
+                + (SELECT count(*) FROM jobs j
+                   WHERE j.status = 'RUNNING' AND j."concurrencyKey" IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM concurrency_keys k
+                                     WHERE k.key = j."concurrencyKey")) AS n"#,
+    )
+    .get_result::<Count>(&mut conn)
+    .await
+    .expect("count")
+    .n
+}
+
+/// Jobs not finished yet.
+async fn open_jobs(app: &TestApp) -> i64 {
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = app.pool.get().await.expect("connection");
+    diesel::sql_query(r#"SELECT count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING')"#)
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("count")
+        .n
+}
+
+/// A worker that holds what it gets for a turn, then ends each job one of
+/// four ways in rotation (complete, fail for good, hand back, or drop the
+/// whole stream with what it holds), until `stop`.
+async fn churn(channel: Channel, token: String, turns: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    let connect = || async {
+        TestWorker::connect(channel.clone(), &token, hello(4))
+            .await
+            .expect("worker connects")
+    };
+    let mut worker = connect().await;
+    let mut held: Vec<pb::JobAssignment> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match worker.next_within(Duration::from_millis(10)).await {
+            Some(Ok(Some(In::Assignment(assignment)))) => held.push(assignment),
+            Some(Ok(Some(_))) => {}
+            Some(Err(_)) | Some(Ok(None)) => {
+                held.clear();
+                worker = connect().await;
+            }
+            None => {
+                if held.is_empty() {
+                    continue;
+                }
+                let assignment = held.remove(0);
+                match turns.fetch_add(1, Ordering::SeqCst) % 9 {
+                    0 => worker.fail(&assignment, "broken", true).await,
+                    1 => {
+                        worker
+                            .send(Out::Release(pb::JobRelease {
+                                lease: Some(lease_of(&assignment)),
+                                reason: "giving it back".into(),
+                            }))
+                            .await
+                    }
+                    2 => {
+                        // The stream ends with its leases: they are lost.
+                        held.clear();
+                        worker = connect().await;
+                    }
+                    3 => {
+                        let _ = JobServiceClient::new(channel.clone())
+                            .cancel_job(authed(
+                                &token,
+                                pb::CancelJobRequest {
+                                    id: job_id(&assignment),
+                                },
+                            ))
+                            .await;
+                    }
+                    _ => worker.complete(&assignment, json!(null)).await,
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_count_of_a_key_agrees_with_its_jobs_under_racing_replicas() {
+    const KEYS: usize = 8;
+    const JOBS: usize = 240;
+    let a = TestApp::spawn().await;
+    let b = a.replica(TestOptions::default()).await;
+    let token = a.admin_token().await;
+    let requests: Vec<pb::CreateJobRequest> = (0..JOBS)
+        .map(|i| pb::CreateJobRequest {
+            concurrency_key: format!("racing-{}", i % KEYS),
+            concurrency_max: (i % KEYS % 3) as i32 + 1,
+            max_attempts: 5,
+            ..new_job("racing.job", json!({ "i": i }))
+        })
+        .collect();
+    for chunk in requests.chunks(100) {
+        JobServiceClient::new(a.channel().await)
+            .batch_create_jobs(authed(
+                &token,
+                pb::BatchCreateJobsRequest {
+                    requests: chunk.to_vec(),
+                },
+            ))
+            .await
+            .expect("batch create");
+    }
+    // A watcher reading the database while the workers race: every
+    // snapshot must agree.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (pool, stop) = (a.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut looks, mut worst) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                worst = worst.max(keys_in_disagreement(&pool).await);
+                looks += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            (looks, worst)
+        })
+    };
+    let turns = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for app in [&a, &b, &a, &b] {
+        workers.push(tokio::spawn(churn(
+            app.channel().await,
+            token.clone(),
+            turns.clone(),
+            stop.clone(),
+        )));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while open_jobs(&a).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} jobs still open",
+            open_jobs(&a).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    let (looks, worst) = watcher.await.expect("watcher");
+    assert!(looks > 10, "the watcher looked {looks} times");
+    assert_eq!(worst, 0, "a snapshot where a key's count disagreed");
+    assert_eq!(keys_in_disagreement(&a.pool).await, 0);
+    assert!(
+        turns.load(Ordering::SeqCst) >= JOBS / 2,
+        "the workers ended {} jobs",
+        turns.load(Ordering::SeqCst)
+    );
+    b.stop().await;
+    a.stop().await;
+}
