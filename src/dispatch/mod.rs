@@ -375,8 +375,10 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
                 Err(error) => shared.note_db_failure(&error),
             }
         }
-        // A claim failed (its answer lost, its commit maybe made): hand
-        // back what it leased before claiming again.
+        // A claim failed (its answer lost, its commit maybe made), or the
+        // database was away (idle streams may have made no claim to notice
+        // it): hand back what it leased before claiming again.
+        unsure |= shared.registry().take_reconnected();
         if unsure || !claimer.lost.is_empty() {
             match keepalive::give_back_unknown_leases(&shared, &claimer.lost).await {
                 Ok(_) => {

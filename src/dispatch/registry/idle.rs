@@ -66,6 +66,9 @@ pub(super) struct Groups {
     probes: u64,
     /// Rung when a probe is wanted.
     probe: Arc<Notify>,
+    /// The LISTEN connection came back (or up): notices may have been
+    /// lost, and the database may have been away.
+    reconnected: bool,
 }
 
 impl Default for Groups {
@@ -77,6 +80,7 @@ impl Default for Groups {
             next: 0,
             probes: 0,
             probe: Arc::new(Notify::new()),
+            reconnected: false,
         }
     }
 }
@@ -143,6 +147,21 @@ impl Registry {
         if self.groups.groups.values().any(|group| group.cold) {
             self.groups.probe.notify_one();
         }
+    }
+
+    /// Notes that the LISTEN connection (re)connected: notices may have
+    /// been lost, so a probe is due; and the database may have been away,
+    /// so the claim loop looks for leases no stream knows of (a claim made
+    /// then may have lost its answer; idle streams may have made none that
+    /// would have failed to tell), see [`Self::take_reconnected`].
+    pub fn reconnected(&mut self) {
+        self.groups.reconnected = true;
+        self.want_probe();
+    }
+
+    /// Whether the LISTEN connection (re)connected since last asked.
+    pub fn take_reconnected(&mut self) -> bool {
+        std::mem::take(&mut self.groups.reconnected)
     }
 
     /// What the probe looks for: the cold groups' names.
