@@ -28,6 +28,7 @@
 )]
 #[path = "../tests/integration/common/mod.rs"]
 mod common;
+#[path = "hostile/idle.rs"]
 mod idle;
 mod support;
 
