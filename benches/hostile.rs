@@ -19,6 +19,7 @@
 //! limits raised so that every hostile stream and watcher is admitted.
 //!
 //! Run: `cargo bench --bench hostile`. Results go in BENCHMARKS.md.
+//! `BENCH_ONLY=idle` runs the idle fleet of [`idle`] instead.
 
 #[allow(
     dead_code,
@@ -27,6 +28,8 @@
 )]
 #[path = "../tests/integration/common/mod.rs"]
 mod common;
+#[path = "hostile/idle.rs"]
+mod idle;
 mod support;
 
 use std::time::Duration;
@@ -256,6 +259,10 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if std::env::var("BENCH_ONLY").as_deref() == Ok("idle") {
+            idle::run().await;
+            return;
+        }
         if std::env::var("BENCH_ONLY").as_deref() != Ok("raised") {
             run("default limits", &[]).await;
         }

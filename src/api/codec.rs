@@ -168,7 +168,7 @@ where
     type Decoder = CheckedDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
+        ProstEncoder::new(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -193,9 +193,21 @@ impl<U: Message + Default + CheckLimits> Decoder for CheckedDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
+        buffer_settings()
     }
 }
+
+/// The buffers each call starts with, in and out: small, since a stream
+/// holds both for as long as it is open (tonic's default is 8 KiB each,
+/// for every idle Work stream: see BENCHMARKS.md, "Idle workers with job
+/// names of their own"); a larger message grows its
+/// buffer as it needs. The yield threshold stays tonic's (32 KiB).
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(INITIAL_BUFFER, 32 * 1024)
+}
+
+/// What [`buffer_settings`] starts a call's buffers with.
+const INITIAL_BUFFER: usize = 1024;
 
 #[cfg(test)]
 mod tests {

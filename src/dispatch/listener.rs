@@ -66,6 +66,7 @@ fn caught_up(shared: &Shared) {
     shared
         .schedule_changed
         .store(true, std::sync::atomic::Ordering::Release);
+    shared.registry().reconnected();
     shared.wake.notify_one();
     shared.schedules_wake.notify_one();
     shared.watchers.bump_all();

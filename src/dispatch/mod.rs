@@ -10,6 +10,7 @@
 //! given back by a guard, whatever ends it.
 
 mod handshake;
+mod idle;
 mod keepalive;
 mod listener;
 mod outbox;
@@ -130,8 +131,12 @@ impl Shared {
     /// Acts on one notification from any replica.
     pub fn on_event(&self, event: QueueEvent) {
         match event {
-            QueueEvent::Runnable => self.wake.notify_one(),
+            QueueEvent::Runnable => {
+                self.registry().want_probe();
+                self.wake.notify_one();
+            }
             QueueEvent::Scheduled => {
+                self.registry().want_probe();
                 self.schedule_changed
                     .store(true, std::sync::atomic::Ordering::Release);
                 self.wake.notify_one();
@@ -237,6 +242,7 @@ impl Dispatcher {
             tokio::spawn(keepalive::run(shared.clone())),
             tokio::spawn(listener::run(shared.clone(), parts.database_url)),
             tokio::spawn(progress::run_writer(shared.clone())),
+            tokio::spawn(idle::run(shared.clone())),
         ];
         for _ in 0..REPORT_WRITERS {
             handles.push(tokio::spawn(reports::run_writer(
@@ -369,8 +375,10 @@ async fn claim_loop(shared: Arc<Shared>, database_url: String) {
                 Err(error) => shared.note_db_failure(&error),
             }
         }
-        // A claim failed (its answer lost, its commit maybe made): hand
-        // back what it leased before claiming again.
+        // A claim failed (its answer lost, its commit maybe made), or the
+        // database was away (idle streams may have made no claim to notice
+        // it): hand back what it leased before claiming again.
+        unsure |= shared.registry().take_reconnected();
         if unsure || !claimer.lost.is_empty() {
             match keepalive::give_back_unknown_leases(&shared, &claimer.lost).await {
                 Ok(_) => {
@@ -554,10 +562,15 @@ async fn claim_rounds(shared: &Arc<Shared>, claimer: &mut Claimer) -> Result<(),
                 continue;
             }
             claimed_any = true;
+            let since = shared.registry().claiming();
             let (jobs, every_lane) = claimer.claim(&shared.leases, &filter, &plan).await?;
             // Dry only once every lane was looked at: a claim of the plain
             // lane alone that came back short is followed by a full one.
-            if jobs.len() < plan.owners.len() && every_lane {
+            let is_dry = jobs.len() < plan.owners.len() && every_lane;
+            shared
+                .registry()
+                .claimed(&filter, jobs.len(), is_dry, since);
+            if is_dry {
                 dry.insert(filter);
             }
             // Leased to a stream that left meanwhile: never sent.

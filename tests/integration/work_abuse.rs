@@ -6,6 +6,7 @@
 
 use crate::common;
 mod heartbeats;
+mod idle_names;
 mod module_jobs;
 mod stalled_transports;
 

@@ -100,6 +100,7 @@ impl Registry {
         share.capacity += capacity;
         self.granted += capacity;
         self.transports += 1;
+        entry.group = self.groups.join(&entry.filter, id);
         self.streams.insert(id, entry);
         Ok(capacity)
     }
@@ -134,6 +135,7 @@ impl Registry {
         let Some(entry) = self.streams.remove(&id) else {
             return Vec::new();
         };
+        self.groups.leave(entry.group, id);
         self.granted = self.granted.saturating_sub(entry.capacity);
         if let Some(share) = self.per_caller.get_mut(&entry.caller) {
             share.capacity = share.capacity.saturating_sub(entry.capacity);

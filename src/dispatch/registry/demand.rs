@@ -15,19 +15,27 @@ impl Registry {
     /// the group's streams in turns (one each per round while they have
     /// room), so that a short supply is shared; the first stream follows on
     /// from the last claim's. Costs O(streams + batch), whatever they
-    /// advertise.
+    /// advertise, and only for the streams of groups worth a claim (an idle
+    /// group costs nothing).
     pub fn demand(&mut self, batch: usize) -> Vec<(ClaimFilter, ClaimPlan)> {
         if self.draining.is_some() || batch == 0 {
             return Vec::new();
         }
-        let mut offered: Vec<(Uuid, &StreamEntry, usize)> = self
-            .streams
-            .iter()
-            .filter_map(|(id, entry)| {
-                let free = entry.free();
-                (free > 0).then_some((*id, entry, free))
-            })
-            .collect();
+        // Only groups worth a claim (see [`super::idle`]): idle ones cost
+        // nothing here either.
+        let mut offered: Vec<(Uuid, &StreamEntry, usize)> = Vec::new();
+        for group in self.groups.groups.values().filter(|group| group.eligible()) {
+            for id in &group.members {
+                if let Some(entry) = self.streams.get(id) {
+                    let free = entry.free();
+                    if free > 0 {
+                        offered.push((*id, entry, free));
+                    }
+                }
+            }
+        }
+        // In order of arrival, as the streams are kept.
+        offered.sort_unstable_by_key(|(id, _, _)| *id);
         if offered.is_empty() {
             return Vec::new();
         }

@@ -21,6 +21,7 @@
 
 mod admission;
 mod demand;
+pub mod idle;
 mod leases;
 pub mod stats;
 
@@ -92,6 +93,8 @@ pub struct StreamEntry {
     caller: Uuid,
     worker_id: String,
     filter: ClaimFilter,
+    /// Its group among the streams running the same jobs (see [`idle`]).
+    group: u64,
     /// Jobs it may hold at once: granted by [`Registry::register`] and
     /// [`Registry::add_credit`], within the caps.
     capacity: usize,
@@ -122,6 +125,7 @@ impl StreamEntry {
             caller,
             worker_id,
             filter,
+            group: 0,
             capacity: 0,
             held: HashMap::new(),
             accepting: true,
@@ -173,6 +177,8 @@ pub struct Registry {
     /// job leased, so the next claim starts where the last one's turns
     /// ended (round-robin across claims, not only within one).
     turn: usize,
+    /// The streams by what they run, and which groups are worth a claim.
+    groups: idle::Groups,
 }
 
 /// The streams and capacity one caller holds on this replica.
@@ -194,6 +200,7 @@ impl Registry {
             granted: 0,
             draining: None,
             turn: 0,
+            groups: idle::Groups::default(),
         }
     }
 

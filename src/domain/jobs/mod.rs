@@ -11,6 +11,7 @@
 //! up) is [`super::events`], below both.
 
 mod batch;
+mod idle;
 pub mod leases;
 pub mod limits;
 mod queues;

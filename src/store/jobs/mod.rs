@@ -26,6 +26,8 @@ pub use progress::*;
 pub use settle::*;
 mod walks;
 pub use walks::*;
+mod runnable;
+pub use runnable::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
 /// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
