@@ -9,6 +9,7 @@
 //! connection (each operation checks one out); every lease a stream holds is
 //! given back by a guard, whatever ends it.
 
+mod claimer;
 mod handshake;
 mod idle;
 mod keepalive;
@@ -27,7 +28,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diesel_async::AsyncPgConnection;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -38,7 +38,7 @@ pub use self::{
 };
 use self::{
     progress::ProgressBuffer,
-    registry::{CLAIM_BATCH, Registry, StreamCommand},
+    registry::{Registry, StreamCommand},
     reports::PendingReport,
 };
 
@@ -47,19 +47,15 @@ pub type WatchJobStream = WatchStream<crate::proto::automation_v1::WatchJobRespo
 /// The server's half of a WatchModule stream.
 pub type WatchModuleStream = WatchStream<crate::proto::automation_v1::WatchModuleResponse>;
 use crate::{
-    db,
     domain::{
         audit::AuditTrail,
         events::{QueueEvent, Revocation},
-        jobs::{
-            JobSettings, Jobs,
-            leases::{Leases, LimitsPhase},
-        },
+        jobs::{JobSettings, Jobs, leases::Leases},
         modules::Modules,
         sessions::Sessions,
     },
     error::AppError,
-    store::jobs::{CLAIM_SESSION_SETTINGS, ClaimFilter, ClaimPlan, JobRow, LeaseRef},
+    store::jobs::{JobRow, LeaseRef},
 };
 
 /// Report writers settling batches at the same time.
@@ -237,7 +233,10 @@ impl Dispatcher {
         });
         let reports_rx = Arc::new(tokio::sync::Mutex::new(reports_rx));
         let mut handles = vec![
-            tokio::spawn(claim_loop(shared.clone(), parts.database_url.clone())),
+            tokio::spawn(claimer::claim_loop(
+                shared.clone(),
+                parts.database_url.clone(),
+            )),
             tokio::spawn(reaper(shared.clone())),
             tokio::spawn(keepalive::run(shared.clone())),
             tokio::spawn(listener::run(shared.clone(), parts.database_url)),
@@ -333,252 +332,6 @@ impl Dispatcher {
         self.shared.shutdown.cancel();
         for handle in tasks.handles {
             let _ = handle.await;
-        }
-    }
-}
-
-/// Leases jobs to free slots whenever something may have changed: a
-/// notification, a freed slot, a new stream, the next scheduled job falling
-/// due, or the poll interval passing.
-async fn claim_loop(shared: Arc<Shared>, database_url: String) {
-    let mut claimer = Claimer {
-        url: database_url,
-        conn: None,
-        lost: Vec::new(),
-        limits: LimitsWatch::new(),
-    };
-    let mut next_due: Option<Instant> = None;
-    let mut failures = 0u32;
-    // Waiting jobs may have fallen due: promote them before claiming.
-    let mut promote = true;
-    // Set when a claim failed: it may have committed all the same.
-    let mut unsure = false;
-    loop {
-        let poll = shared.settings.poll_interval;
-        let wait = next_due
-            .map(|due| due.saturating_duration_since(Instant::now()))
-            .map_or(poll, |until_due| until_due.min(poll));
-        tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            () = shared.wake.notified() => {}
-            () = tokio::time::sleep(wait) => {
-                shared.schedule_changed.store(true, std::sync::atomic::Ordering::Release);
-                promote = true;
-            }
-        }
-        if next_due.is_some_and(|due| due <= Instant::now()) {
-            promote = true;
-        }
-        if promote {
-            match shared.leases.promote_due().await {
-                Ok(_) => promote = false,
-                Err(error) => shared.note_db_failure(&error),
-            }
-        }
-        // A claim failed (its answer lost, its commit maybe made), or the
-        // database was away (idle streams may have made no claim to notice
-        // it): hand back what it leased before claiming again.
-        unsure |= shared.registry().take_reconnected();
-        if unsure || !claimer.lost.is_empty() {
-            match keepalive::give_back_unknown_leases(&shared, &claimer.lost).await {
-                Ok(_) => {
-                    claimer.lost.clear();
-                    unsure = false;
-                }
-                Err(error) => shared.note_db_failure(&error),
-            }
-        }
-        match claim_rounds(&shared, &mut claimer).await {
-            Ok(()) => failures = 0,
-            Err(error) => {
-                unsure = true;
-                shared.note_db_failure(&error);
-                failures += 1;
-                let pause = Duration::from_millis(50 * 2u64.pow(failures.min(6)));
-                tokio::time::sleep(pause).await;
-                shared.wake.notify_one();
-                continue;
-            }
-        }
-        if shared
-            .schedule_changed
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            match shared.leases.time_to_next_scheduled().await {
-                Ok(due) => next_due = due.map(|d| Instant::now() + d),
-                Err(error) => {
-                    shared.note_db_failure(&error);
-                    shared
-                        .schedule_changed
-                        .store(true, std::sync::atomic::Ordering::Release);
-                }
-            }
-        }
-        if next_due.is_some_and(|due| due <= Instant::now()) {
-            next_due = None;
-            promote = true;
-            shared
-                .schedule_changed
-                .store(true, std::sync::atomic::Ordering::Release);
-            shared.wake.notify_one();
-        }
-    }
-}
-
-/// The claim loop's own connection, outside the pool: claims are the
-/// dispatcher's hot path, and on a dedicated connection each is a single
-/// round trip under session settings that pin its plan
-/// ([`CLAIM_SESSION_SETTINGS`]). Reconnected on the next claim after a
-/// failure.
-struct Claimer {
-    url: String,
-    conn: Option<AsyncPgConnection>,
-    /// The tags of claims that failed without an answer: each may have
-    /// committed, leasing jobs no stream was told of. Kept until
-    /// [`keepalive::give_back_unknown_leases`] handed those back.
-    lost: Vec<Uuid>,
-    /// Whether the next claim examines keys and buckets (see
-    /// [`LimitsPhase`]): it does while the last look found some with room,
-    /// right after a claim of plain jobs came back short (a key or bucket
-    /// may hold what it did not find), and when plain claims came back full
-    /// for [`LIMITS_RECHECK`] since the last look (so a busy drain of plain
-    /// jobs holds up a keyed job at most that long). Otherwise a claim takes
-    /// plain jobs in one short statement and one round trip.
-    limits: LimitsWatch,
-}
-
-/// What [`Claimer`] remembers of keys and buckets.
-#[derive(Debug, Clone, Copy)]
-struct LimitsWatch {
-    /// When keys and buckets were last examined.
-    looked: Instant,
-    /// Whether that look found any with room.
-    found: bool,
-    /// Whether a plain claim came back short since.
-    short: bool,
-    /// Whether a plain claim came back full since.
-    full: bool,
-}
-
-impl LimitsWatch {
-    fn new() -> Self {
-        Self {
-            looked: Instant::now(),
-            found: false,
-            short: false,
-            full: false,
-        }
-    }
-
-    fn phase(&self) -> LimitsPhase {
-        if self.found || self.short || (self.full && self.looked.elapsed() >= LIMITS_RECHECK) {
-            LimitsPhase::Run
-        } else {
-            LimitsPhase::Skip
-        }
-    }
-
-    fn note(&mut self, phase: LimitsPhase, found: bool, short: bool) {
-        match phase {
-            LimitsPhase::Run => {
-                *self = Self {
-                    looked: Instant::now(),
-                    found,
-                    short: false,
-                    full: false,
-                }
-            }
-            LimitsPhase::Skip if short => self.short = true,
-            LimitsPhase::Skip => self.full = true,
-        }
-    }
-}
-
-/// How long claims of plain jobs that come back full may go without
-/// examining concurrency keys and buckets.
-const LIMITS_RECHECK: Duration = Duration::from_millis(20);
-
-impl Claimer {
-    /// Claims for one group of streams; also answers whether every lane
-    /// (keys and buckets too) was looked at.
-    async fn claim(
-        &mut self,
-        leases: &Leases,
-        filter: &ClaimFilter,
-        plan: &ClaimPlan,
-    ) -> Result<(Vec<JobRow>, bool), AppError> {
-        if self.conn.is_none() {
-            self.conn = Some(
-                db::dedicated_connection(
-                    &self.url,
-                    "automation-control-plane-claimer",
-                    CLAIM_SESSION_SETTINGS,
-                    Duration::from_secs(5),
-                )
-                .await?,
-            );
-        }
-        let conn = self.conn.as_mut().expect("connected above");
-        let tag = Uuid::now_v7();
-        let phase = self.limits.phase();
-        let claimed =
-            tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan, tag, phase)).await;
-        match claimed {
-            Ok(Ok(claimed)) => {
-                let short = claimed.jobs.len() < plan.owners.len();
-                self.limits.note(phase, claimed.limits_found, short);
-                Ok((claimed.jobs, phase == LimitsPhase::Run))
-            }
-            Ok(Err(error)) => {
-                self.conn = None;
-                self.lost.push(tag);
-                Err(error)
-            }
-            Err(_) => {
-                // A claim that does not answer: the connection is gone
-                // (the transaction, if it ran, committed or not as a whole).
-                self.conn = None;
-                self.lost.push(tag);
-                Err(AppError::Unavailable("a claim timed out".into()))
-            }
-        }
-    }
-}
-
-/// Longest a claim may take before its connection is given up.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Claims until every stream with room is filled or nothing runnable is
-/// left for it. Each claim leases at most [`CLAIM_BATCH`] jobs for one group
-/// of streams, so a round costs what it leases, not what streams advertise;
-/// a group that came back short is not asked again in this call.
-async fn claim_rounds(shared: &Arc<Shared>, claimer: &mut Claimer) -> Result<(), AppError> {
-    let mut dry: std::collections::HashSet<ClaimFilter> = std::collections::HashSet::new();
-    loop {
-        let demand = shared.registry().demand(CLAIM_BATCH);
-        let mut claimed_any = false;
-        for (filter, plan) in demand {
-            if dry.contains(&filter) {
-                continue;
-            }
-            claimed_any = true;
-            let since = shared.registry().claiming();
-            let (jobs, every_lane) = claimer.claim(&shared.leases, &filter, &plan).await?;
-            // Dry only once every lane was looked at: a claim of the plain
-            // lane alone that came back short is followed by a full one.
-            let is_dry = jobs.len() < plan.owners.len() && every_lane;
-            shared
-                .registry()
-                .claimed(&filter, jobs.len(), is_dry, since);
-            if is_dry {
-                dry.insert(filter);
-            }
-            // Leased to a stream that left meanwhile: never sent.
-            let orphans = shared.deliver(jobs);
-            keepalive::hand_back_in_background(shared, orphans, true);
-        }
-        if !claimed_any {
-            return Ok(());
         }
     }
 }
