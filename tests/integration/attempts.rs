@@ -233,6 +233,11 @@ async fn cancelling_or_releasing_a_running_job_ends_its_attempt() {
         .cancel_job(authed(&token, pb::CancelJobRequest { id: job.id.clone() }))
         .await
         .expect("cancel");
+    // The worker is told, and its slot is free again.
+    assert_eq!(
+        second.cancellation().await.cause(),
+        pb::CancellationCause::Cancelled
+    );
     let seen = attempts(&app, &token, &job.id).await;
     let summary: Vec<_> = seen
         .iter()
