@@ -340,3 +340,21 @@ diesel::table! {
         updated_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    job_attempts (job_id, attempt) {
+        #[sql_name = "jobId"]
+        job_id -> Uuid,
+        attempt -> Int4,
+        #[sql_name = "workerId"]
+        worker_id -> Nullable<Varchar>,
+        #[sql_name = "streamId"]
+        stream_id -> Nullable<Uuid>,
+        #[sql_name = "leasedAt"]
+        leased_at -> Nullable<Timestamp>,
+        #[sql_name = "endedAt"]
+        ended_at -> Timestamp,
+        outcome -> Varchar,
+        error -> Nullable<Text>,
+    }
+}

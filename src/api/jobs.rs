@@ -82,6 +82,24 @@ impl JobService for JobApi {
         }))
     }
 
+    async fn list_job_attempts(
+        &self,
+        request: Request<pb::ListJobAttemptsRequest>,
+    ) -> Result<Response<pb::ListJobAttemptsResponse>, Status> {
+        let body = request.get_ref();
+        let id = wire::id("job_id", &body.job_id)?;
+        let page = PageRequest::parse(body.page_size, &body.page_token)?;
+        let page = self.jobs.attempts(id, page).await?;
+        Ok(Response::new(pb::ListJobAttemptsResponse {
+            attempts: page
+                .items
+                .into_iter()
+                .map(wire::attempts::attempt_message)
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
     async fn list_jobs(
         &self,
         request: Request<pb::ListJobsRequest>,

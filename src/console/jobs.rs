@@ -128,6 +128,7 @@ pub async fn show(Console(ctx): Console, viewer: Viewer, Path(id): Path<String>)
             let live = (!job.status.is_terminal() && viewer.may(rpc::WATCH_JOB))
                 .then(|| format!("/console/jobs/{}/events", job.id));
             let title = format!("Job {}", job.name);
+            let attempts = super::attempts::section(&ctx, &viewer, &job).await;
             views::page(
                 &viewer,
                 views::Shell {
@@ -135,7 +136,7 @@ pub async fn show(Console(ctx): Console, viewer: Viewer, Path(id): Path<String>)
                     current: "Jobs",
                     live,
                 },
-                views::jobs::show(&viewer, &job, &live_state(&job)),
+                maud::html! { (views::jobs::show(&viewer, &job, &live_state(&job))) (attempts) },
             )
         }
         Err(error) => views::error_response(&error),

@@ -20,6 +20,7 @@
 //!   [`router`] and its entry in [`NAV`].
 
 pub mod assets;
+pub mod attempts;
 pub mod audit;
 pub mod dead_letters;
 pub mod jobs;
@@ -247,6 +248,7 @@ pub fn router(slot: ConsoleSlot) -> Router {
         .route(&at("/jobs"), get(jobs::list))
         .route(&at("/jobs/{id}"), get(jobs::show))
         .route(&at("/jobs/{id}/events"), get(jobs::events))
+        .route(&at("/jobs/{id}/attempts"), get(attempts::page))
         .route(&at("/jobs/{id}/cancel"), post(jobs::cancel))
         .route(&at("/jobs/{id}/retry"), post(jobs::retry))
         .route(&at("/queues"), get(queues::page))

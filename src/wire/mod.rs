@@ -13,6 +13,7 @@
 //! opens a transaction or reads the database.
 
 pub mod api_keys;
+pub mod attempts;
 pub mod audit;
 pub mod jobs;
 pub mod json;

@@ -141,6 +141,16 @@ async fn the_grpcurl_examples_work_as_written() {
         assert!(progress.contains(line), "{line}:\n{progress}");
     }
 
+    let attempts = run("attempts.sh", &[], &with_token).await;
+    for line in [
+        "before: none",
+        "running: 1 RUNNING grpcurl-attempts ",
+        "1 FAILED grpcurl-attempts renderer crashed",
+        "2 COMPLETED grpcurl-attempts ",
+    ] {
+        assert!(attempts.contains(line), "{line}:\n{attempts}");
+    }
+
     let schedules = run("schedules.sh", &[], &with_token).await;
     for line in [
         "created: heartbeat-example ",

@@ -6,6 +6,7 @@
 mod common;
 
 mod api_keys;
+mod attempts;
 mod audit;
 mod auth;
 mod backup;

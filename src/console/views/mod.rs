@@ -2,6 +2,7 @@
 //! every page uses. Each page area has its own module; nothing here runs
 //! a query.
 
+pub mod attempts;
 pub mod audit;
 pub mod dead_letters;
 pub mod jobs;

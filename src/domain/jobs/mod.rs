@@ -10,6 +10,7 @@
 //! both write to other replicas (jobs changed, leases revoked, work to pick
 //! up) is [`super::events`], below both.
 
+mod attempts;
 mod batch;
 mod idle;
 pub mod leases;

@@ -15,7 +15,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::interval;
+use super::{attempts::record, interval};
 
 /// A report quoting one lease: (job, attempt, stream holding it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +82,25 @@ const LOST_KEYS: &str = r#"keys AS MATERIALIZED (
            )"#;
 
 const LOST_COLUMNS: &str = r#"jobs.id, jobs.attempts AS attempt, lost.holder,
-    jobs.status::text AS status, jobs.hook, jobs."moduleName" AS module_name, jobs.error"#;
+    jobs.status::text AS status, jobs.hook, jobs."moduleName" AS module_name, jobs.error,
+    jobs."workerId" AS worker_id, jobs."startedAt" AS leased_at"#;
+
+/// The statement's end for a lost lease: the `ended` CTE's attempts go in
+/// the history as `outcome`, with the reason (`$1`) as their error, and
+/// the [`LostLease`]s are returned.
+fn record_lost(outcome: &str) -> String {
+    let recorded = record(&format!(
+        "SELECT id, attempt, worker_id, holder, leased_at, '{outcome}', $1::text FROM ended"
+    ));
+    format!(
+        "recorded AS ({recorded})
+         SELECT id, attempt, holder, status, hook, module_name, error FROM ended"
+    )
+}
 
 /// Takes the leases `jobs` of a stream that closed or was cut off (those it
-/// still holds), locking them in id order.
+/// still holds), locking them in id order; their attempts are recorded as
+/// LEASE_LOST by the same statement.
 pub async fn lose_leases_of(
     conn: &mut AsyncPgConnection,
     stream: Uuid,
@@ -102,10 +117,14 @@ pub async fn lose_leases_of(
                ORDER BY id
                FOR UPDATE
            ),
-           {LOST_KEYS}
+           {LOST_KEYS},
+           ended AS (
            UPDATE jobs SET {LOSE_LEASE}, held = {HELD_UNLESS_ENABLED}
            FROM lost WHERE jobs.id = lost.id AND (SELECT count(*) FROM keys) >= 0
-           RETURNING {LOST_COLUMNS}"#
+           RETURNING {LOST_COLUMNS}
+           ),
+           {}"#,
+        record_lost("LEASE_LOST")
     ))
     .bind::<Text, _>(reason)
     .bind::<SqlUuid, _>(stream)
@@ -115,7 +134,8 @@ pub async fn lose_leases_of(
 }
 
 /// Takes up to `limit` leases that expired (their holder stopped
-/// heartbeating), skipping rows another replica is reaping.
+/// heartbeating), skipping rows another replica is reaping; their attempts
+/// are recorded as LEASE_EXPIRED by the same statement.
 pub async fn reap_expired(
     conn: &mut AsyncPgConnection,
     reason: &str,
@@ -129,10 +149,14 @@ pub async fn reap_expired(
                LIMIT $2
                FOR UPDATE SKIP LOCKED
            ),
-           {LOST_KEYS}
+           {LOST_KEYS},
+           ended AS (
            UPDATE jobs SET {LOSE_LEASE}, held = {HELD_UNLESS_ENABLED}
            FROM lost WHERE jobs.id = lost.id AND (SELECT count(*) FROM keys) >= 0
-           RETURNING {LOST_COLUMNS}"#
+           RETURNING {LOST_COLUMNS}
+           ),
+           {}"#,
+        record_lost("LEASE_EXPIRED")
     ))
     .bind::<Text, _>(reason)
     .bind::<BigInt, _>(limit)

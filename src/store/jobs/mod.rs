@@ -28,6 +28,8 @@ mod walks;
 pub use walks::*;
 mod runnable;
 pub use runnable::*;
+mod attempts;
+pub use attempts::*;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
 /// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
@@ -120,6 +122,13 @@ pub struct NewJob {
     /// The rate limit it takes a token from (the bucket must exist).
     pub rate_limit: Option<String>,
 }
+
+/// The attempts a cancelling statement ended, for [`attempts::record`]:
+/// its `ended` CTE returns the job's columns (by their Rust names), the
+/// status it had (`was_status`) and the stream that held it (`holder`).
+pub(super) const CANCELLED_ATTEMPTS: &str = r#"SELECT id, attempts, worker_id, holder, started_at,
+           'CANCELLED', NULL::text FROM ended
+    WHERE was_status = 'RUNNING' AND status = 'CANCELLED'"#;
 
 /// Every column of a job under its Rust name, for raw statements returning
 /// [`JobRow`]s (which are read by name).
@@ -344,16 +353,26 @@ fn filtered(
     dead_letter_filters(query, filter)
 }
 
-/// Sets a locked job's state; returns the row after.
+/// Sets a locked job's state; returns the row after. A running attempt
+/// that this cancels is recorded (CANCELLED) by the same statement.
 pub async fn set_status(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     status: JobStatus,
 ) -> QueryResult<JobRow> {
+    let recorded = attempts::record(CANCELLED_ATTEMPTS);
     diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = $2::"JobStatus", "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+        r#"WITH was AS (
+               SELECT id, status AS was_status, "leasedBy" AS holder FROM jobs WHERE id = $1
+           ),
+           ended AS (
+           UPDATE jobs SET status = $2::"JobStatus", "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                "updatedAt" = LOCALTIMESTAMP
-           WHERE id = $1 RETURNING {JOB_COLUMNS}"#
+           FROM was WHERE jobs.id = was.id
+           RETURNING {JOB_COLUMNS}, was.was_status, was.holder
+           ),
+           recorded AS ({recorded})
+           SELECT * FROM ended"#
     ))
     .bind::<SqlUuid, _>(id)
     .bind::<Text, _>(status.label())
@@ -463,6 +482,16 @@ pub async fn hold_jobs_of_module(
     .await
 }
 
+/// What a module's cancelling statement returns for the history, beside
+/// the [`CancelledJob`] columns (see [`DOOMED_ATTEMPTS`]).
+const DOOMED_ATTEMPT: &str = r#"doomed.was_status, jobs."workerId" AS worker_id,
+    jobs."startedAt" AS leased_at"#;
+
+/// The running attempts a module's cancelling statement ended, for
+/// [`attempts::record`] (with the reason, when the statement gives one).
+const DOOMED_ATTEMPTS: &str = r#"SELECT id, attempt, worker_id, holder, leased_at, 'CANCELLED',
+           NULL::text FROM ended WHERE was_status = 'RUNNING'"#;
+
 /// A job cancelled because its module is being removed.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct CancelledJob {
@@ -482,17 +511,22 @@ pub async fn cancel_jobs_of_module(
     conn: &mut AsyncPgConnection,
     module: &str,
 ) -> QueryResult<Vec<CancelledJob>> {
-    diesel::sql_query(
+    diesel::sql_query(format!(
         r#"WITH doomed AS (
-               SELECT id, "leasedBy" AS holder FROM jobs
+               SELECT id, "leasedBy" AS holder, status AS was_status FROM jobs
                WHERE "moduleName" = $1 AND hook IS NULL AND status IN ('PENDING', 'RUNNING')
                ORDER BY id
-               FOR UPDATE)
+               FOR UPDATE),
+           ended AS (
            UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                "updatedAt" = LOCALTIMESTAMP
            FROM doomed WHERE jobs.id = doomed.id
-           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder"#,
-    )
+           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder, {DOOMED_ATTEMPT}
+           ),
+           recorded AS ({})
+           SELECT id, attempt, holder FROM ended"#,
+        attempts::record(DOOMED_ATTEMPTS)
+    ))
     .bind::<Text, _>(module)
     .load(conn)
     .await
@@ -510,20 +544,25 @@ pub async fn cancel_jobs_taken_by(
     job_names: &[String],
     reason: &str,
 ) -> QueryResult<Vec<CancelledJob>> {
-    diesel::sql_query(
+    diesel::sql_query(format!(
         r#"WITH doomed AS (
-               SELECT id, "leasedBy" AS holder FROM jobs
+               SELECT id, "leasedBy" AS holder, status AS was_status FROM jobs
                WHERE status IN ('PENDING', 'RUNNING') AND hook IS NULL
                  AND "moduleName" IS DISTINCT FROM $1
                  AND (left(name, length($1) + 1) = $1 || '.' OR name = ANY($2))
                ORDER BY id
-               FOR UPDATE)
+               FOR UPDATE),
+           ended AS (
            UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                error = jsonb_build_object('message', $3::text, 'cause', 'module_took_name'),
                "updatedAt" = LOCALTIMESTAMP
            FROM doomed WHERE jobs.id = doomed.id
-           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder"#,
-    )
+           RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder, {DOOMED_ATTEMPT}
+           ),
+           recorded AS ({})
+           SELECT id, attempt, holder FROM ended"#,
+        attempts::record(DOOMED_ATTEMPTS)
+    ))
     .bind::<Text, _>(module)
     .bind::<Array<Text>, _>(job_names)
     .bind::<Text, _>(reason)

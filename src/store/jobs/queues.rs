@@ -410,16 +410,25 @@ pub async fn requeue_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryRes
 }
 
 /// Cancels locked PENDING or RUNNING jobs, as [`super::set_status`] does
-/// one.
+/// one (the running attempts recorded by the same statement).
 pub async fn cancel_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<JobRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let recorded = super::attempts::record(super::CANCELLED_ATTEMPTS);
     diesel::sql_query(format!(
-        r#"UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
+        r#"WITH was AS (
+               SELECT id, status AS was_status, "leasedBy" AS holder FROM jobs
+               WHERE id = ANY($1) AND status IN ('PENDING', 'RUNNING')
+           ),
+           ended AS (
+           UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                "updatedAt" = LOCALTIMESTAMP
-           WHERE id = ANY($1) AND status IN ('PENDING', 'RUNNING')
-           RETURNING {JOB_COLUMNS}"#
+           FROM was WHERE jobs.id = was.id
+           RETURNING {JOB_COLUMNS}, was.was_status, was.holder
+           ),
+           recorded AS ({recorded})
+           SELECT * FROM ended"#
     ))
     .bind::<Array<SqlUuid>, _>(ids)
     .load(conn)

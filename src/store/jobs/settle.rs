@@ -11,7 +11,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{HELD_UNLESS_ENABLED, LeaseRef};
+use super::{HELD_UNLESS_ENABLED, LeaseRef, attempts::record};
 
 /// What a settled report changed.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
@@ -41,9 +41,17 @@ const SETTLED_COLUMNS: &str = r#"jobs.id, r.attempt, r.stream, jobs.status::text
     jobs."scheduledAt" AS scheduled_at, jobs.hook, jobs."moduleName" AS module_name,
     jobs.error"#;
 
+/// What the `ended` CTE of a settling statement also returns for its
+/// attempt's history row (see [`record`]): the worker and when it leased.
+const ATTEMPT_COLUMNS: &str = r#"jobs."workerId" AS worker_id, jobs."startedAt" AS leased_at"#;
+
+/// The columns of [`Settled`], read from `ended`.
+const SETTLED_NAMES: &str = "id, attempt, stream, status, scheduled_at, hook, module_name, error";
+
 /// Completes the attempts whose lease is still what the report quotes; the
 /// rest change nothing. The completing stream stays in `"leasedBy"` (see
-/// [`already_completed`]).
+/// [`already_completed`]). Each completed attempt's history row is written
+/// by the same statement.
 pub async fn complete(
     conn: &mut AsyncPgConnection,
     leases: &[LeaseRef],
@@ -52,15 +60,22 @@ pub async fn complete(
     if leases.is_empty() {
         return Ok(Vec::new());
     }
+    let recorded = record(
+        "SELECT id, attempt, worker_id, stream, leased_at, 'COMPLETED', NULL::text FROM ended",
+    );
     diesel::sql_query(format!(
-        r#"UPDATE jobs
+        r#"WITH ended AS (
+           UPDATE jobs
            SET status = 'COMPLETED', result = r.result, "completedAt" = LOCALTIMESTAMP,
                "leaseExpiresAt" = NULL, "updatedAt" = LOCALTIMESTAMP
            FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[])
                 AS r(id, attempt, stream, result)
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
              AND jobs.status = 'RUNNING'
-           RETURNING {SETTLED_COLUMNS}"#
+           RETURNING {SETTLED_COLUMNS}, {ATTEMPT_COLUMNS}
+           ),
+           recorded AS ({recorded})
+           SELECT {SETTLED_NAMES} FROM ended"#
     ))
     .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
@@ -113,7 +128,8 @@ pub struct Backoff {
 
 /// Fails the attempts whose lease is still what the report quotes: back to
 /// PENDING after a backoff while attempts remain (and the failure is not
-/// permanent), FAILED otherwise. The error is kept either way.
+/// permanent), FAILED otherwise. The error is kept either way, and its
+/// message in the attempt's history row, written by the same statement.
 pub async fn fail(
     conn: &mut AsyncPgConnection,
     leases: &[LeaseRef],
@@ -124,8 +140,12 @@ pub async fn fail(
     if leases.is_empty() {
         return Ok(Vec::new());
     }
+    let recorded = record(
+        "SELECT id, attempt, worker_id, stream, leased_at, 'FAILED', error->>'message' FROM ended",
+    );
     diesel::sql_query(format!(
-        r#"UPDATE jobs
+        r#"WITH ended AS (
+           UPDATE jobs
            SET status = CASE WHEN r.permanent OR jobs.attempts >= jobs."maxAttempts"
                              THEN 'FAILED'::"JobStatus" ELSE 'PENDING'::"JobStatus" END,
                "failedAt" = CASE WHEN r.permanent OR jobs.attempts >= jobs."maxAttempts"
@@ -143,7 +163,10 @@ pub async fn fail(
                 AS r(id, attempt, stream, error, permanent)
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
              AND jobs.status = 'RUNNING'
-           RETURNING {SETTLED_COLUMNS}"#
+           RETURNING {SETTLED_COLUMNS}, {ATTEMPT_COLUMNS}
+           ),
+           recorded AS ({recorded})
+           SELECT {SETTLED_NAMES} FROM ended"#
     ))
     .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
@@ -179,6 +202,9 @@ pub struct ReturnRule {
 /// before it got them) give their attempt number back instead, free and
 /// runnable at once. Rows are locked in id order, like every statement that
 /// takes leases, so that two of them never wait on each other in a cycle.
+/// A delivered lease's attempt gets its history row (HANDED_BACK, with the
+/// reason when it was charged) in the same statement; an undelivered one
+/// none (its number is used again).
 pub async fn hand_back(
     conn: &mut AsyncPgConnection,
     leases: &[LeaseRef],
@@ -192,6 +218,13 @@ pub async fn hand_back(
     // charged, and that was the last attempt.
     let charged = r#"($4::int = 0 AND jobs."freeReturns" >= $5::int)"#;
     let spent = format!(r#"({charged} AND jobs.attempts >= jobs."maxAttempts")"#);
+    // After the update a delivered hand-back counted one more return:
+    // it was charged when the count now exceeds the free ones.
+    let recorded = record(
+        r#"SELECT id, attempt, worker_id, stream, leased_at, 'HANDED_BACK',
+                  CASE WHEN charged THEN $8::text END
+           FROM ended WHERE $4::int = 0"#,
+    );
     diesel::sql_query(format!(
         r#"WITH r AS (
                SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
@@ -202,7 +235,8 @@ pub async fn hand_back(
                  AND jobs.status = 'RUNNING'
                ORDER BY jobs.id
                FOR UPDATE OF jobs
-           )
+           ),
+           ended AS (
            UPDATE jobs
            SET status = CASE WHEN {spent} THEN 'FAILED'::"JobStatus"
                              ELSE 'PENDING'::"JobStatus" END,
@@ -227,7 +261,11 @@ pub async fn hand_back(
            FROM r JOIN locked ON locked.id = r.id
            WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs."leasedBy" = r.stream
              AND jobs.status = 'RUNNING'
-           RETURNING {SETTLED_COLUMNS}"#
+           RETURNING {SETTLED_COLUMNS}, {ATTEMPT_COLUMNS},
+                     ($4::int = 0 AND jobs."freeReturns" > $5::int) AS charged
+           ),
+           recorded AS ({recorded})
+           SELECT {SETTLED_NAMES} FROM ended"#
     ))
     .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
