@@ -243,7 +243,10 @@ pub async fn serve(
         background.clone(),
     ));
 
-    let fleet = Fleet::new(state.pool.clone(), replica_label(&listener).await);
+    let fleet = Fleet::new(
+        state.pool.clone(),
+        maintenance::fleet::replica_label(listener.local_addr().ok()).await,
+    );
     let publishing = tokio::spawn(maintenance::fleet::run(
         fleet.clone(),
         dispatcher.clone(),
@@ -579,21 +582,6 @@ fn transport(options: &ServerOptions) -> Server {
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
-}
-
-/// How people tell this replica apart on the console's Workers page: its
-/// host name and gRPC address.
-async fn replica_label(listener: &TcpListener) -> String {
-    let host = tokio::fs::read_to_string("/proc/sys/kernel/hostname")
-        .await
-        .map(|h| h.trim().to_owned())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    format!("{host} {addr}").trim().chars().take(255).collect()
 }
 
 /// Accepted connections with Nagle off (small gRPC frames must not wait for

@@ -29,3 +29,15 @@ pub async fn run(fleet: Fleet, dispatcher: Dispatcher, shutdown: CancellationTok
         tracing::debug!(%error, "could not withdraw this replica's workers");
     }
 }
+
+/// How people tell this replica apart on the console's Workers page: its
+/// host name and gRPC address.
+pub async fn replica_label(grpc_addr: Option<std::net::SocketAddr>) -> String {
+    let host = tokio::fs::read_to_string("/proc/sys/kernel/hostname")
+        .await
+        .map(|h| h.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let addr = grpc_addr.map(|a| a.to_string()).unwrap_or_default();
+    format!("{host} {addr}").trim().chars().take(255).collect()
+}

@@ -15,6 +15,7 @@ mod batch;
 mod idle;
 pub mod leases;
 pub mod limits;
+mod module_jobs;
 mod queues;
 pub mod rate_limits;
 mod rules;
@@ -22,6 +23,7 @@ pub mod scheduled;
 mod settings;
 
 pub use batch::{BatchSelection, MAX_BATCH_PAGE, Skipped};
+use module_jobs::{ensure_enabled, job_module};
 pub use queues::{QueuePage, Walked};
 pub use settings::{JobSettings, StreamLimits};
 
@@ -41,7 +43,7 @@ use super::{
         self,
         cache::ManifestCache,
         hooks::HookOutcome,
-        owners::{self, Owner, Owners},
+        owners::{self, Owners},
     },
     validate,
 };
@@ -50,7 +52,6 @@ use crate::{
     error::AppError,
     store::{
         jobs::{self as rows, JobFilter, JobRow, JobStatus, NewJob},
-        modules::ModuleStatus,
         pagination::{Cursor, PageRequest},
     },
 };
@@ -411,103 +412,6 @@ fn request_prefix(batch: bool, index: usize) -> String {
     }
 }
 
-/// What a job of a module gets from the module's manifest.
-struct ModuleDefaults {
-    priority: i32,
-    max_attempts: i32,
-    /// The concurrency key and its maximum (see [`limits::resolve`]).
-    concurrency: Option<(String, i32)>,
-    /// The rate limit (the request's, else the job type's).
-    rate_limit: Option<String>,
-}
-
-/// The module a job is created for, and what it gets from the module's
-/// manifest. A job of a module (see [`owners`]: by its name, whatever the
-/// request says) needs `modules:execute`, an ENABLED module and a job type
-/// the manifest declares (when it declares any); hook job types are
-/// refused. The request's priority (when not 0) and attempts win over the
-/// manifest's defaults for the type, which win over the global ones. A
-/// `repeated` request (its key names a job of the caller's) is checked for
-/// the permission only: it writes nothing. Without an `actor` (a schedule
-/// firing: its writer was checked when writing it) no permission is checked.
-fn job_module<'a>(
-    actor: Option<&Actor>,
-    owners: &'a Owners,
-    spec: &JobSpec,
-    prefix: &str,
-    repeated: bool,
-) -> Result<(Option<&'a Owner>, ModuleDefaults), AppError> {
-    let module = owners.module_of(
-        &spec.name,
-        spec.module_name.as_deref(),
-        &format!("{prefix}name"),
-        &format!("{prefix}module_name"),
-    )?;
-    let given = |declaration| {
-        limits::resolve(
-            prefix,
-            &spec.name,
-            &spec.payload,
-            spec.concurrency_key.as_deref(),
-            spec.concurrency_max,
-            declaration,
-        )
-    };
-    let plain = ModuleDefaults {
-        priority: spec.priority,
-        max_attempts: spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-        concurrency: given(None)?,
-        rate_limit: spec.rate_limit.clone(),
-    };
-    let Some(module) = module else {
-        return Ok((None, plain));
-    };
-    if let Some(actor) = actor {
-        ensure_may_execute(actor)?;
-    }
-    if repeated {
-        return Ok((Some(module), plain));
-    }
-    ensure_enabled(module)?;
-    let declaration = if module.types.is_empty() {
-        None
-    } else {
-        Some(module.types.job(&spec.name).ok_or_else(|| {
-            AppError::invalid(
-                format!("{prefix}name"),
-                format!(
-                    "module {} declares no job type '{}'",
-                    module.name, spec.name
-                ),
-            )
-        })?)
-    };
-    let defaults = ModuleDefaults {
-        priority: match spec.priority {
-            0 => declaration.and_then(|d| d.priority).unwrap_or(0),
-            priority => priority,
-        },
-        max_attempts: spec
-            .max_attempts
-            .or(declaration.and_then(|d| d.max_attempts))
-            .unwrap_or(DEFAULT_MAX_ATTEMPTS),
-        concurrency: given(declaration)?,
-        rate_limit: None,
-    };
-    // Whether the job ends up keyed (given a key, or derived from its
-    // type's declaration) decides whether it may take a bucket: never both.
-    let defaults = ModuleDefaults {
-        rate_limit: limits::rate_limit_of(
-            prefix,
-            spec.rate_limit.as_deref(),
-            defaults.concurrency.is_some(),
-            declaration,
-        )?,
-        ..defaults
-    };
-    Ok((Some(module), defaults))
-}
-
 /// Jobs of a module run its code: creating, cancelling (which may undo a
 /// module's transition) and retrying them needs `modules:execute` as well
 /// as `jobs:write`.
@@ -540,18 +444,6 @@ fn ensure_may_undo(actor: &Actor, hook: &str) -> Result<(), AppError> {
         "this job is a module's {hook} hook: cancelling it undoes the {call} that started it, \
          which needs {needed}"
     )))
-}
-
-/// Refuses unless the module is ENABLED.
-fn ensure_enabled(module: &Owner) -> Result<(), AppError> {
-    if module.status != ModuleStatus::Enabled {
-        return Err(AppError::FailedPrecondition(format!(
-            "module {} is {}: jobs can be created only while it is ENABLED",
-            module.name,
-            module.status.label()
-        )));
-    }
-    Ok(())
 }
 
 /// The jobs of a create, in request order: the inserted rows, and for
