@@ -9,6 +9,16 @@
 -- it commits or rolls back with the change it counts, so it cannot drift.
 -- The triggers' WHEN clauses only let keyed rows entering or leaving
 -- RUNNING through: a job without a key costs nothing.
+--
+-- Writes to `jobs` wait from here to the end of this migration (reads go
+-- on): a status change committed between the first count below and the
+-- triggers' creation (an older replica's settle during a rolling deploy,
+-- the platform's backend) would otherwise be counted by neither, and a key
+-- of maximum 1 left with a count of 1 would never run again. Maintenance
+-- also recounts every key's row (`store::jobs::keys`), so a count made
+-- wrong by anything else (a TRUNCATE, a hand edit) heals.
+LOCK TABLE "jobs" IN SHARE ROW EXCLUSIVE MODE;
+
 ALTER TABLE "concurrency_keys" ADD COLUMN "running" INTEGER NOT NULL DEFAULT 0;
 
 UPDATE "concurrency_keys" k SET "running" = (

@@ -342,6 +342,7 @@ impl Dispatcher {
 async fn reaper(shared: Arc<Shared>) {
     let interval =
         (shared.settings.lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tended = Instant::now();
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -349,6 +350,10 @@ async fn reaper(shared: Arc<Shared>) {
         }
         if !shared.db_steady() {
             continue;
+        }
+        if tended.elapsed() >= KEY_TENDING_INTERVAL {
+            tended = Instant::now();
+            tend_keys(&shared).await;
         }
         match shared.leases.reap().await {
             Ok(0) => {}
@@ -358,6 +363,35 @@ async fn reaper(shared: Arc<Shared>) {
                 shared.wake.notify_one();
             }
             Err(error) => shared.note_db_failure(&error),
+        }
+    }
+}
+
+/// How often the reaper tends the concurrency keys' rows.
+const KEY_TENDING_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Walks every concurrency key's row once (see `Leases::tend_keys`):
+/// emptied keys are deleted, so that claims do not walk past them, and a
+/// count made wrong by a writer that bypassed the triggers heals. Freed
+/// room wakes the claim loop.
+async fn tend_keys(shared: &Arc<Shared>) {
+    let mut after = String::new();
+    loop {
+        match shared.leases.tend_keys(&after).await {
+            Ok((next, wrong)) => {
+                if wrong > 0 {
+                    tracing::warn!(wrong, "concurrency key counts were wrong; recounted");
+                    shared.wake.notify_one();
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => return,
+                }
+            }
+            Err(error) => {
+                shared.note_db_failure(&error);
+                return;
+            }
         }
     }
 }

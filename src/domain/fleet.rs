@@ -27,10 +27,15 @@ pub const FRESH_FOR: Duration = Duration::from_secs(15);
 /// replica killed with SIGKILL never deletes its own).
 pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(3600);
 
-/// Most streams a replica publishes: the row stays a few hundred kilobytes
-/// at most, however many idle streams a replica holds; the count of all of
-/// them is published beside.
-pub const MOST_PUBLISHED: usize = 2_000;
+/// Most streams a replica publishes, and most job and module names
+/// published per stream (the rest summed up in one last entry): a row stays
+/// about a megabyte at worst (500 streams × 20 names of up to 128 bytes),
+/// however many streams a replica holds and whatever their hellos say; the
+/// count of all the streams is published beside.
+pub const MOST_PUBLISHED: usize = 500;
+
+/// See [`MOST_PUBLISHED`].
+pub const NAMES_PUBLISHED: usize = 10;
 
 /// One connected Work stream, as the console shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +60,25 @@ pub struct WorkerStream {
     pub accepting: bool,
     /// When it last sent a heartbeat.
     pub last_heartbeat: Option<SystemTime>,
+}
+
+impl WorkerStream {
+    /// This stream with at most [`NAMES_PUBLISHED`] job and module names,
+    /// the rest counted in a last entry.
+    fn abridged(&self) -> Self {
+        let cut = |names: &[String]| -> Vec<String> {
+            let mut kept: Vec<String> = names.iter().take(NAMES_PUBLISHED).cloned().collect();
+            if names.len() > NAMES_PUBLISHED {
+                kept.push(format!("… and {} more", names.len() - NAMES_PUBLISHED));
+            }
+            kept
+        };
+        Self {
+            names: cut(&self.names),
+            modules: cut(&self.modules),
+            ..self.clone()
+        }
+    }
 }
 
 /// One replica and its streams.
@@ -112,8 +136,12 @@ impl Fleet {
     /// Publishes this replica's streams (the first [`MOST_PUBLISHED`]), and
     /// deletes the rows of replicas long gone.
     pub async fn publish(&self, streams: &[WorkerStream]) -> Result<(), AppError> {
-        let shown = &streams[..streams.len().min(MOST_PUBLISHED)];
-        let json = serde_json::to_value(shown)
+        let shown: Vec<WorkerStream> = streams
+            .iter()
+            .take(MOST_PUBLISHED)
+            .map(WorkerStream::abridged)
+            .collect();
+        let json = serde_json::to_value(&shown)
             .map_err(|e| AppError::internal(format!("publishing streams: {e}")))?;
         let total = i32::try_from(streams.len()).unwrap_or(i32::MAX);
         let gone_ms = millis(FORGOTTEN_AFTER);

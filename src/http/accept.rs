@@ -3,8 +3,9 @@
 //! holds a bounded number of places for a bounded time, and, when the server
 //! has a certificate, every connection speaks TLS with it. Then each is
 //! served by hyper here rather than by `axum::serve`, for what that does not
-//! bound: how long a client may take to send a request's headers (a client
-//! trickling bytes would otherwise hold its connection forever), how many
+//! bound: how long a client may take to send a request's headers and its
+//! body (a client trickling bytes would otherwise hold its connection
+//! forever), how many
 //! connections are served at once, and how long a connection may outlive
 //! the server's stop.
 
@@ -31,6 +32,12 @@ use crate::tls::{self, TlsServer};
 /// first byte of the request (or, on a kept-alive connection, from the end
 /// of the previous response: an idle connection is closed after it too).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a request may take from its headers to its answer's headers:
+/// reading its body included (a client trickling a form's body would
+/// otherwise hold its connection as long as it likes). An event stream's
+/// body, sent after its headers, is not bounded by it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most connections served at once. Beyond it, accepted connections wait
 /// for a place (their clients see a slow answer, not a refusal); the live
@@ -146,7 +153,20 @@ async fn serve_one<S>(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let routes = routes.clone();
-        async move { Ok::<_, Infallible>(routes.oneshot(request).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            let answered = tokio::time::timeout(REQUEST_TIMEOUT, routes.oneshot(request)).await;
+            Ok::<_, Infallible>(match answered {
+                Ok(response) => response.unwrap_or_else(|e| match e {}),
+                Err(_) => {
+                    tracing::debug!(%peer, "HTTP request timed out");
+                    axum::response::IntoResponse::into_response((
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        [(axum::http::header::CONNECTION, "close")],
+                        "request timed out\n",
+                    ))
+                }
+            })
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -200,3 +200,64 @@ async fn the_running_count_of_a_key_agrees_with_its_jobs_under_racing_replicas()
     b.stop().await;
     a.stop().await;
 }
+
+/// The `running` count and whether the row of `key` exists.
+async fn key_row(pool: &DbPool, key: &str) -> Option<i64> {
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = pool.get().await.expect("connection");
+    diesel::sql_query("SELECT running::bigint AS n FROM concurrency_keys WHERE key = $1")
+        .bind::<diesel::sql_types::Text, _>(key)
+        .get_results::<Count>(&mut conn)
+        .await
+        .expect("key row")
+        .into_iter()
+        .next()
+        .map(|row| row.n)
+}
+
+#[tokio::test]
+async fn an_emptied_key_row_is_deleted_and_a_wrong_count_heals() {
+    use diesel_async::RunQueryDsl as _;
+    let app = TestApp::spawn_with(TestOptions::default()).await;
+    let token = app.admin_token().await;
+    let keyed = || pb::CreateJobRequest {
+        concurrency_key: "tended".into(),
+        concurrency_max: 1,
+        ..new_job("tended.job", json!({}))
+    };
+
+    // A key whose jobs all finished: its row goes (claims never delete it).
+    let mut worker = app.worker(1).await;
+    app.create_job(&token, keyed()).await;
+    let assignment = worker.assignment().await;
+    worker.complete(&assignment, json!("done")).await;
+    assert!(worker.ack().await.accepted);
+    drop(worker);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while key_row(&app.pool, "tended").await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the emptied key's row is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A count made wrong behind the triggers' back (here by hand) would
+    // keep a key of maximum 1 from ever running again: it is recounted.
+    app.create_job(&token, keyed()).await;
+    assert_eq!(key_row(&app.pool, "tended").await, Some(0));
+    {
+        let mut conn = app.pool.get().await.expect("connection");
+        diesel::sql_query("UPDATE concurrency_keys SET running = 1 WHERE key = 'tended'")
+            .execute(&mut conn)
+            .await
+            .expect("corrupt the count");
+    }
+    let mut worker = app.worker(1).await;
+    let assignment = worker.assignment().await;
+    worker.complete(&assignment, json!("healed")).await;
+    assert!(worker.ack().await.accepted);
+    assert_eq!(keys_in_disagreement(&app.pool).await, 0);
+    drop(worker);
+    app.stop().await;
+}

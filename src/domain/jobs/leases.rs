@@ -112,6 +112,9 @@ pub struct Leases {
     settings: JobSettings,
 }
 
+/// Concurrency keys tended per transaction (see [`Leases::tend_keys`]).
+pub const KEYS_PER_TENDING: i64 = 500;
+
 impl Leases {
     /// Leases in `pool`'s database.
     pub fn new(pool: DbPool, settings: JobSettings) -> Self {
@@ -181,6 +184,27 @@ impl Leases {
     pub async fn leases_of_claims(&self, claims: &[Uuid]) -> Result<Vec<LeaseRef>, AppError> {
         db::with_connection(&self.pool, "jobs.leases_of_claims", async |conn| {
             Ok(rows::leases_of_claims(conn, claims).await?)
+        })
+        .await
+    }
+
+    /// Tends up to [`KEYS_PER_TENDING`] concurrency keys' rows after
+    /// `after` (see [`rows::lock_key_rows`]): recounts their RUNNING jobs
+    /// and deletes the rows of keys without an open job. Returns the last
+    /// key tended (`None`: the walk reached the end), and how many counts
+    /// were wrong.
+    pub async fn tend_keys(&self, after: &str) -> Result<(Option<String>, usize), AppError> {
+        db::transaction(&self.pool, "jobs.tend_keys", async |conn| {
+            let keys = rows::lock_key_rows(conn, after, KEYS_PER_TENDING).await?;
+            if keys.is_empty() {
+                return Ok((None, 0));
+            }
+            let wrong = rows::recount_running(conn, &keys).await?;
+            rows::forget_emptied(conn, &keys).await?;
+            let last = (keys.len() as i64 == KEYS_PER_TENDING)
+                .then(|| keys.last().cloned())
+                .flatten();
+            Ok((last, wrong))
         })
         .await
     }

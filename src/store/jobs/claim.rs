@@ -64,8 +64,11 @@ pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitm
 /// keys that look worth claiming for, least recently served first (round
 /// robin), skipping keys another claim (or a create, or a settle of one of
 /// their jobs) holds. Worth claiming for: fewer RUNNING jobs than the
-/// maximum, and a runnable job or no open job at all (the claim deletes
-/// the key).
+/// maximum, and a runnable job. A claim never deletes a key's row, even one
+/// it finds without open jobs: its snapshot predates its lock, and a job of
+/// that key created in between would be left without a row, unclaimable.
+/// Emptied keys are deleted by the dispatcher's tending
+/// (`store::jobs::keys`), under a fresh snapshot taken after the lock.
 ///
 /// A key's row counts its RUNNING jobs (`running`, kept by triggers on
 /// `jobs` in the transaction that changes a keyed job's status: see the
@@ -93,11 +96,7 @@ const LOCK_KEYS: &str = r#"SELECT k.key, k.max - k.running AS free, k."servedAt"
                               WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
                                 AND NOT j.held AND NOT j.waiting
                                 AND j."scheduledAt" <= LOCALTIMESTAMP
-                              OFFSET 0)
-                      OR NOT EXISTS (SELECT 1 FROM jobs o
-                                     WHERE o."concurrencyKey" = k.key
-                                       AND o.status IN ('PENDING', 'RUNNING')
-                                     OFFSET 0))
+                              OFFSET 0))
                ORDER BY k."servedAt", k.key
                LIMIT $10
                FOR UPDATE SKIP LOCKED"#;
@@ -372,23 +371,10 @@ pub async fn claim(
                FROM candidates
            ),
            {leased},
-           open_keys AS (
-               SELECT room.key, EXISTS (
-                          SELECT 1 FROM jobs o
-                          WHERE o."concurrencyKey" = room.key
-                            AND o.status IN ('PENDING', 'RUNNING')
-                          OFFSET 0) AS open
-               FROM room
-           ),
            served AS (
                UPDATE concurrency_keys SET "servedAt" = LOCALTIMESTAMP
-               FROM open_keys
-               WHERE concurrency_keys.key = open_keys.key AND open_keys.open
-               RETURNING 1
-           ),
-           emptied AS (
-               DELETE FROM concurrency_keys USING open_keys
-               WHERE concurrency_keys.key = open_keys.key AND NOT open_keys.open
+               FROM room
+               WHERE concurrency_keys.key = room.key
                RETURNING 1
            ),
            drawn AS (

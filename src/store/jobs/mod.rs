@@ -26,6 +26,8 @@ pub use progress::*;
 pub use settle::*;
 mod walks;
 pub use walks::*;
+mod keys;
+pub use keys::*;
 mod runnable;
 pub use runnable::*;
 mod attempts;
@@ -382,8 +384,8 @@ pub async fn set_status(
 
 /// Puts a locked FAILED or CANCELLED job back in the queue, now, with a
 /// fresh attempt budget and its free hand-backs restored. A job with a
-/// concurrency key recreates its key's row (a claim deletes the rows of
-/// keys without open jobs), locked until the transaction commits.
+/// concurrency key recreates its key's row (the rows of keys without open
+/// jobs are deleted), locked until the transaction commits.
 pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<JobRow> {
     diesel::sql_query(format!(
         r#"WITH requeued AS (
@@ -504,6 +506,26 @@ pub struct CancelledJob {
     pub holder: Option<Uuid>,
 }
 
+/// The concurrency keys of the RUNNING jobs a cancelling statement ends
+/// (CTE `keys`, of CTE `of` with columns `key` and `was_status`), locked in
+/// key order before any row changes: ending a keyed lease changes its
+/// key's `running` (a trigger on `jobs`), and a statement that let the
+/// trigger lock keys in the order its rows happen to be updated could
+/// deadlock with a report batch, which locks them in key order
+/// (`lock_in_order`). The statement's UPDATE reads `keys` in a condition
+/// of its own, so that the locks come first.
+pub(crate) fn cancelled_keys(of: &str) -> String {
+    format!(
+        r#"keys AS MATERIALIZED (
+               SELECT k.key FROM concurrency_keys k
+               JOIN (SELECT DISTINCT key FROM {of}
+                     WHERE was_status = 'RUNNING' AND key IS NOT NULL) c ON c.key = k.key
+               ORDER BY k.key
+               FOR NO KEY UPDATE OF k
+           )"#
+    )
+}
+
 /// Cancels the pending and running jobs of `module` other than its
 /// lifecycle hooks (it is being removed); returns them with the streams
 /// that held the running ones, which must be told.
@@ -513,19 +535,22 @@ pub async fn cancel_jobs_of_module(
 ) -> QueryResult<Vec<CancelledJob>> {
     diesel::sql_query(format!(
         r#"WITH doomed AS (
-               SELECT id, "leasedBy" AS holder, status AS was_status FROM jobs
+               SELECT id, "leasedBy" AS holder, status AS was_status, "concurrencyKey" AS key
+               FROM jobs
                WHERE "moduleName" = $1 AND hook IS NULL AND status IN ('PENDING', 'RUNNING')
                ORDER BY id
                FOR UPDATE),
+           {keys},
            ended AS (
            UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                "updatedAt" = LOCALTIMESTAMP
-           FROM doomed WHERE jobs.id = doomed.id
+           FROM doomed WHERE jobs.id = doomed.id AND (SELECT count(*) FROM keys) >= 0
            RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder, {DOOMED_ATTEMPT}
            ),
-           recorded AS ({})
+           recorded AS ({recorded})
            SELECT id, attempt, holder FROM ended"#,
-        attempts::record(DOOMED_ATTEMPTS)
+        keys = cancelled_keys("doomed"),
+        recorded = attempts::record(DOOMED_ATTEMPTS)
     ))
     .bind::<Text, _>(module)
     .load(conn)
@@ -546,22 +571,25 @@ pub async fn cancel_jobs_taken_by(
 ) -> QueryResult<Vec<CancelledJob>> {
     diesel::sql_query(format!(
         r#"WITH doomed AS (
-               SELECT id, "leasedBy" AS holder, status AS was_status FROM jobs
+               SELECT id, "leasedBy" AS holder, status AS was_status, "concurrencyKey" AS key
+               FROM jobs
                WHERE status IN ('PENDING', 'RUNNING') AND hook IS NULL
                  AND "moduleName" IS DISTINCT FROM $1
                  AND (left(name, length($1) + 1) = $1 || '.' OR name = ANY($2))
                ORDER BY id
                FOR UPDATE),
+           {keys},
            ended AS (
            UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                error = jsonb_build_object('message', $3::text, 'cause', 'module_took_name'),
                "updatedAt" = LOCALTIMESTAMP
-           FROM doomed WHERE jobs.id = doomed.id
+           FROM doomed WHERE jobs.id = doomed.id AND (SELECT count(*) FROM keys) >= 0
            RETURNING jobs.id, jobs.attempts AS attempt, doomed.holder, {DOOMED_ATTEMPT}
            ),
-           recorded AS ({})
+           recorded AS ({recorded})
            SELECT id, attempt, holder FROM ended"#,
-        attempts::record(DOOMED_ATTEMPTS)
+        keys = cancelled_keys("doomed"),
+        recorded = attempts::record(DOOMED_ATTEMPTS)
     ))
     .bind::<Text, _>(module)
     .bind::<Array<Text>, _>(job_names)

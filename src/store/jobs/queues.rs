@@ -380,7 +380,7 @@ pub async fn lock_jobs(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResul
 
 /// Puts locked FAILED or CANCELLED jobs back in the queue, as
 /// [`super::requeue`] does one (their concurrency keys' rows recreated:
-/// a claim deletes the rows of keys without open jobs).
+/// the rows of keys without open jobs are deleted).
 pub async fn requeue_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<JobRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -416,15 +416,18 @@ pub async fn cancel_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResu
         return Ok(Vec::new());
     }
     let recorded = super::attempts::record(super::CANCELLED_ATTEMPTS);
+    let keys = super::cancelled_keys("was");
     diesel::sql_query(format!(
         r#"WITH was AS (
-               SELECT id, status AS was_status, "leasedBy" AS holder FROM jobs
+               SELECT id, status AS was_status, "leasedBy" AS holder, "concurrencyKey" AS key
+               FROM jobs
                WHERE id = ANY($1) AND status IN ('PENDING', 'RUNNING')
            ),
+           {keys},
            ended AS (
            UPDATE jobs SET status = 'CANCELLED', "leaseExpiresAt" = NULL, "leasedBy" = NULL,
                "updatedAt" = LOCALTIMESTAMP
-           FROM was WHERE jobs.id = was.id
+           FROM was WHERE jobs.id = was.id AND (SELECT count(*) FROM keys) >= 0
            RETURNING {JOB_COLUMNS}, was.was_status, was.holder
            ),
            recorded AS ({recorded})

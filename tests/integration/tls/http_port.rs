@@ -206,3 +206,44 @@ async fn a_client_that_never_finishes_its_headers_is_closed_while_others_are_ser
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_trickles_a_request_body_gets_a_timeout() {
+    let listener = HttpListener::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let addr = listener.local_addr();
+    let mut options = TestOptions::default();
+    options.server.http_listener = Some(listener);
+    let app = TestApp::spawn_with(options).await;
+
+    // Headers in full, then a body announced at 2 MB and sent a byte a
+    // second: the request is answered 408 once its time is up.
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(
+        b"POST /console/login HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 2000000\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0; 512];
+        loop {
+            tokio::select! {
+                read = slow.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if slow.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the trickled request was never ended");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    app.stop().await;
+}
