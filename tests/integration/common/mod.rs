@@ -237,6 +237,14 @@ impl TestApp {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        // The console (plain HTTP only) answers 503 until the server's
+        // services exist: tests start talking to it once it is up.
+        let console_addr = options
+            .server
+            .http_listener
+            .as_ref()
+            .filter(|_| options.server.console && options.server.tls.is_none())
+            .map(|listener| listener.local_addr());
         let server_options = options.server.clone();
         let tls_client = options.tls_client.clone();
         let task = tokio::spawn(async move {
@@ -246,6 +254,17 @@ impl TestApp {
             .await
             .expect("server");
         });
+        if let Some(http) = console_addr {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while browser::request(http, "GET", "/console/login", None, None)
+                .await
+                .status
+                == 503
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Self {
             addr,
             db,
