@@ -4,20 +4,8 @@
 # worker, times and outcome. A job that never ran has none.
 #   TOKEN=… examples/grpcurl/attempts.sh
 set -euo pipefail
-ADDR=${ADDR:-127.0.0.1:50051}
-GRPCURL=${GRPCURL:-grpcurl}
-# Plaintext unless CA_FILE names the CA of the server's certificate
-# (grpcurl -cacert); CLIENT_CERT_FILE and CLIENT_KEY_FILE add a client
-# certificate for mutual TLS (-cert, -key). ADDR must then be a name the
-# certificate carries.
-tls=(-plaintext)
-if [ -n "${CA_FILE:-}" ]; then
-  tls=(-cacert "$CA_FILE")
-  if [ -n "${CLIENT_CERT_FILE:-}" ]; then tls+=(-cert "$CLIENT_CERT_FILE" -key "$CLIENT_KEY_FILE"); fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/connect.sh"
 : "${TOKEN:?set TOKEN (see login.sh)}"
-auth=(-H "authorization: Bearer $TOKEN")
-call() { "$GRPCURL" "${tls[@]}" "${auth[@]}" -d "$2" "$ADDR" "automation.v1.$1"; }
 # One line per attempt; proto3 JSON leaves an empty list out, so a job
 # without attempts answers `{}`: "none".
 attempts() {

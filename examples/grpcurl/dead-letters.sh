@@ -4,22 +4,10 @@
 # 1,000 per call, each page in one transaction.
 #   TOKEN=… examples/grpcurl/dead-letters.sh 'error prefix' [job name]
 set -euo pipefail
-ADDR=${ADDR:-127.0.0.1:50051}
-GRPCURL=${GRPCURL:-grpcurl}
-# Plaintext unless CA_FILE names the CA of the server's certificate
-# (grpcurl -cacert); CLIENT_CERT_FILE and CLIENT_KEY_FILE add a client
-# certificate for mutual TLS (-cert, -key). ADDR must then be a name the
-# certificate carries.
-tls=(-plaintext)
-if [ -n "${CA_FILE:-}" ]; then
-  tls=(-cacert "$CA_FILE")
-  if [ -n "${CLIENT_CERT_FILE:-}" ]; then tls+=(-cert "$CLIENT_CERT_FILE" -key "$CLIENT_KEY_FILE"); fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/connect.sh"
 : "${TOKEN:?set TOKEN (see login.sh)}"
 PREFIX=${1:?an error message prefix, e.g. 'disk full'}
 NAME=${2:-}
-auth=(-H "authorization: Bearer $TOKEN")
-call() { "$GRPCURL" "${tls[@]}" "${auth[@]}" -d @ "$ADDR" "automation.v1.$1"; }
 filter=$(jq -n --arg p "$PREFIX" --arg n "$NAME" \
   '{status: "JOB_STATUS_FAILED", errorMessagePrefix: $p} + (if $n == "" then {} else {name: $n} end)')
 

@@ -3,21 +3,9 @@
 # ListQueues, then resume it. Paused jobs stay PENDING; running ones finish.
 #   TOKEN=… examples/grpcurl/queues.sh [job name]
 set -euo pipefail
-ADDR=${ADDR:-127.0.0.1:50051}
-GRPCURL=${GRPCURL:-grpcurl}
-# Plaintext unless CA_FILE names the CA of the server's certificate
-# (grpcurl -cacert); CLIENT_CERT_FILE and CLIENT_KEY_FILE add a client
-# certificate for mutual TLS (-cert, -key). ADDR must then be a name the
-# certificate carries.
-tls=(-plaintext)
-if [ -n "${CA_FILE:-}" ]; then
-  tls=(-cacert "$CA_FILE")
-  if [ -n "${CLIENT_CERT_FILE:-}" ]; then tls+=(-cert "$CLIENT_CERT_FILE" -key "$CLIENT_KEY_FILE"); fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/connect.sh"
 : "${TOKEN:?set TOKEN (see login.sh)}"
 JOB=${1:-report.render}
-auth=(-H "authorization: Bearer $TOKEN")
-call() { "$GRPCURL" "${tls[@]}" "${auth[@]}" -d @ "$ADDR" "automation.v1.$1"; }
 if [ -n "${MODULE:-}" ]; then
   queue=$(jq -n --arg m "$MODULE" '{moduleName: $m}')
 else

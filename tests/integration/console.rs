@@ -13,7 +13,7 @@ use automation_control_plane::{http::HttpListener, proto::automation_v1 as pb, s
 use common::{
     ADMIN_PASSWORD, AuthServiceClient, ModuleServiceClient, TestApp, TestOptions, account,
     audit_count, authed,
-    browser::{self, Browser, request},
+    browser::{self, Browser, request, submit},
     new_job,
     worker::{PATIENCE, job_id, json_struct},
 };
@@ -552,17 +552,12 @@ fn user_id_on_page(page: &str, username: &str) -> String {
 async fn users_are_created_given_roles_and_deactivated_from_the_console() {
     let (app, http) = console_app().await;
     let admin = browser::login(http, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let csrf = request(http, "GET", "/console/users", Some(&admin), None)
-        .await
-        .csrf();
-    let created = request(
+    let created = submit(
         http,
-        "POST",
+        &admin,
         "/console/users",
-        Some(&admin),
-        Some(&format!(
-            "csrf={csrf}&email=ops%40example.test&username=ops&password=ops-password-1&role=viewer"
-        )),
+        "/console/users",
+        "email=ops%40example.test&username=ops&password=ops-password-1&role=viewer",
     )
     .await;
     assert_eq!(created.status, 303, "{created:?}");
@@ -579,24 +574,24 @@ async fn users_are_created_given_roles_and_deactivated_from_the_console() {
             .status,
         200
     );
-    let assigned = request(
+    let assigned = submit(
         http,
-        "POST",
+        &admin,
+        "/console/users",
         &format!("/console/users/{id}/roles"),
-        Some(&admin),
-        Some(&format!("csrf={csrf}&role=operator")),
+        "role=operator",
     )
     .await;
     assert_eq!(assigned.status, 303, "{assigned:?}");
     assert_eq!(audit_count(&app, "roles.assign", "success").await, 1);
     let page = request(http, "GET", "/console/users", Some(&admin), None).await;
     assert!(page.body.contains("operator, viewer") || page.body.contains("viewer, operator"));
-    let deactivated = request(
+    let deactivated = submit(
         http,
-        "POST",
+        &admin,
+        "/console/users",
         &format!("/console/users/{id}/deactivate"),
-        Some(&admin),
-        Some(&format!("csrf={csrf}")),
+        "",
     )
     .await;
     assert_eq!(deactivated.status, 303, "{deactivated:?}");

@@ -29,84 +29,57 @@ enum Answer {
     Error(Code, String),
 }
 
-/// Sends `queries` on one `grpc.reflection.v1` stream, half-closes it, and
-/// returns every answer; panics unless the stream then ends with OK.
-async fn ask_v1(app: &TestApp, queries: &[Query]) -> Vec<Answer> {
-    use v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+/// Defines `$name`, which sends `queries` on one `grpc.reflection.$version`
+/// stream, half-closes it, and returns every answer; it panics unless the
+/// stream then ends with OK. The two protocol versions have the same shape
+/// in different generated types, hence a macro.
+macro_rules! reflection_asker {
+    ($name:ident, $version:ident) => {
+        async fn $name(app: &TestApp, queries: &[Query]) -> Vec<Answer> {
+            use $version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse,
+            };
+            let requests: Vec<_> = queries
+                .iter()
+                .map(|query| ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(match *query {
+                        Query::FileContainingSymbol(s) => {
+                            MessageRequest::FileContainingSymbol(s.into())
+                        }
+                        Query::ListServices => MessageRequest::ListServices(String::new()),
+                    }),
+                })
+                .collect();
+            let mut responses = ServerReflectionClient::new(app.channel().await)
+                .server_reflection_info(tokio_stream::iter(requests))
+                .await
+                .expect(concat!(stringify!($version), " reflection stream"))
+                .into_inner();
+            let mut answers = Vec::new();
+            while let Some(response) = responses.message().await.expect("the stream ends with OK") {
+                answers.push(match response.message_response {
+                    Some(MessageResponse::FileDescriptorResponse(f)) => {
+                        Answer::Files(f.file_descriptor_proto)
+                    }
+                    Some(MessageResponse::ListServicesResponse(l)) => {
+                        Answer::Services(l.service.into_iter().map(|s| s.name).collect())
+                    }
+                    Some(MessageResponse::ErrorResponse(e)) => {
+                        Answer::Error(Code::from(e.error_code), e.error_message)
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                });
+            }
+            answers
+        }
     };
-    let requests: Vec<_> = queries
-        .iter()
-        .map(|query| ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(match *query {
-                Query::FileContainingSymbol(s) => MessageRequest::FileContainingSymbol(s.into()),
-                Query::ListServices => MessageRequest::ListServices(String::new()),
-            }),
-        })
-        .collect();
-    let mut responses = ServerReflectionClient::new(app.channel().await)
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .expect("v1 reflection stream")
-        .into_inner();
-    let mut answers = Vec::new();
-    while let Some(response) = responses.message().await.expect("the stream ends with OK") {
-        answers.push(match response.message_response {
-            Some(MessageResponse::FileDescriptorResponse(f)) => {
-                Answer::Files(f.file_descriptor_proto)
-            }
-            Some(MessageResponse::ListServicesResponse(l)) => {
-                Answer::Services(l.service.into_iter().map(|s| s.name).collect())
-            }
-            Some(MessageResponse::ErrorResponse(e)) => {
-                Answer::Error(Code::from(e.error_code), e.error_message)
-            }
-            other => panic!("unexpected answer {other:?}"),
-        });
-    }
-    answers
 }
 
-/// [`ask_v1`] through the `grpc.reflection.v1alpha` service.
-async fn ask_v1alpha(app: &TestApp, queries: &[Query]) -> Vec<Answer> {
-    use v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let requests: Vec<_> = queries
-        .iter()
-        .map(|query| ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(match *query {
-                Query::FileContainingSymbol(s) => MessageRequest::FileContainingSymbol(s.into()),
-                Query::ListServices => MessageRequest::ListServices(String::new()),
-            }),
-        })
-        .collect();
-    let mut responses = ServerReflectionClient::new(app.channel().await)
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .expect("v1alpha reflection stream")
-        .into_inner();
-    let mut answers = Vec::new();
-    while let Some(response) = responses.message().await.expect("the stream ends with OK") {
-        answers.push(match response.message_response {
-            Some(MessageResponse::FileDescriptorResponse(f)) => {
-                Answer::Files(f.file_descriptor_proto)
-            }
-            Some(MessageResponse::ListServicesResponse(l)) => {
-                Answer::Services(l.service.into_iter().map(|s| s.name).collect())
-            }
-            Some(MessageResponse::ErrorResponse(e)) => {
-                Answer::Error(Code::from(e.error_code), e.error_message)
-            }
-            other => panic!("unexpected answer {other:?}"),
-        });
-    }
-    answers
-}
+reflection_asker!(ask_v1, v1);
+reflection_asker!(ask_v1alpha, v1alpha);
 
 /// The bytes of a file answer.
 fn files(answer: &Answer) -> &[Vec<u8>] {

@@ -234,6 +234,13 @@ impl Answer {
             .map(|(_, value)| value.to_owned())
     }
 
+    /// The last segment of the `Location` a redirect points to: the id of
+    /// what a form created.
+    pub fn location_id(&self) -> String {
+        let location = self.header("location").expect("a Location header");
+        location.rsplit('/').next().expect("a path").to_owned()
+    }
+
     /// The CSRF token of the page's first form.
     pub fn csrf(&self) -> String {
         let marker = r#"name="csrf" value=""#;
@@ -287,6 +294,23 @@ pub async fn request(
         headers,
         body: body.to_owned(),
     }
+}
+
+/// POSTs a form as the signed-in `cookie`, with the CSRF token taken from
+/// the page at `form_page`, as a browser sends the form that page shows:
+/// `fields` is the rest of the url-encoded body.
+pub async fn submit(
+    addr: SocketAddr,
+    cookie: &str,
+    form_page: &str,
+    action: &str,
+    fields: &str,
+) -> Answer {
+    let csrf = request(addr, "GET", form_page, Some(cookie), None)
+        .await
+        .csrf();
+    let form = format!("csrf={csrf}&{fields}");
+    request(addr, "POST", action, Some(cookie), Some(&form)).await
 }
 
 /// Percent-encodes a form value.

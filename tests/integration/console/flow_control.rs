@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{console_app, wait_for_status};
 use crate::common::{
     ADMIN_PASSWORD, account, audit_count,
-    browser::{self, Browser, request},
+    browser::{self, Browser, request, submit},
     new_job,
     worker::{TestWorker, job_id, json_struct, lease_of},
 };
@@ -293,36 +293,23 @@ async fn a_reader_sees_no_flow_control_actions_and_a_forged_post_is_refused_and_
     let (app, http) = console_app().await;
     let token = app.admin_token().await;
     let admin = browser::login(http, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let csrf = request(http, "GET", "/console/schedules", Some(&admin), None)
-        .await
-        .csrf();
-    let created = request(
+    let created = submit(
         http,
-        "POST",
+        &admin,
         "/console/schedules",
-        Some(&admin),
-        Some(&format!(
-            "csrf={csrf}&name=hourly&cron=0+*+*+*+*&time_zone=&job_name=report-build&payload=&overlap=SKIP&missed=SKIP"
-        )),
+        "/console/schedules",
+        "name=hourly&cron=0+*+*+*+*&time_zone=&job_name=report-build&payload=&overlap=SKIP&missed=SKIP",
     )
     .await;
     assert_eq!(created.status, 303, "{created:?}");
-    let schedule = created
-        .header("location")
-        .expect("location")
-        .rsplit('/')
-        .next()
-        .expect("id")
-        .to_owned();
+    let schedule = created.location_id();
     // A refused form says why, naming the field, and keeps what was typed.
-    let refused = request(
+    let refused = submit(
         http,
-        "POST",
+        &admin,
         "/console/schedules",
-        Some(&admin),
-        Some(&format!(
-            "csrf={csrf}&name=broken&cron=not+a+cron&job_name=report-build"
-        )),
+        "/console/schedules",
+        "name=broken&cron=not+a+cron&job_name=report-build",
     )
     .await;
     assert_eq!(refused.status, 400, "{refused:?}");
@@ -337,12 +324,12 @@ async fn a_reader_sees_no_flow_control_actions_and_a_forged_post_is_refused_and_
     worker.fail(&assignment, "disk full", true).await;
     worker.ack().await;
     wait_for_status(&app, &token, &job.id, pb::JobStatus::Failed).await;
-    let pause = request(
+    let pause = submit(
         http,
-        "POST",
+        &admin,
+        "/console/queues",
         "/console/queues/pause",
-        Some(&admin),
-        Some(&format!("csrf={csrf}&kind=job&name=mail-send")),
+        "kind=job&name=mail-send",
     )
     .await;
     assert_eq!(pause.status, 303, "{pause:?}");
@@ -444,27 +431,16 @@ async fn a_partial_permission_set_gets_exactly_its_actions() {
     let token = app.admin_token().await;
     super::register_backup(&app, &token).await;
     let admin = browser::login(http, seed::ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let csrf = request(http, "GET", "/console/schedules", Some(&admin), None)
-        .await
-        .csrf();
-    let created = request(
+    let created = submit(
         http,
-        "POST",
+        &admin,
         "/console/schedules",
-        Some(&admin),
-        Some(&format!(
-            "csrf={csrf}&name=hourly&cron=0+*+*+*+*&job_name=report-build"
-        )),
+        "/console/schedules",
+        "name=hourly&cron=0+*+*+*+*&job_name=report-build",
     )
     .await;
     assert_eq!(created.status, 303, "{created:?}");
-    let schedule = created
-        .header("location")
-        .expect("location")
-        .rsplit('/')
-        .next()
-        .expect("id")
-        .to_owned();
+    let schedule = created.location_id();
     app.create_job(&token, new_job("mail-send", json!({})))
         .await;
 
