@@ -143,7 +143,6 @@ pub fn job_filter(request: &pb::ListJobsRequest) -> Result<JobFilter, AppError> 
 #[cfg(test)]
 mod tests {
     use chrono::DateTime;
-    use uuid::Uuid;
 
     use super::*;
 
@@ -152,37 +151,12 @@ mod tests {
             .unwrap()
             .naive_utc();
         JobRow {
-            id: Uuid::nil(),
             name: "backup.run".into(),
-            module_name: None,
-            status,
-            priority: 0,
             payload: serde_json::json!({"n": 1}),
             result: Some(serde_json::json!(42)),
-            error: None,
-            attempts: 1,
-            max_attempts: 3,
-            scheduled_at: now,
             started_at: Some(now),
-            completed_at: None,
-            failed_at: None,
-            created_at: now,
-            updated_at: now,
-            leased_by: None,
             lease_expires_at: Some(now),
-            worker_id: None,
-            idempotency_key: None,
-            created_by: None,
-            attempt_budget: None,
-            hook: None,
-            traceparent: None,
-            progress: None,
-            progress_attempt: None,
-            progress_at: None,
-            schedule_id: None,
-            concurrency_key: None,
-            concurrency_max: None,
-            rate_limit: None,
+            ..JobRow::sample(status, now)
         }
     }
 

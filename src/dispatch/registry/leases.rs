@@ -309,36 +309,11 @@ mod tests {
         let now = store::now();
         JobRow {
             id: Uuid::now_v7(),
-            name: "a".into(),
-            module_name: None,
-            status: JobStatus::Running,
-            priority: 0,
-            payload: serde_json::json!({}),
-            result: None,
-            error: None,
             attempts: attempt,
-            max_attempts: 3,
-            scheduled_at: now,
             started_at: Some(now),
-            completed_at: None,
-            failed_at: None,
-            created_at: now,
-            updated_at: now,
             leased_by: Some(stream),
             lease_expires_at: Some(now),
-            worker_id: None,
-            idempotency_key: None,
-            created_by: None,
-            attempt_budget: None,
-            hook: None,
-            traceparent: None,
-            progress: None,
-            progress_attempt: None,
-            progress_at: None,
-            schedule_id: None,
-            concurrency_key: None,
-            concurrency_max: None,
-            rate_limit: None,
+            ..JobRow::sample(JobStatus::Running, now)
         }
     }
 

@@ -32,6 +32,8 @@ mod runnable;
 pub use runnable::*;
 mod attempts;
 pub use attempts::*;
+#[cfg(test)]
+mod sample;
 
 /// The notification channel of the queue. Payloads: `w` (runnable work now),
 /// `w <unix ms>` (runnable then), `c <id>,<id>…` (jobs changed),
