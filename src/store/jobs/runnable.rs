@@ -3,17 +3,14 @@
 //! `dispatch::idle`), so that a fleet of idle workers, each with a job name
 //! of its own, costs one read per look instead of one claim per worker.
 //!
-//! The read costs what the names *with* work cost, not what the idle names
-//! cost: it first walks the distinct names of pending jobs (a loose index
-//! scan, one descent of `jobs_pending_name_idx` per name) and looks at the
-//! idle names among them only. Ten thousand idle names and no backlog cost
-//! a few descents. A step of the walk costs about four probes of one name
-//! (measured: ~12 µs against ~3 µs), so when more names have pending jobs
-//! than a quarter of the idle names, the walk stops there and each idle
-//! name is probed instead (one descent each): a probe costs at most about
-//! twice the cheaper of the two.
-
-use std::collections::HashSet;
+//! A look costs what the names *with* work cost, not what the idle names
+//! cost: [`pending_names`] walks the distinct names of pending jobs (a
+//! loose index scan, one descent of `jobs_pending_name_idx` per name), and
+//! [`names_with_work`] looks at the idle names among them only. Ten
+//! thousand idle names and no backlog cost a few descents. A step of the
+//! walk costs about four probes of one name (measured: ~12 µs against
+//! ~3 µs), so the dispatcher stops the walk past a quarter of the idle
+//! names and asks about each idle name instead (one descent each).
 
 use diesel::{
     prelude::*,
@@ -24,14 +21,6 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 /// Pending jobs of a name looked at for a key or a bucket with room: past
 /// this many, the name counts as having work (a claim will tell).
 const LIMITED_LOOK: i64 = 16;
-
-/// Up to this many idle names are probed one by one without walking the
-/// pending names first (a walk would cost a round trip of its own).
-const DIRECT: usize = 32;
-
-/// The walk of pending names stops after one name per this many idle
-/// names (see the module's note).
-const WALK_SHARE: usize = 4;
 
 #[derive(QueryableByName)]
 struct Name {
@@ -45,47 +34,10 @@ struct Found {
     found: bool,
 }
 
-/// Of `names`, those that may have a runnable job, and, when `any` is
-/// set, whether some job is runnable at all. A name is answered exactly
-/// for jobs of no key and no bucket (the names dispatch index: one probe),
-/// and for the others by looking at its first [`LIMITED_LOOK`] pending
-/// jobs: a name with more counts as having work. So a name is never left
-/// out that a claim could serve; a name put in wrongly costs one claim
-/// that finds nothing. Nothing is locked or written.
-///
-/// The reads are not one snapshot: a job committed before the call began
-/// is seen by both; one committed while it runs is announced by its own
-/// notice, which asks for another probe.
-pub async fn names_with_work(
-    conn: &mut AsyncPgConnection,
-    names: &[String],
-    any: bool,
-) -> QueryResult<(Vec<String>, bool)> {
-    let found = if names.len() <= DIRECT {
-        with_work(conn, names).await?
-    } else {
-        let cap = names.len() / WALK_SHARE;
-        let pending = pending_names(conn, cap).await?;
-        if pending.len() >= cap {
-            with_work(conn, names).await?
-        } else {
-            let pending: HashSet<&str> = pending.iter().map(String::as_str).collect();
-            let candidates: Vec<String> = names
-                .iter()
-                .filter(|name| pending.contains(name.as_str()))
-                .cloned()
-                .collect();
-            with_work(conn, &candidates).await?
-        }
-    };
-    let some = any && anything_runnable(conn).await?;
-    Ok((found, some))
-}
-
 /// The distinct names of pending jobs (held, waiting and future ones
 /// included), at most `cap` of them: a loose index scan of
 /// `jobs_pending_name_idx`, one descent per name.
-async fn pending_names(conn: &mut AsyncPgConnection, cap: usize) -> QueryResult<Vec<String>> {
+pub async fn pending_names(conn: &mut AsyncPgConnection, cap: usize) -> QueryResult<Vec<String>> {
     let rows: Vec<Name> = diesel::sql_query(
         r#"WITH RECURSIVE pending(name, depth) AS (
                (SELECT j.name::text, 1 FROM jobs j WHERE j.status = 'PENDING'
@@ -104,13 +56,18 @@ async fn pending_names(conn: &mut AsyncPgConnection, cap: usize) -> QueryResult<
     Ok(rows.into_iter().map(|row| row.name).collect())
 }
 
-/// Of `names`, those that may have a runnable job (see
-/// [`names_with_work`]): a name with no pending job costs one descent of
-/// `jobs_pending_name_idx`; the others one or two more.
-async fn with_work(conn: &mut AsyncPgConnection, names: &[String]) -> QueryResult<Vec<String>> {
-    if names.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Of `names`, those that may have a runnable job. A name is answered
+/// exactly for jobs of no key and no bucket (the names dispatch index: one
+/// probe), and for the others by looking at its first [`LIMITED_LOOK`]
+/// pending jobs: a name with more counts as having work. So a name is
+/// never left out that a claim could serve; a name put in wrongly costs one
+/// claim that finds nothing. A name with no pending job costs one descent
+/// of `jobs_pending_name_idx`; the others one or two more. Nothing is
+/// locked or written.
+pub async fn names_with_work(
+    conn: &mut AsyncPgConnection,
+    names: &[String],
+) -> QueryResult<Vec<String>> {
     // Each probe is a LATERAL with a LIMIT, which PostgreSQL keeps as a
     // nested loop over the index (an EXISTS would be flattened into a join
     // that may scan the table).
@@ -145,7 +102,7 @@ async fn with_work(conn: &mut AsyncPgConnection, names: &[String]) -> QueryResul
 
 /// Whether some job is runnable at all (for workers that take any name):
 /// three index probes.
-async fn anything_runnable(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+pub async fn anything_runnable(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
     let row: Found = diesel::sql_query(
         r#"SELECT (
                (SELECT 1 FROM jobs j
