@@ -3,7 +3,10 @@
 /// mimalloc gives memory back to the system once the load that took it is
 /// gone: after 24 concurrent worst-case CreateJobs, RSS fell from 2.0 GB to
 /// 158 MB within 10 s, where glibc's allocator kept 4.5 GB for good
-/// (BENCHMARKS.md, "Memory of large requests").
+/// (BENCHMARKS.md, "Memory of large requests"). The `system-allocator`
+/// feature leaves it out, for heap profilers that watch `malloc`
+/// (heaptrack, valgrind's massif).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
