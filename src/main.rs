@@ -3,7 +3,10 @@
 /// mimalloc gives memory back to the system once the load that took it is
 /// gone: after 24 concurrent worst-case CreateJobs, RSS fell from 2.0 GB to
 /// 158 MB within 10 s, where glibc's allocator kept 4.5 GB for good
-/// (BENCHMARKS.md, "Memory of large requests").
+/// (BENCHMARKS.md, "Memory of large requests"). The `system-allocator`
+/// feature leaves it out, for heap profilers that watch `malloc`
+/// (heaptrack, valgrind's massif).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -19,7 +22,7 @@ use automation_control_plane::{
     db::{self, PoolSettings, migrations, source::DatabaseSource},
     domain::jobs::JobSettings,
     domain::schedules::ScheduleSettings,
-    maintenance::retention::RetentionSettings,
+    maintenance::{memory, retention::RetentionSettings},
     seed::{self, AdminPassword},
     server::{self, AppState, ServerOptions},
     store::users,
@@ -27,12 +30,14 @@ use automation_control_plane::{
     tls::TlsFiles,
 };
 use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logs::init(LogFormat::parse(&cli.log_format).unwrap_or(LogFormat::Text));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(memory::on_park)
         .build()
     {
         Ok(runtime) => runtime,
@@ -219,6 +224,9 @@ async fn serve_on(
         .local_addr()
         .map_err(|e| AppError::internal(e.to_string()))?;
     tracing::info!(%address, tls = args.tls.tls_cert_file.is_some(), "serving gRPC");
+    let purges = CancellationToken::new();
+    tokio::spawn(memory::run(purges.clone()));
+    let _stop_purges = purges.drop_guard();
     server::serve(
         state,
         listener,

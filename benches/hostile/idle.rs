@@ -226,6 +226,34 @@ fn load_average() -> String {
         .join(" ")
 }
 
+/// CPU time (user + system) of process `pid` so far, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The share of one core the server and this process (the fleet's client
+/// side) use over `window`, while nothing is asked of them.
+async fn idle_cpu(bench: &Bench, window: Duration) -> (f64, f64) {
+    let server = bench.server.id().to_string();
+    let (server_before, client_before) = (cpu_seconds(&server), cpu_seconds("self"));
+    tokio::time::sleep(window).await;
+    let share = |before: f64, pid: &str| (cpu_seconds(pid) - before) / window.as_secs_f64() * 100.0;
+    (share(server_before, &server), share(client_before, "self"))
+}
+
 /// The run.
 pub async fn run() {
     let workers = setting("BENCH_IDLE_WORKERS", 10_000);
@@ -249,12 +277,20 @@ pub async fn run() {
         load_average()
     );
 
+    let (server_cpu, _) = idle_cpu(&bench, Duration::from_secs(5)).await;
+    println!("no fleet, nothing asked for 5 s: server CPU {server_cpu:.0}% of a core");
+
     let mut tasks = JoinSet::new();
     let opened_at = Instant::now();
     let (admitted, refused) =
         open_fleet(&bench, &tokens, workers, names, per_connection, &mut tasks).await;
     let open_time = opened_at.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (server_cpu, client_cpu) = idle_cpu(&bench, Duration::from_secs(5)).await;
+    println!(
+        "idle fleet, nothing asked for 5 s: server CPU {server_cpu:.0}% of a core, the fleet's \
+         clients (this process) {client_cpu:.0}%"
+    );
     let (rss_open, _) = bench.memory();
     println!(
         "idle fleet: {admitted} of {workers} admitted in {:.1} s ({} refused{}); server RSS \

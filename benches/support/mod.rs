@@ -109,7 +109,17 @@ pub async fn start(server_env: &[(&str, String)]) -> Bench {
     .await
     .expect("seed");
     let address = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_control-plane"));
+    // BENCH_SERVER_WRAPPER runs the server under a tool (a heap profiler:
+    // `heaptrack -o /tmp/profile`); the memory figures are then the tool's.
+    let mut command = match std::env::var("BENCH_SERVER_WRAPPER") {
+        Ok(wrapper) if !wrapper.trim().is_empty() => {
+            let mut words = wrapper.split_whitespace();
+            let mut command = Command::new(words.next().unwrap_or_default());
+            command.args(words).arg(env!("CARGO_BIN_EXE_control-plane"));
+            command
+        }
+        _ => Command::new(env!("CARGO_BIN_EXE_control-plane")),
+    };
     // No HTTP port unless a bench asks for one (a fixed default port
     // would collide with other servers on the machine).
     command.env("HTTP_ADDR", "off");

@@ -214,6 +214,14 @@ impl Stream for ResponseStream {
         let mut state = self.outbox.state();
         if let Some(queued) = state.queue.pop_front() {
             state.since = Instant::now();
+            // An emptied queue gives its room back: a message is ~0.7 KiB,
+            // and an idle stream would otherwise keep the room its welcome
+            // took (2.7 KiB each, the largest share of an idle stream's
+            // memory after its task; BENCHMARKS.md, "Idle workers with job
+            // names of their own").
+            if state.queue.is_empty() {
+                state.queue = VecDeque::new();
+            }
             if state.queue.len() == ROOM - 1 {
                 self.outbox.room.notify_one();
             }

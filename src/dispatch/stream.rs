@@ -102,7 +102,9 @@ async fn serve(
     inbound: &mut (impl Stream<Item = Result<pb::WorkRequest, Status>> + Unpin),
     outbox: &Arc<Outbox>,
 ) -> Result<(), Status> {
-    match open_session(&shared, actor, inbound, outbox).await? {
+    // Boxed: its state (the hello, the audit write) would otherwise stay in
+    // the size of every idle stream's task.
+    match Box::pin(open_session(&shared, actor, inbound, outbox)).await? {
         Some(mut session) => session.run(inbound, outbox).await,
         None => Ok(()),
     }
@@ -214,6 +216,12 @@ impl WorkLoop<'_> {
             let beat_wait = self
                 .pending_beat_due()
                 .map(|due| due.saturating_duration_since(Instant::now()));
+            // What a branch does with the database is boxed: a future is as
+            // large as its largest await, and an idle stream's task waits
+            // here, so the rare awaits (reports, heartbeats, re-checks, the
+            // end) would make every idle stream pay for them (they made its
+            // task ~7 KiB; BENCHMARKS.md, "Idle workers with job names of
+            // their own").
             // Biased, the worker's messages last: a worker that always has
             // one ready must not starve the rarely ready branches (a
             // re-check that ends a revoked caller, the stall and drain
@@ -225,30 +233,30 @@ impl WorkLoop<'_> {
                         self.on_command(command);
                     }
                 }
-                _ = recheck.tick() => self.recheck_caller().await?,
-                () = sleep_or_forever(drain_wait) => return self.end_draining().await,
+                _ = recheck.tick() => Box::pin(self.recheck_caller()).await?,
+                () = sleep_or_forever(drain_wait) => return Box::pin(self.end_draining()).await,
                 () = sleep_or_forever(stall_wait) => {
                     if outbox
                         .waiting_since()
                         .is_some_and(|since| since.elapsed() >= stall_timeout)
                     {
-                        return self.end_stalled(stall_timeout).await;
+                        return Box::pin(self.end_stalled(stall_timeout)).await;
                     }
                 }
-                () = sleep_or_forever(beat_wait) => self.flush_pending_beat().await?,
+                () = sleep_or_forever(beat_wait) => Box::pin(self.flush_pending_beat()).await?,
                 () = outbox.room(), if !reading => {}
                 () = outbox.gone() => {
                     self.registration.ending = "the worker's connection went away";
                     return Ok(());
                 }
                 message = inbound.next(), if reading => {
-                    if let Flow::End(result) = self.on_inbound(message).await {
+                    if let Flow::End(result) = Box::pin(self.on_inbound(message)).await {
                         return result;
                     }
                 }
             }
             if self.drained() {
-                return self.end_draining().await;
+                return Box::pin(self.end_draining()).await;
             }
         }
     }

@@ -5,6 +5,7 @@
 //! login counters) is [`retention`]'s, one replica at a time.
 
 pub mod fleet;
+pub mod memory;
 pub mod retention;
 pub mod schedules;
 pub mod walks;

@@ -61,6 +61,10 @@ pub(super) struct Groups {
     pub start_cold: bool,
     ids: HashMap<ClaimFilter, u64>,
     pub groups: HashMap<u64, Group>,
+    /// The groups of each job name a group asks for: what a probe's answer
+    /// is matched with, at the cost of the names it names (not of every
+    /// group: ten thousand idle groups were hashed on every probe).
+    by_name: HashMap<String, Vec<u64>>,
     next: u64,
     /// Probes applied so far.
     probes: u64,
@@ -77,6 +81,7 @@ impl Default for Groups {
             start_cold: !cfg!(test),
             ids: HashMap::new(),
             groups: HashMap::new(),
+            by_name: HashMap::new(),
             next: 0,
             probes: 0,
             probe: Arc::new(Notify::new()),
@@ -94,6 +99,9 @@ impl Groups {
                 self.next += 1;
                 let group = self.next;
                 self.ids.insert(filter.clone(), group);
+                for name in &filter.names {
+                    self.by_name.entry(name.clone()).or_default().push(group);
+                }
                 self.groups.insert(
                     group,
                     Group {
@@ -121,10 +129,27 @@ impl Groups {
             entry.members.remove(&id);
             if entry.members.is_empty() {
                 self.ids.remove(&entry.filter);
+                for name in &entry.filter.names {
+                    if let Some(groups) = self.by_name.get_mut(name) {
+                        groups.retain(|&other| other != group);
+                        if groups.is_empty() {
+                            self.by_name.remove(name);
+                        }
+                    }
+                }
                 self.groups.remove(&group);
             }
         }
     }
+}
+
+/// How many cold groups there are (no names copied).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ColdCount {
+    /// Cold groups asking for some names.
+    pub named: usize,
+    /// A cold group takes any name.
+    pub any: bool,
 }
 
 /// What a probe is to look for.
@@ -164,6 +189,40 @@ impl Registry {
         std::mem::take(&mut self.groups.reconnected)
     }
 
+    /// How many groups are cold: what a probe sizes its look by.
+    pub fn cold_count(&self) -> ColdCount {
+        let mut count = ColdCount::default();
+        for group in self.groups.groups.values().filter(|group| group.cold) {
+            if group.filter.names.is_empty() {
+                count.any = true;
+            } else {
+                count.named += 1;
+            }
+        }
+        count
+    }
+
+    /// Of `names`, those a cold group asks for (each once): the cost is
+    /// that of `names`, not of the groups.
+    pub fn cold_among(&self, names: &[String]) -> Vec<String> {
+        let mut seen = HashSet::new();
+        names
+            .iter()
+            .filter(|name| {
+                self.groups
+                    .by_name
+                    .get(name.as_str())
+                    .is_some_and(|groups| {
+                        groups
+                            .iter()
+                            .any(|id| self.groups.groups.get(id).is_some_and(|group| group.cold))
+                    })
+            })
+            .filter(|name| seen.insert(name.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// What the probe looks for: the cold groups' names.
     pub fn cold_names(&self) -> ColdNames {
         let mut seen = HashSet::new();
@@ -187,19 +246,26 @@ impl Registry {
     pub fn found_work(&mut self, names: &[String], any: bool) -> bool {
         self.groups.probes += 1;
         let probe = self.groups.probes;
-        let names: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let mut woke = false;
-        for group in self.groups.groups.values_mut().filter(|group| group.cold) {
-            let found = if group.filter.names.is_empty() {
-                any
-            } else {
-                group
-                    .filter
-                    .names
+        let mut found: HashSet<u64> = names
+            .iter()
+            .filter_map(|name| self.groups.by_name.get(name.as_str()))
+            .flatten()
+            .copied()
+            .collect();
+        if any {
+            found.extend(
+                self.groups
+                    .groups
                     .iter()
-                    .any(|name| names.contains(name.as_str()))
-            };
-            if found {
+                    .filter(|(_, group)| group.filter.names.is_empty())
+                    .map(|(&id, _)| id),
+            );
+        }
+        let mut woke = false;
+        for id in found {
+            if let Some(group) = self.groups.groups.get_mut(&id)
+                && group.cold
+            {
                 woke |= group.found == 0;
                 group.found = probe;
             }
@@ -337,6 +403,29 @@ mod tests {
         assert!(registry.demand(512).is_empty());
         assert_eq!(registry.cold_names().names, ["x"]);
         assert!(asked(), "a probe is asked for");
+    }
+
+    #[test]
+    fn names_are_matched_through_the_index_and_leave_it_with_their_group() {
+        let mut registry = registry();
+        let caller = Uuid::now_v7();
+        let a = Uuid::now_v7();
+        let mut two = entry(caller, "x");
+        two.filter.names = vec!["x".into(), "y".into()];
+        registry.register(a, two, 1).unwrap();
+        registry
+            .register(Uuid::now_v7(), entry(caller, "y"), 1)
+            .unwrap();
+        let pending = ["w".into(), "y".into(), "x".into(), "y".into()];
+        assert_eq!(registry.cold_among(&pending), ["y", "x"]);
+        assert_eq!(registry.cold_count().named, 2);
+        // Work for "y": both groups that ask for it.
+        assert!(registry.found_work(&["y".into()], false));
+        assert_eq!(registry.demand(512).len(), 2);
+        registry.unregister(a);
+        assert!(!registry.groups.by_name.contains_key("x"));
+        assert_eq!(registry.groups.by_name["y"].len(), 1);
+        assert_eq!(registry.cold_among(&pending), ["y"]);
     }
 
     #[test]

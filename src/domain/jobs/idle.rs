@@ -1,20 +1,35 @@
 //! What the dispatcher asks about workers that found nothing the last time
-//! they were claimed for (see `dispatch::idle`).
+//! they were claimed for (see `dispatch::idle` and `store::jobs::runnable`).
+//! Reads only.
 
 use super::Jobs;
 use crate::{db, error::AppError, store::jobs as rows};
 
 impl Jobs {
+    /// The distinct names of pending jobs, at most `cap` of them.
+    pub async fn pending_names(&self, cap: usize) -> Result<Vec<String>, AppError> {
+        db::with_connection(&self.pool, "jobs.pending_names", async |conn| {
+            Ok(rows::pending_names(conn, cap).await?)
+        })
+        .await
+    }
+
     /// Of `names`, those that may have a job a claim could take now (never
-    /// one left out that has), and, when `any` is asked, whether any job
-    /// at all is runnable. Reads only.
-    pub async fn names_with_work(
-        &self,
-        names: &[String],
-        any: bool,
-    ) -> Result<(Vec<String>, bool), AppError> {
+    /// one left out that has).
+    pub async fn names_with_work(&self, names: &[String]) -> Result<Vec<String>, AppError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         db::with_connection(&self.pool, "jobs.names_with_work", async |conn| {
-            Ok(rows::names_with_work(conn, names, any).await?)
+            Ok(rows::names_with_work(conn, names).await?)
+        })
+        .await
+    }
+
+    /// Whether any job at all is runnable now.
+    pub async fn anything_runnable(&self) -> Result<bool, AppError> {
+        db::with_connection(&self.pool, "jobs.anything_runnable", async |conn| {
+            Ok(rows::anything_runnable(conn).await?)
         })
         .await
     }

@@ -194,3 +194,50 @@ async fn idle_module_and_plain_only_workers_get_their_jobs() {
         .await;
     assert_eq!(job_id(&plain.assignment().await), plain_job.id);
 }
+
+/// Runs `sql` on the test's database, behind the API's back.
+async fn execute(app: &TestApp, sql: &str) {
+    use diesel_async::RunQueryDsl as _;
+    let mut conn = app.pool.get().await.expect("connection");
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .await
+        .expect("statement");
+}
+
+#[tokio::test]
+async fn an_idle_name_with_work_is_found_beside_a_backlog_of_many_names() {
+    let app = TestApp::spawn_with(options()).await;
+    let admin = app.admin_token().await;
+    let mut fleet = idle_fleet(&app, &admin).await;
+    // Held jobs over more names than a quarter of the idle names: the probe
+    // stops walking the pending names and asks about every idle name.
+    execute(
+        &app,
+        r#"INSERT INTO jobs (id, name, status, payload, "scheduledAt", "updatedAt", held)
+           SELECT gen_random_uuid(), 'backlog.' || g, 'PENDING', '{}', LOCALTIMESTAMP,
+                  LOCALTIMESTAMP, true
+           FROM generate_series(1, 1000) g"#,
+    )
+    .await;
+    let job = app
+        .create_job(&admin, new_job("idle.n-1999", json!({})))
+        .await;
+    assert_eq!(job_id(&fleet[1999].assignment().await), job.id);
+    let job = app.create_job(&admin, new_job("idle.n-0", json!({}))).await;
+    assert_eq!(job_id(&fleet[0].assignment().await), job.id);
+
+    // Without the backlog the walk sees every pending name: the idle ones
+    // among them are found.
+    execute(&app, "DELETE FROM jobs WHERE name LIKE 'backlog.%'").await;
+    let job = app.create_job(&admin, new_job("idle.n-3", json!({}))).await;
+    assert_eq!(job_id(&fleet[3].assignment().await), job.id);
+    // A name that sorts after every other.
+    let job = app
+        .create_job(&admin, new_job("idle.n-999", json!({})))
+        .await;
+    assert_eq!(job_id(&fleet[999].assignment().await), job.id);
+    for worker in fleet.iter_mut().take(40).skip(4) {
+        worker.silent_for(Duration::from_millis(10)).await;
+    }
+}
