@@ -19,6 +19,7 @@ use serde_json::json;
 use tonic::{Code, Status};
 
 use pb::JobAttemptOutcome as Outcome;
+use pb::work_request::Kind as Out;
 
 async fn list(
     app: &TestApp,
@@ -182,6 +183,9 @@ async fn a_killed_worker_and_a_silent_one_leave_lost_and_expired_attempts() {
     let mut silent = worker(&app, &token, "w-silent").await;
     let second = silent.assignment().await;
     assert_eq!(second.attempt, 2);
+    // Draining, so that the slot its expired lease frees takes nothing new
+    // and the retry goes to the steady worker.
+    silent.send(Out::Drain(pb::WorkerDrain {})).await;
     let mut steady = worker(&app, &token, "w-steady").await;
     let third = steady.assignment().await;
     assert_eq!(third.attempt, 3);
