@@ -26,6 +26,7 @@ pub(super) async fn claim_loop(shared: Arc<Shared>, database_url: String) {
         conn: None,
         lost: Vec::new(),
         limits: LimitsWatch::new(),
+        last_key: String::new(),
     };
     let mut next_due: Option<Instant> = None;
     let mut failures = 0u32;
@@ -125,6 +126,11 @@ struct Claimer {
     /// jobs holds up a keyed job at most that long). Otherwise a claim takes
     /// plain jobs in one short statement and one round trip.
     limits: LimitsWatch,
+    /// The last concurrency key served: the next claim examines keys from
+    /// just after it, in key order (a round robin kept here rather than
+    /// written to every served key's row; see `store::jobs::claim`). Each
+    /// replica keeps its own.
+    last_key: String,
 }
 
 /// What [`Claimer`] remembers of keys and buckets.
@@ -201,12 +207,22 @@ impl Claimer {
         let conn = self.conn.as_mut().expect("connected above");
         let tag = Uuid::now_v7();
         let phase = self.limits.phase();
-        let claimed =
-            tokio::time::timeout(CLAIM_TIMEOUT, leases.claim(conn, filter, plan, tag, phase)).await;
+        let claimed = tokio::time::timeout(
+            CLAIM_TIMEOUT,
+            leases.claim(conn, filter, plan, tag, phase, &self.last_key),
+        )
+        .await;
         match claimed {
             Ok(Ok(claimed)) => {
                 let short = claimed.jobs.len() < plan.owners.len();
                 self.limits.note(phase, claimed.limits_found, short);
+                let served = claimed
+                    .jobs
+                    .iter()
+                    .filter_map(|job| job.concurrency_key.as_deref());
+                if let Some(key) = last_key_served(&self.last_key, served) {
+                    self.last_key = key;
+                }
                 Ok((claimed.jobs, phase == LimitsPhase::Run))
             }
             Ok(Err(error)) => {
@@ -223,6 +239,23 @@ impl Claimer {
             }
         }
     }
+}
+
+/// The last key of `served` in the round-robin order of a claim whose walk
+/// of the keys started just after `after`: keys after it in key order come
+/// first, then the keys up to it (the walk wrapped around). The next claim
+/// starts after it, so every key with room and work is served before any is
+/// served again.
+fn last_key_served<'a>(
+    after: &str,
+    served: impl Iterator<Item = &'a str> + Clone,
+) -> Option<String> {
+    served
+        .clone()
+        .filter(|key| *key > after)
+        .max()
+        .or_else(|| served.max())
+        .map(str::to_owned)
 }
 
 /// Longest a claim may take before its connection is given up.
@@ -260,5 +293,30 @@ async fn claim_rounds(shared: &Arc<Shared>, claimer: &mut Claimer) -> Result<(),
         if !claimed_any {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_key_served;
+
+    #[test]
+    fn the_last_key_served_follows_the_walk_round_the_cursor() {
+        let served = ["b", "d", "f"];
+        // Keys after the cursor come first: the last of them.
+        assert_eq!(
+            last_key_served("c", served.iter().copied()).as_deref(),
+            Some("f")
+        );
+        // None after it: the walk wrapped around, the last before it.
+        assert_eq!(
+            last_key_served("g", served.iter().copied()).as_deref(),
+            Some("f")
+        );
+        assert_eq!(
+            last_key_served("f", ["a", "b"].iter().copied()).as_deref(),
+            Some("b")
+        );
+        assert_eq!(last_key_served("", std::iter::empty()), None);
     }
 }

@@ -139,6 +139,7 @@ impl Leases {
         plan: &ClaimPlan,
         claim: Uuid,
         limits: LimitsPhase,
+        after_key: &str,
     ) -> Result<Claimed, AppError> {
         if plan.owners.is_empty() {
             return Ok(Claimed::default());
@@ -164,7 +165,16 @@ impl Leases {
         // statement, which locks them, claims and commits (see
         // [`rows::claim`] for why that is safe).
         let examined = plan.owners.len().clamp(16, KEYS_PER_CLAIM) as i64;
-        let jobs = rows::claim(conn, filter, plan, self.settings.lease, examined, claim).await?;
+        let jobs = rows::claim(
+            conn,
+            filter,
+            plan,
+            self.settings.lease,
+            examined,
+            claim,
+            after_key,
+        )
+        .await?;
         // Whether keys or buckets had room, as far as this claim can tell:
         // it leased a job of one.
         let limits_found = jobs

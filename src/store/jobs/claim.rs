@@ -3,7 +3,9 @@
 //! itself), and what a claim whose answer was lost leased.
 
 use diesel::{
+    pg::Pg,
     prelude::*,
+    query_builder::{BoxedSqlQuery, SqlQuery},
     sql_types::{Array, BigInt, Bool, Integer, Interval, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -61,14 +63,23 @@ pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitm
      SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'";
 
 /// The keys a claim locks (CTE `locked_keys`): up to `$10` concurrency
-/// keys that look worth claiming for, least recently served first (round
-/// robin), skipping keys another claim (or a create, or a settle of one of
-/// their jobs) holds. Worth claiming for: fewer RUNNING jobs than the
-/// maximum, and a runnable job. A claim never deletes a key's row, even one
-/// it finds without open jobs: its snapshot predates its lock, and a job of
-/// that key created in between would be left without a row, unclaimable.
-/// Emptied keys are deleted by the dispatcher's tending
-/// (`store::jobs::keys`), under a fresh snapshot taken after the lock.
+/// keys that look worth claiming for, in key order from just after `$12`
+/// (the last key the previous claim served) round to it again — a round
+/// robin that costs no write: the keys' order is their primary key, so a
+/// served key's row changes only in its count (`running`, not indexed:
+/// a HOT update, no new index entry). Keys another claim (or a create, or a
+/// settle of one of their jobs) holds are skipped. Worth claiming for:
+/// fewer RUNNING jobs than the maximum, and a runnable job. A claim never
+/// deletes a key's row, even one it finds without open jobs: its snapshot
+/// predates its lock, and a job of that key created in between would be
+/// left without a row, unclaimable. Emptied keys are deleted by the
+/// dispatcher's tending (`store::jobs::keys`), under a fresh snapshot taken
+/// after the lock.
+///
+/// (Keys used to be ordered by a `servedAt` column that every claim
+/// rewrote: an indexed column, so each keyed job left a dead entry in two
+/// indexes of the keys' table, which the next walks stepped over — 5–25 ms
+/// per claim mid-drain, BENCHMARKS.md, run 8.)
 ///
 /// A key's row counts its RUNNING jobs (`running`, kept by triggers on
 /// `jobs` in the transaction that changes a keyed job's status: see the
@@ -80,26 +91,41 @@ pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitm
 /// returns the row as the last of them left it (re-read after the lock), so
 /// `free` is exact for as long as the claim holds the lock.
 ///
-/// `OFFSET 0` keeps each `EXISTS` a probe of the key's index: without it,
-/// PostgreSQL may hash the subquery instead (an `EXISTS` under an `OR` is
-/// turned into a hashed `ANY`), reading every pending job of every key
-/// (90 ms mid-drain over 1,000 keys, against ~1 ms of probes). Which is why
+/// `OFFSET 0` keeps each `EXISTS` a probe of the key's runnable jobs
+/// (an index-only scan of `jobs_dispatch_key_idx`): without it, PostgreSQL
+/// may hash the subquery instead (an `EXISTS` under an `OR` is turned into
+/// a hashed `ANY`), reading every pending job of every key (90 ms mid-drain
+/// over 1,000 keys, against ~1 ms of probes), or turn it into a semi join
+/// on `jobs_key_open_idx`, whose probes read the heap (a `LIMIT 1` does not
+/// prevent that: PostgreSQL drops it from an `EXISTS`). Which is why
 /// the lock, the count and the claim may share one statement: the count is
 /// not read from the jobs under the statement's snapshot (which could
 /// predate another replica's claim of the same key), and a job another
 /// claim leased after that snapshot is re-read when `keyed` locks it, and
 /// passed over.
-const LOCK_KEYS: &str = r#"SELECT k.key, k.max - k.running AS free, k."servedAt"
-               FROM concurrency_keys k
-               WHERE k.running < k.max
-                 AND (EXISTS (SELECT 1 FROM jobs j
-                              WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
-                                AND NOT j.held AND NOT j.waiting
-                                AND j."scheduledAt" <= LOCALTIMESTAMP
-                              OFFSET 0))
-               ORDER BY k."servedAt", k.key
-               LIMIT $10
-               FOR UPDATE SKIP LOCKED"#;
+fn lock_keys() -> String {
+    let arm = |side: &str, lap: u8| {
+        format!(
+            r#"SELECT * FROM (
+                   SELECT k.key, k.max - k.running AS free, {lap} AS lap
+                   FROM concurrency_keys k
+                   WHERE k.key {side} $12 AND k.running < k.max
+                     AND EXISTS (SELECT 1 FROM jobs j
+                                 WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
+                                   AND NOT j.held AND NOT j.waiting
+                                   AND j."scheduledAt" <= LOCALTIMESTAMP
+                                 OFFSET 0)
+                   ORDER BY k.key
+                   LIMIT $10
+                   FOR UPDATE OF k SKIP LOCKED) a{lap}"#
+        )
+    };
+    format!(
+        "SELECT * FROM ({} UNION ALL {}) k LIMIT $10",
+        arm(">", 0),
+        arm("<=", 1)
+    )
+}
 
 /// What makes a job claimable now (`j`), whatever its lane; `$2` is the
 /// claim's modules and `$9` its `plain_only`.
@@ -175,6 +201,33 @@ const ANNOUNCED: &str = r#"announced AS (
            )
            SELECT claimed.* FROM claimed WHERE (SELECT count(*) FROM announced) >= 0"#;
 
+/// The parameters every claim statement shares, `$1`–`$9`: the filter's
+/// names (`$1`), modules (`$2`) and `plain_only` (`$9`), the batch (`$3`),
+/// the streams (`$4`), their workers (`$5`), the lease (`$6`), the
+/// notification channel (`$7`) and the owner of each job (`$8`).
+fn lane_binds<'a>(
+    query: BoxedSqlQuery<'a, Pg, SqlQuery>,
+    filter: &'a ClaimFilter,
+    plan: &'a ClaimPlan,
+    lease: std::time::Duration,
+) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
+    query
+        .bind::<Array<Text>, _>(&filter.names)
+        .bind::<Array<Text>, _>(&filter.modules)
+        .bind::<BigInt, _>(plan.owners.len() as i64)
+        .bind::<Array<SqlUuid>, _>(plan.streams.iter().map(|s| s.stream).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            plan.streams
+                .iter()
+                .map(|s| s.worker_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Interval, _>(interval(lease))
+        .bind::<Text, _>(CHANNEL)
+        .bind::<Array<Integer>, _>(&plan.owners)
+        .bind::<Bool, _>(filter.plain_only)
+}
+
 /// [`claim`] for jobs of no key and no bucket only: the claim as it is
 /// while no key has room and no bucket holds a token (see
 /// `domain::jobs::leases::LimitsPhase`). One statement, atomic on its own,
@@ -193,7 +246,7 @@ pub async fn claim_plain(
     }
     let keyless = keyless_lanes();
     let leased = lease_numbered("$10");
-    diesel::sql_query(format!(
+    let query = diesel::sql_query(format!(
         r#"WITH {keyless},
            numbered AS (
                SELECT id, row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS slot
@@ -202,23 +255,11 @@ pub async fn claim_plain(
            {leased},
            {ANNOUNCED}"#
     ))
-    .bind::<Array<Text>, _>(&filter.names)
-    .bind::<Array<Text>, _>(&filter.modules)
-    .bind::<BigInt, _>(plan.owners.len() as i64)
-    .bind::<Array<SqlUuid>, _>(plan.streams.iter().map(|s| s.stream).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(
-        plan.streams
-            .iter()
-            .map(|s| s.worker_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Interval, _>(interval(lease))
-    .bind::<Text, _>(CHANNEL)
-    .bind::<Array<Integer>, _>(&plan.owners)
-    .bind::<Bool, _>(filter.plain_only)
-    .bind::<SqlUuid, _>(claim)
-    .load(conn)
-    .await
+    .into_boxed();
+    lane_binds(query, filter, plan, lease)
+        .bind::<SqlUuid, _>(claim)
+        .load(conn)
+        .await
 }
 
 /// Leases up to `plan.owners.len()` runnable jobs, skipping rows other
@@ -236,7 +277,7 @@ pub async fn claim_plain(
 /// - jobs without a key: the dispatch index (priority, then schedule, then
 ///   id), or for a claim filtered by job names the names index, one scan
 ///   per name;
-/// - jobs with a key, for each key locked (see [`LOCK_KEYS`]): as many of
+/// - jobs with a key, for each key locked (see [`lock_keys`]): as many of
 ///   the key's jobs as it has free slots (`free`, read under the key's
 ///   lock), from the key's own index. A saturated key is not locked,
 ///   however many jobs it holds pending, and does not stand in anyone's way.
@@ -247,10 +288,11 @@ pub async fn claim_plain(
 ///
 /// The jobs found are dealt in turns, within each priority: the first of
 /// each key (and the first keyless one), then the second of each… so a
-/// busy key cannot take a batch from the others. The keys locked go to
-/// the back of the round robin; a key with no open job left
-/// is deleted (a create holds its key's row until it commits, so a job
-/// created meanwhile is either seen here or recreates the row).
+/// busy key cannot take a batch from the others. Keys are examined from
+/// just after `after_key` on, in key order, round to it again: the caller
+/// passes the last key the previous claim served (see
+/// `dispatch::claimer`), so served keys go to the back
+/// of the round robin without a write.
 ///
 /// - jobs with a rate limit, for each bucket locked (up to `examined`
 ///   holding a whole token and naming a runnable job, least recently drawn
@@ -277,6 +319,7 @@ pub async fn claim(
     lease: std::time::Duration,
     examined: i64,
     claim: Uuid,
+    after_key: &str,
 ) -> QueryResult<Vec<JobRow>> {
     if plan.owners.is_empty() {
         return Ok(Vec::new());
@@ -284,15 +327,15 @@ pub async fn claim(
     let runnable = RUNNABLE;
     let keyless = keyless_lanes();
     let leased = lease_numbered("$11");
-    let keys = LOCK_KEYS;
+    let keys = lock_keys();
     let tokens = crate::store::rate_limits::TOKENS_NOW;
-    diesel::sql_query(format!(
+    let query = diesel::sql_query(format!(
         r#"WITH {keyless},
            locked_keys AS (
                {keys}
            ),
            room AS (
-               SELECT key, free, row_number() OVER (ORDER BY "servedAt", key) AS turn
+               SELECT key, free, row_number() OVER (ORDER BY lap, key) AS turn
                FROM locked_keys
            ),
            keyed_pick AS (
@@ -371,12 +414,6 @@ pub async fn claim(
                FROM candidates
            ),
            {leased},
-           served AS (
-               UPDATE concurrency_keys SET "servedAt" = LOCALTIMESTAMP
-               FROM room
-               WHERE concurrency_keys.key = room.key
-               RETURNING 1
-           ),
            drawn AS (
                UPDATE rate_limits r
                SET tokens = b.available - COALESCE(t.n, 0),
@@ -390,24 +427,13 @@ pub async fn claim(
            ),
            {ANNOUNCED}"#
     ))
-    .bind::<Array<Text>, _>(&filter.names)
-    .bind::<Array<Text>, _>(&filter.modules)
-    .bind::<BigInt, _>(plan.owners.len() as i64)
-    .bind::<Array<SqlUuid>, _>(plan.streams.iter().map(|s| s.stream).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(
-        plan.streams
-            .iter()
-            .map(|s| s.worker_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Interval, _>(interval(lease))
-    .bind::<Text, _>(CHANNEL)
-    .bind::<Array<Integer>, _>(&plan.owners)
-    .bind::<Bool, _>(filter.plain_only)
-    .bind::<BigInt, _>(examined)
-    .bind::<SqlUuid, _>(claim)
-    .load(conn)
-    .await
+    .into_boxed();
+    lane_binds(query, filter, plan, lease)
+        .bind::<BigInt, _>(examined)
+        .bind::<SqlUuid, _>(claim)
+        .bind::<Text, _>(after_key)
+        .load(conn)
+        .await
 }
 
 /// The leases still standing that the claims `claims` took: after a claim
