@@ -3,7 +3,7 @@
 //! and what it does after a failed claim (hand back what it may have
 //! leased) and around keys and buckets (when to examine them at all).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use diesel_async::AsyncPgConnection;
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ pub(super) async fn claim_loop(shared: Arc<Shared>, database_url: String) {
         conn: None,
         lost: Vec::new(),
         limits: LimitsWatch::new(),
-        last_key: String::new(),
+        cursors: HashMap::new(),
     };
     let mut next_due: Option<Instant> = None;
     let mut failures = 0u32;
@@ -126,12 +126,19 @@ struct Claimer {
     /// jobs holds up a keyed job at most that long). Otherwise a claim takes
     /// plain jobs in one short statement and one round trip.
     limits: LimitsWatch,
-    /// The last concurrency key served: the next claim examines keys from
-    /// just after it, in key order (a round robin kept here rather than
-    /// written to every served key's row; see `store::jobs::claim`). Each
-    /// replica keeps its own.
-    last_key: String,
+    /// For each group of streams (its filter), the last concurrency key
+    /// served to it: its next claim examines keys from just after it, in
+    /// key order (a round robin kept here rather than written to every
+    /// served key's row; see `store::jobs::claim`). One per filter, so that
+    /// one group's claims cannot move another's past keys only it would
+    /// take. Each replica keeps its own; see [`CURSORS_MAX`].
+    cursors: HashMap<ClaimFilter, String>,
 }
+
+/// Most round-robin cursors kept (one per group of streams that was served
+/// a keyed job). Past it they are all forgotten, and each group starts
+/// again from the first key: a moment's unfairness, never a starved key.
+const CURSORS_MAX: usize = 10_000;
 
 /// What [`Claimer`] remembers of keys and buckets.
 #[derive(Debug, Clone, Copy)]
@@ -207,9 +214,10 @@ impl Claimer {
         let conn = self.conn.as_mut().expect("connected above");
         let tag = Uuid::now_v7();
         let phase = self.limits.phase();
+        let cursor = self.cursors.get(filter).map_or("", String::as_str);
         let claimed = tokio::time::timeout(
             CLAIM_TIMEOUT,
-            leases.claim(conn, filter, plan, tag, phase, &self.last_key),
+            leases.claim(conn, filter, plan, tag, phase, cursor),
         )
         .await;
         match claimed {
@@ -220,8 +228,11 @@ impl Claimer {
                     .jobs
                     .iter()
                     .filter_map(|job| job.concurrency_key.as_deref());
-                if let Some(key) = last_key_served(&self.last_key, served) {
-                    self.last_key = key;
+                if let Some(key) = last_key_served(cursor, served) {
+                    if self.cursors.len() >= CURSORS_MAX && !self.cursors.contains_key(filter) {
+                        self.cursors.clear();
+                    }
+                    self.cursors.insert(filter.clone(), key);
                 }
                 Ok((claimed.jobs, phase == LimitsPhase::Run))
             }
@@ -243,16 +254,22 @@ impl Claimer {
 
 /// The last key of `served` in the round-robin order of a claim whose walk
 /// of the keys started just after `after`: keys after it in key order come
-/// first, then the keys up to it (the walk wrapped around). The next claim
-/// starts after it, so every key with room and work is served before any is
-/// served again.
+/// first, then the keys up to it (the walk wrapped around), so the last is
+/// the greatest of those up to it if the walk wrapped, else the greatest of
+/// all. The next claim starts after it, so every key with room and work is
+/// served before any is served again.
+///
+/// Keys are compared byte by byte, as under the `C` collation the embedded
+/// database uses. Under another collation the walk's order may differ for
+/// some keys, and the cursor may land short of the walk's end: those keys
+/// are served again a claim early (fairness, never the limits, suffers).
 fn last_key_served<'a>(
     after: &str,
     served: impl Iterator<Item = &'a str> + Clone,
 ) -> Option<String> {
     served
         .clone()
-        .filter(|key| *key > after)
+        .filter(|key| *key <= after)
         .max()
         .or_else(|| served.max())
         .map(str::to_owned)
@@ -303,12 +320,17 @@ mod tests {
     #[test]
     fn the_last_key_served_follows_the_walk_round_the_cursor() {
         let served = ["b", "d", "f"];
-        // Keys after the cursor come first: the last of them.
+        // From "c" the walk went d, f, then wrapped round to b: b was last.
         assert_eq!(
             last_key_served("c", served.iter().copied()).as_deref(),
+            Some("b")
+        );
+        // From "a": b, d, f, no wrap.
+        assert_eq!(
+            last_key_served("a", served.iter().copied()).as_deref(),
             Some("f")
         );
-        // None after it: the walk wrapped around, the last before it.
+        // None after "g": the walk wrapped at once, the last up to it.
         assert_eq!(
             last_key_served("g", served.iter().copied()).as_deref(),
             Some("f")

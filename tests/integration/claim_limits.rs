@@ -264,6 +264,33 @@ async fn keys_are_served_in_turns() {
 }
 
 #[tokio::test]
+async fn workers_of_one_name_reach_their_key_behind_many_keys_of_other_names() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    // Forty keys with room, first in key order, whose jobs nobody here
+    // takes (more than a claim examines at once); then the key of the job
+    // the worker asks for.
+    let others = (0..40)
+        .map(|i| keyed("video.encode", &format!("a-{i:02}"), 1, i))
+        .collect();
+    create_all(&app, &token, others).await;
+    let mine = create_all(&app, &token, vec![keyed("mail.send", "z-mail", 1, 0)]).await;
+    let mut worker = TestWorker::connect(
+        app.channel().await,
+        &token,
+        pb::WorkerHello {
+            job_names: vec!["mail.send".into()],
+            ..common::worker::hello(1)
+        },
+    )
+    .await
+    .expect("worker connects");
+    let assignment = worker.assignment().await;
+    assert_eq!(job_id(&assignment), mine[0].id);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_slot_comes_back_on_failure_cancel_and_lease_loss() {
     let mut options = TestOptions::default();
     options.jobs.lease = Duration::from_secs(2);

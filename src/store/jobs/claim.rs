@@ -69,7 +69,12 @@ pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitm
 /// served key's row changes only in its count (`running`, not indexed:
 /// a HOT update, no new index entry). Keys another claim (or a create, or a
 /// settle of one of their jobs) holds are skipped. Worth claiming for:
-/// fewer RUNNING jobs than the maximum, and a runnable job. A claim never
+/// fewer RUNNING jobs than the maximum, and a runnable job this claim's
+/// filter takes (its names `$1`, modules `$2`, `plain_only` `$9`: a key
+/// whose jobs are all another group's is not locked, so it cannot fill
+/// the `$10` keys examined and keep this group's keys behind it out of
+/// reach while the cursor stays put; with no filter the conditions are
+/// constants, folded away when the statement is planned). A claim never
 /// deletes a key's row, even one it finds without open jobs: its snapshot
 /// predates its lock, and a job of that key created in between would be
 /// left without a row, unclaimable. Emptied keys are deleted by the
@@ -114,6 +119,9 @@ fn lock_keys() -> String {
                                  WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
                                    AND NOT j.held AND NOT j.waiting
                                    AND j."scheduledAt" <= LOCALTIMESTAMP
+                                   AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
+                                   AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
+                                   AND (NOT $9 OR j."moduleName" IS NULL)
                                  OFFSET 0)
                    ORDER BY k.key
                    LIMIT $10
