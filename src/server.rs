@@ -184,11 +184,12 @@ pub async fn serve(
     // This replica's cache of callers, kept current by its own LISTEN
     // connection (see auth::callers).
     let callers = CallerFeed::new(
-        CallerCache::new(state.auth.caller_cache_size),
+        CallerCache::new(state.auth.caller_cache_size).with_accounts(state.auth.account_cache_size),
         state.pool.clone(),
         state.auth.channel_key.clone(),
     );
     identity.sessions = identity.sessions.with_caller_cache(callers.cache().clone());
+    identity.accounts = identity.accounts.with_caller_cache(callers.cache().clone());
     let caller_changes = tokio::spawn(
         callers
             .clone()

@@ -249,12 +249,16 @@ pub async fn login(
             Some("The form expired: please sign in again."),
         );
     }
-    let issued = match ctx
+    let issued = ctx
         .identity
         .sessions
         .login(&client, &form.login, &form.password)
-        .await
-    {
+        .await;
+    // A login sets the account's `lastLogin`, which every replica's cache
+    // of accounts must have dropped before anyone hears back (as the Login
+    // RPC does).
+    ctx.callers.fence().await;
+    let issued = match issued {
         Ok(issued) => issued,
         Err(error) => {
             let status = views::status_of(&error);

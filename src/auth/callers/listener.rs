@@ -2,13 +2,13 @@
 //! wait on. One dedicated connection (outside the pool) per replica, for the
 //! replica's whole life, reconnecting with backoff.
 //!
-//! Payloads on the channel (the first four come from the triggers; the
+//! Payloads on the channel (the first five come from the triggers; the
 //! replicas' own are signed with the [`ChannelKey`] every replica derives
 //! from the shared secret, `<message>:<signature>`, and unsigned ones are
 //! ignored, because any role that can connect may NOTIFY):
-//! - `session:<id>`, `key:<id>`, `user:<id>`, `all` — evict (anything else
-//!   on the channel, e.g. an operator's bare `NOTIFY caller_changes`, also
-//!   empties the cache);
+//! - `session:<id>`, `key:<id>`, `user:<id>`, `account:<id>`, `all` —
+//!   evict (anything else on the channel, e.g. an operator's bare `NOTIFY
+//!   caller_changes`, also empties the cache);
 //! - `ping:<replica>:<n>` — every [`PING_EVERY`] each replica pings; its own
 //!   echo tells its cache that everything committed before the ping has been
 //!   applied, and the others note that the replica is alive;
@@ -366,6 +366,7 @@ impl CallerFeed {
             (Some("session"), Some(id)) => Some(Change::Session(id)),
             (Some("key"), Some(id)) => Some(Change::ApiKey(id)),
             (Some("user"), Some(id)) => Some(Change::User(id)),
+            (Some("account"), Some(id)) => Some(Change::Account(id)),
             _ => None,
         };
         if let Some(change) = change {

@@ -1,6 +1,9 @@
 //! The per-replica cache of callers: a session or an API key → the caller it
 //! resolved to (account, permissions, key scope), so that an authorized call
-//! in the steady state costs no database round trip for its caller.
+//! in the steady state costs no database round trip for its caller; and,
+//! under the same rules, of accounts as the reads that show one return them
+//! (GetUser, GetCurrentUser: the row joined with its roles), so that those
+//! reads cost none either.
 //!
 //! It never answers with what the database no longer says. Three rules make
 //! that hold, on every replica, for the very next call after a change:
@@ -8,9 +11,13 @@
 //! 1. **The database announces every change.** Triggers on `sessions`,
 //!    `users`, `user_roles`, `roles` and `api_keys` (migration
 //!    `2026-12-01-000008_caller_changes`) `pg_notify('caller_changes', …)`
-//!    on any write that can change a caller, whoever makes it. Each replica
-//!    has one LISTEN connection ([`listener`]) that evicts what each
-//!    notification names. Notifications arrive in commit order.
+//!    on any write that can change a caller, whoever makes it, and any
+//!    change of a `users` row as `account:<id>` (migration
+//!    `2026-12-04-000002_account_changes`: it evicts that account's view,
+//!    not its callers, so that logins, which touch `lastLogin`, leave the
+//!    callers cached). Each replica has one LISTEN connection ([`listener`])
+//!    that evicts what each notification names. Notifications arrive in
+//!    commit order.
 //! 2. **The cache serves only while it is provably caught up.** The listener
 //!    pings itself on the channel every [`PING_EVERY`]; an entry is served
 //!    only while the echo of a ping *sent* less than [`FRESHNESS`] ago has
@@ -18,7 +25,7 @@
 //!    Disconnected, reconnecting, or slow: the cache is bypassed, and it is
 //!    emptied on every (re)connect.
 //! 3. **Writers wait for every replica.** A call that may change callers
-//!    returns only after every replica heard from within [`FRESHNESS`] has
+//!    or an account's view (logins included) returns only after every replica heard from within [`FRESHNESS`] has
 //!    acknowledged a fence sent after its commit, or after
 //!    [`FENCE_TIMEOUT`] (≥ [`FRESHNESS`]): by then a replica that did not
 //!    answer has stopped serving from its cache by rule 2.
@@ -27,7 +34,8 @@
 //! if no change was applied between the read's start and the fill (the
 //! [`Ticket`]'s epoch): a read that raced a change never caches its stale
 //! answer. Expiry is checked on every hit, against the expiry the entry was
-//! read with.
+//! read with. Callers and accounts share that state (one epoch, one
+//! freshness, one lock), so one change and one fence cover both.
 //!
 //! This module is the state only (no I/O), so its rules are unit-tested
 //! here; [`listener`] feeds it.
@@ -39,6 +47,7 @@ pub use signing::ChannelKey;
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -47,6 +56,7 @@ use chrono::NaiveDateTime;
 use uuid::Uuid;
 
 use super::caller::Caller;
+use crate::store::users::Account;
 
 /// How often the listener pings itself.
 pub const PING_EVERY: Duration = Duration::from_millis(250);
@@ -91,17 +101,20 @@ pub enum Change {
     Session(Uuid),
     /// An API key changed.
     ApiKey(Uuid),
-    /// An account, or its roles, changed: every session and key of it.
+    /// An account, or its roles, changed: every session and key of it,
+    /// and its view.
     User(Uuid),
+    /// Only what an account's view shows changed (a name, `lastLogin`).
+    Account(Uuid),
     /// Anything (a role's permissions): everything.
     All,
 }
 
 /// The answer of a lookup.
 #[derive(Debug)]
-pub enum Lookup {
+pub enum Lookup<T = CachedCaller> {
     /// A live entry.
-    Hit(CachedCaller),
+    Hit(T),
     /// Read the database; fill with the ticket (`None`: the cache is not
     /// serving, do not fill).
     Miss(Option<Ticket>),
@@ -118,11 +131,14 @@ pub struct Ticket {
 pub struct CallerCache {
     inner: Arc<Mutex<State>>,
     capacity: usize,
+    account_capacity: usize,
 }
 
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<Credential, CachedCaller>,
+    /// Accounts' views by id, shared with the reads that return them.
+    accounts: HashMap<Uuid, Arc<Account>>,
     /// Bumped by every applied change and every (dis)connection.
     epoch: u64,
     /// Whether the listener is connected (since the last flush).
@@ -132,13 +148,21 @@ struct State {
 }
 
 impl CallerCache {
-    /// A cache of at most `capacity` callers (0: no cache). It serves
-    /// nothing until a listener reports it caught up.
+    /// A cache of at most `capacity` callers (0: no cache) and no
+    /// accounts. It serves nothing until a listener reports it caught up.
     pub fn new(capacity: usize) -> Self {
         Self {
             inner: Arc::default(),
             capacity,
+            account_capacity: 0,
         }
+    }
+
+    /// The same cache keeping up to `capacity` accounts' views too (0:
+    /// none). Set before the cache is shared.
+    pub fn with_accounts(mut self, capacity: usize) -> Self {
+        self.account_capacity = capacity;
+        self
     }
 
     /// A cache that never serves (a server without a listener).
@@ -158,7 +182,39 @@ impl CallerCache {
     /// The caller of `credential` if cached, live at `now`, and the cache
     /// is serving; otherwise a ticket to fill it after reading.
     pub fn lookup(&self, credential: Credential, now: NaiveDateTime) -> Lookup {
-        if self.capacity == 0 {
+        self.lookup_in(self.capacity, |s| &mut s.entries, credential, |entry| {
+            entry.expires_at.is_none_or(|at| at > now)
+        })
+    }
+
+    /// Caches what a read begun under `ticket` returned, unless a change was
+    /// applied since (it may predate the read's snapshot) or the cache
+    /// stopped serving. When full, an arbitrary entry makes room.
+    pub fn fill(&self, ticket: Ticket, credential: Credential, entry: CachedCaller) {
+        self.fill_in(self.capacity, |s| &mut s.entries, ticket, credential, entry);
+    }
+
+    /// The view of account `id` if cached and the cache is serving;
+    /// otherwise a ticket to fill it after reading (as [`Self::lookup`]).
+    pub fn lookup_account(&self, id: Uuid) -> Lookup<Arc<Account>> {
+        self.lookup_in(self.account_capacity, |s| &mut s.accounts, id, |_| true)
+    }
+
+    /// Caches the view of an account read under `ticket` (as
+    /// [`Self::fill`]).
+    pub fn fill_account(&self, ticket: Ticket, account: Arc<Account>) {
+        let id = account.user.id;
+        self.fill_in(self.account_capacity, |s| &mut s.accounts, ticket, id, account);
+    }
+
+    fn lookup_in<K: Eq + Hash, V: Clone>(
+        &self,
+        capacity: usize,
+        map: impl FnOnce(&mut State) -> &mut HashMap<K, V>,
+        key: K,
+        live: impl FnOnce(&V) -> bool,
+    ) -> Lookup<V> {
+        if capacity == 0 {
             return Lookup::Miss(None);
         }
         let mut state = self.state();
@@ -166,31 +222,37 @@ impl CallerCache {
             return Lookup::Miss(None);
         }
         let ticket = Some(Ticket { epoch: state.epoch });
-        match state.entries.get(&credential) {
-            Some(entry) if entry.expires_at.is_none_or(|at| at > now) => Lookup::Hit(entry.clone()),
+        let entries = map(&mut state);
+        match entries.get(&key) {
+            Some(entry) if live(entry) => Lookup::Hit(entry.clone()),
             Some(_) => {
-                state.entries.remove(&credential);
+                entries.remove(&key);
                 Lookup::Miss(ticket)
             }
             None => Lookup::Miss(ticket),
         }
     }
 
-    /// Caches what a read begun under `ticket` returned, unless a change was
-    /// applied since (it may predate the read's snapshot) or the cache
-    /// stopped serving. When full, an arbitrary entry makes room.
-    pub fn fill(&self, ticket: Ticket, credential: Credential, entry: CachedCaller) {
+    fn fill_in<K: Eq + Hash + Clone, V>(
+        &self,
+        capacity: usize,
+        map: impl FnOnce(&mut State) -> &mut HashMap<K, V>,
+        ticket: Ticket,
+        key: K,
+        value: V,
+    ) {
         let mut state = self.state();
-        if state.epoch != ticket.epoch || !state.is_fresh(Instant::now()) {
+        if capacity == 0 || state.epoch != ticket.epoch || !state.is_fresh(Instant::now()) {
             return;
         }
-        if state.entries.len() >= self.capacity
-            && !state.entries.contains_key(&credential)
-            && let Some(victim) = state.entries.keys().next().copied()
+        let entries = map(&mut state);
+        if entries.len() >= capacity
+            && !entries.contains_key(&key)
+            && let Some(victim) = entries.keys().next().cloned()
         {
-            state.entries.remove(&victim);
+            entries.remove(&victim);
         }
-        state.entries.insert(credential, entry);
+        entries.insert(key, value);
     }
 
     /// Applies an announced change (rule 1).
@@ -204,8 +266,14 @@ impl CallerCache {
             Change::ApiKey(id) => {
                 state.entries.remove(&Credential::ApiKey(id));
             }
-            Change::User(id) => state.entries.retain(|_, e| e.caller.user_id != id),
-            Change::All => state.entries.clear(),
+            Change::User(id) => {
+                state.entries.retain(|_, e| e.caller.user_id != id);
+                state.accounts.remove(&id);
+            }
+            Change::Account(id) => {
+                state.accounts.remove(&id);
+            }
+            Change::All => state.clear(),
         }
     }
 
@@ -214,7 +282,7 @@ impl CallerCache {
     /// echo.
     pub fn connected(&self) {
         let mut state = self.state();
-        state.entries.clear();
+        state.clear();
         state.epoch += 1;
         state.connected = true;
         state.echoed_ping_sent = None;
@@ -223,7 +291,7 @@ impl CallerCache {
     /// The listener lost its connection: the cache stops serving at once.
     pub fn disconnected(&self) {
         let mut state = self.state();
-        state.entries.clear();
+        state.clear();
         state.epoch += 1;
         state.connected = false;
         state.echoed_ping_sent = None;
@@ -247,9 +315,19 @@ impl CallerCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// How many accounts' views are cached.
+    pub fn accounts_len(&self) -> usize {
+        self.state().accounts.len()
+    }
 }
 
 impl State {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.accounts.clear();
+    }
+
     fn is_fresh(&self, now: Instant) -> bool {
         self.connected
             && self
@@ -361,5 +439,78 @@ mod tests {
             cache.fill(t, key, entry(Uuid::now_v7(), None));
         }
         assert_eq!(cache.len(), 3);
+    }
+
+    fn account(id: Uuid) -> Arc<Account> {
+        let now = now();
+        Arc::new(Account {
+            user: crate::store::models::UserRow {
+                id,
+                email: format!("{id}@example.com"),
+                username: id.to_string(),
+                password_hash: String::new(),
+                first_name: None,
+                last_name: None,
+                is_active: true,
+                created_at: now,
+                updated_at: now,
+                last_login: None,
+            },
+            roles: vec!["viewer".into()],
+            permissions: vec!["users:read".into()],
+        })
+    }
+
+    fn fill_account(cache: &CallerCache, id: Uuid) {
+        match cache.lookup_account(id) {
+            Lookup::Miss(Some(ticket)) => cache.fill_account(ticket, account(id)),
+            other => panic!("expected a fillable miss, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accounts_follow_the_same_rules_and_a_view_change_leaves_callers_alone() {
+        let cache = serving(10).with_accounts(2);
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let session = Credential::Session(Uuid::now_v7());
+        let t = ticket(&cache, session);
+        cache.fill(t, session, entry(alice, None));
+        fill_account(&cache, alice);
+        assert!(matches!(cache.lookup_account(alice), Lookup::Hit(a) if a.user.id == alice));
+
+        // A login's lastLogin: the view goes, the caller stays.
+        cache.apply(Change::Account(alice));
+        assert_eq!((cache.len(), cache.accounts_len()), (1, 0));
+        // Deactivation, roles: both go.
+        fill_account(&cache, alice);
+        cache.apply(Change::User(alice));
+        assert_eq!((cache.len(), cache.accounts_len()), (0, 0));
+
+        // A read that raced any change is not cached.
+        let Lookup::Miss(Some(t)) = cache.lookup_account(bob) else {
+            panic!("expected a fillable miss")
+        };
+        cache.apply(Change::Session(Uuid::now_v7()));
+        cache.fill_account(t, account(bob));
+        assert_eq!(cache.accounts_len(), 0);
+
+        // Bounded; emptied by `all` and by a lost connection; not served
+        // when stale.
+        for _ in 0..5 {
+            fill_account(&cache, Uuid::now_v7());
+        }
+        assert_eq!(cache.accounts_len(), 2);
+        cache.apply(Change::All);
+        assert_eq!(cache.accounts_len(), 0);
+        fill_account(&cache, bob);
+        cache.disconnected();
+        assert!(matches!(cache.lookup_account(bob), Lookup::Miss(None)));
+        assert_eq!(cache.accounts_len(), 0);
+    }
+
+    #[test]
+    fn no_account_is_kept_without_a_capacity() {
+        let cache = serving(10);
+        assert!(matches!(cache.lookup_account(Uuid::now_v7()), Lookup::Miss(None)));
     }
 }

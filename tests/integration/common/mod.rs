@@ -93,6 +93,7 @@ impl Default for TestOptions {
                 login_lockout_secs: 30,
                 trusted_proxies: vec![],
                 caller_cache_size: 10_000,
+                account_cache_size: 10_000,
             },
             passwords: PasswordArgs {
                 bcrypt_cost: 4,

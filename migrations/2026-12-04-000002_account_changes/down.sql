@@ -1,0 +1,1 @@
+DROP TRIGGER account_changes ON "users";
