@@ -1,0 +1,345 @@
+//! The per-replica cache of accounts (what GetUser and GetCurrentUser show)
+//! never outlives a change: two replicas on one database; each change that
+//! alters what GetUser returns is made through replica A while replica B
+//! has the account cached, and B's very next GetUser shows it. Each race
+//! runs many rounds. Also: the cache does serve (a change hidden from it is
+//! not seen until it is told), plain SQL reaches it, and a replica cut from
+//! its notifications does not answer from it.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::{
+    caller_cache::{Pair, set_permissions, sql},
+    common::{self, AuthServiceClient, RoleServiceClient, TestApp, TestOptions, authed, mask},
+};
+use automation_control_plane::proto::automation_v1 as pb;
+
+const ROUNDS: usize = 30;
+
+/// Replica B hears its notifications late (its database is 50 ms away),
+/// so a writer that did not wait for B's acknowledgement would let B's
+/// next read answer from its cache before the eviction arrives.
+fn lagging() -> TestOptions {
+    TestOptions {
+        db_latency: Duration::from_millis(50),
+        ..TestOptions::default()
+    }
+}
+
+impl Pair {
+    /// GetUser of `id` on `app`, as the admin.
+    async fn shown(&self, app: &TestApp, id: &str) -> Result<pb::User, tonic::Status> {
+        self.users(app)
+            .await
+            .get_user(authed(&self.admin, pb::GetUserRequest { id: id.into() }))
+            .await
+            .map(|r| r.into_inner().user.expect("user"))
+    }
+
+    /// GetUser of `id` on B, a few times, so that B has it cached; what B
+    /// shows.
+    async fn warm_account(&self, id: &str) -> pb::User {
+        let mut shown = None;
+        for _ in 0..3 {
+            shown = Some(self.shown(&self.b, id).await.expect("warm GetUser on B"));
+        }
+        shown.expect("shown")
+    }
+
+    async fn update(&self, user: pb::User, paths: &[&str]) {
+        self.users(&self.a)
+            .await
+            .update_user(authed(
+                &self.admin,
+                pb::UpdateUserRequest {
+                    user: Some(user),
+                    update_mask: mask(paths),
+                },
+            ))
+            .await
+            .expect("update user");
+    }
+
+    async fn roles(&self) -> RoleServiceClient<tonic::transport::Channel> {
+        RoleServiceClient::new(self.a.channel().await)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_updates_and_deactivation_show_at_once_on_the_other_replica() {
+    let pair = Pair::start(lagging()).await;
+    let (id, _) = pair.a.user_with_roles("renamed", &["reader"]).await;
+    for round in 0..ROUNDS {
+        pair.warm_account(&id).await;
+        let name = format!("Name {round}");
+        pair.update(
+            pb::User {
+                id: id.clone(),
+                first_name: name.clone(),
+                email: format!("renamed-{round}@example.test"),
+                ..Default::default()
+            },
+            &["first_name", "email"],
+        )
+        .await;
+        let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+        assert_eq!(shown.first_name, name, "round {round}");
+        assert_eq!(shown.email, format!("renamed-{round}@example.test"));
+
+        pair.warm_account(&id).await;
+        pair.set_active(&id, false).await;
+        let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+        assert!(!shown.is_active, "round {round}: B still shows it active");
+        pair.set_active(&id, true).await;
+        assert!(pair.shown(&pair.b, &id).await.expect("GetUser").is_active);
+
+        // A reset changes nothing but the update time it shows.
+        let before = pair.warm_account(&id).await.update_time;
+        pair.users(&pair.a)
+            .await
+            .reset_user_password(authed(
+                &pair.admin,
+                pb::ResetUserPasswordRequest {
+                    id: id.clone(),
+                    new_password: "user-password-1".into(),
+                },
+            ))
+            .await
+            .expect("reset");
+        let after = pair.shown(&pair.b, &id).await.expect("GetUser").update_time;
+        assert_ne!(after, before, "round {round}: B shows the old update time");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_role_permissions_show_at_once_on_the_other_replica() {
+    let pair = Pair::start(lagging()).await;
+    common::role(&pair.a, "moving", &["jobs:read"]).await;
+    let (id, _) = pair.a.user_with_roles("mover", &["reader"]).await;
+    let role_id = pair
+        .roles()
+        .await
+        .get_role(authed(
+            &pair.admin,
+            pb::GetRoleRequest {
+                id: "moving".into(),
+            },
+        ))
+        .await
+        .expect("role")
+        .into_inner()
+        .role
+        .expect("role")
+        .id;
+    for round in 0..ROUNDS {
+        pair.warm_account(&id).await;
+        pair.roles()
+            .await
+            .assign_role(authed(
+                &pair.admin,
+                pb::AssignRoleRequest {
+                    user_id: id.clone(),
+                    role: "moving".into(),
+                },
+            ))
+            .await
+            .expect("assign");
+        let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+        assert_eq!(shown.roles, ["moving", "reader"], "round {round}");
+
+        pair.warm_account(&id).await;
+        set_permissions(&pair, &role_id, &["jobs:read", "jobs:write"]).await;
+        let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+        assert!(
+            shown.permissions.contains(&"jobs:write".to_string()),
+            "round {round}: {:?}",
+            shown.permissions
+        );
+        set_permissions(&pair, &role_id, &["jobs:read"]).await;
+        let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+        assert!(!shown.permissions.contains(&"jobs:write".to_string()));
+
+        pair.warm_account(&id).await;
+        pair.roles()
+            .await
+            .unassign_role(authed(
+                &pair.admin,
+                pb::UnassignRoleRequest {
+                    user_id: id.clone(),
+                    role: "moving".into(),
+                },
+            ))
+            .await
+            .expect("unassign");
+        let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+        assert_eq!(shown.roles, ["reader"], "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_shows_its_time_at_once_on_the_other_replica() {
+    let pair = Pair::start(lagging()).await;
+    let (id, token) = pair.a.user_with_roles("regular", &["reader"]).await;
+    for round in 0..ROUNDS {
+        let before = pair.warm_account(&id).await.last_login_time;
+        // Its own view on B, through GetCurrentUser, is cached too.
+        let own = pair.b.current_user(&token).await.last_login_time;
+        assert_eq!(own, before);
+        pair.login("regular").await;
+        let after = pair.shown(&pair.b, &id).await.expect("GetUser").last_login_time;
+        assert_ne!(after, before, "round {round}: B shows the previous login");
+        assert_eq!(pair.b.current_user(&token).await.last_login_time, after);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_accounts_are_gone_at_once_on_the_other_replica() {
+    let pair = Pair::start(lagging()).await;
+    for round in 0..ROUNDS {
+        let (id, _) = pair
+            .a
+            .user_with_roles(&format!("deleted-{round}"), &["reader"])
+            .await;
+        pair.warm_account(&id).await;
+        pair.users(&pair.a)
+            .await
+            .delete_user(authed(&pair.admin, pb::DeleteUserRequest { id: id.clone() }))
+            .await
+            .expect("delete");
+        let status = pair
+            .shown(&pair.b, &id)
+            .await
+            .expect_err(&format!("round {round}: B still shows a deleted account"));
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    }
+}
+
+/// B's GetUser of `id` shows `first_name` within a few seconds
+/// (notifications arrive in milliseconds; the bound only keeps a broken
+/// build from hanging).
+async fn eventually_shown(pair: &Pair, id: &str, first_name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = pair.shown(&pair.b, id).await.expect("GetUser on B");
+        if shown.first_name == first_name {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B still shows {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_cache_serves_and_plain_sql_reaches_it() {
+    let pair = Pair::start(TestOptions::default()).await;
+    let (id, _) = pair.a.user_with_roles("behind", &["reader"]).await;
+    // A change the cache is not told about (the trigger is off) is not
+    // seen while the account stays cached: proof that B answers from its
+    // cache. Told (an operator's bare NOTIFY empties every cache), it is.
+    pair.warm_account(&id).await;
+    sql(
+        &pair.a,
+        &format!(
+            "ALTER TABLE users DISABLE TRIGGER account_changes; \
+             UPDATE users SET \"firstName\" = 'Hidden' WHERE id = '{id}'; \
+             ALTER TABLE users ENABLE TRIGGER account_changes"
+        ),
+    )
+    .await;
+    let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+    assert_eq!(shown.first_name, "", "B did not answer from its cache");
+    sql(&pair.a, "NOTIFY caller_changes").await;
+    eventually_shown(&pair, &id, "Hidden").await;
+
+    // Plain SQL with the triggers on: seen within a short bound, callers
+    // untouched (the admin's calls keep working throughout).
+    pair.warm_account(&id).await;
+    sql(
+        &pair.a,
+        &format!("UPDATE users SET \"firstName\" = 'Seen' WHERE id = '{id}'"),
+    )
+    .await;
+    eventually_shown(&pair, &id, "Seen").await;
+    pair.warm_account(&id).await;
+    sql(
+        &pair.a,
+        &format!("UPDATE roles SET name = 'renamed-reader' WHERE name = 'reader'"),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pair.shown(&pair.b, &id).await.expect("GetUser").roles != ["renamed-reader"] {
+        assert!(tokio::time::Instant::now() < deadline, "B kept the old role name");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_from_its_notifications_does_not_answer_from_its_account_cache() {
+    let pair = Pair::start(TestOptions {
+        through_proxy: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let (id, _) = pair.a.user_with_roles("cut-off", &["reader"]).await;
+    pair.warm_account(&id).await;
+    let proxy = pair.b.proxy.as_ref().expect("proxy");
+    proxy.cut();
+    pair.update(
+        pb::User {
+            id: id.clone(),
+            first_name: "Changed".into(),
+            ..Default::default()
+        },
+        &["first_name"],
+    )
+    .await;
+    // B cannot reach the database: it answers UNAVAILABLE, never the
+    // cached account.
+    for _ in 0..5 {
+        let status = pair
+            .shown(&pair.b, &id)
+            .await
+            .expect_err("B answered from its cache while cut off");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match pair.shown(&pair.b, &id).await {
+            Ok(shown) => {
+                assert_eq!(shown.first_name, "Changed", "B came back with a stale view");
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(tokio::time::Instant::now() < deadline, "B never came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_account_cache_reads_still_answer() {
+    let mut options = TestOptions::default();
+    options.auth.account_cache_size = 0;
+    let pair = Pair::start(options).await;
+    let (id, token) = pair.a.user_with_roles("uncached", &["reader"]).await;
+    pair.warm_account(&id).await;
+    pair.login("uncached").await;
+    let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
+    assert_eq!(
+        shown.last_login_time,
+        pair.shown(&pair.a, &id).await.expect("GetUser on A").last_login_time
+    );
+    let own = AuthServiceClient::new(pair.b.channel().await)
+        .get_current_user(authed(&token, pb::GetCurrentUserRequest {}))
+        .await
+        .expect("GetCurrentUser on B");
+    assert_eq!(own.into_inner().user.expect("user").id, id);
+}
