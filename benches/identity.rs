@@ -247,7 +247,11 @@ fn get_user_answers() -> BTreeMap<String, f64> {
             .nth(1)
             .and_then(|rest| rest.split('"').next())
             .unwrap_or_default();
-        let n: f64 = line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+        let n: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
         *codes.entry(code.to_owned()).or_default() += n;
     }
     codes

@@ -11,3 +11,7 @@
 CREATE TRIGGER account_changes AFTER UPDATE ON "users"
     FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*)
     EXECUTE FUNCTION caller_changes_notify('account');
+
+-- During a rolling upgrade, replicas built before this migration take
+-- `account:<id>` for an unknown payload and empty their whole cache:
+-- correct, only slower, until they are replaced.

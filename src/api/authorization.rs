@@ -344,10 +344,7 @@ mod tests {
             assert!(fenced.contains(&path), "{path}");
         }
         for path in &fenced {
-            assert!(
-                !path.contains("/Get") && !path.contains("/List"),
-                "{path}"
-            );
+            assert!(!path.contains("/Get") && !path.contains("/List"), "{path}");
             assert!(
                 !path.contains("JobService") && !path.contains("ModuleService"),
                 "{path}"

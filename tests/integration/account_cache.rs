@@ -188,7 +188,11 @@ async fn a_login_shows_its_time_at_once_on_the_other_replica() {
         let own = pair.b.current_user(&token).await.last_login_time;
         assert_eq!(own, before);
         pair.login("regular").await;
-        let after = pair.shown(&pair.b, &id).await.expect("GetUser").last_login_time;
+        let after = pair
+            .shown(&pair.b, &id)
+            .await
+            .expect("GetUser")
+            .last_login_time;
         assert_ne!(after, before, "round {round}: B shows the previous login");
         assert_eq!(pair.b.current_user(&token).await.last_login_time, after);
     }
@@ -205,7 +209,10 @@ async fn deleted_accounts_are_gone_at_once_on_the_other_replica() {
         pair.warm_account(&id).await;
         pair.users(&pair.a)
             .await
-            .delete_user(authed(&pair.admin, pb::DeleteUserRequest { id: id.clone() }))
+            .delete_user(authed(
+                &pair.admin,
+                pb::DeleteUserRequest { id: id.clone() },
+            ))
             .await
             .expect("delete");
         let status = pair
@@ -268,12 +275,15 @@ async fn the_account_cache_serves_and_plain_sql_reaches_it() {
     pair.warm_account(&id).await;
     sql(
         &pair.a,
-        &format!("UPDATE roles SET name = 'renamed-reader' WHERE name = 'reader'"),
+        "UPDATE roles SET name = 'renamed-reader' WHERE name = 'reader'",
     )
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while pair.shown(&pair.b, &id).await.expect("GetUser").roles != ["renamed-reader"] {
-        assert!(tokio::time::Instant::now() < deadline, "B kept the old role name");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B kept the old role name"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -335,7 +345,10 @@ async fn without_an_account_cache_reads_still_answer() {
     let shown = pair.shown(&pair.b, &id).await.expect("GetUser on B");
     assert_eq!(
         shown.last_login_time,
-        pair.shown(&pair.a, &id).await.expect("GetUser on A").last_login_time
+        pair.shown(&pair.a, &id)
+            .await
+            .expect("GetUser on A")
+            .last_login_time
     );
     let own = AuthServiceClient::new(pair.b.channel().await)
         .get_current_user(authed(&token, pb::GetCurrentUserRequest {}))

@@ -182,9 +182,12 @@ impl CallerCache {
     /// The caller of `credential` if cached, live at `now`, and the cache
     /// is serving; otherwise a ticket to fill it after reading.
     pub fn lookup(&self, credential: Credential, now: NaiveDateTime) -> Lookup {
-        self.lookup_in(self.capacity, |s| &mut s.entries, credential, |entry| {
-            entry.expires_at.is_none_or(|at| at > now)
-        })
+        self.lookup_in(
+            self.capacity,
+            |s| &mut s.entries,
+            credential,
+            |entry| entry.expires_at.is_none_or(|at| at > now),
+        )
     }
 
     /// Caches what a read begun under `ticket` returned, unless a change was
@@ -204,7 +207,13 @@ impl CallerCache {
     /// [`Self::fill`]).
     pub fn fill_account(&self, ticket: Ticket, account: Arc<Account>) {
         let id = account.user.id;
-        self.fill_in(self.account_capacity, |s| &mut s.accounts, ticket, id, account);
+        self.fill_in(
+            self.account_capacity,
+            |s| &mut s.accounts,
+            ticket,
+            id,
+            account,
+        );
     }
 
     fn lookup_in<K: Eq + Hash, V: Clone>(
@@ -511,6 +520,9 @@ mod tests {
     #[test]
     fn no_account_is_kept_without_a_capacity() {
         let cache = serving(10);
-        assert!(matches!(cache.lookup_account(Uuid::now_v7()), Lookup::Miss(None)));
+        assert!(matches!(
+            cache.lookup_account(Uuid::now_v7()),
+            Lookup::Miss(None)
+        ));
     }
 }
