@@ -6,10 +6,12 @@
 //! caller nothing, so a flood of them must not cost the database a row
 //! each). Health and reflection are not `automation.v1` and pass untouched.
 //!
-//! A call that may change a caller (see [`changes_callers`]) answers only
-//! once every replica has applied the change to its cache of callers (the
-//! fence of `auth::callers::listener`), so that the change holds on the next
-//! call wherever it lands.
+//! A call that may change a caller or an account's view (see
+//! [`changes_callers`]; a Login only when it succeeds, since only then does
+//! it write `lastLogin`) answers only once every replica has applied the
+//! change to its caches of callers and accounts (the fence of
+//! `auth::callers::listener`), so that the change holds on the next call
+//! wherever it lands.
 
 use std::{
     pin::Pin,
@@ -81,6 +83,21 @@ fn changes_callers(path: &str) -> bool {
     IDENTITY_SERVICES.iter().any(|service| {
         path.strip_prefix(service)
             .is_some_and(|method| !method.starts_with("Get") && !method.starts_with("List"))
+    })
+}
+
+/// The Login RPC, which changes an account's view only when it succeeds.
+const LOGIN: &str = "/automation.v1.AuthService/Login";
+
+/// Whether a unary call answered OK: tonic puts a refusal's `grpc-status`
+/// in the response headers (a trailers-only answer), a success's in the
+/// trailers.
+fn succeeded<E>(response: &Result<http::Response<Body>, E>) -> bool {
+    response.as_ref().is_ok_and(|response| {
+        response
+            .headers()
+            .get("grpc-status")
+            .is_none_or(|status| status == "0")
     })
 }
 
@@ -236,11 +253,14 @@ where
                 return inner.call(request).await;
             }
             let (response, handled) = authorizer.serve(&path, inner, request).await;
-            if handled && changes_callers(&path) {
+            if handled && changes_callers(&path) && (path != LOGIN || succeeded(&response)) {
                 // Unary: the handler (and its commit) has run when the
                 // response future resolves. Whatever its outcome (a refused
                 // refresh may have revoked a session), every replica
-                // applies what it wrote before the caller hears back.
+                // applies what it wrote before the caller hears back. A
+                // Login writes (`lastLogin`) only when it succeeds: a flood
+                // of failed, throttled or malformed logins must not cost a
+                // fence each.
                 authorizer.callers.fence().await;
             }
             response

@@ -254,10 +254,13 @@ pub async fn login(
         .sessions
         .login(&client, &form.login, &form.password)
         .await;
-    // A login sets the account's `lastLogin`, which every replica's cache
-    // of accounts must have dropped before anyone hears back (as the Login
-    // RPC does).
-    ctx.callers.fence().await;
+    // A successful login sets the account's `lastLogin`, which every
+    // replica's cache of accounts must have dropped before anyone hears
+    // back (as the Login RPC does). A failed one writes nothing to wait
+    // for: a flood of them must not cost a fence each.
+    if issued.is_ok() {
+        ctx.callers.fence().await;
+    }
     let issued = match issued {
         Ok(issued) => issued,
         Err(error) => {

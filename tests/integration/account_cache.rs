@@ -356,3 +356,100 @@ async fn without_an_account_cache_reads_still_answer() {
         .expect("GetCurrentUser on B");
     assert_eq!(own.into_inner().user.expect("user").id, id);
 }
+
+/// A test's own ear on the `caller_changes` channel.
+struct Ear {
+    listen: diesel_async::AsyncPgConnection,
+    send: diesel_async::AsyncPgConnection,
+    marks: u64,
+}
+
+impl Ear {
+    async fn new(app: &TestApp) -> Self {
+        use diesel_async::RunQueryDsl as _;
+        let url = app.db.url();
+        let connect = || {
+            automation_control_plane::db::dedicated_connection(
+                &url,
+                "test ear",
+                "",
+                Duration::from_secs(5),
+            )
+        };
+        let mut listen = connect().await.expect("connect");
+        diesel::sql_query("LISTEN caller_changes")
+            .execute(&mut listen)
+            .await
+            .expect("listen");
+        Self {
+            listen,
+            send: connect().await.expect("connect"),
+            marks: 0,
+        }
+    }
+
+    /// How many fences were sent since the last call (everything sent
+    /// before this call has been committed: it reads up to a mark of its
+    /// own sent now, in commit order).
+    async fn fences(&mut self) -> usize {
+        use diesel_async::RunQueryDsl as _;
+        use futures_util::StreamExt as _;
+        self.marks += 1;
+        let mark = format!("test-mark-{}", self.marks);
+        diesel::sql_query("SELECT pg_notify('caller_changes', $1)")
+            .bind::<diesel::sql_types::Text, _>(&mark)
+            .execute(&mut self.send)
+            .await
+            .expect("mark");
+        let mut fences = 0;
+        loop {
+            let next = {
+                let mut stream = std::pin::pin!(self.listen.notifications_stream());
+                tokio::time::timeout(Duration::from_secs(10), stream.next())
+                    .await
+                    .expect("the mark came back")
+            };
+            let payload = next.expect("stream").expect("notification").payload;
+            if payload == mark {
+                return fences;
+            }
+            fences += usize::from(payload.starts_with("fence:"));
+        }
+    }
+}
+
+/// Only a successful Login writes (`lastLogin`): a failed one sends no
+/// fence, so a flood of failing logins costs no fence (and no wait) each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_successful_logins_fence() {
+    let pair = Pair::start(TestOptions::default()).await;
+    pair.a.user_with_roles("fenced", &["reader"]).await;
+    let mut ear = Ear::new(&pair.a).await;
+    // Until A's listener has listened for a second, A waits out the window
+    // instead of sending fences: log in until one is sent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        pair.login("fenced").await;
+        if ear.fences().await > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "A never fenced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        let status = pair
+            .a
+            .login("fenced", "wrong-password")
+            .await
+            .expect_err("a wrong password");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    pair.a
+        .login("nobody-by-that-name", "wrong-password")
+        .await
+        .expect_err("an unknown account");
+    pair.a.login("", "").await.expect_err("a malformed login");
+    assert_eq!(ear.fences().await, 0, "failed logins sent fences");
+    pair.login("fenced").await;
+    assert_eq!(ear.fences().await, 1, "a successful login sent no fence");
+}
