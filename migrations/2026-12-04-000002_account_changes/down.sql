@@ -1,1 +1,2 @@
 DROP TRIGGER account_changes ON "users";
+DROP FUNCTION account_changes_notify();

@@ -131,6 +131,8 @@ pub struct TestApp {
     pub proxy: Option<proxy::DbProxy>,
     /// TLS of the harness's clients, when the server speaks it.
     pub tls_client: Option<ClientTlsConfig>,
+    /// The server's cache of callers and accounts (to check that it served).
+    pub callers: automation_control_plane::auth::callers::CallerCache,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -216,6 +218,7 @@ impl TestApp {
         let auth = AuthSettings::from_args(&options.auth, &options.passwords, JWT_SECRET)
             .expect("auth settings");
         let keys = auth.tokens.clone();
+        let callers = auth.callers.clone();
         let (pool_url, mode) = match options.pooler {
             Some(pooler) => {
                 let mut through = url::Url::parse(&url).expect("database URL");
@@ -273,6 +276,7 @@ impl TestApp {
             keys,
             proxy,
             tls_client,
+            callers,
             shutdown: Some(shutdown),
             task: Some(task),
         }
