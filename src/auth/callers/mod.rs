@@ -12,12 +12,13 @@
 //!    `users`, `user_roles`, `roles` and `api_keys` (migration
 //!    `2026-12-01-000008_caller_changes`) `pg_notify('caller_changes', …)`
 //!    on any write that can change a caller, whoever makes it, and any
-//!    change of a `users` row as `account:<id>` (migration
-//!    `2026-12-04-000002_account_changes`: it evicts that account's view,
-//!    not its callers, so that logins, which touch `lastLogin`, leave the
-//!    callers cached). Each replica has one LISTEN connection ([`listener`])
-//!    that evicts what each notification names. Notifications arrive in
-//!    commit order.
+//!    change of a `users` row as `account:<id>` on `account_changes`
+//!    (migration `2026-12-04-000002_account_changes`: it evicts that
+//!    account's view, not its callers, so that logins, which touch
+//!    `lastLogin`, leave the callers cached; no account is kept while that
+//!    trigger is missing or disabled). Each replica has one LISTEN
+//!    connection ([`listener`]) on both channels that evicts what each
+//!    notification names. Notifications arrive in commit order.
 //! 2. **The cache serves only while it is provably caught up.** The listener
 //!    pings itself on the channel every [`PING_EVERY`]; an entry is served
 //!    only while the echo of a ping *sent* less than [`FRESHNESS`] ago has
