@@ -6,6 +6,9 @@
 //!   prepared -c16 -j2 -T10` on the same cluster in the same run, with their
 //!   ratio (the target is ≥ 0.5), the floor of each client (grpc.health
 //!   Check: no auth, no database) and the database round trips per call;
+//!   with h2load also on a second replica whose account cache is off (one
+//!   statement per call), and the gRPC codes h2load's calls were answered
+//!   with (h2load counts HTTP responses, not gRPC statuses);
 //! - an authorized call (`GetCurrentUser`): JWT check, the caller (cached
 //!   per replica) and the account read;
 //! - `ListUsers` (a page of 50 with roles, two queries);
@@ -22,6 +25,7 @@
 mod common;
 
 use std::{
+    collections::BTreeMap,
     process::Command,
     sync::{
         Arc,
@@ -225,6 +229,46 @@ struct Rate {
     calls: usize,
 }
 
+/// `GetUser` calls answered so far by this process's servers, by gRPC code
+/// (the RPC layer's `grpc_server_handled_total`).
+fn get_user_answers() -> BTreeMap<String, f64> {
+    let mut codes = BTreeMap::new();
+    let Some(handle) = automation_control_plane::telemetry::install() else {
+        return codes;
+    };
+    for line in handle.render().lines() {
+        if !line.starts_with("grpc_server_handled_total{")
+            || !line.contains("grpc_method=\"GetUser\"")
+        {
+            continue;
+        }
+        let code = line
+            .split("grpc_code=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        let n: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        *codes.entry(code.to_owned()).or_default() += n;
+    }
+    codes
+}
+
+/// What `GetUser` answered between two [`get_user_answers`]: `code count`
+/// for each code.
+fn answered(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+    after
+        .iter()
+        .map(|(code, n)| (code, n - before.get(code).copied().unwrap_or(0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(code, n)| format!("{code} {n:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Transactions committed in the app's database so far.
 async fn transactions(app: &TestApp) -> i64 {
     use diesel_async::RunQueryDsl as _;
@@ -302,15 +346,16 @@ async fn main() {
     // trips per call show that its calls were authorized (a refused call
     // reads nothing).
     let before = transactions(&app).await;
+    let answers_before = get_user_answers();
     let request = prost::Message::encode_to_vec(&pb::GetUserRequest { id: target.clone() });
-    if let Some(h2load) = h2load_rate(
-        &app,
-        "/automation.v1.UserService/GetUser",
-        Some(&token),
-        &request,
-    )
-    .await
-    {
+    let ratio = |rate: f64| {
+        reference
+            .map(|tps| format!("   ratio to pgbench -S {:.2}", rate / tps))
+            .unwrap_or_default()
+    };
+    let path = "/automation.v1.UserService/GetUser";
+    if let Some(h2load) = h2load_rate(&app, path, Some(&token), &request).await {
+        let answers = answered(&answers_before, &get_user_answers());
         let health = h2load_rate(&app, "/grpc.health.v1.Health/Check", None, &[])
             .await
             .unwrap_or_default();
@@ -318,11 +363,32 @@ async fn main() {
         let per_call = (transactions(&app).await - before) as f64 / (h2load * 11.0);
         println!(
             "h2load -c16 -m32: GetUser (authorized) {h2load:>8.0} calls/s ({per_call:.2} round \
-             trips per call){}   grpc.health Check {health:>8.0} calls/s",
-            reference
-                .map(|tps| format!("   ratio to pgbench -S {:.2}", h2load / tps))
-                .unwrap_or_default()
+             trips per call; answered: {answers}){}   grpc.health Check {health:>8.0} calls/s",
+            ratio(h2load),
         );
+        // The same on a replica whose account cache is off: one statement
+        // (the account joined with its roles) per call, as before.
+        let uncached = app
+            .replica(common::TestOptions {
+                pool_size,
+                auth: automation_control_plane::config::AuthArgs {
+                    account_cache_size: 0,
+                    ..common::TestOptions::default().auth
+                },
+                ..Default::default()
+            })
+            .await;
+        let token = uncached.admin_token().await;
+        let answers_before = get_user_answers();
+        if let Some(rate) = h2load_rate(&uncached, path, Some(&token), &request).await {
+            let answers = answered(&answers_before, &get_user_answers());
+            println!(
+                "h2load -c16 -m32: GetUser, account cache off (second replica) {rate:>8.0} \
+                 calls/s (answered: {answers}){}",
+                ratio(rate),
+            );
+        }
+        uncached.stop().await;
     } else {
         println!("h2load not found (Debian: nghttp2-client): GetUser measured with tonic only");
     }

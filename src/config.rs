@@ -504,6 +504,11 @@ pub struct AuthArgs {
     /// replica (see the README).
     #[arg(long, env = "CALLER_CACHE_SIZE", default_value_t = 10_000)]
     pub caller_cache_size: usize,
+    /// Most accounts each replica keeps as GetUser and GetCurrentUser show
+    /// them (the row with its roles), so that those reads need no database
+    /// read; 0 turns it off. Kept current like the caller cache.
+    #[arg(long, env = "ACCOUNT_CACHE_SIZE", default_value_t = 10_000)]
+    pub account_cache_size: usize,
 }
 
 /// Parses one `TRUSTED_PROXIES` entry: `10.0.0.0/8`, `fd00::/8`, `10.0.0.2`

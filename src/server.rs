@@ -22,10 +22,7 @@ use crate::{
             message_caps::{CapSettings, MessageCapLayer, MessageCaps},
         },
     },
-    auth::{
-        AuthSettings,
-        callers::{CallerCache, listener::CallerFeed},
-    },
+    auth::{AuthSettings, callers::listener::CallerFeed},
     db::{self, DbPool},
     dispatch::{DispatchParts, Dispatcher},
     domain::{
@@ -184,11 +181,12 @@ pub async fn serve(
     // This replica's cache of callers, kept current by its own LISTEN
     // connection (see auth::callers).
     let callers = CallerFeed::new(
-        CallerCache::new(state.auth.caller_cache_size),
+        state.auth.callers.clone(),
         state.pool.clone(),
         state.auth.channel_key.clone(),
     );
     identity.sessions = identity.sessions.with_caller_cache(callers.cache().clone());
+    identity.accounts = identity.accounts.with_caller_cache(callers.cache().clone());
     let caller_changes = tokio::spawn(
         callers
             .clone()

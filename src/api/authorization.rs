@@ -6,10 +6,12 @@
 //! caller nothing, so a flood of them must not cost the database a row
 //! each). Health and reflection are not `automation.v1` and pass untouched.
 //!
-//! A call that may change a caller (see [`changes_callers`]) answers only
-//! once every replica has applied the change to its cache of callers (the
-//! fence of `auth::callers::listener`), so that the change holds on the next
-//! call wherever it lands.
+//! A call that may change a caller or an account's view (see
+//! [`changes_callers`]; a Login only when it succeeds, since only then does
+//! it write `lastLogin`) answers only once every replica has applied the
+//! change to its caches of callers and accounts (the fence of
+//! `auth::callers::listener`), so that the change holds on the next call
+//! wherever it lands.
 
 use std::{
     pin::Pin,
@@ -70,17 +72,32 @@ const IDENTITY_SERVICES: &[&str] = &[
 
 /// Whether a call to `path` may change a caller (end a session, deactivate,
 /// delete or reset an account, change a role's permissions or who holds
-/// it, revoke a key): every method of the identity services that is not a
+/// it, revoke a key) or what GetUser shows of an account (the replica's
+/// cache of accounts): every method of the identity services that is not a
 /// read (`Get…`, `List…`) — including Refresh, which revokes a session
-/// whose spent token comes back — except Login, which only opens a new
-/// session. Creations are included: cheap, rare, and it keeps the rule one
-/// line. A new writing RPC of these services is covered without a list to
-/// maintain.
+/// whose spent token comes back, and Login, which sets the account's
+/// `lastLogin`. Creations are included: cheap, rare, and it keeps the rule
+/// one line. A new writing RPC of these services is covered without a list
+/// to maintain.
 fn changes_callers(path: &str) -> bool {
     IDENTITY_SERVICES.iter().any(|service| {
-        path.strip_prefix(service).is_some_and(|method| {
-            !method.starts_with("Get") && !method.starts_with("List") && method != "Login"
-        })
+        path.strip_prefix(service)
+            .is_some_and(|method| !method.starts_with("Get") && !method.starts_with("List"))
+    })
+}
+
+/// The Login RPC, which changes an account's view only when it succeeds.
+const LOGIN: &str = "/automation.v1.AuthService/Login";
+
+/// Whether a unary call answered OK: tonic puts a refusal's `grpc-status`
+/// in the response headers (a trailers-only answer), a success's in the
+/// trailers.
+fn succeeded<E>(response: &Result<http::Response<Body>, E>) -> bool {
+    response.as_ref().is_ok_and(|response| {
+        response
+            .headers()
+            .get("grpc-status")
+            .is_none_or(|status| status == "0")
     })
 }
 
@@ -236,11 +253,14 @@ where
                 return inner.call(request).await;
             }
             let (response, handled) = authorizer.serve(&path, inner, request).await;
-            if handled && changes_callers(&path) {
+            if handled && changes_callers(&path) && (path != LOGIN || succeeded(&response)) {
                 // Unary: the handler (and its commit) has run when the
                 // response future resolves. Whatever its outcome (a refused
                 // refresh may have revoked a session), every replica
-                // applies what it wrote before the caller hears back.
+                // applies what it wrote before the caller hears back. A
+                // Login writes (`lastLogin`) only when it succeeds: a flood
+                // of failed, throttled or malformed logins must not cost a
+                // fence each.
                 authorizer.callers.fence().await;
             }
             response
@@ -327,6 +347,7 @@ mod tests {
             .filter(|path| changes_callers(path))
             .collect();
         for path in [
+            "/automation.v1.AuthService/Login",
             "/automation.v1.AuthService/Logout",
             "/automation.v1.AuthService/Refresh",
             "/automation.v1.AuthService/ChangePassword",
@@ -343,10 +364,7 @@ mod tests {
             assert!(fenced.contains(&path), "{path}");
         }
         for path in &fenced {
-            assert!(
-                !path.contains("/Get") && !path.contains("/List") && !path.ends_with("/Login"),
-                "{path}"
-            );
+            assert!(!path.contains("/Get") && !path.contains("/List"), "{path}");
             assert!(
                 !path.contains("JobService") && !path.contains("ModuleService"),
                 "{path}"

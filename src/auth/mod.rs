@@ -34,6 +34,11 @@ pub struct AuthSettings {
     pub trusted_proxies: client::TrustedProxies,
     /// Most callers each replica keeps resolved (0: no cache).
     pub caller_cache_size: usize,
+    /// Most accounts' views each replica keeps (0: none).
+    pub account_cache_size: usize,
+    /// This replica's cache of callers and accounts, sized as above (clones
+    /// of these settings share it: one server per settings).
+    pub callers: callers::CallerCache,
     /// Signs what replicas tell each other on the `caller_changes` channel
     /// (pings, fences, acknowledgements): any role that can connect to the
     /// database may NOTIFY on any channel, so an unsigned acknowledgement
@@ -83,6 +88,9 @@ impl AuthSettings {
             },
             trusted_proxies: client::TrustedProxies::new(args.trusted_proxies.clone()),
             caller_cache_size: args.caller_cache_size,
+            account_cache_size: args.account_cache_size,
+            callers: callers::CallerCache::new(args.caller_cache_size)
+                .with_accounts(args.account_cache_size),
             channel_key: callers::ChannelKey::derive(jwt_secret.as_bytes()),
             console_key: console_key::ConsoleKey::derive(jwt_secret.as_bytes()),
         })

@@ -249,12 +249,19 @@ pub async fn login(
             Some("The form expired: please sign in again."),
         );
     }
-    let issued = match ctx
+    let issued = ctx
         .identity
         .sessions
         .login(&client, &form.login, &form.password)
-        .await
-    {
+        .await;
+    // A successful login sets the account's `lastLogin`, which every
+    // replica's cache of accounts must have dropped before anyone hears
+    // back (as the Login RPC does). A failed one writes nothing to wait
+    // for: a flood of them must not cost a fence each.
+    if issued.is_ok() {
+        ctx.callers.fence().await;
+    }
+    let issued = match issued {
         Ok(issued) => issued,
         Err(error) => {
             let status = views::status_of(&error);

@@ -6,6 +6,8 @@
 //! `users:write` cannot reset an administrator's password and become one).
 //! Self-service — one's own password, one's own sessions — is `AuthService`'s.
 
+use std::sync::Arc;
+
 use diesel_async::AsyncPgConnection;
 use serde_json::json;
 use uuid::Uuid;
@@ -18,7 +20,10 @@ use super::{
     validate,
 };
 use crate::{
-    auth::passwords::PasswordHasher,
+    auth::{
+        callers::{CallerCache, Lookup},
+        passwords::PasswordHasher,
+    },
     db::{self, DbPool},
     error::AppError,
     store::{
@@ -30,16 +35,7 @@ use crate::{
     },
 };
 
-/// A user with their roles and the permissions those grant.
-#[derive(Debug, Clone)]
-pub struct Account {
-    /// The row.
-    pub user: UserRow,
-    /// Names of the roles held.
-    pub roles: Vec<String>,
-    /// The union of their permissions.
-    pub permissions: Vec<String>,
-}
+pub use crate::store::users::Account;
 
 /// A new account, as CreateUser asks for it; [`NewAccount::validated`]
 /// checks its shapes. Its `Debug` leaves the password out.
@@ -154,12 +150,25 @@ pub struct AccountQuery {
 pub struct Accounts {
     pool: DbPool,
     passwords: PasswordHasher,
+    callers: CallerCache,
 }
 
 impl Accounts {
     /// Accounts in `pool`'s database, hashing with `passwords`.
     pub fn new(pool: DbPool, passwords: PasswordHasher) -> Self {
-        Self { pool, passwords }
+        Self {
+            pool,
+            passwords,
+            callers: CallerCache::disabled(),
+        }
+    }
+
+    /// The same service answering [`Accounts::get`] from the replica's
+    /// cache when it can (`auth::callers` says why that is as current as
+    /// the database).
+    pub fn with_caller_cache(mut self, callers: CallerCache) -> Self {
+        self.callers = callers;
+        self
     }
 
     /// The hasher, whose rules decoders check new passwords against.
@@ -235,17 +244,9 @@ impl Accounts {
 
     /// One account.
     pub async fn get(&self, id: Uuid) -> Result<Account, AppError> {
-        let (user, roles, permissions) =
-            db::with_connection(&self.pool, "accounts.get", async |conn| {
-                Ok(users::find_with_grants(conn, id).await?)
-            })
+        shown_account(&self.pool, &self.callers, "accounts.get", id)
             .await?
-            .ok_or_else(|| AppError::NotFound(format!("user {id}")))?;
-        Ok(Account {
-            user,
-            roles,
-            permissions,
-        })
+            .ok_or_else(|| AppError::NotFound(format!("user {id}")))
     }
 
     /// Accounts by creation time, one page at a time.
@@ -404,6 +405,33 @@ impl Accounts {
         })
         .await
     }
+}
+
+/// Account `id` as the reads that show one return it (GetUser,
+/// GetCurrentUser), from the replica's cache when it holds it, else read
+/// (timed as `operation`) and cached if no change raced the read. Never with
+/// its password hash: the view is shown, and cached, without it.
+pub async fn shown_account(
+    pool: &DbPool,
+    cache: &CallerCache,
+    operation: &'static str,
+    id: Uuid,
+) -> Result<Option<Account>, AppError> {
+    let ticket = match cache.lookup_account(id) {
+        Lookup::Hit(account) => return Ok(Some(Account::clone(&account))),
+        Lookup::Miss(ticket) => ticket,
+    };
+    let account = db::with_connection(pool, operation, async |conn| {
+        Ok(users::find_with_grants(conn, id).await?)
+    })
+    .await?;
+    Ok(account.map(|mut account| {
+        account.user.password_hash = String::new();
+        if let Some(ticket) = ticket {
+            cache.fill_account(ticket, Arc::new(account.clone()));
+        }
+        account
+    }))
 }
 
 /// The account with its roles and permissions.

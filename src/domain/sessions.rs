@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{
     Actor,
-    accounts::{Account, account_of},
+    accounts::{Account, account_of, shown_account},
     api_keys,
     audit::{AuditAction, AuditEvent, AuditTrail, session_resource},
     throttle::{
@@ -384,20 +384,12 @@ impl Sessions {
         .await
     }
 
-    /// The caller's account.
+    /// The caller's account (from the replica's cache when it holds it).
     pub async fn current_account(&self, actor: &Actor) -> Result<Account, AppError> {
-        let user_id = actor.caller.user_id;
-        let (user, roles, permissions) =
-            db::with_connection(&self.pool, "sessions.current_user", async |conn| {
-                Ok(users::find_with_grants(conn, user_id).await?)
-            })
+        let id = actor.caller.user_id;
+        shown_account(&self.pool, &self.callers, "sessions.current_user", id)
             .await?
-            .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))?;
-        Ok(Account {
-            user,
-            roles,
-            permissions,
-        })
+            .ok_or_else(|| AppError::Unauthenticated("session is no longer valid".into()))
     }
 
     /// Changes the caller's password (the current one is checked, under the

@@ -18,13 +18,24 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
-/// Finds a user by id with their role names and the union of those roles'
-/// permissions (sorted, each once): one round trip, for the reads that show
-/// an account (GetUser, GetCurrentUser).
+/// An account as the reads that show one see it: the row, the names of its
+/// roles and the union of their permissions (sorted, each once).
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The row.
+    pub user: UserRow,
+    /// Names of the roles held.
+    pub roles: Vec<String>,
+    /// The union of their permissions.
+    pub permissions: Vec<String>,
+}
+
+/// Finds a user by id with their role names and permissions: one round
+/// trip, for the reads that show an account (GetUser, GetCurrentUser).
 pub async fn find_with_grants(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-) -> QueryResult<Option<(UserRow, Vec<String>, Vec<String>)>> {
+) -> QueryResult<Option<Account>> {
     let rows: Vec<(UserRow, Option<(String, serde_json::Value)>)> = users::table
         .left_join(user_roles::table.inner_join(roles::table))
         .filter(users::id.eq(id))
@@ -47,7 +58,11 @@ pub async fn find_with_grants(
     }
     permissions.sort();
     permissions.dedup();
-    Ok(Some((user, names, permissions)))
+    Ok(Some(Account {
+        user,
+        roles: names,
+        permissions,
+    }))
 }
 
 /// Finds a user by id and locks the row for the rest of the transaction, so

@@ -40,6 +40,11 @@ pub const LOGINS: &str = "auth_logins_total";
 pub const API_KEY_USES: &str = "auth_api_key_uses_total";
 /// Sessions not revoked and not expired (sampled).
 pub const ACTIVE_SESSIONS: &str = "auth_active_sessions";
+/// GetUser/GetCurrentUser answered from the replica's account cache.
+pub const ACCOUNT_CACHE_HITS: &str = "account_cache_hits_total";
+/// GetUser/GetCurrentUser that read the database (not cached, or the cache
+/// not serving).
+pub const ACCOUNT_CACHE_MISSES: &str = "account_cache_misses_total";
 
 /// Work streams open on this replica.
 pub const WORKERS_CONNECTED: &str = "queue_workers_connected";

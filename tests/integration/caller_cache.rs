@@ -21,15 +21,15 @@ const ROUNDS: usize = 50;
 
 /// Replica A, replica B on the same database, the admin's token, the admin's
 /// id, and a role `reader` holding `users:read`.
-struct Pair {
-    a: TestApp,
-    b: TestApp,
-    admin: String,
-    admin_id: String,
+pub(crate) struct Pair {
+    pub(crate) a: TestApp,
+    pub(crate) b: TestApp,
+    pub(crate) admin: String,
+    pub(crate) admin_id: String,
 }
 
 impl Pair {
-    async fn start(b_options: TestOptions) -> Self {
+    pub(crate) async fn start(b_options: TestOptions) -> Self {
         let a = TestApp::spawn().await;
         let b = a.replica(b_options).await;
         let admin = a.admin_token().await;
@@ -43,7 +43,7 @@ impl Pair {
         }
     }
 
-    async fn users(&self, app: &TestApp) -> UserServiceClient<Channel> {
+    pub(crate) async fn users(&self, app: &TestApp) -> UserServiceClient<Channel> {
         UserServiceClient::new(app.channel().await)
     }
 
@@ -69,7 +69,7 @@ impl Pair {
         }
     }
 
-    async fn login(&self, name: &str) -> String {
+    pub(crate) async fn login(&self, name: &str) -> String {
         self.a
             .login(name, "user-password-1")
             .await
@@ -77,7 +77,7 @@ impl Pair {
             .access_token
     }
 
-    async fn set_active(&self, id: &str, active: bool) {
+    pub(crate) async fn set_active(&self, id: &str, active: bool) {
         self.users(&self.a)
             .await
             .update_user(authed(
@@ -247,7 +247,7 @@ async fn role_changes_and_assignments_apply_at_once_on_the_other_replica() {
     }
 }
 
-async fn set_permissions(pair: &Pair, role_id: &str, permissions: &[&str]) {
+pub(crate) async fn set_permissions(pair: &Pair, role_id: &str, permissions: &[&str]) {
     RoleServiceClient::new(pair.a.channel().await)
         .update_role(authed(
             &pair.admin,
@@ -297,7 +297,7 @@ async fn revoked_api_keys_stop_at_once_on_the_other_replica() {
     }
 }
 
-async fn sql(app: &TestApp, statement: &str) {
+pub(crate) async fn sql(app: &TestApp, statement: &str) {
     use diesel_async::{RunQueryDsl as _, SimpleAsyncConnection as _};
     let mut conn = app.pool.get().await.expect("connection");
     let _ = diesel::sql_query("SELECT 1").execute(&mut conn).await;

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod account_cache;
 mod api_keys;
 mod attempts;
 mod audit;

@@ -1,8 +1,14 @@
-//! The replica's ear on the `caller_changes` channel, and the fence writers
-//! wait on. One dedicated connection (outside the pool) per replica, for the
-//! replica's whole life, reconnecting with backoff.
+//! The replica's ear on the `caller_changes` and `account_changes`
+//! channels, and the fence writers wait on (after a change of callers or of
+//! an account's view, a successful Login included). One dedicated
+//! connection (outside the pool) per replica, for the replica's whole life,
+//! reconnecting with backoff; on each (re)connection it checks that the
+//! trigger announcing account changes fires, and the cache keeps no account
+//! while it does not.
 //!
-//! Payloads on the channel (the first four come from the triggers; the
+//! Payloads on `account_changes`: `account:<id>` (from the trigger; evicts
+//! that account's view; anything else empties the cache). Payloads on
+//! `caller_changes` (the first four come from the triggers; the
 //! replicas' own are signed with the [`ChannelKey`] every replica derives
 //! from the shared secret, `<message>:<signature>`, and unsigned ones are
 //! ignored, because any role that can connect may NOTIFY):
@@ -13,7 +19,7 @@
 //!   echo tells its cache that everything committed before the ping has been
 //!   applied, and the others note that the replica is alive;
 //! - `fence:<replica>:<n>` — sent by a replica after a call that may have
-//!   changed callers committed; every other replica answers
+//!   changed callers or an account's view committed; every other replica answers
 //!   `ack:<replica>:<n>:<itself>` once it reaches it, i.e. after applying
 //!   every change committed before it. When the writer's own listener
 //!   reaches its fence, it knows which replicas it must hear from: those
@@ -57,7 +63,7 @@ use super::{CallerCache, Change, ChannelKey, FENCE_TIMEOUT, FRESHNESS, PING_EVER
 use crate::{
     db::{self, DbPool},
     error::AppError,
-    store::caller_changes::{self, CHANNEL},
+    store::caller_changes::{self, ACCOUNT_CHANNEL, CHANNEL},
 };
 
 /// How long connecting or one statement on the connection may take.
@@ -166,7 +172,8 @@ impl CallerFeed {
     /// Returns once every live replica has applied what was committed
     /// before this call (see the module documentation), or after
     /// [`FENCE_TIMEOUT`]. Call it after a call that may have changed a
-    /// caller, before answering.
+    /// caller or an account's view (a successful Login sets `lastLogin`),
+    /// before answering.
     pub async fn fence(&self) {
         let started = Instant::now();
         let waited_out = (started + FRESHNESS).into();
@@ -252,19 +259,26 @@ impl CallerFeed {
     pub async fn run(self, url: String, shutdown: CancellationToken) {
         let mut pause = Duration::from_millis(100);
         let mut reported = false;
+        let mut warned_accounts = false;
         while !shutdown.is_cancelled() {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
                 connected = connect(&url) => connected,
             };
             match connected {
-                Ok((mut conn, pid)) => {
+                Ok((mut conn, pid, accounts_announced)) => {
                     if reported {
                         tracing::info!("caller change notifications connected again");
                     }
+                    if !accounts_announced && !warned_accounts {
+                        tracing::warn!(
+                            "the account_changes trigger on users is missing or disabled: the account cache is off until it fires again (checked on each reconnection)"
+                        );
+                        warned_accounts = true;
+                    }
                     pause = Duration::from_millis(100);
                     reported = false;
-                    self.inner.cache.connected();
+                    self.inner.cache.connected(accounts_announced);
                     self.fences().listening_since = Some(Instant::now());
                     self.listen(&mut conn, pid, &shutdown).await;
                     self.fences().listening_since = None;
@@ -317,6 +331,13 @@ impl CallerFeed {
                 }
             };
             match next {
+                Some(Some(Ok(notification))) if notification.channel == ACCOUNT_CHANNEL => {
+                    let change = match notification.payload.split_once(':') {
+                        Some(("account", id)) => Uuid::try_parse(id).ok().map(Change::Account),
+                        _ => None,
+                    };
+                    self.inner.cache.apply(change.unwrap_or(Change::All));
+                }
                 Some(Some(Ok(notification))) => {
                     let from_me = notification.process_id == pid;
                     if let Some(reply) = self.on_payload(&notification.payload, from_me, &mut pings)
@@ -467,18 +488,23 @@ impl Pings {
     }
 }
 
-/// The listening connection and its backend's process id.
-async fn connect(url: &str) -> Result<(AsyncPgConnection, i32), AppError> {
+/// The listening connection, its backend's process id, and whether account
+/// changes are announced (checked after LISTEN: a trigger enabled later is
+/// seen on the next reconnection).
+async fn connect(url: &str) -> Result<(AsyncPgConnection, i32, bool), AppError> {
     let mut conn =
         db::dedicated_connection(url, "control-plane caller changes", "", STATEMENT_TIMEOUT)
             .await?;
-    let pid = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+    let (pid, accounts) = tokio::time::timeout(STATEMENT_TIMEOUT, async {
         caller_changes::listen(&mut conn).await?;
-        caller_changes::backend_pid(&mut conn).await
+        let pid = caller_changes::backend_pid(&mut conn).await?;
+        caller_changes::account_trigger_enabled(&mut conn)
+            .await
+            .map(|enabled| (pid, enabled))
     })
     .await
     .map_err(|_| AppError::Unavailable(format!("timed out listening on {CHANNEL}")))??;
-    Ok((conn, pid))
+    Ok((conn, pid, accounts))
 }
 
 async fn send(conn: &mut AsyncPgConnection, payload: &str) -> Result<(), AppError> {

@@ -1,6 +1,9 @@
 //! The per-replica cache of callers: a session or an API key → the caller it
 //! resolved to (account, permissions, key scope), so that an authorized call
-//! in the steady state costs no database round trip for its caller.
+//! in the steady state costs no database round trip for its caller; and,
+//! under the same rules, of accounts as the reads that show one return them
+//! (GetUser, GetCurrentUser: the row joined with its roles), so that those
+//! reads cost none either.
 //!
 //! It never answers with what the database no longer says. Three rules make
 //! that hold, on every replica, for the very next call after a change:
@@ -8,8 +11,13 @@
 //! 1. **The database announces every change.** Triggers on `sessions`,
 //!    `users`, `user_roles`, `roles` and `api_keys` (migration
 //!    `2026-12-01-000008_caller_changes`) `pg_notify('caller_changes', …)`
-//!    on any write that can change a caller, whoever makes it. Each replica
-//!    has one LISTEN connection ([`listener`]) that evicts what each
+//!    on any write that can change a caller, whoever makes it, and any
+//!    change of a `users` row as `account:<id>` on `account_changes`
+//!    (migration `2026-12-04-000002_account_changes`: it evicts that
+//!    account's view, not its callers, so that logins, which touch
+//!    `lastLogin`, leave the callers cached; no account is kept while that
+//!    trigger is missing or disabled). Each replica has one LISTEN
+//!    connection ([`listener`]) on both channels that evicts what each
 //!    notification names. Notifications arrive in commit order.
 //! 2. **The cache serves only while it is provably caught up.** The listener
 //!    pings itself on the channel every [`PING_EVERY`]; an entry is served
@@ -18,16 +26,22 @@
 //!    Disconnected, reconnecting, or slow: the cache is bypassed, and it is
 //!    emptied on every (re)connect.
 //! 3. **Writers wait for every replica.** A call that may change callers
-//!    returns only after every replica heard from within [`FRESHNESS`] has
+//!    or an account's view (successful logins included) returns only after
+//!    every replica heard from within [`FRESHNESS`] has
 //!    acknowledged a fence sent after its commit, or after
 //!    [`FENCE_TIMEOUT`] (≥ [`FRESHNESS`]): by then a replica that did not
 //!    answer has stopped serving from its cache by rule 2.
 //!
 //! A lookup that misses reads the database and may fill the entry, but only
-//! if no change was applied between the read's start and the fill (the
-//! [`Ticket`]'s epoch): a read that raced a change never caches its stale
-//! answer. Expiry is checked on every hit, against the expiry the entry was
-//! read with.
+//! if no change of that entry's keys (its credential, its account) nor of
+//! everything (`all`, a (re)connection) was applied between the read's start
+//! and the fill (the [`Ticket`]): a read that raced a change never caches
+//! its stale answer, and changes of other keys (every login announces its
+//! account, every refresh its session) do not keep the caches cold. Changes
+//! are recorded per bucket of keys ([`BUCKETS`], by hash): a collision only
+//! refuses a fill. Expiry is checked on every hit, against the expiry the
+//! entry was read with. Callers and accounts share that state (one
+//! freshness, one lock), so one change and one fence cover both.
 //!
 //! This module is the state only (no I/O), so its rules are unit-tested
 //! here; [`listener`] feeds it.
@@ -39,6 +53,7 @@ pub use signing::ChannelKey;
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, Hash, RandomState},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -47,6 +62,7 @@ use chrono::NaiveDateTime;
 use uuid::Uuid;
 
 use super::caller::Caller;
+use crate::{store::users::Account, telemetry::names};
 
 /// How often the listener pings itself.
 pub const PING_EVERY: Duration = Duration::from_millis(250);
@@ -62,6 +78,10 @@ pub const FRESHNESS: Duration = Duration::from_secs(1);
 pub const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const _: () = assert!(FENCE_TIMEOUT.as_millis() >= FRESHNESS.as_millis());
+
+/// Buckets of keys whose last change is recorded (a fill checks its keys'
+/// buckets): fixed, so that the record never grows.
+pub const BUCKETS: usize = 4096;
 
 /// What a cached caller was resolved from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,17 +111,20 @@ pub enum Change {
     Session(Uuid),
     /// An API key changed.
     ApiKey(Uuid),
-    /// An account, or its roles, changed: every session and key of it.
+    /// An account, or its roles, changed: every session and key of it,
+    /// and its view.
     User(Uuid),
+    /// Only what an account's view shows changed (a name, `lastLogin`).
+    Account(Uuid),
     /// Anything (a role's permissions): everything.
     All,
 }
 
 /// The answer of a lookup.
 #[derive(Debug)]
-pub enum Lookup {
+pub enum Lookup<T = CachedCaller> {
     /// A live entry.
-    Hit(CachedCaller),
+    Hit(T),
     /// Read the database; fill with the ticket (`None`: the cache is not
     /// serving, do not fill).
     Miss(Option<Ticket>),
@@ -110,35 +133,98 @@ pub enum Lookup {
 /// Permission to fill an entry with what a read started now returns.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
-    epoch: u64,
+    /// The number of the last change applied when the read started.
+    seq: u64,
 }
 
-/// The cache; clones share it. See the module documentation.
+/// What a change is recorded against, and a fill checked against.
+#[derive(Hash)]
+enum Key {
+    Credential(Credential),
+    /// Every caller of an account.
+    User(Uuid),
+    /// An account's view.
+    Account(Uuid),
+}
+
+/// The cache; clones share it (its capacities included). See the module
+/// documentation.
 #[derive(Clone, Debug)]
 pub struct CallerCache {
     inner: Arc<Mutex<State>>,
-    capacity: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    /// Most callers kept (0: none).
+    capacity: usize,
+    /// Most accounts' views kept (0: none).
+    account_capacity: usize,
+    /// Account lookups answered from the cache, and not.
+    account_hits: u64,
+    account_misses: u64,
     entries: HashMap<Credential, CachedCaller>,
-    /// Bumped by every applied change and every (dis)connection.
-    epoch: u64,
+    /// Accounts' views by id, shared with the reads that return them.
+    accounts: HashMap<Uuid, Arc<Account>>,
+    /// Numbers every applied change and every (dis)connection.
+    seq: u64,
+    /// The number of the last change of each bucket of keys.
+    changed: Box<[u64]>,
+    /// The number of the last change of everything (`all`, a
+    /// (dis)connection).
+    all_changed: u64,
+    /// Spreads keys over the buckets.
+    hasher: RandomState,
     /// Whether the listener is connected (since the last flush).
     connected: bool,
+    /// Whether, when the listener (re)connected, the trigger announcing
+    /// account changes was there and enabled: without it a name, an email
+    /// or `lastLogin` could change unannounced, so no account is served.
+    accounts_announced: bool,
     /// When the last ping whose echo came back was sent.
     echoed_ping_sent: Option<Instant>,
 }
 
-impl CallerCache {
-    /// A cache of at most `capacity` callers (0: no cache). It serves
-    /// nothing until a listener reports it caught up.
-    pub fn new(capacity: usize) -> Self {
+impl Default for State {
+    fn default() -> Self {
         Self {
-            inner: Arc::default(),
-            capacity,
+            capacity: 0,
+            account_capacity: 0,
+            account_hits: 0,
+            account_misses: 0,
+            entries: HashMap::new(),
+            accounts: HashMap::new(),
+            seq: 0,
+            changed: vec![0; BUCKETS].into_boxed_slice(),
+            all_changed: 0,
+            hasher: RandomState::new(),
+            connected: false,
+            accounts_announced: false,
+            echoed_ping_sent: None,
         }
+    }
+}
+
+impl CallerCache {
+    /// A cache of at most `capacity` callers (0: no cache) and no
+    /// accounts. It serves nothing until a listener reports it caught up.
+    pub fn new(capacity: usize) -> Self {
+        let cache = Self {
+            inner: Arc::default(),
+        };
+        cache.state().capacity = capacity;
+        cache
+    }
+
+    /// The same cache (and its clones) keeping up to `capacity` accounts'
+    /// views too (0: none). None without a cache of callers: accounts ride
+    /// on it.
+    pub fn with_accounts(self, capacity: usize) -> Self {
+        {
+            let mut state = self.state();
+            state.account_capacity = if state.capacity == 0 { 0 } else { capacity };
+        }
+        self
     }
 
     /// A cache that never serves (a server without a listener).
@@ -152,79 +238,184 @@ impl CallerCache {
 
     /// Whether entries are served now (rule 2).
     pub fn is_serving(&self) -> bool {
-        self.capacity > 0 && self.state().is_fresh(Instant::now())
+        let state = self.state();
+        state.capacity > 0 && state.is_fresh(Instant::now())
     }
 
     /// The caller of `credential` if cached, live at `now`, and the cache
     /// is serving; otherwise a ticket to fill it after reading.
     pub fn lookup(&self, credential: Credential, now: NaiveDateTime) -> Lookup {
-        if self.capacity == 0 {
-            return Lookup::Miss(None);
+        self.lookup_in(
+            |s| Some((s.capacity, &mut s.entries)),
+            credential,
+            |entry| entry.expires_at.is_none_or(|at| at > now),
+        )
+    }
+
+    /// Caches what a read begun under `ticket` returned, unless a change of
+    /// the credential, of its account's callers or of everything was
+    /// applied since (it may predate the read's snapshot) or the cache
+    /// stopped serving. When full, an arbitrary entry makes room.
+    pub fn fill(&self, ticket: Ticket, credential: Credential, entry: CachedCaller) {
+        let keys = [Key::Credential(credential), Key::User(entry.caller.user_id)];
+        self.fill_in(
+            |s| Some((s.capacity, &mut s.entries)),
+            ticket,
+            &keys,
+            credential,
+            entry,
+        );
+    }
+
+    /// The view of account `id` if cached and the cache is serving;
+    /// otherwise a ticket to fill it after reading (as [`Self::lookup`]).
+    pub fn lookup_account(&self, id: Uuid) -> Lookup<Arc<Account>> {
+        let lookup = self.lookup_in(
+            |s| {
+                s.accounts_announced
+                    .then_some((s.account_capacity, &mut s.accounts))
+            },
+            id,
+            |_| true,
+        );
+        let hit = matches!(lookup, Lookup::Hit(_));
+        {
+            let mut state = self.state();
+            if hit {
+                state.account_hits += 1;
+            } else {
+                state.account_misses += 1;
+            }
         }
+        if hit {
+            metrics::counter!(names::ACCOUNT_CACHE_HITS).increment(1);
+        } else {
+            metrics::counter!(names::ACCOUNT_CACHE_MISSES).increment(1);
+        }
+        lookup
+    }
+
+    /// How many account lookups this cache answered, and how many it did
+    /// not (also counted as metrics, summed over the process).
+    pub fn account_lookups(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.account_hits, state.account_misses)
+    }
+
+    /// Caches the view of an account read under `ticket` (as
+    /// [`Self::fill`]).
+    pub fn fill_account(&self, ticket: Ticket, account: Arc<Account>) {
+        let id = account.user.id;
+        self.fill_in(
+            |s| {
+                s.accounts_announced
+                    .then_some((s.account_capacity, &mut s.accounts))
+            },
+            ticket,
+            &[Key::Account(id)],
+            id,
+            account,
+        );
+    }
+
+    fn lookup_in<K: Eq + Hash, V: Clone>(
+        &self,
+        map: impl FnOnce(&mut State) -> Option<(usize, &mut HashMap<K, V>)>,
+        key: K,
+        live: impl FnOnce(&V) -> bool,
+    ) -> Lookup<V> {
         let mut state = self.state();
         if !state.is_fresh(Instant::now()) {
             return Lookup::Miss(None);
         }
-        let ticket = Some(Ticket { epoch: state.epoch });
-        match state.entries.get(&credential) {
-            Some(entry) if entry.expires_at.is_none_or(|at| at > now) => Lookup::Hit(entry.clone()),
+        let ticket = Some(Ticket { seq: state.seq });
+        // `None`: this kind of entry cannot be kept current now.
+        let Some((capacity, entries)) = map(&mut state) else {
+            return Lookup::Miss(None);
+        };
+        if capacity == 0 {
+            return Lookup::Miss(None);
+        }
+        match entries.get(&key) {
+            Some(entry) if live(entry) => Lookup::Hit(entry.clone()),
             Some(_) => {
-                state.entries.remove(&credential);
+                entries.remove(&key);
                 Lookup::Miss(ticket)
             }
             None => Lookup::Miss(ticket),
         }
     }
 
-    /// Caches what a read begun under `ticket` returned, unless a change was
-    /// applied since (it may predate the read's snapshot) or the cache
-    /// stopped serving. When full, an arbitrary entry makes room.
-    pub fn fill(&self, ticket: Ticket, credential: Credential, entry: CachedCaller) {
+    fn fill_in<K: Eq + Hash + Clone, V>(
+        &self,
+        map: impl FnOnce(&mut State) -> Option<(usize, &mut HashMap<K, V>)>,
+        ticket: Ticket,
+        changes: &[Key],
+        key: K,
+        value: V,
+    ) {
         let mut state = self.state();
-        if state.epoch != ticket.epoch || !state.is_fresh(Instant::now()) {
+        if state.changed_since(ticket, changes) || !state.is_fresh(Instant::now()) {
             return;
         }
-        if state.entries.len() >= self.capacity
-            && !state.entries.contains_key(&credential)
-            && let Some(victim) = state.entries.keys().next().copied()
-        {
-            state.entries.remove(&victim);
+        let Some((capacity, entries)) = map(&mut state) else {
+            return;
+        };
+        if capacity == 0 {
+            return;
         }
-        state.entries.insert(credential, entry);
+        if entries.len() >= capacity
+            && !entries.contains_key(&key)
+            && let Some(victim) = entries.keys().next().cloned()
+        {
+            entries.remove(&victim);
+        }
+        entries.insert(key, value);
     }
 
     /// Applies an announced change (rule 1).
     pub fn apply(&self, change: Change) {
         let mut state = self.state();
-        state.epoch += 1;
         match change {
             Change::Session(id) => {
-                state.entries.remove(&Credential::Session(id));
+                let credential = Credential::Session(id);
+                state.record(&[Key::Credential(credential)]);
+                state.entries.remove(&credential);
             }
             Change::ApiKey(id) => {
-                state.entries.remove(&Credential::ApiKey(id));
+                let credential = Credential::ApiKey(id);
+                state.record(&[Key::Credential(credential)]);
+                state.entries.remove(&credential);
             }
-            Change::User(id) => state.entries.retain(|_, e| e.caller.user_id != id),
-            Change::All => state.entries.clear(),
+            Change::User(id) => {
+                state.record(&[Key::User(id), Key::Account(id)]);
+                state.entries.retain(|_, e| e.caller.user_id != id);
+                state.accounts.remove(&id);
+            }
+            Change::Account(id) => {
+                state.record(&[Key::Account(id)]);
+                state.accounts.remove(&id);
+            }
+            Change::All => state.clear(),
         }
     }
 
     /// The listener (re)connected: whatever happened while nobody listened
     /// is unknown, so everything goes; nothing is served before the first
-    /// echo.
-    pub fn connected(&self) {
+    /// echo, and no account unless `accounts_announced` (the trigger that
+    /// announces account changes fires).
+    pub fn connected(&self, accounts_announced: bool) {
         let mut state = self.state();
-        state.entries.clear();
-        state.epoch += 1;
+        state.clear();
         state.connected = true;
+        state.accounts_announced = accounts_announced;
         state.echoed_ping_sent = None;
     }
 
     /// The listener lost its connection: the cache stops serving at once.
     pub fn disconnected(&self) {
         let mut state = self.state();
-        state.entries.clear();
-        state.epoch += 1;
+        state.clear();
         state.connected = false;
         state.echoed_ping_sent = None;
     }
@@ -247,9 +438,43 @@ impl CallerCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// How many accounts' views are cached.
+    pub fn accounts_len(&self) -> usize {
+        self.state().accounts.len()
+    }
 }
 
 impl State {
+    /// Empties the cache and refuses every fill in flight.
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.accounts.clear();
+        self.seq += 1;
+        self.all_changed = self.seq;
+    }
+
+    fn bucket(&self, key: &Key) -> usize {
+        (self.hasher.hash_one(key) % BUCKETS as u64) as usize
+    }
+
+    /// Records a change of `keys`: fills in flight for them are refused.
+    fn record(&mut self, keys: &[Key]) {
+        self.seq += 1;
+        for key in keys {
+            let bucket = self.bucket(key);
+            self.changed[bucket] = self.seq;
+        }
+    }
+
+    /// Whether everything, or any of `keys`, changed since `ticket`.
+    fn changed_since(&self, ticket: Ticket, keys: &[Key]) -> bool {
+        self.all_changed > ticket.seq
+            || keys
+                .iter()
+                .any(|key| self.changed[self.bucket(key)] > ticket.seq)
+    }
+
     fn is_fresh(&self, now: Instant) -> bool {
         self.connected
             && self
@@ -259,107 +484,4 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(user: Uuid, expires_at: Option<NaiveDateTime>) -> CachedCaller {
-        CachedCaller {
-            caller: Caller {
-                user_id: user,
-                session_id: Uuid::now_v7(),
-                permissions: vec!["users:read".into()],
-                scope: None,
-                api_key: None,
-            },
-            expires_at,
-            secret_hash: None,
-        }
-    }
-
-    fn now() -> NaiveDateTime {
-        chrono::Utc::now().naive_utc()
-    }
-
-    fn serving(capacity: usize) -> CallerCache {
-        let cache = CallerCache::new(capacity);
-        cache.connected();
-        cache.echoed(Instant::now());
-        cache
-    }
-
-    fn ticket(cache: &CallerCache, credential: Credential) -> Ticket {
-        match cache.lookup(credential, now()) {
-            Lookup::Miss(Some(ticket)) => ticket,
-            other => panic!("expected a fillable miss, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn serves_only_after_an_echo_and_while_it_is_recent() {
-        let cache = CallerCache::new(10);
-        let key = Credential::Session(Uuid::now_v7());
-        assert!(matches!(cache.lookup(key, now()), Lookup::Miss(None)));
-        cache.connected();
-        assert!(matches!(cache.lookup(key, now()), Lookup::Miss(None)));
-        cache.echoed(Instant::now() - FRESHNESS);
-        assert!(!cache.is_serving(), "an old echo proves nothing now");
-        cache.echoed(Instant::now());
-        let t = ticket(&cache, key);
-        cache.fill(t, key, entry(Uuid::now_v7(), None));
-        assert!(matches!(cache.lookup(key, now()), Lookup::Hit(_)));
-        cache.disconnected();
-        assert!(matches!(cache.lookup(key, now()), Lookup::Miss(None)));
-        assert!(cache.is_empty(), "a lost connection empties the cache");
-    }
-
-    #[test]
-    fn a_read_that_raced_a_change_is_not_cached() {
-        let cache = serving(10);
-        let key = Credential::Session(Uuid::now_v7());
-        let t = ticket(&cache, key);
-        cache.apply(Change::User(Uuid::now_v7()));
-        cache.fill(t, key, entry(Uuid::now_v7(), None));
-        assert!(cache.is_empty());
-    }
-
-    #[test]
-    fn changes_evict_what_they_name() {
-        let cache = serving(10);
-        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
-        let keys = [
-            (Credential::Session(Uuid::now_v7()), alice),
-            (Credential::ApiKey(Uuid::now_v7()), alice),
-            (Credential::Session(Uuid::now_v7()), bob),
-        ];
-        for (key, user) in keys {
-            let t = ticket(&cache, key);
-            cache.fill(t, key, entry(user, None));
-        }
-        cache.apply(Change::User(alice));
-        assert_eq!(cache.len(), 1);
-        let Credential::Session(bob_session) = keys[2].0 else {
-            unreachable!()
-        };
-        cache.apply(Change::Session(bob_session));
-        assert!(cache.is_empty());
-    }
-
-    #[test]
-    fn expired_entries_are_not_served_and_the_size_is_bounded() {
-        let cache = serving(3);
-        let key = Credential::ApiKey(Uuid::now_v7());
-        let t = ticket(&cache, key);
-        cache.fill(
-            t,
-            key,
-            entry(Uuid::now_v7(), Some(now() - chrono::Duration::seconds(1))),
-        );
-        assert!(matches!(cache.lookup(key, now()), Lookup::Miss(Some(_))));
-        for _ in 0..10 {
-            let key = Credential::Session(Uuid::now_v7());
-            let t = ticket(&cache, key);
-            cache.fill(t, key, entry(Uuid::now_v7(), None));
-        }
-        assert_eq!(cache.len(), 3);
-    }
-}
+mod tests;

@@ -93,6 +93,7 @@ impl Default for TestOptions {
                 login_lockout_secs: 30,
                 trusted_proxies: vec![],
                 caller_cache_size: 10_000,
+                account_cache_size: 10_000,
             },
             passwords: PasswordArgs {
                 bcrypt_cost: 4,
@@ -130,6 +131,8 @@ pub struct TestApp {
     pub proxy: Option<proxy::DbProxy>,
     /// TLS of the harness's clients, when the server speaks it.
     pub tls_client: Option<ClientTlsConfig>,
+    /// The server's cache of callers and accounts (to check that it served).
+    pub callers: automation_control_plane::auth::callers::CallerCache,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -215,6 +218,7 @@ impl TestApp {
         let auth = AuthSettings::from_args(&options.auth, &options.passwords, JWT_SECRET)
             .expect("auth settings");
         let keys = auth.tokens.clone();
+        let callers = auth.callers.clone();
         let (pool_url, mode) = match options.pooler {
             Some(pooler) => {
                 let mut through = url::Url::parse(&url).expect("database URL");
@@ -272,6 +276,7 @@ impl TestApp {
             keys,
             proxy,
             tls_client,
+            callers,
             shutdown: Some(shutdown),
             task: Some(task),
         }
