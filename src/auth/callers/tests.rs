@@ -1,5 +1,7 @@
 //! The cache's rules, unit-tested (the module is pure state).
 
+use std::collections::HashSet;
+
 use super::*;
 
 fn entry(user: Uuid, expires_at: Option<NaiveDateTime>) -> CachedCaller {
@@ -74,8 +76,14 @@ fn a_read_that_raced_a_change_of_its_keys_is_not_cached() {
 #[test]
 fn changes_of_other_keys_do_not_refuse_a_fill() {
     let cache = serving(10).with_accounts(10);
-    let (user, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let user = Uuid::now_v7();
     let key = Credential::Session(Uuid::now_v7());
+    // Ids none of whose keys share a bucket with the user's or the key's
+    // (buckets come from a randomly seeded hash: random ids would collide
+    // in about one run of three hundred).
+    let mine = [Key::Credential(key), Key::User(user), Key::Account(user)];
+    let apart = || apart_from(&cache, &mine);
+    let (other, session, api_key, later) = (apart(), apart(), apart(), apart());
     let t = ticket(&cache, key);
     let Lookup::Miss(Some(account_ticket)) = cache.lookup_account(user) else {
         panic!("expected a fillable miss")
@@ -84,8 +92,8 @@ fn changes_of_other_keys_do_not_refuse_a_fill() {
     // login changes its view only.
     for change in [
         Change::Account(other),
-        Change::Session(Uuid::now_v7()),
-        Change::ApiKey(Uuid::now_v7()),
+        Change::Session(session),
+        Change::ApiKey(api_key),
         Change::User(other),
         Change::Account(user),
     ] {
@@ -99,9 +107,28 @@ fn changes_of_other_keys_do_not_refuse_a_fill() {
         panic!("expected a fillable miss")
     };
     cache.apply(Change::Account(other));
-    cache.apply(Change::Session(Uuid::now_v7()));
+    cache.apply(Change::Session(later));
     cache.fill_account(account_ticket, account(user));
     assert_eq!(cache.accounts_len(), 1, "the view was refused");
+}
+
+/// A fresh id whose every key (as a session, an API key, an account's
+/// callers and its view) lies in a bucket none of `taken` is in.
+fn apart_from(cache: &CallerCache, taken: &[Key]) -> Uuid {
+    let state = cache.state();
+    let used: HashSet<usize> = taken.iter().map(|key| state.bucket(key)).collect();
+    loop {
+        let id = Uuid::now_v7();
+        let keys = [
+            Key::Credential(Credential::Session(id)),
+            Key::Credential(Credential::ApiKey(id)),
+            Key::User(id),
+            Key::Account(id),
+        ];
+        if keys.iter().all(|key| !used.contains(&state.bucket(key))) {
+            return id;
+        }
+    }
 }
 
 #[test]
