@@ -32,6 +32,8 @@ mod runnable;
 pub use runnable::*;
 mod attempts;
 pub use attempts::*;
+mod listing;
+pub use listing::*;
 #[cfg(test)]
 mod sample;
 
@@ -278,83 +280,6 @@ pub async fn find_for_update(
         .first(conn)
         .await
         .optional()
-}
-
-/// Filters of [`list`]; they combine with AND.
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    pub status: Option<JobStatus>,
-    pub module_name: Option<String>,
-    pub name: Option<String>,
-    /// Created at or after.
-    pub created_from: Option<NaiveDateTime>,
-    /// Created before.
-    pub created_until: Option<NaiveDateTime>,
-    /// Continue before this (createdAt, id): the list runs newest first.
-    pub before: Option<(NaiveDateTime, Uuid)>,
-    /// The last error's `message` starts with this.
-    pub error_prefix: Option<String>,
-    /// FAILED at or after.
-    pub failed_from: Option<NaiveDateTime>,
-    /// FAILED before.
-    pub failed_until: Option<NaiveDateTime>,
-    /// Finished (COMPLETED, FAILED, CANCELLED) at or after.
-    pub finished_from: Option<NaiveDateTime>,
-    /// Finished before.
-    pub finished_until: Option<NaiveDateTime>,
-    /// Created by this schedule.
-    pub schedule_id: Option<Uuid>,
-}
-
-/// Jobs newest first.
-pub async fn list(
-    conn: &mut AsyncPgConnection,
-    filter: &JobFilter,
-    limit: i64,
-) -> QueryResult<Vec<JobRow>> {
-    filtered(filter)
-        .order((jobs::created_at.desc(), jobs::id.desc()))
-        .limit(limit)
-        .load(conn)
-        .await
-}
-
-/// The jobs `filter` selects, unordered.
-fn filtered(
-    filter: &JobFilter,
-) -> jobs::BoxedQuery<'static, diesel::pg::Pg, diesel::dsl::AsSelect<JobRow, diesel::pg::Pg>> {
-    let mut query = jobs::table.select(JobRow::as_select()).into_boxed();
-    if let Some(status) = filter.status {
-        // A literal, so that the planner can use the partial indexes of a
-        // state whatever plan it keeps for the statement.
-        query = query.filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-            "jobs.status = '{}'",
-            status.label()
-        )));
-    }
-    if let Some(module) = &filter.module_name {
-        query = query.filter(jobs::module_name.eq(module.clone()));
-    }
-    if let Some(name) = &filter.name {
-        query = query.filter(jobs::name.eq(name.clone()));
-    }
-    if let Some(from) = filter.created_from {
-        query = query.filter(jobs::created_at.ge(from));
-    }
-    if let Some(until) = filter.created_until {
-        query = query.filter(jobs::created_at.lt(until));
-    }
-    if let Some(schedule) = filter.schedule_id {
-        query = query.filter(jobs::schedule_id.eq(schedule));
-    }
-    if let Some((time, id)) = filter.before {
-        query = query.filter(
-            jobs::created_at
-                .lt(time)
-                .or(jobs::created_at.eq(time).and(jobs::id.lt(id))),
-        );
-    }
-    dead_letter_filters(query, filter)
 }
 
 /// Sets a locked job's state; returns the row after. A running attempt

@@ -13,7 +13,6 @@
 use chrono::NaiveDateTime;
 use diesel::{
     dsl::sql,
-    pg::Pg,
     prelude::*,
     sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp, Uuid as SqlUuid},
 };
@@ -37,9 +36,6 @@ pub(super) const HELD_NEW: &str = r#"(n.hook IS NULL AND (
     OR EXISTS (SELECT 1 FROM queue_pauses p
                WHERE (p.kind = 'job' AND p.name = n.name)
                   OR (p.kind = 'module' AND p.name = n.module))))"#;
-
-/// Characters of an error message the prefix index keeps.
-const INDEXED_PREFIX_CHARS: usize = 200;
 
 /// What a pause applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,70 +272,6 @@ pub async fn queue_figures(
         .await
 }
 
-/// The dead-letter filters of [`super::list`] (error prefix, failure and
-/// finish times) on a boxed query of `jobs`. The states they imply are
-/// written as literals, so that the planner can prove the predicates of
-/// the partial indexes that serve them.
-pub(super) fn dead_letter_filters<'a>(
-    mut query: jobs::BoxedQuery<'a, Pg, diesel::dsl::AsSelect<JobRow, Pg>>,
-    filter: &JobFilter,
-) -> jobs::BoxedQuery<'a, Pg, diesel::dsl::AsSelect<JobRow, Pg>> {
-    if let Some(prefix) = filter.error_prefix.as_deref().filter(|p| !p.is_empty()) {
-        let indexed: String = prefix.chars().take(INDEXED_PREFIX_CHARS).collect();
-        query = query.filter(
-            sql::<Bool>(r#"(left(jobs.error ->> 'message', 200) COLLATE "C") >= "#)
-                .bind::<Text, _>(indexed.clone()),
-        );
-        if let Some(upper) = successor(&indexed) {
-            query = query.filter(
-                sql::<Bool>(r#"(left(jobs.error ->> 'message', 200) COLLATE "C") < "#)
-                    .bind::<Text, _>(upper),
-            );
-        }
-        query = query.filter(
-            sql::<Bool>("starts_with(jobs.error ->> 'message', ")
-                .bind::<Text, _>(prefix.to_owned())
-                .sql(")"),
-        );
-    }
-    if filter.failed_from.is_some() || filter.failed_until.is_some() {
-        query = query.filter(sql::<Bool>("jobs.status = 'FAILED'"));
-    }
-    if let Some(from) = filter.failed_from {
-        query = query.filter(jobs::failed_at.ge(from));
-    }
-    if let Some(until) = filter.failed_until {
-        query = query.filter(jobs::failed_at.lt(until));
-    }
-    if filter.finished_from.is_some() || filter.finished_until.is_some() {
-        query = query.filter(sql::<Bool>(
-            "jobs.status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
-        ));
-    }
-    if let Some(from) = filter.finished_from {
-        query = query.filter(jobs::updated_at.ge(from));
-    }
-    if let Some(until) = filter.finished_until {
-        query = query.filter(jobs::updated_at.lt(until));
-    }
-    query
-}
-
-/// The smallest string above every string that starts with `prefix`, in
-/// byte order (the `C` collation): its last character incremented (the
-/// last ones dropped while they cannot be); `None` when there is none.
-fn successor(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
-}
-
 /// The ids (and sort keys) of the jobs matching `filter` in one of
 /// `states`, lifecycle hooks left out, newest first after `filter.before`:
 /// the page a batch action takes (unlocked; [`lock_jobs`] locks it).
@@ -349,7 +281,7 @@ pub async fn batch_candidates(
     states: &[JobStatus],
     limit: i64,
 ) -> QueryResult<Vec<JobRow>> {
-    let mut query = super::filtered(filter);
+    let mut query = super::listing::filtered(filter);
     let labels: Vec<String> = states.iter().map(|s| format!("'{}'", s.label())).collect();
     query = query
         .filter(sql::<Bool>(&format!(
@@ -436,20 +368,4 @@ pub async fn cancel_all(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResu
     .bind::<Array<SqlUuid>, _>(ids)
     .load(conn)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::successor;
-
-    #[test]
-    fn the_successor_of_a_prefix_bounds_every_string_starting_with_it() {
-        assert_eq!(successor("disk full").as_deref(), Some("disk fulm"));
-        assert_eq!(successor(""), None);
-        assert_eq!(successor("a\u{10FFFF}").as_deref(), Some("b"));
-        // The surrogate range is skipped.
-        assert_eq!(successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
-        let upper = successor("timeout").unwrap();
-        assert!("timeout: 30s".as_bytes() < upper.as_bytes());
-    }
 }
