@@ -133,23 +133,8 @@ async fn account_updates_and_deactivation_show_at_once_on_the_other_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_and_role_permissions_show_at_once_on_the_other_replica() {
     let pair = Pair::start(lagging()).await;
-    common::role(&pair.a, "moving", &["jobs:read"]).await;
+    let role_id = common::role(&pair.a, "moving", &["jobs:read"]).await;
     let (id, _) = pair.a.user_with_roles("mover", &["reader"]).await;
-    let role_id = pair
-        .roles()
-        .await
-        .get_role(authed(
-            &pair.admin,
-            pb::GetRoleRequest {
-                id: "moving".into(),
-            },
-        ))
-        .await
-        .expect("role")
-        .into_inner()
-        .role
-        .expect("role")
-        .id;
     for round in 0..ROUNDS {
         pair.warm_account(&id).await;
         pair.roles()

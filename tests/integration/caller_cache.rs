@@ -193,23 +193,9 @@ async fn deleted_accounts_stop_at_once_on_the_other_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_changes_and_assignments_apply_at_once_on_the_other_replica() {
     let pair = Pair::start(TestOptions::default()).await;
-    common::role(&pair.a, "shifting", &["users:read", "jobs:read"]).await;
+    let role_id = common::role(&pair.a, "shifting", &["users:read", "jobs:read"]).await;
     let (id, token) = pair.a.user_with_roles("shifter", &["shifting"]).await;
     let roles = || async { RoleServiceClient::new(pair.a.channel().await) };
-    let role_id = roles()
-        .await
-        .get_role(authed(
-            &pair.admin,
-            pb::GetRoleRequest {
-                id: "shifting".into(),
-            },
-        ))
-        .await
-        .expect("role")
-        .into_inner()
-        .role
-        .expect("role")
-        .id;
     for round in 0..ROUNDS {
         pair.warm(&token).await;
         set_permissions(&pair, &role_id, &["jobs:read"]).await;

@@ -506,8 +506,8 @@ impl TestApp {
     }
 }
 
-/// Creates a role holding `permissions` (as the seeded admin).
-pub async fn role(app: &TestApp, name: &str, permissions: &[&str]) {
+/// Creates a role holding `permissions` (as the seeded admin); returns its id.
+pub async fn role(app: &TestApp, name: &str, permissions: &[&str]) -> String {
     RoleServiceClient::new(app.channel().await)
         .create_role(authed(
             &app.admin_token().await,
@@ -518,7 +518,11 @@ pub async fn role(app: &TestApp, name: &str, permissions: &[&str]) {
             },
         ))
         .await
-        .unwrap_or_else(|e| panic!("role {name}: {e:?}"));
+        .unwrap_or_else(|e| panic!("role {name}: {e:?}"))
+        .into_inner()
+        .role
+        .expect("the created role")
+        .id
 }
 
 /// A user holding exactly `permissions` (through a role of its own, or the
