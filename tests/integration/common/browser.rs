@@ -166,15 +166,22 @@ impl Browser {
         panic!("the browser never reached a URL holding {part:?}");
     }
 
-    /// Clicks the first element `css` finds.
+    /// Clicks the first element `css` finds, waiting for it up to 5 s: a
+    /// live page reloads itself when what it shows changes, and an element
+    /// looked for during the reload is missing (or stale) for a moment.
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+        let mut last = String::new();
+        for _ in 0..50 {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(element) => match element.click().await {
+                    Ok(_) => return,
+                    Err(error) => last = format!("clicking {css}: {error}"),
+                },
+                Err(error) => last = format!("no {css}: {error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{last}");
     }
 
     /// Whether `css` finds anything.
