@@ -24,6 +24,10 @@
 //!   the idle latency probe and a drain run, beside the same two measured
 //!   just before with the million rows in place.
 //!
+//! - with `BENCH_PG_STATS=1`, each drain is followed by the statements
+//!   PostgreSQL spent the most time on (`pg_stat_statements`), planning and
+//!   execution apart.
+//!
 //! Run: `cargo bench --bench jobs` (BENCH_JOBS=20000 for a shorter run).
 //! Results go in BENCHMARKS.md.
 
@@ -52,7 +56,9 @@ async fn throughput(bench: &Bench, token: &str, count: usize, label: &str) -> f6
         count as f64 / enqueued.as_secs_f64()
     );
     let (workers, concurrency) = (4, 128);
+    bench.pg_stats_reset().await;
     let rate = drain(bench, token, count, workers, concurrency).await;
+    bench.pg_stats_report(label).await;
     let (rss, peak) = bench.memory();
     println!(
         "{label}: drained by {workers} workers x {concurrency}: {rate:.0} jobs/s end to end; \
@@ -210,7 +216,9 @@ async fn keys(bench: &Bench, token: &str, count: usize, plain: f64) {
         enqueued.as_secs_f64()
     );
     let (workers, concurrency) = (4, 128);
+    bench.pg_stats_reset().await;
     let rate = drain(bench, token, count, workers, concurrency).await;
+    bench.pg_stats_report("1,000 keys of max 1").await;
     println!(
         "1,000 keys of max 1: drained by {workers} workers x {concurrency}: {rate:.0} jobs/s \
          end to end; {:.2}x the plain drain of this run ({plain:.0} jobs/s)",

@@ -120,6 +120,10 @@ pub struct EmbeddedPostgresOptions {
     /// long to wait, before starting it, for a previous run's postmaster
     /// that is still shutting down to exit.
     pub startup_timeout: Duration,
+    /// More server settings (`name=value`, each passed as `-c`): how a
+    /// benchmark loads `pg_stat_statements` to report where the database
+    /// spent its time.
+    pub settings: Vec<String>,
 }
 
 /// A running cluster. Dropping it stops the server.
@@ -399,6 +403,9 @@ fn prepare_and_spawn(
         .stderr(log_err);
     if ssl.is_some() {
         command.args(["-c", "ssl=on"]);
+    }
+    for setting in &options.settings {
+        command.arg("-c").arg(setting);
     }
     if !options.durable {
         command.args([

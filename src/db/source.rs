@@ -52,6 +52,7 @@ impl DatabaseSource {
             durable: true,
             max_connections: 100,
             startup_timeout: std::time::Duration::from_secs(60),
+            settings: Vec::new(),
         })
         .await
         .map_err(|e| AppError::Config(e.to_string()))?;

@@ -8,6 +8,7 @@ pub mod caller_changes;
 pub mod console;
 pub mod fleet;
 pub mod jobs;
+pub mod kept;
 pub mod models;
 pub mod modules;
 pub mod pagination;

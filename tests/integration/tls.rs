@@ -364,6 +364,7 @@ async fn postgres_over_tls_with_verify_full() {
             durable: false,
             max_connections: 30,
             startup_timeout: Duration::from_secs(60),
+            settings: Vec::new(),
         },
         EmbeddedSsl {
             cert_pem: server.cert.clone(),

@@ -12,6 +12,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{CHANNEL, JOB_COLUMNS, JobRow, LeaseRef, interval};
+use crate::store::kept::Kept;
 
 /// Which pending jobs a group of workers takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -59,8 +60,15 @@ pub struct ClaimPlan {
 /// The statement timeout is below the dispatcher's own wait for a claim
 /// (10 s): a claim the dispatcher gave up on is cancelled by the server
 /// rather than committing later, unseen, with leases no stream knows of.
+///
+/// `automation.claim_counts_keys` tells the trigger that counts each key's
+/// RUNNING jobs (migration `claim_counts_keys`) to leave this connection's
+/// claims alone: [`claim`] counts the jobs it starts per key itself, in one
+/// grouped write of the key rows it holds locked, where the trigger wrote
+/// each key once per job. Only claims run on this connection.
 pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitmapscan = off; \
-     SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'";
+     SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'; \
+     SET automation.claim_counts_keys = on";
 
 /// The keys a claim locks (CTE `locked_keys`): up to `$10` concurrency
 /// keys that look worth claiming for, in key order from just after `$12`
@@ -73,8 +81,8 @@ pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitm
 /// filter takes (its names `$1`, modules `$2`, `plain_only` `$9`: a key
 /// whose jobs are all another group's is not locked, so it cannot fill
 /// the `$10` keys examined and keep this group's keys behind it out of
-/// reach while the cursor stays put; with no filter the conditions are
-/// constants, folded away when the statement is planned). A claim never
+/// reach while the cursor stays put; only the conditions the filter needs
+/// are written, see [`filter_conditions`]). A claim never
 /// deletes a key's row, even one it finds without open jobs: its snapshot
 /// predates its lock, and a job of that key created in between would be
 /// left without a row, unclaimable. Emptied keys are deleted by the
@@ -108,7 +116,9 @@ pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitm
 /// predate another replica's claim of the same key), and a job another
 /// claim leased after that snapshot is re-read when `keyed` locks it, and
 /// passed over.
-fn lock_keys() -> String {
+fn lock_keys(filter: &ClaimFilter) -> String {
+    let takes = filter_conditions(filter);
+    let names = names_condition(filter);
     let arm = |side: &str, lap: u8| {
         format!(
             r#"SELECT * FROM (
@@ -118,10 +128,7 @@ fn lock_keys() -> String {
                      AND EXISTS (SELECT 1 FROM jobs j
                                  WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
                                    AND NOT j.held AND NOT j.waiting
-                                   AND j."scheduledAt" <= LOCALTIMESTAMP
-                                   AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
-                                   AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
-                                   AND (NOT $9 OR j."moduleName" IS NULL)
+                                   AND j."scheduledAt" <= LOCALTIMESTAMP{names}{takes}
                                  OFFSET 0)
                    ORDER BY k.key
                    LIMIT $10
@@ -135,46 +142,81 @@ fn lock_keys() -> String {
     )
 }
 
-/// What makes a job claimable now (`j`), whatever its lane; `$2` is the
-/// claim's modules and `$9` its `plain_only`.
-const RUNNABLE: &str = r#"j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
-                 AND j."scheduledAt" <= LOCALTIMESTAMP
-                 AND (cardinality($2::text[]) = 0 OR j."moduleName" = ANY($2))
-                 AND (NOT $9 OR j."moduleName" IS NULL)
+/// The conditions a claim's filter puts on its jobs' modules (`$2` the
+/// modules, `$9` whether only jobs of no module): only those the filter
+/// needs, written out. A claim statement is kept prepared, one per shape of
+/// filter, and a generic plan cannot fold `cardinality($2) = 0 OR …` away
+/// as a plan made for the values would: it would read each job's
+/// `moduleName` from the heap, turning the index-only probes of the keys'
+/// jobs into heap visits.
+fn filter_conditions(filter: &ClaimFilter) -> String {
+    let mut conditions = String::new();
+    if !filter.modules.is_empty() {
+        conditions.push_str(r#" AND j."moduleName" = ANY($2)"#);
+    }
+    if filter.plain_only {
+        conditions.push_str(r#" AND j."moduleName" IS NULL"#);
+    }
+    conditions
+}
+
+/// The condition a claim filtered by job names (`$1`) puts on its jobs,
+/// if it is.
+fn names_condition(filter: &ClaimFilter) -> &'static str {
+    if filter.names.is_empty() {
+        ""
+    } else {
+        " AND j.name = ANY($1)"
+    }
+}
+
+/// What makes a job claimable now (`j`), whatever its lane, for a claim
+/// with this filter's modules (see [`filter_conditions`]).
+fn runnable(filter: &ClaimFilter) -> String {
+    let takes = filter_conditions(filter);
+    format!(
+        r#"j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+                 AND j."scheduledAt" <= LOCALTIMESTAMP{takes}
                  AND (j."moduleName" IS NULL OR EXISTS (
                        SELECT 1 FROM modules m
                        WHERE m.name = j."moduleName"
                          AND (m.status = 'ENABLED'
                               OR (j.hook = 'install' AND m.status = 'INSTALLING')
                               OR (j.hook = 'update' AND m.status = 'UPDATING')
-                              OR (j.hook = 'remove' AND m.status = 'REMOVING'))))"#;
+                              OR (j.hook = 'remove' AND m.status = 'REMOVING'))))"#
+    )
+}
 
-/// The keyless lanes of a claim (CTEs `plain` and `named`): jobs of no
-/// key and no bucket, from the dispatch index, or for a claim filtered by
-/// job names from the names index, one scan per name. `$1` names, `$3` the
-/// batch.
-fn keyless_lanes() -> String {
-    format!(
-        r#"plain AS (
+/// The keyless lane of a claim (CTE `keyless`): jobs of no key and no
+/// bucket, from the dispatch index, or for a claim filtered by job names
+/// (`$1`) from the names index, one scan per name. `$3` the batch.
+fn keyless_lane(filter: &ClaimFilter) -> String {
+    let runnable = runnable(filter);
+    if filter.names.is_empty() {
+        format!(
+            r#"keyless AS (
                SELECT j.id, j.priority, j."scheduledAt"
                FROM jobs j
-               WHERE cardinality($1::text[]) = 0 AND j."concurrencyKey" IS NULL
-                 AND j."rateLimit" IS NULL AND {RUNNABLE}
+               WHERE j."concurrencyKey" IS NULL AND j."rateLimit" IS NULL AND {runnable}
                ORDER BY j.priority DESC, j."scheduledAt", j.id
                LIMIT $3
                FOR UPDATE OF j SKIP LOCKED
-           ),
-           named AS (
+           )"#
+        )
+    } else {
+        format!(
+            r#"keyless AS (
                SELECT c.* FROM unnest($1::text[]) AS n(name), LATERAL (
                    SELECT j.id, j.priority, j."scheduledAt"
                    FROM jobs j
                    WHERE j.name = n.name AND j."concurrencyKey" IS NULL
-                     AND j."rateLimit" IS NULL AND {RUNNABLE}
+                     AND j."rateLimit" IS NULL AND {runnable}
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
                    LIMIT $3
                    FOR UPDATE OF j SKIP LOCKED) c
            )"#
-    )
+        )
+    }
 }
 
 /// The lease itself (CTE `claimed`): the n-th job of `numbered` goes to
@@ -239,9 +281,9 @@ fn lane_binds<'a>(
 /// [`claim`] for jobs of no key and no bucket only: the claim as it is
 /// while no key has room and no bucket holds a token (see
 /// `domain::jobs::leases::LimitsPhase`). One statement, atomic on its own,
-/// and short: PostgreSQL plans it at every call (statements built with
-/// `sql_query` are not kept prepared), and the full claim's lanes cost
-/// milliseconds of planning that a drain of plain jobs would pay per batch.
+/// and short: the full claim's lanes cost work (and, before the claims
+/// were kept prepared, milliseconds of planning) that a drain of plain jobs
+/// would pay per batch.
 pub async fn claim_plain(
     conn: &mut AsyncPgConnection,
     filter: &ClaimFilter,
@@ -252,20 +294,19 @@ pub async fn claim_plain(
     if plan.owners.is_empty() {
         return Ok(Vec::new());
     }
-    let keyless = keyless_lanes();
+    let keyless = keyless_lane(filter);
     let leased = lease_numbered("$10");
     let query = diesel::sql_query(format!(
         r#"WITH {keyless},
            numbered AS (
                SELECT id, row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS slot
-               FROM (SELECT * FROM plain UNION ALL SELECT * FROM named) keyless
+               FROM keyless
            ),
            {leased},
            {ANNOUNCED}"#
     ))
     .into_boxed();
-    lane_binds(query, filter, plan, lease)
-        .bind::<SqlUuid, _>(claim)
+    Kept(lane_binds(query, filter, plan, lease).bind::<SqlUuid, _>(claim))
         .load(conn)
         .await
 }
@@ -314,12 +355,13 @@ pub async fn claim_plain(
 /// Jobs scheduled later are not in these indexes (`waiting`, see
 /// [`super::promote_due`]); neither are held ones.
 ///
-/// The slot count cannot drift: the key's `running` is written by triggers
-/// on `jobs` in the same transaction as the status change it counts, so a
-/// lease taken here, settled, lost to the reaper, taken from a stream a
-/// replica's kill -9 cut off, or cancelled changes it in the statement that
-/// changes the job, whichever writer that is (a bulk cancel, the platform's
-/// own backend), and commits or rolls back with it.
+/// The slot count cannot drift: the key's `running` is written in the same
+/// statement as the status change it counts — here by the claim itself
+/// (CTE `counted`, on the key rows `locked_keys` holds), everywhere else by
+/// triggers on `jobs` — so a lease taken here, settled, lost to the reaper,
+/// taken from a stream a replica's kill -9 cut off, or cancelled changes it
+/// in the statement that changes the job, whichever writer that is (a bulk
+/// cancel, the platform's own backend), and commits or rolls back with it.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     filter: &ClaimFilter,
@@ -332,12 +374,27 @@ pub async fn claim(
     if plan.owners.is_empty() {
         return Ok(Vec::new());
     }
-    let runnable = RUNNABLE;
-    let keyless = keyless_lanes();
+    let query = diesel::sql_query(full_claim_sql(filter)).into_boxed();
+    Kept(
+        lane_binds(query, filter, plan, lease)
+            .bind::<BigInt, _>(examined)
+            .bind::<SqlUuid, _>(claim)
+            .bind::<Text, _>(after_key),
+    )
+    .load(conn)
+    .await
+}
+
+/// The statement of [`claim`] for a claim with this filter: one text per
+/// shape of filter, kept prepared.
+fn full_claim_sql(filter: &ClaimFilter) -> String {
+    let runnable = runnable(filter);
+    let names = names_condition(filter);
+    let keyless = keyless_lane(filter);
     let leased = lease_numbered("$11");
-    let keys = lock_keys();
+    let keys = lock_keys(filter);
     let tokens = crate::store::rate_limits::TOKENS_NOW;
-    let query = diesel::sql_query(format!(
+    format!(
         r#"WITH {keyless},
            locked_keys AS (
                {keys}
@@ -353,8 +410,7 @@ pub async fn claim(
                FROM room, LATERAL (
                    SELECT j.id, j.priority, j."scheduledAt"
                    FROM jobs j
-                   WHERE j."concurrencyKey" = room.key AND j."rateLimit" IS NULL AND {runnable}
-                     AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
+                   WHERE j."concurrencyKey" = room.key AND j."rateLimit" IS NULL AND {runnable}{names}
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
                    LIMIT LEAST(GREATEST(room.free, 0), $3)) c
                WHERE room.free > 0
@@ -392,8 +448,7 @@ pub async fn claim(
                    SELECT j.id, j.priority, j."scheduledAt"
                    FROM jobs j
                    WHERE j."rateLimit" = bucket_room.name AND j."concurrencyKey" IS NULL
-                     AND {runnable}
-                     AND (cardinality($1::text[]) = 0 OR j.name = ANY($1))
+                     AND {runnable}{names}
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
                    LIMIT LEAST(GREATEST(bucket_room.free, 0), $3)) c
                WHERE bucket_room.free > 0
@@ -410,7 +465,7 @@ pub async fn claim(
            candidates AS (
                SELECT id, priority, "scheduledAt", 0::bigint AS turn,
                       row_number() OVER (ORDER BY priority DESC, "scheduledAt", id) AS rank
-               FROM (SELECT * FROM plain UNION ALL SELECT * FROM named) keyless
+               FROM keyless
                UNION ALL
                SELECT id, priority, "scheduledAt", turn, rank FROM keyed
                UNION ALL
@@ -422,6 +477,14 @@ pub async fn claim(
                FROM candidates
            ),
            {leased},
+           counted AS (
+               UPDATE concurrency_keys k SET running = k.running + t.n
+               FROM (SELECT concurrency_key, count(*) AS n FROM claimed
+                     WHERE concurrency_key IS NOT NULL
+                     GROUP BY concurrency_key) t
+               WHERE k.key = t.concurrency_key
+               RETURNING 1
+           ),
            drawn AS (
                UPDATE rate_limits r
                SET tokens = b.available - COALESCE(t.n, 0),
@@ -434,14 +497,7 @@ pub async fn claim(
                RETURNING 1
            ),
            {ANNOUNCED}"#
-    ))
-    .into_boxed();
-    lane_binds(query, filter, plan, lease)
-        .bind::<BigInt, _>(examined)
-        .bind::<SqlUuid, _>(claim)
-        .bind::<Text, _>(after_key)
-        .load(conn)
-        .await
+    )
 }
 
 /// The leases still standing that the claims `claims` took: after a claim

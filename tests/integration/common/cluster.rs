@@ -86,6 +86,7 @@ impl TestServer {
                     durable: false,
                     max_connections: 500,
                     startup_timeout: Duration::from_secs(60),
+                    settings: Vec::new(),
                 })
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
