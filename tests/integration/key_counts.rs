@@ -1,5 +1,6 @@
 //! The RUNNING count a concurrency key's row keeps (`concurrency_keys.
-//! running`, written by triggers on `jobs`) against the jobs themselves,
+//! running`, written by claims and settles themselves and by triggers on
+//! `jobs` for every other writer) against the jobs themselves,
 //! over real gRPC with real PostgreSQL: with workers on two replicas
 //! completing, failing, handing back and dropping their streams while
 //! jobs are cancelled under them, every snapshot of the database agrees

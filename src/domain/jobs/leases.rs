@@ -277,11 +277,21 @@ impl Leases {
             // Every row of the batch at once, in id order (see
             // `rows::lock_in_order`): then a batch never deadlocks with a
             // heartbeat or with the other writer's batch.
-            rows::lock_in_order(conn, &ids).await?;
+            let locked = rows::lock_in_order(conn, &ids).await?;
             rows::write_progress(conn, progress).await?;
+            // The three settling statements count their keys' RUNNING jobs
+            // themselves, on the key rows locked above, in place of the
+            // trigger's write per job; nothing else in between.
+            let keyed = locked.keys > 0;
+            if keyed {
+                rows::count_keys_by_statement(conn, true).await?;
+            }
             let mut settled = rows::complete(conn, &completed.0, &completed.1).await?;
             settled.extend(rows::fail(conn, &failed.0, &failed.1, &failed.2, backoff).await?);
             settled.extend(rows::hand_back(conn, &released, false, rule).await?);
+            if keyed {
+                rows::count_keys_by_statement(conn, false).await?;
+            }
             let mut changes = QueueChanges::default();
             for job in &settled {
                 let status = JobStatus::from_label(&job.status).unwrap_or(JobStatus::Pending);

@@ -11,7 +11,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{CHANNEL, JOB_COLUMNS, JobRow, LeaseRef, interval};
+use super::{CHANNEL, JOB_COLUMNS, JobRow, LeaseRef, counted_by_statement, interval};
 use crate::store::kept::Kept;
 
 /// Which pending jobs a group of workers takes.
@@ -61,14 +61,13 @@ pub struct ClaimPlan {
 /// (10 s): a claim the dispatcher gave up on is cancelled by the server
 /// rather than committing later, unseen, with leases no stream knows of.
 ///
-/// `automation.claim_counts_keys` tells the trigger that counts each key's
-/// RUNNING jobs (migration `claim_counts_keys`) to leave this connection's
-/// claims alone: [`claim`] counts the jobs it starts per key itself, in one
-/// grouped write of the key rows it holds locked, where the trigger wrote
-/// each key once per job. Only claims run on this connection.
+/// [`STATEMENT_COUNTS_KEYS`](super::STATEMENT_COUNTS_KEYS) is on: [`claim`] counts the jobs it starts
+/// per key itself, in one grouped write of the key rows it holds locked,
+/// where the trigger wrote each key once per job. Only claims run on this
+/// connection.
 pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitmapscan = off; \
      SET enable_seqscan = off; SET jit = off; SET statement_timeout = '8s'; \
-     SET automation.claim_counts_keys = on";
+     SET automation.statement_counts_keys = on";
 
 /// The keys a claim locks (CTE `locked_keys`): up to `$10` concurrency
 /// keys that look worth claiming for, in key order from just after `$12`
@@ -394,6 +393,7 @@ fn full_claim_sql(filter: &ClaimFilter) -> String {
     let leased = lease_numbered("$11");
     let keys = lock_keys(filter);
     let tokens = crate::store::rate_limits::TOKENS_NOW;
+    let counted = counted_by_statement("claimed", "+");
     format!(
         r#"WITH {keyless},
            locked_keys AS (
@@ -477,14 +477,7 @@ fn full_claim_sql(filter: &ClaimFilter) -> String {
                FROM candidates
            ),
            {leased},
-           counted AS (
-               UPDATE concurrency_keys k SET running = k.running + t.n
-               FROM (SELECT concurrency_key, count(*) AS n FROM claimed
-                     WHERE concurrency_key IS NOT NULL
-                     GROUP BY concurrency_key) t
-               WHERE k.key = t.concurrency_key
-               RETURNING 1
-           ),
+           {counted},
            drawn AS (
                UPDATE rate_limits r
                SET tokens = b.available - COALESCE(t.n, 0),
@@ -536,4 +529,43 @@ pub async fn leases_of_claims(
             stream: h.stream,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLAIM_SESSION_SETTINGS, ClaimFilter, full_claim_sql};
+    use crate::store::jobs::STATEMENT_COUNTS_KEYS;
+
+    #[test]
+    fn the_claimer_says_its_claims_count_their_keys() {
+        assert!(
+            CLAIM_SESSION_SETTINGS.contains(&format!("SET {STATEMENT_COUNTS_KEYS} = on")),
+            "{CLAIM_SESSION_SETTINGS}"
+        );
+    }
+
+    #[test]
+    fn a_claim_writes_only_the_conditions_its_filter_needs() {
+        // Kept prepared, a statement's generic plan cannot fold a
+        // parameter's emptiness away: the text must not ask for it.
+        let any = full_claim_sql(&ClaimFilter::default());
+        for asked in [
+            "cardinality($1",
+            "cardinality($2",
+            "ANY($1)",
+            "ANY($2)",
+            "$9",
+        ] {
+            assert!(!any.contains(asked), "{asked}");
+        }
+        let named = full_claim_sql(&ClaimFilter {
+            names: vec!["a".into()],
+            modules: vec!["m".into()],
+            plain_only: true,
+        });
+        assert!(named.contains("j.name = ANY($1)"));
+        assert!(named.contains(r#"j."moduleName" = ANY($2)"#));
+        assert!(named.contains(r#"j."moduleName" IS NULL"#));
+        assert!(!named.contains("cardinality($1"));
+    }
 }

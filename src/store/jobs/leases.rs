@@ -218,22 +218,15 @@ pub async fn extend_leases(
 /// one row while waiting for another that a heartbeat or a hand-back holds.
 ///
 /// Then, in key order, the rows of the concurrency keys of those jobs that
-/// are RUNNING: ending them changes their keys' `running` counts (a trigger
-/// on `jobs`, see the `claim_speed` migration), and two batches settling jobs of
+/// are RUNNING: ending them changes their keys' `running` counts (the
+/// settling statements themselves, see [`super::counted_by_statement`], or
+/// a trigger on `jobs`), and two batches settling jobs of
 /// the same keys would otherwise lock the keys in the order their rows
 /// happen to be updated, and could deadlock. Jobs of no key lock nothing
-/// more. Returns how many jobs were locked.
-pub async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
-    #[derive(QueryableByName)]
-    struct Locked {
-        #[diesel(sql_type = BigInt)]
-        jobs: i64,
-        #[diesel(sql_type = BigInt)]
-        #[allow(dead_code, reason = "read to run the CTE that locks the keys")]
-        keys: i64,
-    }
+/// more. Returns how many jobs and keys were locked.
+pub async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Locked> {
     if ids.is_empty() {
-        return Ok(0);
+        return Ok(Locked { jobs: 0, keys: 0 });
     }
     // The select list's subqueries run in order: every job is locked (and
     // `locked` materialized) before the first key is.
@@ -254,7 +247,18 @@ pub async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryR
     .bind::<Array<SqlUuid>, _>(ids)
     .get_result(conn)
     .await?;
-    Ok(locked.jobs as usize)
+    Ok(locked)
+}
+
+/// What [`lock_in_order`] locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct Locked {
+    /// Jobs.
+    #[diesel(sql_type = BigInt)]
+    pub jobs: i64,
+    /// Concurrency keys of RUNNING jobs among them.
+    #[diesel(sql_type = BigInt)]
+    pub keys: i64,
 }
 
 /// Extends exactly these leases (job, attempt and holding stream) where

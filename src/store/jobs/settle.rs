@@ -11,7 +11,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{HELD_UNLESS_ENABLED, LeaseRef, attempts::record};
+use super::{HELD_UNLESS_ENABLED, LeaseRef, attempts::record, counted_by_statement};
 
 /// What a settled report changed.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
@@ -43,7 +43,10 @@ const SETTLED_COLUMNS: &str = r#"jobs.id, r.attempt, r.stream, jobs.status::text
 
 /// What the `ended` CTE of a settling statement also returns for its
 /// attempt's history row (see [`record`]): the worker and when it leased.
-const ATTEMPT_COLUMNS: &str = r#"jobs."workerId" AS worker_id, jobs."startedAt" AS leased_at"#;
+/// And its key, for the count of the key's RUNNING jobs (see
+/// [`counted_by_statement`]).
+const ATTEMPT_COLUMNS: &str = r#"jobs."workerId" AS worker_id, jobs."startedAt" AS leased_at,
+    jobs."concurrencyKey" AS concurrency_key"#;
 
 /// The columns of [`Settled`], read from `ended`.
 const SETTLED_NAMES: &str = "id, attempt, stream, status, scheduled_at, hook, module_name, error";
@@ -63,6 +66,7 @@ pub async fn complete(
     let recorded = record(
         "SELECT id, attempt, worker_id, stream, leased_at, 'COMPLETED', NULL::text FROM ended",
     );
+    let counted = counted_by_statement("ended", "-");
     diesel::sql_query(format!(
         r#"WITH ended AS (
            UPDATE jobs
@@ -74,7 +78,8 @@ pub async fn complete(
              AND jobs.status = 'RUNNING'
            RETURNING {SETTLED_COLUMNS}, {ATTEMPT_COLUMNS}
            ),
-           recorded AS ({recorded})
+           recorded AS ({recorded}),
+           {counted}
            SELECT {SETTLED_NAMES} FROM ended"#
     ))
     .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
@@ -143,6 +148,7 @@ pub async fn fail(
     let recorded = record(
         "SELECT id, attempt, worker_id, stream, leased_at, 'FAILED', error->>'message' FROM ended",
     );
+    let counted = counted_by_statement("ended", "-");
     diesel::sql_query(format!(
         r#"WITH ended AS (
            UPDATE jobs
@@ -165,7 +171,8 @@ pub async fn fail(
              AND jobs.status = 'RUNNING'
            RETURNING {SETTLED_COLUMNS}, {ATTEMPT_COLUMNS}
            ),
-           recorded AS ({recorded})
+           recorded AS ({recorded}),
+           {counted}
            SELECT {SETTLED_NAMES} FROM ended"#
     ))
     .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
@@ -225,6 +232,7 @@ pub async fn hand_back(
                   CASE WHEN charged THEN $8::text END
            FROM ended WHERE $4::int = 0"#,
     );
+    let counted = counted_by_statement("ended", "-");
     diesel::sql_query(format!(
         r#"WITH r AS (
                SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS r(id, attempt, stream)
@@ -264,7 +272,8 @@ pub async fn hand_back(
            RETURNING {SETTLED_COLUMNS}, {ATTEMPT_COLUMNS},
                      ($4::int = 0 AND jobs."freeReturns" > $5::int) AS charged
            ),
-           recorded AS ({recorded})
+           recorded AS ({recorded}),
+           {counted}
            SELECT {SETTLED_NAMES} FROM ended"#
     ))
     .bind::<Array<SqlUuid>, _>(leases.iter().map(|l| l.job).collect::<Vec<_>>())
