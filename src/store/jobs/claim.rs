@@ -93,42 +93,47 @@ pub const CLAIM_SESSION_SETTINGS: &str = "SET enable_sort = off; SET enable_bitm
 /// indexes of the keys' table, which the next walks stepped over — 5–25 ms
 /// per claim mid-drain, BENCHMARKS.md, run 8.)
 ///
-/// A key's row counts its RUNNING jobs (`running`, kept by triggers on
-/// `jobs` in the transaction that changes a keyed job's status: see the
-/// `claim_speed` migration), so a saturated key is passed over on its row
-/// alone, without probing its jobs; only keys with room cost an index probe
-/// (their runnable job). What the probe reads is only a hint (the
-/// statement's snapshot may be a moment old); `free` is not: every change
-/// of a key's count holds the key's row until it commits, and `FOR UPDATE`
-/// returns the row as the last of them left it (re-read after the lock), so
-/// `free` is exact for as long as the claim holds the lock.
+/// A key's row counts its RUNNING jobs (`running`, kept by the statements
+/// that start and end them, or by triggers on `jobs`, in the transaction
+/// that changes a keyed job's status: see `store::jobs::keys`), so a
+/// saturated key is passed over on its row alone, without probing its
+/// jobs; only keys with room cost an index probe: the key's first runnable
+/// job (`first_id`: the same conditions and order as the key's lane in
+/// [`claim`]), which is all a key of one free slot then needs — its job is
+/// found by the walk that locks it, not looked up again. What the probe
+/// reads is only a hint (the statement's snapshot may be a moment old);
+/// `free` is not: every change of a key's count holds the key's row until
+/// it commits, and `FOR UPDATE` returns the row as the last of them left
+/// it (re-read after the lock), so `free` is exact for as long as the
+/// claim holds the lock.
 ///
-/// `OFFSET 0` keeps each `EXISTS` a probe of the key's runnable jobs
-/// (an index-only scan of `jobs_dispatch_key_idx`): without it, PostgreSQL
-/// may hash the subquery instead (an `EXISTS` under an `OR` is turned into
-/// a hashed `ANY`), reading every pending job of every key (90 ms mid-drain
-/// over 1,000 keys, against ~1 ms of probes), or turn it into a semi join
-/// on `jobs_key_open_idx`, whose probes read the heap (a `LIMIT 1` does not
-/// prevent that: PostgreSQL drops it from an `EXISTS`). Which is why
-/// the lock, the count and the claim may share one statement: the count is
-/// not read from the jobs under the statement's snapshot (which could
-/// predate another replica's claim of the same key), and a job another
-/// claim leased after that snapshot is re-read when `keyed` locks it, and
-/// passed over.
+/// The probe is a `LATERAL … LIMIT 1`, an ordered scan of the key's
+/// entries in `jobs_dispatch_key_idx` that stops at its first runnable job.
+/// (It was an `EXISTS`, which PostgreSQL may hash instead — an `EXISTS`
+/// under an `OR` becomes a hashed `ANY` reading every pending job of every
+/// key, 90 ms mid-drain over 1,000 keys — and which the key's lane then
+/// probed again: 2 ms of a 10 ms claim of 170 keys.) Which is why the lock,
+/// the count and the claim may share one statement: the count is not read
+/// from the jobs under the statement's snapshot (which could predate
+/// another replica's claim of the same key), and a job another claim leased
+/// after that snapshot is re-read when `keyed` locks it, and passed over.
 fn lock_keys(filter: &ClaimFilter) -> String {
-    let takes = filter_conditions(filter);
+    let runnable = runnable(filter);
     let names = names_condition(filter);
     let arm = |side: &str, lap: u8| {
         format!(
             r#"SELECT * FROM (
-                   SELECT k.key, k.max - k.running AS free, {lap} AS lap
-                   FROM concurrency_keys k
+                   SELECT k.key, k.max - k.running AS free, {lap} AS lap,
+                          first.id AS first_id, first.priority AS first_priority,
+                          first."scheduledAt" AS first_scheduled_at
+                   FROM concurrency_keys k, LATERAL (
+                       SELECT j.id, j.priority, j."scheduledAt"
+                       FROM jobs j
+                       WHERE j."concurrencyKey" = k.key AND j."rateLimit" IS NULL
+                         AND {runnable}{names}
+                       ORDER BY j.priority DESC, j."scheduledAt", j.id
+                       LIMIT 1) first
                    WHERE k.key {side} $12 AND k.running < k.max
-                     AND EXISTS (SELECT 1 FROM jobs j
-                                 WHERE j."concurrencyKey" = k.key AND j.status = 'PENDING'
-                                   AND NOT j.held AND NOT j.waiting
-                                   AND j."scheduledAt" <= LOCALTIMESTAMP{names}{takes}
-                                 OFFSET 0)
                    ORDER BY k.key
                    LIMIT $10
                    FOR UPDATE OF k SKIP LOCKED) a{lap}"#
@@ -327,7 +332,8 @@ pub async fn claim_plain(
 ///   per name;
 /// - jobs with a key, for each key locked (see [`lock_keys`]): as many of
 ///   the key's jobs as it has free slots (`free`, read under the key's
-///   lock), from the key's own index. A saturated key is not locked,
+///   lock), from the key's own index (a key of one free slot: the job its
+///   lock's probe found). A saturated key is not locked,
 ///   however many jobs it holds pending, and does not stand in anyone's way.
 ///
 /// The jobs of a key are read without locks and only the batch's worth is
@@ -400,10 +406,15 @@ fn full_claim_sql(filter: &ClaimFilter) -> String {
                {keys}
            ),
            room AS (
-               SELECT key, free, row_number() OVER (ORDER BY lap, key) AS turn
+               SELECT key, free, first_id, first_priority, first_scheduled_at,
+                      row_number() OVER (ORDER BY lap, key) AS turn
                FROM locked_keys
            ),
            keyed_pick AS (
+               SELECT first_id AS id, first_priority AS priority,
+                      first_scheduled_at AS "scheduledAt", turn, 1::bigint AS rank
+               FROM room WHERE free = 1
+               UNION ALL
                SELECT c.id, c.priority, c."scheduledAt", room.turn,
                       row_number() OVER (PARTITION BY room.key
                                          ORDER BY c.priority DESC, c."scheduledAt", c.id) AS rank
@@ -412,8 +423,8 @@ fn full_claim_sql(filter: &ClaimFilter) -> String {
                    FROM jobs j
                    WHERE j."concurrencyKey" = room.key AND j."rateLimit" IS NULL AND {runnable}{names}
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
-                   LIMIT LEAST(GREATEST(room.free, 0), $3)) c
-               WHERE room.free > 0
+                   LIMIT LEAST(room.free, $3)) c
+               WHERE room.free > 1
            ),
            keyed AS (
                SELECT k.id, k.priority, k."scheduledAt", k.turn, k.rank
