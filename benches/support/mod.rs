@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+mod pg_stats;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -92,7 +94,7 @@ pub async fn start(server_env: &[(&str, String)]) -> Bench {
         durable: true,
         max_connections: 200,
         startup_timeout: Duration::from_secs(60),
-        settings: if pg_stats_wanted() {
+        settings: if pg_stats::wanted() {
             vec![
                 "shared_preload_libraries=pg_stat_statements".into(),
                 "pg_stat_statements.track_planning=on".into(),
@@ -152,63 +154,7 @@ pub async fn start(server_env: &[(&str, String)]) -> Bench {
     }
 }
 
-/// Whether `BENCH_PG_STATS=1` asks for where PostgreSQL spent each
-/// drain's time ([`Bench::pg_stats_reset`], [`Bench::pg_stats_report`]).
-fn pg_stats_wanted() -> bool {
-    std::env::var("BENCH_PG_STATS").as_deref() == Ok("1")
-}
-
 impl Bench {
-    /// With `BENCH_PG_STATS=1`: forgets what `pg_stat_statements` counted,
-    /// so that the next report covers what follows.
-    pub async fn pg_stats_reset(&self) {
-        if pg_stats_wanted() {
-            self.pg_stats_query(
-                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; \
-                 SELECT pg_stat_statements_reset()",
-            )
-            .await;
-        }
-    }
-
-    /// With `BENCH_PG_STATS=1`: the statements that took the most of
-    /// PostgreSQL's time since [`Bench::pg_stats_reset`], planning and
-    /// execution apart, per call and in all.
-    pub async fn pg_stats_report(&self, label: &str) {
-        if !pg_stats_wanted() {
-            return;
-        }
-        println!("{label}: where PostgreSQL spent its time (pg_stat_statements)");
-        let report = self
-            .pg_stats_query(
-                "SELECT lpad(calls::text, 7) || ' calls ' \
-                        || lpad(round((total_plan_time / calls)::numeric, 2)::text, 7) \
-                        || ' ms plan ' \
-                        || lpad(round((total_exec_time / calls)::numeric, 2)::text, 7) \
-                        || ' ms exec ' \
-                        || lpad(round(((total_plan_time + total_exec_time) / 1000)::numeric, 2)::text, 6) \
-                        || ' s  ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 110) \
-                 FROM pg_stat_statements WHERE calls > 0 \
-                 ORDER BY total_plan_time + total_exec_time DESC LIMIT 12",
-            )
-            .await;
-        for line in report.lines() {
-            println!("  {line}");
-        }
-    }
-
-    async fn pg_stats_query(&self, sql: &str) -> String {
-        let output = tokio::process::Command::new("psql")
-            .args(["-X", "-q", "-A", "-t", "-d", &self.database_url, "-c", sql])
-            .output()
-            .await
-            .expect("psql");
-        if !output.status.success() {
-            println!("  psql: {}", String::from_utf8_lossy(&output.stderr).trim());
-        }
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
     /// Another database on the bench's PostgreSQL, for a reference system
     /// measured on the same server in the same run.
     pub async fn other_database(&self, name: &str) -> String {

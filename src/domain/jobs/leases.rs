@@ -9,10 +9,12 @@
 //! of many streams are settled together, one transaction per batch.
 
 pub mod progress;
+mod reports;
+
+pub use reports::*;
 
 use std::time::Duration;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,53 +39,9 @@ const PROMOTE_BATCH: i64 = 10_000;
 /// Most concurrency keys one claim examines.
 const KEYS_PER_CLAIM: usize = 1024;
 
-/// What a worker says about one lease.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReportKind {
-    /// The attempt finished with this result.
-    Completed(serde_json::Value),
-    /// The attempt failed; `error` holds message, details and attempt.
-    Failed {
-        error: serde_json::Value,
-        permanent: bool,
-    },
-    /// The worker gives the job back unfinished.
-    Released,
-}
-
-/// One report on one lease.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    pub lease: LeaseRef,
-    pub kind: ReportKind,
-}
-
-/// Whether a report was applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportOutcome {
-    pub accepted: bool,
-    /// Why not, when not.
-    pub reason: String,
-}
-
-/// The error a failure report leaves on its job.
-pub fn failure_error(
-    message: &str,
-    details: serde_json::Value,
-    attempt: i32,
-    permanent: bool,
-) -> serde_json::Value {
-    json!({
-        "message": message,
-        "details": details,
-        "attempt": attempt,
-        "permanent": permanent,
-    })
-}
-
 /// Whether a claim also examines concurrency keys and rate-limit buckets.
 /// That phase makes the claim a statement several times the size of the
-/// plain one (milliseconds of planning at every call), which a drain of
+/// plain one (milliseconds more work, even kept prepared), which a drain of
 /// plain jobs should not pay on every claim; the dispatcher runs it
 /// whenever it can matter (see `dispatch::Claimer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
