@@ -1,5 +1,4 @@
-DROP TRIGGER "jobs_key_running_update" ON "jobs";
-CREATE TRIGGER "jobs_key_running_update" AFTER UPDATE OF "status", "concurrencyKey" ON "jobs"
+CREATE OR REPLACE TRIGGER "jobs_key_running_update" AFTER UPDATE OF "status", "concurrencyKey" ON "jobs"
     FOR EACH ROW
     WHEN ((OLD."status" = 'RUNNING' OR NEW."status" = 'RUNNING')
           AND (OLD."concurrencyKey" IS NOT NULL OR NEW."concurrencyKey" IS NOT NULL)

@@ -9,10 +9,13 @@
 -- counts only while it is on. Every other writer (the reaper, a cancel, the
 -- platform's backend, an older replica during a rolling deploy) leaves it
 -- unset and is still counted by the trigger.
--- Drop and create in this migration's one transaction: no status change
--- can pass between them uncounted.
-DROP TRIGGER "jobs_key_running_update" ON "jobs";
-CREATE TRIGGER "jobs_key_running_update" AFTER UPDATE OF "status", "concurrencyKey" ON "jobs"
+-- Replaced in place (PostgreSQL 14+), under the lock CREATE TRIGGER
+-- takes (writes to `jobs` wait, reads go on): no status change passes
+-- uncounted, and no heartbeat of a replica still running waits behind an
+-- exclusive lock. A server whose schema lacks this migration (started
+-- with SKIP_MIGRATIONS) or was migrated down never turns the setting on:
+-- it checks the trigger's definition (`store::jobs::keys`).
+CREATE OR REPLACE TRIGGER "jobs_key_running_update" AFTER UPDATE OF "status", "concurrencyKey" ON "jobs"
     FOR EACH ROW
     WHEN ((OLD."status" = 'RUNNING' OR NEW."status" = 'RUNNING')
           AND (OLD."concurrencyKey" IS NOT NULL OR NEW."concurrencyKey" IS NOT NULL)

@@ -14,7 +14,10 @@ use crate::{
     db,
     domain::jobs::leases::{Leases, LimitsPhase},
     error::AppError,
-    store::jobs::{CLAIM_SESSION_SETTINGS, ClaimFilter, ClaimPlan, JobRow},
+    store::jobs::{
+        CLAIM_SESSION_SETTINGS, ClaimFilter, ClaimPlan, CountingScope, JobRow,
+        count_keys_by_statement,
+    },
 };
 
 /// Leases jobs to free slots whenever something may have changed: a
@@ -201,15 +204,17 @@ impl Claimer {
         plan: &ClaimPlan,
     ) -> Result<(Vec<JobRow>, bool), AppError> {
         if self.conn.is_none() {
-            self.conn = Some(
-                db::dedicated_connection(
-                    &self.url,
-                    "automation-control-plane-claimer",
-                    CLAIM_SESSION_SETTINGS,
-                    Duration::from_secs(5),
-                )
-                .await?,
-            );
+            let mut conn = db::dedicated_connection(
+                &self.url,
+                "automation-control-plane-claimer",
+                CLAIM_SESSION_SETTINGS,
+                Duration::from_secs(5),
+            )
+            .await?;
+            // Claims count their keys' RUNNING jobs themselves, where this
+            // database's trigger stands down for it (else the trigger does).
+            count_keys_by_statement(&mut conn, true, CountingScope::Session).await?;
+            self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
         let tag = Uuid::now_v7();

@@ -262,3 +262,84 @@ async fn an_emptied_key_row_is_deleted_and_a_wrong_count_heals() {
     drop(worker);
     app.stop().await;
 }
+
+/// The trigger as the `claim_speed` migration made it, before it learned
+/// to stand down for statements that count their keys themselves.
+const TRIGGER_BEFORE_STATEMENT_COUNTS: &str = r#"
+    CREATE OR REPLACE TRIGGER "jobs_key_running_update"
+        AFTER UPDATE OF "status", "concurrencyKey" ON "jobs"
+        FOR EACH ROW
+        WHEN ((OLD."status" = 'RUNNING' OR NEW."status" = 'RUNNING')
+              AND (OLD."concurrencyKey" IS NOT NULL OR NEW."concurrencyKey" IS NOT NULL)
+              AND (OLD."status" IS DISTINCT FROM NEW."status"
+                   OR OLD."concurrencyKey" IS DISTINCT FROM NEW."concurrencyKey"))
+        EXECUTE FUNCTION "concurrency_keys_count_running"()"#;
+
+/// A server on a database whose trigger does not stand down (a schema
+/// from before the `statement_counts_keys` migration, as a server started
+/// with SKIP_MIGRATIONS finds it, or one migrated down) leaves all the
+/// counting to the trigger: claims and settles that counted too would
+/// count each job twice, and a key of maximum 2 would stop at one job.
+#[tokio::test]
+async fn with_an_older_trigger_claims_and_settles_leave_the_counting_to_it() {
+    use diesel_async::RunQueryDsl as _;
+    let a = TestApp::spawn().await;
+    {
+        let mut conn = a.pool.get().await.expect("connection");
+        diesel::sql_query(TRIGGER_BEFORE_STATEMENT_COUNTS)
+            .execute(&mut conn)
+            .await
+            .expect("the older trigger");
+    }
+    // A replica started now: its claimer connects after the change.
+    let b = a.replica(TestOptions::default()).await;
+    let token = a.admin_token().await;
+    for i in 0..12 {
+        a.create_job(
+            &token,
+            pb::CreateJobRequest {
+                concurrency_key: format!("older-{}", i % 3),
+                concurrency_max: 2,
+                ..new_job("older.job", json!({ "i": i }))
+            },
+        )
+        .await;
+    }
+    let mut worker = b.worker(16).await;
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(worker.assignment().await);
+    }
+    // Two running per key, each counted once.
+    for key in ["older-0", "older-1", "older-2"] {
+        assert_eq!(key_row(&a.pool, key).await, Some(2), "{key}");
+    }
+    assert_eq!(keys_in_disagreement(&a.pool).await, 0);
+    // Each completion frees a slot, which brings the key's next job,
+    // possibly before the completion's ack.
+    let mut done = 0;
+    while done < 12 {
+        let assignment = if held.is_empty() {
+            worker.assignment().await
+        } else {
+            held.remove(0)
+        };
+        worker.complete(&assignment, json!("done")).await;
+        loop {
+            match worker.next().await {
+                Ok(Some(In::Ack(ack))) => {
+                    assert!(ack.accepted, "{ack:?}");
+                    break;
+                }
+                Ok(Some(In::Assignment(next))) => held.push(next),
+                other => panic!("expected an ack or an assignment, got {other:?}"),
+            }
+        }
+        done += 1;
+        assert_eq!(keys_in_disagreement(&a.pool).await, 0, "after {done} jobs");
+    }
+    assert_eq!(open_jobs(&a).await, 0);
+    drop(worker);
+    b.stop().await;
+    a.stop().await;
+}

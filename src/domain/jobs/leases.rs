@@ -27,8 +27,8 @@ use crate::{
     },
     error::AppError,
     store::jobs::{
-        self as rows, ClaimFilter, ClaimPlan, ExtendedLease, JobRow, JobStatus, LeaseRef,
-        LostLease, ProgressWrite, Settled,
+        self as rows, ClaimFilter, ClaimPlan, CountingScope, ExtendedLease, JobRow, JobStatus,
+        LeaseRef, LostLease, ProgressWrite, Settled,
     },
 };
 
@@ -240,15 +240,13 @@ impl Leases {
             // The three settling statements count their keys' RUNNING jobs
             // themselves, on the key rows locked above, in place of the
             // trigger's write per job; nothing else in between.
-            let keyed = locked.keys > 0;
-            if keyed {
-                rows::count_keys_by_statement(conn, true).await?;
-            }
+            let counting = locked.keys > 0
+                && rows::count_keys_by_statement(conn, true, CountingScope::Transaction).await?;
             let mut settled = rows::complete(conn, &completed.0, &completed.1).await?;
             settled.extend(rows::fail(conn, &failed.0, &failed.1, &failed.2, backoff).await?);
             settled.extend(rows::hand_back(conn, &released, false, rule).await?);
-            if keyed {
-                rows::count_keys_by_statement(conn, false).await?;
+            if counting {
+                rows::count_keys_by_statement(conn, false, CountingScope::Transaction).await?;
             }
             let mut changes = QueueChanges::default();
             for job in &settled {

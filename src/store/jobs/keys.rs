@@ -33,8 +33,9 @@ pub const STATEMENT_COUNTS_KEYS: &str = "automation.statement_counts_keys";
 /// [`STATEMENT_COUNTS_KEYS`] is on, which is exactly when the trigger does
 /// not: both read the setting in the same statement, so a change is
 /// counted once whichever side counts it. The key rows it writes must be
-/// locked by the statement or its transaction beforehand (in key order),
-/// or two such statements could deadlock.
+/// held by the statement or its transaction beforehand (taken in key order,
+/// or with `SKIP LOCKED` as a claim does), so that it never waits for one
+/// and two such statements cannot deadlock.
 pub(super) fn counted_by_statement(source: &str, delta: &str) -> String {
     format!(
         r#"counted AS (
@@ -49,17 +50,50 @@ pub(super) fn counted_by_statement(source: &str, delta: &str) -> String {
     )
 }
 
-/// Turns [`STATEMENT_COUNTS_KEYS`] on or off until the transaction ends:
-/// on only around statements that count their keys themselves (they use
-/// [`counted_by_statement`]) and whose key rows the transaction already
-/// holds; off again before anything else changes jobs.
-pub async fn count_keys_by_statement(conn: &mut AsyncPgConnection, on: bool) -> QueryResult<()> {
-    diesel::sql_query("SELECT set_config($1, $2, true)")
-        .bind::<Text, _>(STATEMENT_COUNTS_KEYS)
-        .bind::<Text, _>(if on { "on" } else { "off" })
-        .execute(conn)
-        .await
-        .map(drop)
+/// Whether this database's trigger stands down for [`STATEMENT_COUNTS_KEYS`]
+/// (the migration `statement_counts_keys` ran). Where it does not — a
+/// binary started with `SKIP_MIGRATIONS` on an older schema, a schema
+/// migrated down — the trigger counts every change, and statements that
+/// counted too would count twice: the setting is then never turned on.
+const TRIGGER_STANDS_DOWN: &str = r#"EXISTS (
+    SELECT 1 FROM pg_trigger t
+    WHERE t.tgrelid = 'jobs'::regclass AND t.tgname = 'jobs_key_running_update'
+      AND pg_get_triggerdef(t.oid) LIKE '%statement_counts_keys%')"#;
+
+/// How long [`count_keys_by_statement`] keeps its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountingScope {
+    /// Until the transaction ends (a settle).
+    Transaction,
+    /// For the connection's session (the claimer's own connection).
+    Session,
+}
+
+/// Turns [`STATEMENT_COUNTS_KEYS`] on (where the trigger stands down for
+/// it, see [`TRIGGER_STANDS_DOWN`]) or off, for `scope`: on only around
+/// statements that count their keys themselves (they use
+/// [`counted_by_statement`]) and whose key rows are already held; off again
+/// before anything else changes jobs. Answers whether it is on.
+pub async fn count_keys_by_statement(
+    conn: &mut AsyncPgConnection,
+    on: bool,
+    scope: CountingScope,
+) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        on: bool,
+    }
+    let setting: Setting = diesel::sql_query(format!(
+        "SELECT set_config($1, CASE WHEN $2 AND {TRIGGER_STANDS_DOWN} THEN 'on' ELSE 'off' END, \
+                           $3) = 'on' AS on"
+    ))
+    .bind::<Text, _>(STATEMENT_COUNTS_KEYS)
+    .bind::<diesel::sql_types::Bool, _>(on)
+    .bind::<diesel::sql_types::Bool, _>(scope == CountingScope::Transaction)
+    .get_result(conn)
+    .await?;
+    Ok(setting.on)
 }
 
 #[derive(QueryableByName)]
