@@ -453,8 +453,20 @@ impl Leases {
             return Ok(0);
         }
         let rule = self.settings.return_rule();
+        let ids: Vec<Uuid> = leases.iter().map(|lease| lease.job).collect();
         db::transaction(&self.pool, "jobs.hand_back", async |conn| {
+            // The jobs in id order, then their keys in key order, as a
+            // settle takes them: a hand-back racing a settle of jobs of the
+            // same keys cannot deadlock on the key rows (the trigger would
+            // take them in the order the jobs happen to be updated). Held,
+            // the keys are counted by the statement itself.
+            let locked = rows::lock_in_order(conn, &ids).await?;
+            let counting = locked.keys > 0
+                && rows::count_keys_by_statement(conn, true, CountingScope::Transaction).await?;
             let settled = rows::hand_back(conn, leases, undelivered, rule).await?;
+            if counting {
+                rows::count_keys_by_statement(conn, false, CountingScope::Transaction).await?;
+            }
             let mut changes = QueueChanges::default();
             for job in &settled {
                 let status = JobStatus::from_label(&job.status).unwrap_or(JobStatus::Pending);
