@@ -26,7 +26,11 @@
 //!
 //! - with `BENCH_PG_STATS=1`, each drain is followed by the statements
 //!   PostgreSQL spent the most time on (`pg_stat_statements`), planning and
-//!   execution apart.
+//!   execution apart, and the buffers each table and index was read for;
+//! - `BENCH_PG_SETTINGS` adds cluster settings (`;`-separated, e.g.
+//!   `shared_preload_libraries=auto_explain;auto_explain.log_min_duration=20ms`);
+//! - each drain's jobs are enqueued into tables vacuumed and analysed of
+//!   the jobs before them (`BENCH_VACUUM=0` leaves them as they were).
 //!
 //! Run: `cargo bench --bench jobs` (BENCH_JOBS=20000 for a shorter run).
 //! Results go in BENCHMARKS.md.
@@ -49,6 +53,7 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use support::{Bench, drain, enqueue, enqueue_with, latency, start};
 
 async fn throughput(bench: &Bench, token: &str, count: usize, label: &str) -> f64 {
+    bench.vacuum_before_enqueue().await;
     let enqueued = enqueue(bench, token, count).await;
     println!(
         "{label}: enqueued {count} jobs in {:.2} s ({:.0} jobs/s, batches of 1,000)",
@@ -210,6 +215,7 @@ async fn keys(bench: &Bench, token: &str, count: usize, plain: f64) {
             ..common::new_job("bench.keyed", serde_json::json!({ "i": i }))
         }
     }
+    bench.vacuum_before_enqueue().await;
     let enqueued = enqueue_with(bench, token, count, spread).await;
     println!(
         "1,000 keys of max 1: enqueued {count} jobs in {:.2} s",

@@ -94,14 +94,7 @@ pub async fn start(server_env: &[(&str, String)]) -> Bench {
         durable: true,
         max_connections: 200,
         startup_timeout: Duration::from_secs(60),
-        settings: if pg_stats::wanted() {
-            vec![
-                "shared_preload_libraries=pg_stat_statements".into(),
-                "pg_stat_statements.track_planning=on".into(),
-            ]
-        } else {
-            Vec::new()
-        },
+        settings: pg_stats::cluster_settings(),
     })
     .await
     .expect("PostgreSQL");
@@ -160,6 +153,31 @@ impl Bench {
     pub async fn other_database(&self, name: &str) -> String {
         self._cluster.ensure_database(name).await.expect("database");
         self._cluster.url(name)
+    }
+
+    /// Vacuums and analyses the queue's tables before a drain's jobs are
+    /// enqueued, so that every drain starts as the first one does (and as
+    /// graphile's does, in a database of its own): on tables without the
+    /// dead rows and dead index entries of the drains before it. Without
+    /// it, a drain that follows another pays for its predecessor's debris
+    /// until autovacuum comes round: each claim's keyless lane walked the
+    /// plain drain's 100,000 dead dispatch-index entries, 1.2 ms of a keyed
+    /// claim. And the statistics are then those of a queue with nothing
+    /// pending, the state autovacuum most often samples a queue in, which
+    /// the claim and the key tending must withstand (BENCHMARKS.md, issue
+    /// 15, run 13). `BENCH_VACUUM=0` leaves the tables as they were.
+    pub async fn vacuum_before_enqueue(&self) {
+        use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+        if std::env::var("BENCH_VACUUM").as_deref() == Ok("0") {
+            return;
+        }
+        let mut conn = diesel_async::AsyncPgConnection::establish(&self.database_url)
+            .await
+            .expect("connect");
+        diesel::sql_query("VACUUM (ANALYZE) jobs, job_attempts, concurrency_keys")
+            .execute(&mut conn)
+            .await
+            .expect("vacuum");
     }
 
     /// A new connection to the server.

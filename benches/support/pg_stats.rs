@@ -9,6 +9,32 @@ pub(super) fn wanted() -> bool {
     std::env::var("BENCH_PG_STATS").as_deref() == Ok("1")
 }
 
+/// The bench cluster's extra settings: `pg_stat_statements` when
+/// [`wanted`], and whatever `BENCH_PG_SETTINGS` lists (`;`-separated
+/// `name=value`, e.g. `auto_explain.log_min_duration=5ms`, with
+/// `auto_explain` among the libraries it preloads) to look closer at one
+/// run. The cluster's log stays in its directory under the temporary
+/// directory until the next run starts.
+pub(super) fn cluster_settings() -> Vec<String> {
+    let mut libraries: Vec<String> = Vec::new();
+    let mut settings: Vec<String> = Vec::new();
+    if wanted() {
+        libraries.push("pg_stat_statements".into());
+        settings.push("pg_stat_statements.track_planning=on".into());
+    }
+    let extra = std::env::var("BENCH_PG_SETTINGS").unwrap_or_default();
+    for setting in extra.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        match setting.strip_prefix("shared_preload_libraries=") {
+            Some(named) => libraries.extend(named.split(',').map(|l| l.trim().to_string())),
+            None => settings.push(setting.to_string()),
+        }
+    }
+    if !libraries.is_empty() {
+        settings.push(format!("shared_preload_libraries={}", libraries.join(",")));
+    }
+    settings
+}
+
 impl Bench {
     /// With `BENCH_PG_STATS=1`: forgets what `pg_stat_statements` counted,
     /// so that the next report covers what follows.
@@ -16,7 +42,7 @@ impl Bench {
         if wanted() {
             self.pg_stats_query(
                 "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; \
-                 SELECT pg_stat_statements_reset()",
+                 SELECT pg_stat_statements_reset(); SELECT pg_stat_reset()",
             )
             .await;
         }
@@ -44,6 +70,23 @@ impl Bench {
             )
             .await;
         for line in report.lines() {
+            println!("  {line}");
+        }
+        println!("{label}: buffers read or hit, per table and index (pg_statio)");
+        let buffers = self
+            .pg_stats_query(
+                "SELECT lpad((heap_blks_hit + heap_blks_read)::text, 10) || ' heap ' \
+                        || lpad((coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0))::text, 10) \
+                        || ' all indexes  ' || relname \
+                 FROM pg_statio_user_tables \
+                 WHERE heap_blks_hit + heap_blks_read > 1000 \
+                 ORDER BY heap_blks_hit + heap_blks_read DESC LIMIT 6; \
+                 SELECT lpad((idx_blks_hit + idx_blks_read)::text, 10) || ' ' || indexrelname \
+                 FROM pg_statio_user_indexes WHERE idx_blks_hit + idx_blks_read > 1000 \
+                 ORDER BY idx_blks_hit + idx_blks_read DESC LIMIT 16",
+            )
+            .await;
+        for line in buffers.lines() {
             println!("  {line}");
         }
     }

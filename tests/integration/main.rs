@@ -13,6 +13,7 @@ mod auth;
 mod backup;
 mod caller_cache;
 mod claim_limits;
+mod claim_plans;
 mod console;
 mod database;
 mod escalation;

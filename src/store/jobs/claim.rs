@@ -398,9 +398,19 @@ pub async fn claim(
     .await
 }
 
+/// The check that a job picked from a lane's index is still runnable, made
+/// on its row found by id. Written as one `IS TRUE` test so that it cannot
+/// be used as an index condition: the plan must reach each picked job
+/// through its primary key. When `jobs` was last analysed with nothing
+/// pending, `status = 'PENDING'` looks like it matches no row, and a plan
+/// that read `jobs_status_idx` for every picked job — re-reading every
+/// pending job each time — looked cheapest (`claim_plans::` tests).
+const STILL_RUNNABLE: &str = "(j.status = 'PENDING' AND NOT j.held AND NOT j.waiting) IS TRUE";
+
 /// The statement of [`claim`] for a claim with this filter: one text per
-/// shape of filter, kept prepared.
-fn full_claim_sql(filter: &ClaimFilter) -> String {
+/// shape of filter, kept prepared. Public so that its plan can be read
+/// (`EXPLAIN EXECUTE` of it prepared, with [`CLAIM_SESSION_SETTINGS`]).
+pub fn full_claim_sql(filter: &ClaimFilter) -> String {
     let runnable = runnable(filter);
     let names = names_condition(filter);
     let keyless = keyless_lane(filter);
@@ -440,19 +450,22 @@ fn full_claim_sql(filter: &ClaimFilter) -> String {
                      ORDER BY priority DESC, rank, turn, "scheduledAt", id
                      LIMIT $3) k
                JOIN jobs j ON j.id = k.id
-               WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+               WHERE {STILL_RUNNABLE}
                FOR UPDATE OF j SKIP LOCKED
            ),
            locked_buckets AS (
-               SELECT r.name, {tokens} AS available, r."servedAt" FROM rate_limits r
+               SELECT r.name, {tokens} AS available, r."servedAt"
+               FROM rate_limits r, LATERAL (
+                   SELECT 1 FROM jobs j
+                   WHERE j."rateLimit" = r.name AND j.status = 'PENDING'
+                     AND NOT j.held AND NOT j.waiting
+                     AND j."scheduledAt" <= LOCALTIMESTAMP
+                   ORDER BY j.priority DESC, j."scheduledAt", j.id
+                   LIMIT 1) first
                WHERE {tokens} >= 1
-                 AND EXISTS (SELECT 1 FROM jobs j
-                             WHERE j."rateLimit" = r.name AND j.status = 'PENDING'
-                               AND NOT j.held AND NOT j.waiting
-                               AND j."scheduledAt" <= LOCALTIMESTAMP)
                ORDER BY r."servedAt", r.name
                LIMIT $10
-               FOR NO KEY UPDATE SKIP LOCKED
+               FOR NO KEY UPDATE OF r SKIP LOCKED
            ),
            bucket_room AS (
                SELECT b.name, floor(b.available)::bigint AS free,
@@ -478,7 +491,7 @@ fn full_claim_sql(filter: &ClaimFilter) -> String {
                      ORDER BY priority DESC, rank, turn, "scheduledAt", id
                      LIMIT $3) k
                JOIN jobs j ON j.id = k.id
-               WHERE j.status = 'PENDING' AND NOT j.held AND NOT j.waiting
+               WHERE {STILL_RUNNABLE}
                FOR UPDATE OF j SKIP LOCKED
            ),
            candidates AS (
