@@ -76,9 +76,12 @@ async fn analysed_before_the_flood() -> TestApp {
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
     // A queue that has run 50,000 jobs and holds nothing pending, analysed
-    // in that state.
+    // in that state; and not analysed again by autovacuum during the test.
     {
         let mut conn = app.pool.get().await.expect("connection");
+        conn.batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = off)")
+            .await
+            .expect("autovacuum off");
         conn.batch_execute(
             r#"INSERT INTO jobs (id, name, status, priority, payload, result, attempts,
                    "maxAttempts", "scheduledAt", "startedAt", "completedAt", "createdAt",
@@ -142,6 +145,14 @@ async fn claims_keep_to_their_indexes_when_the_statistics_saw_nothing_pending() 
             names: vec!["plan.keyed".into(), "plan.limited".into()],
             ..ClaimFilter::default()
         },
+        ClaimFilter {
+            modules: vec!["plan-module".into()],
+            ..ClaimFilter::default()
+        },
+        ClaimFilter {
+            plain_only: true,
+            ..ClaimFilter::default()
+        },
     ] {
         let plan = kept_plan(&app, &filter).await;
         eprintln!("{plan}");
@@ -154,6 +165,13 @@ async fn claims_keep_to_their_indexes_when_the_statistics_saw_nothing_pending() 
         for index in ["jobs_dispatch_key_idx", "jobs_dispatch_rate_idx"] {
             assert!(plan.contains(index), "no {index} ({filter:?}):\n{plan}");
         }
+        // The jobs picked from the keys' and the buckets' indexes, and the
+        // lease itself: each reached by its primary key.
+        assert_eq!(
+            plan.matches("Index Scan using jobs_pkey on jobs").count(),
+            3,
+            "({filter:?}):\n{plan}"
+        );
     }
 }
 

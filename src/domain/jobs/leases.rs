@@ -167,8 +167,7 @@ impl Leases {
             if keys.is_empty() {
                 return Ok((None, 0));
             }
-            let wrong = rows::recount_running(conn, &keys).await?;
-            rows::forget_emptied(conn, &keys).await?;
+            let wrong = rows::tend_key_rows(conn, &keys).await?;
             let last = (keys.len() as i64 == KEYS_PER_TENDING)
                 .then(|| keys.last().cloned())
                 .flatten();

@@ -357,9 +357,10 @@ pub async fn claim_plain(
 /// of the round robin without a write.
 ///
 /// - jobs with a rate limit, for each bucket locked (up to `examined`
-///   holding a whole token and naming a runnable job, least recently drawn
-///   from first, skipping those another claim holds): as many as it holds
-///   whole tokens, computed from the database's clock on the locked row (so
+///   holding a whole token and naming a job this claim may take, least
+///   recently drawn from first, skipping those another claim holds): as
+///   many as it holds whole tokens, computed from the database's clock on
+///   the locked row (so
 ///   from the latest claim's draw: a bucket another claim drained after this
 ///   statement's snapshot is re-read when locked), from the bucket's own
 ///   index; the claim takes one token per job leased and records the draw
@@ -457,9 +458,8 @@ pub fn full_claim_sql(filter: &ClaimFilter) -> String {
                SELECT r.name, {tokens} AS available, r."servedAt"
                FROM rate_limits r, LATERAL (
                    SELECT 1 FROM jobs j
-                   WHERE j."rateLimit" = r.name AND j.status = 'PENDING'
-                     AND NOT j.held AND NOT j.waiting
-                     AND j."scheduledAt" <= LOCALTIMESTAMP
+                   WHERE j."rateLimit" = r.name AND j."concurrencyKey" IS NULL
+                     AND {runnable}{names}
                    ORDER BY j.priority DESC, j."scheduledAt", j.id
                    LIMIT 1) first
                WHERE {tokens} >= 1

@@ -140,17 +140,27 @@ pub const FORGET_EMPTIED: &str = r#"DELETE FROM concurrency_keys k
                         AND o.status IN ('PENDING', 'RUNNING')
                       OFFSET 0)"#;
 
+/// Tends the locked `keys` (see [`lock_key_rows`]): sets each count that
+/// differs from the key's RUNNING jobs, then deletes the rows of keys left
+/// without an open job. Returns how many counts were wrong.
+pub async fn tend_key_rows(conn: &mut AsyncPgConnection, keys: &[String]) -> QueryResult<usize> {
+    let wrong = recount_running(conn, keys).await?;
+    forget_emptied(conn, keys).await?;
+    Ok(wrong)
+}
+
 /// Sets the count of the locked `keys` whose count differs from their
 /// RUNNING jobs; returns how many were wrong.
 ///
 /// The RUNNING jobs of all the keys are counted in one pass, grouped: its
-/// cost is bounded by the jobs running, whichever index the planner takes.
+/// cost is bounded by the jobs running, whichever of the indexes holding
+/// them the planner takes.
 /// A count per key could be planned as a walk of `jobs_status_idx` per key
 /// when `jobs` was last analysed with nothing running — every running job
 /// read once per key, 60 ms for 354 keys in the job bench, with the key
 /// rows locked against every settle meanwhile (BENCHMARKS.md, issue 15,
 /// run 13).
-pub async fn recount_running(conn: &mut AsyncPgConnection, keys: &[String]) -> QueryResult<usize> {
+async fn recount_running(conn: &mut AsyncPgConnection, keys: &[String]) -> QueryResult<usize> {
     diesel::sql_query(RECOUNT_RUNNING)
         .bind::<Array<Text>, _>(keys)
         .execute(conn)
@@ -158,15 +168,19 @@ pub async fn recount_running(conn: &mut AsyncPgConnection, keys: &[String]) -> Q
 }
 
 /// Deletes the rows of the locked `keys` that no PENDING or RUNNING job
-/// names; returns how many. Run after [`recount_running`] in the same
-/// transaction: only keys counted with nothing running are probed.
+/// names; returns how many. Only keys counted with nothing running are
+/// probed: it runs after [`recount_running`], in [`tend_key_rows`].
 ///
 /// Each is probed on its own (`OFFSET 0` keeps the probe a subplan per
 /// key, answered by the first open job of the key's index): an anti join
 /// of the keys with the open jobs was planned, when `jobs` had been
 /// analysed with nothing pending, as a loop that re-read every open job for
-/// each key (100 ms for 500 keys in the job bench, key rows locked).
-pub async fn forget_emptied(conn: &mut AsyncPgConnection, keys: &[String]) -> QueryResult<usize> {
+/// each key (100 ms for 500 keys in the job bench, key rows locked). Which
+/// index the probe takes is still the planner's choice: `jobs_key_open_idx`
+/// answers it from the key's first entry, but `jobs_status_idx` would
+/// walk every open job; `claim_plans::` reads the plan under statistics of
+/// a queue with nothing pending.
+async fn forget_emptied(conn: &mut AsyncPgConnection, keys: &[String]) -> QueryResult<usize> {
     diesel::sql_query(FORGET_EMPTIED)
         .bind::<Array<Text>, _>(keys)
         .execute(conn)
