@@ -317,8 +317,6 @@ diesel::table! {
     concurrency_keys (key) {
         key -> Varchar,
         max -> Int4,
-        #[sql_name = "servedAt"]
-        served_at -> Timestamp,
     }
 }
 

@@ -77,8 +77,9 @@ impl Bench {
             .pg_stats_query(
                 "SELECT lpad((heap_blks_hit + heap_blks_read)::text, 10) || ' heap ' \
                         || lpad((coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0))::text, 10) \
-                        || ' all indexes  ' || relname \
-                 FROM pg_statio_user_tables \
+                        || ' all indexes  ' || relname || '  (' || n_tup_upd || ' updates, ' \
+                        || n_tup_hot_upd || ' HOT)' \
+                 FROM pg_statio_user_tables JOIN pg_stat_user_tables USING (relid, relname) \
                  WHERE heap_blks_hit + heap_blks_read > 1000 \
                  ORDER BY heap_blks_hit + heap_blks_read DESC LIMIT 6; \
                  SELECT lpad((idx_blks_hit + idx_blks_read)::text, 10) || ' ' || indexrelname \
