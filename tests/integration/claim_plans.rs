@@ -18,7 +18,8 @@ use crate::common;
 use automation_control_plane::{
     proto::automation_v1 as pb,
     store::jobs::{
-        CLAIM_SESSION_SETTINGS, ClaimFilter, FORGET_EMPTIED, RECOUNT_RUNNING, full_claim_sql,
+        ANYTHING_RUNNABLE, CLAIM_SESSION_SETTINGS, ClaimFilter, FORGET_EMPTIED, NAMES_WITH_WORK,
+        PENDING_NAMES, PROBE_SETTINGS, RECOUNT_RUNNING, full_claim_sql,
     },
 };
 use common::{JobServiceClient, TestApp, authed, new_job};
@@ -218,4 +219,56 @@ async fn key_tending_stays_bounded_when_the_statistics_saw_nothing_pending() {
         !forget.contains("jobs_status_idx"),
         "every open job walked:\n{forget}"
     );
+}
+
+/// The plan of `statement` prepared with `types`, executed with `values`,
+/// in a transaction with the probes' settings as the dispatcher runs them.
+async fn plan_of(app: &TestApp, statement: &str, types: &str, values: &str) -> String {
+    let mut conn = diesel_async::AsyncPgConnection::establish(&app.db.url())
+        .await
+        .expect("connect");
+    conn.batch_execute(&format!(
+        "BEGIN; {PROBE_SETTINGS}; PREPARE probe{types} AS {statement}"
+    ))
+    .await
+    .expect("prepare");
+    let plan: Vec<Line> = diesel::sql_query(format!("EXPLAIN (COSTS OFF) EXECUTE probe{values}"))
+        .load(&mut conn)
+        .await
+        .expect("explain");
+    plan.into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn idle_probes_stay_on_their_indexes_when_the_statistics_saw_nothing_pending() {
+    let app = analysed_before_the_flood().await;
+    for (label, plan) in [
+        (
+            "pending names",
+            plan_of(&app, PENDING_NAMES, "(bigint)", "(100)").await,
+        ),
+        (
+            "names with work",
+            plan_of(
+                &app,
+                NAMES_WITH_WORK,
+                "(text[], bigint)",
+                "(ARRAY['plan.keyed', 'plan.limited', 'plan.none'], 16)",
+            )
+            .await,
+        ),
+        (
+            "anything runnable",
+            plan_of(&app, ANYTHING_RUNNABLE, "", "").await,
+        ),
+    ] {
+        eprintln!("{label}:\n{plan}");
+        assert!(
+            !plan.contains("jobs_status_idx"),
+            "{label}: every pending job walked:\n{plan}"
+        );
+    }
 }

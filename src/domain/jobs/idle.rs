@@ -1,6 +1,7 @@
 //! What the dispatcher asks about workers that found nothing the last time
 //! they were claimed for (see `dispatch::idle` and `store::jobs::runnable`).
-//! Reads only.
+//! Reads only, each in a transaction of its own with the probes' planner
+//! settings (`rows::plan_as_probe`).
 
 use super::Jobs;
 use crate::{db, error::AppError, store::jobs as rows};
@@ -8,7 +9,8 @@ use crate::{db, error::AppError, store::jobs as rows};
 impl Jobs {
     /// The distinct names of pending jobs, at most `cap` of them.
     pub async fn pending_names(&self, cap: usize) -> Result<Vec<String>, AppError> {
-        db::with_connection(&self.pool, "jobs.pending_names", async |conn| {
+        db::transaction(&self.pool, "jobs.pending_names", async |conn| {
+            rows::plan_as_probe(conn).await?;
             Ok(rows::pending_names(conn, cap).await?)
         })
         .await
@@ -20,7 +22,8 @@ impl Jobs {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        db::with_connection(&self.pool, "jobs.names_with_work", async |conn| {
+        db::transaction(&self.pool, "jobs.names_with_work", async |conn| {
+            rows::plan_as_probe(conn).await?;
             Ok(rows::names_with_work(conn, names).await?)
         })
         .await
@@ -28,7 +31,8 @@ impl Jobs {
 
     /// Whether any job at all is runnable now.
     pub async fn anything_runnable(&self) -> Result<bool, AppError> {
-        db::with_connection(&self.pool, "jobs.anything_runnable", async |conn| {
+        db::transaction(&self.pool, "jobs.anything_runnable", async |conn| {
+            rows::plan_as_probe(conn).await?;
             Ok(rows::anything_runnable(conn).await?)
         })
         .await
