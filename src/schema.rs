@@ -317,6 +317,7 @@ diesel::table! {
     concurrency_keys (key) {
         key -> Varchar,
         max -> Int4,
+        running -> Int4,
     }
 }
 

@@ -6,14 +6,17 @@
 -- - `servedAt` (and its index) has not been read or written since claims
 --   walk the keys from a cursor (BENCHMARKS.md, issue 15, run 9): dropped.
 -- - Pages are filled to half, so that a row's new versions find room
---   beside it (new pages; the table is small and its rows come and go).
+--   beside it. This applies to pages written from now on: the table is
+--   small and its rows come and go with their keys, and a quiet moment's
+--   `VACUUM FULL concurrency_keys` rewrites the rest.
 --   In the job bench's keyed drain: 95.7 % of the key rows' updates HOT
 --   against 94.3 % without, and a third fewer heap buffers read (1.33 M
 --   against 1.87 M); the drain's rate did not move beyond its noise
 --   (BENCHMARKS.md, issue 15, run 14).
 -- The locks are short (the table holds one row per open key) and waited
--- for at most 5 s: a migration that cannot get them fails and is retried
--- at the next start, rather than stalling dispatch behind it.
+-- for at most 5 s at a time, so that claims never queue behind this
+-- migration for longer: one that cannot get them is rolled back and tried
+-- again (`db::migrations`, LOCK_TRIES).
 SET LOCAL lock_timeout = '5s';
 DROP INDEX "concurrency_keys_servedAt_idx";
 ALTER TABLE "concurrency_keys" DROP COLUMN "servedAt";

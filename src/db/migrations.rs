@@ -166,6 +166,55 @@ fn refusal(differences: &[Difference]) -> AppError {
     ))
 }
 
+/// Times a migration whose `lock_timeout` fired is tried again, and the
+/// pause between tries. A migration that takes a lock on a table the
+/// dispatcher uses (`ALTER TABLE`, `DROP INDEX`) sets a short
+/// `lock_timeout`, so that while it waits behind a long transaction (a
+/// backup's, say) it never holds up the claims queued behind it for more
+/// than a few seconds; it is then rolled back whole and tried again, for
+/// a few minutes, before the start fails.
+const LOCK_TRIES: u32 = 40;
+const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Applies the pending migrations, each in its own transaction; one that
+/// gave up waiting for a lock (its `lock_timeout`) is rolled back whole and
+/// tried again, up to [`LOCK_TRIES`] times. Returns the versions applied,
+/// oldest first. Runs on a blocking thread.
+fn run_pending_waiting_for_locks(conn: &mut SyncConnection) -> Result<Vec<String>, AppError> {
+    let before = pending_versions(conn)?;
+    let mut attempt = 1;
+    loop {
+        match conn.run_pending_migrations(MIGRATIONS) {
+            Ok(_) => break,
+            Err(error) if error.to_string().contains("lock timeout") && attempt < LOCK_TRIES => {
+                tracing::warn!(
+                    attempt,
+                    %error,
+                    "a migration could not take its lock in time (a long transaction holds \
+                     the table): rolled back, trying again"
+                );
+                attempt += 1;
+                std::thread::sleep(LOCK_PAUSE);
+            }
+            Err(error) => return Err(harness_error(error)),
+        }
+    }
+    let after = pending_versions(conn)?;
+    Ok(before
+        .into_iter()
+        .filter(|version| !after.contains(version))
+        .collect())
+}
+
+fn pending_versions(conn: &mut SyncConnection) -> Result<Vec<String>, AppError> {
+    Ok(conn
+        .pending_migrations(MIGRATIONS)
+        .map_err(harness_error)?
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect())
+}
+
 /// Brings the database up to date: adopts a database the platform's existing
 /// backend created (see the module documentation), then applies every
 /// pending migration, all under the migration lock.
@@ -173,10 +222,7 @@ pub async fn migrate(url: &str) -> Result<MigrationReport, AppError> {
     with_sync_connection(url, |conn| {
         with_migration_lock(conn, |conn| {
             let adopted = adopt_existing_seed_schema(conn)?;
-            let applied = conn
-                .run_pending_migrations(MIGRATIONS)
-                .map(versions)
-                .map_err(harness_error)?;
+            let applied = run_pending_waiting_for_locks(conn)?;
             Ok(MigrationReport { adopted, applied })
         })
     })

@@ -270,5 +270,9 @@ async fn idle_probes_stay_on_their_indexes_when_the_statistics_saw_nothing_pendi
             !plan.contains("jobs_status_idx"),
             "{label}: every pending job walked:\n{plan}"
         );
+        assert!(
+            !plan.contains("Sort") && !plan.contains("Seq Scan"),
+            "{label}: not in its index's order:\n{plan}"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The database layer under misuse: `db::transaction` when its caller goes
 //! away mid-transaction (a cancelled call, a deadline) rolls back at once
 //! and releases its locks, not left idle in a pooled connection; a
-//! LISTEN_DATABASE_URL naming another database than the pool's is refused.
+//! LISTEN_DATABASE_URL naming another database than the pool's is refused;
+//! a migration that waits for a lock behind a long transaction gives way
+//! and is tried again.
 
 use std::time::Duration;
 
@@ -90,4 +92,46 @@ async fn a_direct_url_to_another_database_is_refused() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_migration_waiting_behind_a_long_transaction_gives_way_and_is_tried_again() {
+    use diesel_async::{AsyncConnection as _, AsyncPgConnection, SimpleAsyncConnection as _};
+    const VERSION: &str = "20261206000001";
+    let server = TestServer::get().await;
+    let database = server.create_database(true).await;
+    let url = database.url();
+    // A database one migration behind: the newest one undone by hand.
+    let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
+    conn.batch_execute(&format!(
+        "BEGIN; {} DELETE FROM __diesel_schema_migrations WHERE version = '{VERSION}'; COMMIT",
+        include_str!("../../migrations/2026-12-06-000001_concurrency_keys_hot/down.sql")
+    ))
+    .await
+    .expect("one migration behind");
+    // A long transaction that has read the table (as a backup's does).
+    let mut reader = AsyncPgConnection::establish(&url).await.expect("connect");
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM concurrency_keys")
+        .await
+        .expect("long transaction");
+    let migrating = tokio::spawn({
+        let url = url.clone();
+        async move { db::migrations::migrate(&url).await }
+    });
+    // Past the migration's lock timeout (5 s): it gave way, and waits to
+    // try again rather than failing the start.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(!migrating.is_finished(), "the migration gave up");
+    let rows: Vec<Count> = diesel::sql_query(
+        "SELECT count(*) AS n FROM __diesel_schema_migrations WHERE version = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(VERSION)
+    .load(&mut conn)
+    .await
+    .expect("recorded versions");
+    assert_eq!(rows[0].n, 0, "not applied while the table is held");
+    reader.batch_execute("COMMIT").await.expect("commit");
+    let report = migrating.await.expect("task").expect("migrated");
+    assert_eq!(report.applied, vec![VERSION.to_owned()]);
 }

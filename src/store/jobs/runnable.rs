@@ -42,7 +42,7 @@ struct Found {
 /// status alone) then looks like the cheapest way to pending jobs, and the
 /// probes were planned as walks of every pending job, once per name asked
 /// about (`claim_plans::idle_probes_stay_on_their_indexes_…`).
-pub const PROBE_SETTINGS: &str = "SET LOCAL enable_sort = off; SET LOCAL jit = off";
+pub const PROBE_SETTINGS: &str = "SET LOCAL enable_sort = off";
 
 /// Sets [`PROBE_SETTINGS`] for the rest of the caller's transaction.
 pub async fn plan_as_probe(conn: &mut AsyncPgConnection) -> QueryResult<()> {
