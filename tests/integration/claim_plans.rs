@@ -39,35 +39,47 @@ struct Line {
     line: String,
 }
 
-/// The plan the claimer keeps for a claim of `filter`: the statement
-/// prepared on a connection with the claimer's settings, its generic plan.
-async fn kept_plan(app: &TestApp, filter: &ClaimFilter) -> String {
+/// The plan of `statement` prepared with `types` on a connection of its
+/// own after `setup` (its session settings), for `values`: planned, not
+/// run.
+async fn plan_of(
+    app: &TestApp,
+    setup: &str,
+    (statement, types): (&str, &str),
+    values: &str,
+) -> String {
     let mut conn = diesel_async::AsyncPgConnection::establish(&app.db.url())
         .await
         .expect("connect");
-    conn.batch_execute(CLAIM_SESSION_SETTINGS)
+    conn.batch_execute(&format!("{setup}; PREPARE planned{types} AS {statement}"))
         .await
-        .expect("the claimer's settings");
-    conn.batch_execute(&format!(
-        "PREPARE kept_claim(text[], text[], bigint, uuid[], text[], interval, text, int[], \
-                            bool, bigint, uuid, text) AS {}",
-        full_claim_sql(filter)
-    ))
-    .await
-    .expect("prepare");
-    // Planned, not run: nothing is claimed.
-    let plan: Vec<Line> = diesel::sql_query(
-        "EXPLAIN (COSTS OFF) EXECUTE kept_claim(ARRAY['plan.keyed', 'plan.limited'], '{}', 128, \
-             ARRAY[gen_random_uuid()], ARRAY['worker'], '30 seconds', 'job_changes', \
-             array_fill(0, ARRAY[128]), false, 100, gen_random_uuid(), '')",
-    )
-    .load(&mut conn)
-    .await
-    .expect("explain");
+        .expect("prepare");
+    let plan: Vec<Line> = diesel::sql_query(format!("EXPLAIN (COSTS OFF) EXECUTE planned{values}"))
+        .load(&mut conn)
+        .await
+        .expect("explain");
     plan.into_iter()
         .map(|l| l.line)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The plan the claimer keeps for a claim of `filter`: the statement
+/// prepared on a connection with the claimer's settings, its generic plan.
+async fn kept_plan(app: &TestApp, filter: &ClaimFilter) -> String {
+    plan_of(
+        app,
+        CLAIM_SESSION_SETTINGS,
+        (
+            &full_claim_sql(filter),
+            "(text[], text[], bigint, uuid[], text[], interval, text, int[], bool, bigint, uuid, \
+             text)",
+        ),
+        "(ARRAY['plan.keyed', 'plan.limited'], '{}', 128, ARRAY[gen_random_uuid()], \
+         ARRAY['worker'], '30 seconds', 'job_changes', array_fill(0, ARRAY[128]), false, 100, \
+         gen_random_uuid(), '')",
+    )
+    .await
 }
 
 /// A server whose `jobs` was analysed while it held 50,000 finished jobs
@@ -179,25 +191,15 @@ async fn claims_keep_to_their_indexes_when_the_statistics_saw_nothing_pending() 
 /// The plan of `statement` (one `text[]` parameter) for `keys`, as a
 /// pooled connection plans it.
 async fn plan_for_keys(app: &TestApp, statement: &str, keys: &[String]) -> String {
-    let mut conn = diesel_async::AsyncPgConnection::establish(&app.db.url())
-        .await
-        .expect("connect");
-    conn.batch_execute(&format!("PREPARE tending(text[]) AS {statement}"))
-        .await
-        .expect("prepare");
     // EXPLAIN takes no parameters: the keys (the test's own) are written in.
     let keys: Vec<String> = keys.iter().map(|key| format!("'{key}'")).collect();
-    let plan: Vec<Line> = diesel::sql_query(format!(
-        "EXPLAIN (COSTS OFF) EXECUTE tending(ARRAY[{}])",
-        keys.join(", ")
-    ))
-    .load(&mut conn)
+    plan_of(
+        app,
+        "",
+        (statement, "(text[])"),
+        &format!("(ARRAY[{}])", keys.join(", ")),
+    )
     .await
-    .expect("explain");
-    plan.into_iter()
-        .map(|l| l.line)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[tokio::test]
@@ -221,25 +223,16 @@ async fn key_tending_stays_bounded_when_the_statistics_saw_nothing_pending() {
     );
 }
 
-/// The plan of `statement` prepared with `types`, executed with `values`,
-/// in a transaction with the probes' settings as the dispatcher runs them.
-async fn plan_of(app: &TestApp, statement: &str, types: &str, values: &str) -> String {
-    let mut conn = diesel_async::AsyncPgConnection::establish(&app.db.url())
-        .await
-        .expect("connect");
-    conn.batch_execute(&format!(
-        "BEGIN; {PROBE_SETTINGS}; PREPARE probe{types} AS {statement}"
-    ))
+/// The plan of a probe, in a transaction with the probes' settings as
+/// the dispatcher runs them.
+async fn probe_plan(app: &TestApp, statement: &str, types: &str, values: &str) -> String {
+    plan_of(
+        app,
+        &format!("BEGIN; {PROBE_SETTINGS}"),
+        (statement, types),
+        values,
+    )
     .await
-    .expect("prepare");
-    let plan: Vec<Line> = diesel::sql_query(format!("EXPLAIN (COSTS OFF) EXECUTE probe{values}"))
-        .load(&mut conn)
-        .await
-        .expect("explain");
-    plan.into_iter()
-        .map(|l| l.line)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[tokio::test]
@@ -248,11 +241,11 @@ async fn idle_probes_stay_on_their_indexes_when_the_statistics_saw_nothing_pendi
     for (label, plan) in [
         (
             "pending names",
-            plan_of(&app, PENDING_NAMES, "(bigint)", "(100)").await,
+            probe_plan(&app, PENDING_NAMES, "(bigint)", "(100)").await,
         ),
         (
             "names with work",
-            plan_of(
+            probe_plan(
                 &app,
                 NAMES_WITH_WORK,
                 "(text[], bigint)",
@@ -262,7 +255,7 @@ async fn idle_probes_stay_on_their_indexes_when_the_statistics_saw_nothing_pendi
         ),
         (
             "anything runnable",
-            plan_of(&app, ANYTHING_RUNNABLE, "", "").await,
+            probe_plan(&app, ANYTHING_RUNNABLE, "", "").await,
         ),
     ] {
         eprintln!("{label}:\n{plan}");
